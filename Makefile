@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench experiment clean
+
+$(STAMP): pyproject.toml
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist prometheus redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist prometheus redis-server >/dev/null; fi; fi
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel on disk; never let a dependency pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/hotrefresh demo --exit
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+experiment: setup
+	$(BIN)/hotrefresh experiment --out benchmarks/results/experiment
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,8 @@
+"""The ``hotrefresh`` console script. Each command lives beside the code it drives and
+imports its heavy dependencies (torch, FAISS) only when it runs, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="hotrefresh: hot-refresh model upgrades for image retrieval.", no_args_is_help=True)

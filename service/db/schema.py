@@ -1,0 +1,145 @@
+"""The SQL schema: the source of truth for models, gallery items, vectors and upgrades.
+
+Redis only ever holds state derived from these tables (the backfill queue, leases, the
+index log), so everything here must be enough to rebuild it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelRow(Base):
+    """A registered checkpoint. ``name`` is the model's identity everywhere else."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    arch: Mapped[str] = mapped_column(String(64))
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    trained_with: Mapped[str] = mapped_column(String(32))
+    compatible_with: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServingState(Base):
+    """One row (id=1): which model encodes the gallery and which encodes queries.
+
+    During a hot refresh ``query_model`` is the new model while items are still spread
+    over both; ``gallery_model`` is the model new inserts are encoded with.
+    """
+
+    __tablename__ = "serving_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gallery_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    query_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class GalleryItem(Base):
+    __tablename__ = "gallery_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    external_id: Mapped[str] = mapped_column(String(256), unique=True)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    image_key: Mapped[str] = mapped_column(String(128))  # content address in the image store
+    active_model: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Embedding(Base):
+    """One vector per item per model, so old vectors survive until an upgrade is committed."""
+
+    __tablename__ = "embeddings"
+
+    item_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalised
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_embeddings_model", "model"),)
+
+
+class Upgrade(Base):
+    __tablename__ = "upgrades"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    from_model: Mapped[str] = mapped_column(String(128))
+    to_model: Mapped[str] = mapped_column(String(128))
+    strategy: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    nfr_guardrail: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    nfr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    map: Mapped[float | None] = mapped_column(Float, nullable=True)
+    baseline: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # probe ids, old top-1 hits, old mAP
+    checkpoints: Mapped[list] = mapped_column(JSON, default=list)  # [{"fraction","nfr","map","at"}]
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BackfillTask(Base):
+    """An item an upgrade must re-encode, with its priority (the durable copy of the Redis queue)."""
+
+    __tablename__ = "backfill_tasks"
+
+    upgrade_id: Mapped[int] = mapped_column(BigId, ForeignKey("upgrades.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True
+    )
+    priority: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_backfill_tasks_upgrade_status", "upgrade_id", "status"),)
+
+
+class BackfillFailure(Base):
+    __tablename__ = "backfill_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    upgrade_id: Mapped[int] = mapped_column(BigId, ForeignKey("upgrades.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(BigId)
+    external_id: Mapped[str] = mapped_column(String(256))
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

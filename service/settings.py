@@ -1,0 +1,83 @@
+"""Typed configuration of every process (API, worker, CLI), read from ``HOTREFRESH_*`` variables.
+
+Built on first use through :func:`get_settings` rather than at import time, so tests and
+the CLI can set the environment first and clear the cache between runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_TOKEN = "change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOTREFRESH_", env_file=None, extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    admin_token: str = PLACEHOLDER_TOKEN
+
+    data_dir: Path = Path("var")
+    database_url: str = ""  # default: SQLite under data_dir
+    redis_url: str = ""  # default: embedded redis-server started by the CLI, else 127.0.0.1:6379
+    redis_prefix: str = "hotrefresh"  # every Redis key starts with this (lets tests and tenants share a server)
+
+    image_root: Path | None = None  # default: data_dir / "images"
+    model_dir: Path | None = None  # default: data_dir / "models"
+    snapshot_dir: Path | None = None  # default: data_dir / "snapshots"
+    max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_images_per_request: int = Field(default=256, ge=1)
+
+    index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
+    ivf_nlist: int = Field(default=1024, ge=1)
+    ivf_nprobe: int = Field(default=32, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    index_log_maxlen: int = Field(default=1_000_000, ge=100)
+    index_log_poll_ms: int = Field(default=200, ge=1)
+
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    probe_size: int = Field(default=1000, ge=0)
+    nfr_checkpoint_every: float = Field(default=0.05, gt=0, le=1)
+    commit_grace_seconds: float | None = None  # auto-commit a completed upgrade after this long
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.env == "production" and self.admin_token == PLACEHOLDER_TOKEN:
+            raise ValueError("HOTREFRESH_ADMIN_TOKEN must be set to a real secret when HOTREFRESH_ENV=production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'hotrefresh.db').resolve()}"
+
+    @property
+    def images_path(self) -> Path:
+        return self.image_root or self.data_dir / "images"
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def snapshots_path(self) -> Path:
+        return self.snapshot_dir or self.data_dir / "snapshots"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    def redis_key(self, *parts: object) -> str:
+        return ":".join([self.redis_prefix, *(str(p) for p in parts)])
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
