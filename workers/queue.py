@@ -1,0 +1,178 @@
+"""The backfill queue of one upgrade: a Redis sorted set by priority, plus leases with deadlines.
+
+Redis holds only derived state (DESIGN.md invariant 2): every priority also lives in SQL
+(``backfill_tasks``), so the whole queue can be rebuilt from there when Redis comes back empty.
+
+Keys (``{prefix}`` is ``settings.redis_prefix``):
+
+- ``{prefix}:upgrade:{id}:queue``  ZSET item id -> priority (higher = backfill first)
+- ``{prefix}:upgrade:{id}:leases`` ZSET item id -> lease deadline (unix seconds)
+- ``{prefix}:upgrade:{id}:prio``   HASH item id -> priority, so an expired lease goes back to
+  the queue with the priority it had rather than a made-up one
+
+Leasing is one Lua script, so two workers can never receive the same id: the script first
+returns expired leases to the queue, then pops the top ``n`` and records their deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import redis as redis_lib
+
+from service.settings import Settings
+
+_LEASE = """
+local queue, leases, prio = KEYS[1], KEYS[2], KEYS[3]
+local now, n, deadline = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', leases, id)
+  local p = redis.call('HGET', prio, id)
+  if p then redis.call('ZADD', queue, p, id) end
+end
+if n <= 0 then return {} end
+local ids = redis.call('ZRANGE', queue, 0, n - 1, 'REV')
+for _, id in ipairs(ids) do
+  redis.call('ZREM', queue, id)
+  redis.call('ZADD', leases, deadline, id)
+end
+return ids
+"""
+
+# Remove ids from the lease set and forget their priority, but only those still leased: an
+# id whose lease expired and was re-leased by another worker is that worker's now.
+_ACK = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+_RELEASE = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    local p = redis.call('HGET', KEYS[3], id)
+    if p then redis.call('ZADD', KEYS[1], p, id); n = n + 1 end
+  end
+end
+return n
+"""
+
+_CHUNK = 5000
+
+
+class BackfillQueue:
+    """The priority queue and lease set of one upgrade."""
+
+    def __init__(self, redis: redis_lib.Redis, settings: Settings, upgrade_id: int) -> None:
+        self.redis = redis
+        self.upgrade_id = int(upgrade_id)
+        self.queue_key = settings.redis_key("upgrade", self.upgrade_id, "queue")
+        self.leases_key = settings.redis_key("upgrade", self.upgrade_id, "leases")
+        self.prio_key = settings.redis_key("upgrade", self.upgrade_id, "prio")
+        self.rebuild_lock_key = settings.redis_key("upgrade", self.upgrade_id, "rebuild-lock")
+        self._lease = redis.register_script(_LEASE)
+        self._ack = redis.register_script(_ACK)
+        self._release = redis.register_script(_RELEASE)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.queue_key, self.leases_key, self.prio_key]
+
+    def push(self, ids: Sequence[int], priorities: Sequence[float]) -> None:
+        if len(ids) != len(priorities):
+            raise ValueError(f"push: {len(ids)} ids but {len(priorities)} priorities")
+        for start in range(0, len(ids), _CHUNK):
+            mapping = {str(int(i)): float(p) for i, p in zip(ids[start:start + _CHUNK],
+                                                          priorities[start:start + _CHUNK], strict=True)}
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.prio_key, mapping=mapping)
+            pipe.zadd(self.queue_key, mapping)
+            pipe.execute()
+
+    def lease(self, n: int, lease_seconds: float, now: float | None = None) -> list[int]:
+        """Atomically take the ``n`` highest-priority ids; they come back if not acked in time."""
+        now = time.time() if now is None else now
+        out = self._lease(keys=self.keys, args=[repr(now), int(n), repr(now + lease_seconds)])
+        return [int(x) for x in out]
+
+    def reclaim(self, now: float | None = None) -> None:
+        """Return expired leases to the queue without leasing anything."""
+        self.lease(0, 0.0, now=now)
+
+    def ack(self, ids: Iterable[int]) -> int:
+        args = [str(int(i)) for i in ids]
+        return int(self._ack(keys=[self.leases_key, self.prio_key], args=args)) if args else 0
+
+    def release(self, ids: Iterable[int]) -> int:
+        """Give leased ids back to the queue at once (e.g. a transient error), with their priority."""
+        args = [str(int(i)) for i in ids]
+        return int(self._release(keys=self.keys, args=args)) if args else 0
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Forget ids entirely (the item was deleted from the gallery)."""
+        args = [str(int(i)) for i in ids]
+        if not args:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self.queue_key, *args)
+        pipe.zrem(self.leases_key, *args)
+        pipe.hdel(self.prio_key, *args)
+        pipe.execute()
+
+    def depth(self) -> int:
+        return int(self.redis.zcard(self.queue_key))
+
+    def leased(self) -> int:
+        return int(self.redis.zcard(self.leases_key))
+
+    def is_empty(self) -> bool:
+        """Nothing queued and nothing leased."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zcard(self.queue_key)
+        pipe.zcard(self.leases_key)
+        q, leased = pipe.execute()
+        return int(q) == 0 and int(leased) == 0
+
+    def clear(self) -> None:
+        self.redis.delete(*self.keys)
+
+    def rebuild(self, pairs: Iterable[tuple[int, float]]) -> int:
+        """Replace the queue with ``(item_id, priority)`` pairs read from SQL.
+
+        Only call it when :meth:`is_empty` (see :meth:`rebuild_if_lost`): a rebuild while leases
+        are outstanding would hand the leased ids out a second time.
+        """
+        pairs = list(pairs)
+        self.clear()
+        if pairs:
+            ids, prios = zip(*pairs, strict=True)
+            self.push(list(ids), list(prios))
+        return len(pairs)
+
+    def rebuild_if_lost(
+        self, load_pairs: Callable[[], Iterable[tuple[int, float]]], lock_seconds: float = 30.0
+    ) -> int | None:
+        """Rebuild from SQL when Redis lost the queue; at most one process does it at a time.
+
+        ``load_pairs()`` returns the pending ``(item_id, priority)`` pairs. Returns how many ids
+        were pushed, or None when another process holds the rebuild lock or the queue is not
+        empty after all.
+        """
+        token = str(time.time())
+        if not self.redis.set(self.rebuild_lock_key, token, nx=True, ex=max(1, int(lock_seconds))):
+            return None
+        try:
+            if not self.is_empty():
+                return None
+            return self.rebuild(load_pairs())
+        finally:
+            if self.redis.get(self.rebuild_lock_key) == token.encode():
+                self.redis.delete(self.rebuild_lock_key)
