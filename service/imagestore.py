@@ -1,0 +1,100 @@
+"""Raw gallery images, kept because re-encoding with a new model needs them.
+
+Content-addressed: the key is the sha256 of the bytes, so a key names exactly one content,
+identical uploads share one file, and a key is a 64-character lowercase hex string and
+nothing else. That strict shape is what makes it impossible for a key to name a path outside
+the root (no separators, no ``..``, no absolute paths) — checked on every access, not trusted.
+
+:class:`ImageStore` is the interface; :class:`LocalImageStore` keeps files on disk. An object
+store (S3, GCS) implements the same three methods with the key as the object name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+class InvalidImageKey(ValueError):
+    pass
+
+
+class ImageNotFound(KeyError):
+    pass
+
+
+def content_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_key(key: str) -> str:
+    if not isinstance(key, str) or _KEY.fullmatch(key) is None:
+        raise InvalidImageKey(f"not an image key (64 lowercase hex characters): {key!r}")
+    return key
+
+
+class ImageStore(ABC):
+    @abstractmethod
+    def put(self, data: bytes) -> str:
+        """Store ``data``; returns its key. Idempotent."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The bytes stored under ``key``; :class:`ImageNotFound` if none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalImageStore(ImageStore):
+    """Files at ``root/ab/cd/<key>`` (two fan-out levels keep directories small)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def path_for(self, key: str) -> Path:
+        validate_key(key)
+        path = (self.root / key[:2] / key[2:4] / key).resolve()
+        # Belt and braces: the key's shape already rules this out, but a symlinked fan-out
+        # directory must not lead outside the root either.
+        if not path.is_relative_to(self.root):
+            raise InvalidImageKey(f"image key {key!r} resolves outside the image store")
+        return path
+
+    def put(self, data: bytes) -> str:
+        key = content_key(data)
+        path = self.path_for(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write to a temporary file in the same directory, then rename: a reader never sees
+        # a half-written image, and two writers of the same content both end up correct.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return key
+
+    def get(self, key: str) -> bytes:
+        path = self.path_for(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+
+def image_store_for(settings) -> ImageStore:  # noqa: ANN001 - service.settings.Settings
+    return LocalImageStore(settings.images_path)
