@@ -1,0 +1,198 @@
+"""The checkpoint format: one file, weights plus everything the service needs to use them.
+
+The service loads a checkpoint knowing nothing of how it was trained: the metadata carries the
+architecture, sizes, input normalisation and lineage (``compatible_with``), and the content hash
+lets a registry tell two files with the same name apart. Loading uses ``weights_only=True`` so
+a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.encoders import Encoder, create_model
+from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, normalize_uint8, pil_to_tensor
+
+FORMAT = "hotrefresh-checkpoint/1"
+TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "independent")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the reason in the message."""
+
+
+@dataclass
+class ModelMeta:
+    name: str
+    arch: str
+    embedding_dim: int
+    num_classes: int
+    trained_with: str = "classification"
+    compatible_with: str | None = None
+    input_channels: int = 1
+    input_size: tuple[int, int] = (28, 28)
+    mean: float = FASHION_MNIST_MEAN
+    std: float = FASHION_MNIST_STD
+    # Named embedding heads; v1 models have one. A later model may add a "native" head beside the
+    # backward-compatible "embedding" one for per-segment query plans.
+    heads: list[str] = field(default_factory=lambda: ["embedding"])
+    content_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"name", "arch", "embedding_dim", "num_classes"} - set(d)
+        if missing:
+            raise CheckpointError(f"checkpoint metadata lacks {sorted(missing)}")
+        meta = cls(**{k: v for k, v in d.items() if k in names})
+        meta.input_size = (int(meta.input_size[0]), int(meta.input_size[1]))
+        meta.validate()
+        return meta
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise CheckpointError("checkpoint metadata: name must be a non-empty string")
+        if self.trained_with not in TRAINED_WITH:
+            raise CheckpointError(
+                f"checkpoint metadata: trained_with {self.trained_with!r} not in {TRAINED_WITH}"
+            )
+        for k in ("embedding_dim", "num_classes"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 1:
+                raise CheckpointError(f"checkpoint metadata: {k} must be a positive integer, got {v!r}")
+        if self.input_channels not in (1, 3):
+            raise CheckpointError(
+                f"checkpoint metadata: input_channels must be 1 or 3, got {self.input_channels!r}"
+            )
+        if not self.heads or not all(isinstance(h, str) for h in self.heads):
+            raise CheckpointError("checkpoint metadata: heads must be a non-empty list of names")
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in key order: identical weights give identical hashes."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(model: Encoder, meta: ModelMeta, path: str | Path) -> ModelMeta:
+    """Writes atomically (temp file + ``os.replace``); returns the meta with its content hash set."""
+    meta.validate()
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    meta = dataclasses.replace(meta, content_hash=weights_hash(state), extra=dict(meta.extra))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return meta
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """Only the metadata (still reads the file; checkpoints here are small)."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/garbage/unsafe files
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable hotrefresh checkpoint: {e}") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected format {FORMAT!r}, got {got!r}")
+    if not isinstance(blob.get("meta"), dict) or not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: missing meta or state_dict")
+    try:
+        meta = ModelMeta.from_dict(blob["meta"])
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: bad metadata: {e}") from e
+    state = blob["state_dict"]
+    if meta.content_hash and weights_hash(state) != meta.content_hash:
+        raise CheckpointError(f"checkpoint {str(path)!r}: weights do not match content_hash (corrupt file?)")
+    return meta, state
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LoadedModel:
+    """A checkpoint ready to embed images: eval mode, on its device, batching internally."""
+
+    def __init__(self, model: Encoder, meta: ModelMeta, device: torch.device, batch_size: int = 256) -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def embed_tensor(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """uint8 (n,H,W)/(n,C,H,W), or float in [0,1] -> L2-normalised float32 (n, D)."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x if x.flags.writeable else x.copy())
+        out = [np.empty((0, self.meta.embedding_dim), np.float32)]
+        for i in range(0, len(x), self.batch_size):
+            xb = normalize_uint8(x[i : i + self.batch_size].to(self.device), self.meta)
+            out.append(self.model.embedding(xb).float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(out))
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Any PIL images (RGB, RGBA, L, P, any size) -> L2-normalised float32 (n, D)."""
+        out = [np.empty((0, self.meta.embedding_dim), np.float32)]
+        for i in range(0, len(images), self.batch_size):
+            xb = pil_to_tensor(images[i : i + self.batch_size], self.meta).to(self.device)
+            out.append(self.model.embedding(xb).float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(out))
+
+    def classifier_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W (C, D), b (C,)) float32 with the logit scale folded in: ``logits = v @ W.T + b``."""
+        w, b = self.model.classifier.effective_weights()
+        return w.float().cpu().numpy(), b.float().cpu().numpy()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> LoadedModel:
+    """Loads a checkpoint for inference; anything wrong raises :class:`CheckpointError`."""
+    path = Path(path)
+    meta, state = _read(path)
+    try:
+        model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: weights do not fit arch {meta.arch!r}: {e}") from e
+    return LoadedModel(model, meta, _resolve_device(device))

@@ -1,0 +1,75 @@
+"""One input pipeline for training and serving, so both see identical tensors.
+
+Training feeds uint8 arrays through :func:`normalize_uint8`; serving feeds PIL images through
+:func:`pil_to_tensor`, which converts mode and size first and then calls the same normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+
+
+class InputSpec(Protocol):
+    """What preprocessing needs to know of a model (``ModelMeta`` satisfies it)."""
+
+    input_channels: int
+    input_size: Sequence[int]
+    mean: float
+    std: float
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black: Fashion-MNIST style images are light objects on a black background.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def pil_to_tensor(images: Sequence[Image.Image], meta: InputSpec) -> torch.Tensor:
+    """PIL images of any mode and size -> normalised float tensor (n, C, H, W)."""
+    h, w = int(meta.input_size[0]), int(meta.input_size[1])
+    arrays = []
+    for img in images:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(img).__name__}")
+        img = _to_mode(img, meta.input_channels)
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        a = np.asarray(img, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    if not arrays:
+        return torch.empty((0, meta.input_channels, h, w), dtype=torch.float32)
+    return normalize_uint8(torch.from_numpy(np.stack(arrays)), meta)
+
+
+def normalize_uint8(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:
+    """uint8 (n,H,W) or (n,C,H,W), or float in [0,1] -> normalised float (n,C,H,W) at the model's size."""
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise ValueError(f"expected images shaped (n,H,W) or (n,C,H,W), got {tuple(x.shape)}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    c = meta.input_channels
+    if x.shape[1] != c:
+        if x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and c == 1:
+            luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+            x = (x * luma).sum(1, keepdim=True)
+        else:
+            raise ValueError(f"cannot map {x.shape[1]} input channels to the model's {c}")
+    size = (int(meta.input_size[0]), int(meta.input_size[1]))
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return (x - meta.mean) / meta.std

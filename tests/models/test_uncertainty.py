@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty, scores_from_logits
+
+
+def _logits_for(probs: np.ndarray) -> np.ndarray:
+    return np.log(probs).astype(np.float32)
+
+
+def test_orderings_on_constructed_probabilities() -> None:
+    probs = np.array(
+        [
+            [0.98, 0.01, 0.01],  # confident
+            [0.50, 0.49, 0.01],  # two-way tie: top margin uncertainty
+            [0.40, 0.30, 0.30],  # lowest top-1, spread: top least-confidence and entropy
+        ]
+    )
+    logits = torch.from_numpy(_logits_for(probs))
+    least = scores_from_logits(logits, "least").numpy()
+    margin = scores_from_logits(logits, "margin").numpy()
+    entropy = scores_from_logits(logits, "entropy").numpy()
+    np.testing.assert_allclose(least, 1 - probs.max(1), atol=1e-6)
+    np.testing.assert_allclose(margin, [1 - 0.97, 1 - 0.01, 1 - 0.10], atol=1e-6)
+    np.testing.assert_allclose(entropy, -(probs * np.log(probs)).sum(1), atol=1e-5)
+    assert list(backfill_order(least)) == [2, 1, 0]
+    assert list(backfill_order(margin)) == [1, 2, 0]
+    assert list(backfill_order(entropy)) == [2, 1, 0]
+
+
+def test_vectors_go_through_classifier_and_chunks_do_not_matter() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((1003, 16)).astype(np.float32)
+    w = rng.standard_normal((40, 16)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    for s in ("margin", "least", "entropy"):
+        full = score_uncertainty(v, w, b, s, chunk=100000)
+        chunked = score_uncertainty(v, w, b, s, chunk=7)
+        ref = scores_from_logits(torch.from_numpy(v @ w.T + b), s).numpy()
+        np.testing.assert_allclose(full, chunked, atol=1e-5)
+        np.testing.assert_allclose(full, ref, atol=1e-4)
+        assert full.dtype == np.float32 and full.shape == (1003,)
+
+
+def test_random_is_seeded_and_a_permutation_source() -> None:
+    v = np.zeros((50, 4), np.float32)
+    w, b = np.zeros((3, 4), np.float32), np.zeros(3, np.float32)
+    a = score_uncertainty(v, w, b, "random", seed=1)
+    assert np.array_equal(a, score_uncertainty(v, w, b, "random", seed=1))
+    assert not np.array_equal(a, score_uncertainty(v, w, b, "random", seed=2))
+    assert sorted(backfill_order(a)) == list(range(50))
+
+
+def test_bad_input_is_refused() -> None:
+    v = np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match="unknown ordering"):
+        score_uncertainty(v, np.zeros((3, 4)), np.zeros(3), "bogus")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        score_uncertainty(v, np.zeros((3, 5)), np.zeros(3), "margin")
+    assert set(STRATEGIES) == {"margin", "least", "entropy", "random"}
+
+
+def test_memmap_input_streams(tmp_path) -> None:
+    """A disk-backed array is read chunk by chunk (the path a 1M x 512 gallery takes)."""
+    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=(2000, 8))
+    mm[:] = np.random.default_rng(0).standard_normal((2000, 8))
+    w = np.eye(8, dtype=np.float32)[:5]
+    out = score_uncertainty(mm, w, np.zeros(5, np.float32), "entropy", chunk=300)
+    ref = score_uncertainty(np.array(mm), w, np.zeros(5, np.float32), "entropy")
+    np.testing.assert_allclose(out, ref, atol=1e-6)
