@@ -1,0 +1,45 @@
+"""The mixed index (DESIGN.md, "The mixed index"): segments per model, moves in O(B·D), query
+plans, snapshots. See docs/index.md."""
+
+from service.index.backend import (
+    BACKEND_KINDS,
+    BackendFactory,
+    VectorBackend,
+    backend_factory,
+    create_backend,
+    cuda_available,
+    factory_from_settings,
+)
+from service.index.errors import (
+    DimensionError,
+    DuplicateIdError,
+    IndexInputError,
+    SnapshotError,
+    UnknownIdError,
+    UnknownModelError,
+)
+from service.index.mixed import ArrayHits, MixedIndex
+from service.index.plan import Hit, QueryPlan, SegmentQuery
+from service.index.rwlock import RWLock
+
+__all__ = [
+    "BACKEND_KINDS",
+    "ArrayHits",
+    "BackendFactory",
+    "DimensionError",
+    "DuplicateIdError",
+    "Hit",
+    "IndexInputError",
+    "MixedIndex",
+    "QueryPlan",
+    "RWLock",
+    "SegmentQuery",
+    "SnapshotError",
+    "UnknownIdError",
+    "UnknownModelError",
+    "VectorBackend",
+    "backend_factory",
+    "create_backend",
+    "cuda_available",
+    "factory_from_settings",
+]
