@@ -89,7 +89,8 @@ def local_config(targets: Mapping[str, Sequence[str]], *, rule_files: Sequence[P
     scrape_configs = []
     for name, addrs in targets.items():
         job = {k: v for k, v in jobs[name].items() if not k.endswith("_sd_configs") and k != "static_configs"}
-        job.update(scrape_interval=interval, scrape_timeout=interval, static_configs=[{"targets": list(addrs)}])
+        job.update(scrape_interval=interval, scrape_timeout=interval,
+                   static_configs=[{"targets": list(addrs)}])
         scrape_configs.append(job)
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
@@ -176,7 +177,9 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def run_prometheus(workdir: Path, config: Mapping[str, Any], *, timeout: float = 30.0) -> Iterator[Prometheus]:
+def run_prometheus(
+    workdir: Path, config: Mapping[str, Any], *, timeout: float = 30.0
+) -> Iterator[Prometheus]:
     """Start Prometheus on a free loopback port with a temporary TSDB; always stopped on exit."""
     binary = prometheus_binary()
     if binary is None:
@@ -214,3 +217,10 @@ def run_prometheus(workdir: Path, config: Mapping[str, Any], *, timeout: float =
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait(timeout=10)
+
+
+def dashboard_annotation_queries(path: Path = DASHBOARD_JSON) -> list[tuple[str, str]]:
+    """(annotation name, PromQL) of the dashboard's Prometheus annotations (alert markers)."""
+    board = json.loads(path.read_text())
+    annotations = board.get("annotations", {}).get("list", [])
+    return [(a.get("name", "?"), a["expr"]) for a in annotations if a.get("expr")]
