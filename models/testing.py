@@ -33,3 +33,31 @@ def make_tiny_checkpoint(
         compatible_with=compatible_with,
     )
     return save_checkpoint(model.eval(), meta, path)
+
+
+def train_tiny_pair(
+    directory: str | Path, *, n_train: int = 3000, epochs: int = 1, seed: int = 0, progress: bool = False
+) -> tuple[Path, Path]:
+    """Trains a small old model (conv2, CE, first half of the slice) and a RACT-compatible new one
+    (conv4, whole slice) on the first ``n_train`` Fashion-MNIST training images.
+
+    Returns (old_path, new_path) named ``tiny-old`` / ``tiny-new-ract``; a few seconds on 2 cores.
+    """
+    from models.data import load_fashion_mnist
+    from models.train import TrainConfig, train_and_save
+
+    directory = Path(directory)
+    images, labels = load_fashion_mnist("train")
+    images, labels = images[:n_train], labels[:n_train]
+    old_path, new_path = directory / "tiny-old.pt", directory / "tiny-new-ract.pt"
+    half = n_train // 2
+    common = {"embedding_dim": 32, "epochs": epochs, "batch_size": 64, "seed": seed}
+    train_and_save(
+        images[:half], labels[:half], TrainConfig(arch="conv2", **common), old_path, "tiny-old",
+        device=torch.device("cpu"), progress=progress,
+    )  # fmt: skip
+    train_and_save(
+        images, labels, TrainConfig(arch="conv4", loss="ract", **common), new_path, "tiny-new-ract",
+        old_path=old_path, device=torch.device("cpu"), progress=progress,
+    )  # fmt: skip
+    return old_path, new_path

@@ -1,0 +1,153 @@
+"""Data sets and the paper's splits, all as seeded functions of labels so every run is reproducible.
+
+Images stay uint8 in memory (Fashion-MNIST is 55 MB that way); normalisation happens per batch
+in :mod:`models.preprocess`, the same code the service uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+ALLOCATIONS = ("expansion", "open-data", "open-class")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[0:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | Path = FASHION_MNIST_DIR
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) from Debian's ``dataset-fashion-mnist`` files."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    img_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    if not img_path.exists():
+        raise FileNotFoundError(
+            f"{img_path} not found: install Debian's dataset-fashion-mnist package (`make setup` does)"
+        )
+    images = _read_idx(img_path)
+    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def load_image_folder(
+    root: str | Path, *, size: tuple[int, int] = (28, 28), channels: int = 1
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``root/<class>/<image>`` -> (uint8 (N,H,W) or (N,3,H,W), labels, class names sorted).
+
+    Unreadable files are an error naming the file, not silently skipped: a training set that
+    quietly loses images is worse than one that refuses to load.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    arrays, labels = [], []
+    for ci, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as img:
+                    img = img.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)
+                    a = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"cannot read image {f}: {e}") from e
+            arrays.append(a if channels == 1 else a.transpose(2, 0, 1))
+            labels.append(ci)
+    if not arrays:
+        raise ValueError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")
+    return np.stack(arrays), np.asarray(labels, dtype=np.int64), classes
+
+
+@dataclass(frozen=True)
+class Allocation:
+    kind: str
+    old_idx: np.ndarray  # training indices of the old model
+    new_idx: np.ndarray  # training indices of the new model
+    old_classes: np.ndarray  # classes the old model saw
+
+
+def allocate(kind: str, labels: np.ndarray, seed: int, old_fraction: float = 0.3) -> Allocation:
+    """The paper's three allocations of a training set between the old and the new model.
+
+    expansion: old on a random 30% of the images, new on all of them; open-data: old on 30% of
+    each class, new on the other 70%; open-class: old on 30% of the classes, new on the rest.
+    """
+    if kind not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {kind!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if not 0 < old_fraction < 1:
+        raise ValueError(f"old_fraction must be in (0, 1), got {old_fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    classes = np.unique(labels)
+    if kind == "expansion":
+        old = np.sort(rng.permutation(n)[: round(old_fraction * n)])
+        return Allocation(kind, old, np.arange(n), np.unique(labels[old]))
+    if kind == "open-data":
+        old_parts = []
+        for c in classes:
+            idx = np.flatnonzero(labels == c)
+            old_parts.append(rng.permutation(idx)[: round(old_fraction * len(idx))])
+        old = np.sort(np.concatenate(old_parts))
+        new = np.setdiff1d(np.arange(n), old)
+        return Allocation(kind, old, new, classes)
+    n_old_classes = max(1, round(old_fraction * len(classes)))
+    if n_old_classes >= len(classes):
+        raise ValueError(f"open-class needs at least 2 classes, got {len(classes)}")
+    old_classes = np.sort(rng.permutation(classes)[:n_old_classes])
+    in_old = np.isin(labels, old_classes)
+    return Allocation(kind, np.flatnonzero(in_old), np.flatnonzero(~in_old), old_classes)
+
+
+def eval_split(
+    labels: np.ndarray, *, n_queries: int = 2000, n_gallery: int = 8000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (query_idx, gallery_idx) drawn class-stratified from a held-out set's labels."""
+    labels = np.asarray(labels)
+    if n_queries < 1 or n_gallery < 1 or n_queries + n_gallery > len(labels):
+        raise ValueError(f"need 1 <= queries, gallery and queries + gallery <= {len(labels)}")
+    rng = np.random.default_rng(seed)
+    # Interleave a per-class shuffle so any prefix is close to class-balanced.
+    order = rng.permutation(len(labels))
+    rank = np.empty(len(labels), np.int64)
+    for c in np.unique(labels):
+        members = order[labels[order] == c]
+        rank[members] = np.arange(len(members))
+    balanced = order[np.lexsort((rng.random(len(order)), rank[order]))]
+    q = np.sort(balanced[:n_queries])
+    g = np.sort(balanced[n_queries : n_queries + n_gallery])
+    return q, g
+
+
+def holdout_split(idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) of training indices, for tuning without touching the evaluation split."""
+    idx = np.asarray(idx)
+    perm = np.random.default_rng(seed).permutation(len(idx))
+    n_val = round(fraction * len(idx))
+    return np.sort(idx[perm[n_val:]]), np.sort(idx[perm[:n_val]])
