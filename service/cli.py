@@ -6,3 +6,8 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="hotrefresh: hot-refresh model upgrades for image retrieval.", no_args_is_help=True)
+
+from service import commands as _service_commands  # noqa: E402 - registered after the app exists
+
+app.command("serve")(_service_commands.serve)
+app.command("ingest")(_service_commands.ingest)

@@ -1,0 +1,114 @@
+"""The FastAPI application, built by :func:`create_app` (uvicorn runs it with ``--factory``), so
+nothing — settings, Redis, the index — is created at import time.
+
+Start-up loads this replica's index from SQL in the background thread that then follows the
+index log; ``/healthz`` answers at once and ``/readyz`` only once the index is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis as redis_lib
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.imagestore import image_store_for
+from service.routes import gallery, health, metrics, models, search
+from service.serving import Serving
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 1 << 20  # form fields and part headers around the files
+
+
+class BodyLimit:
+    """Refuse, by ``Content-Length``, a body no valid request to that path could have, before any of
+    it is read or spooled to disk. Per-file limits are checked again while reading."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            limit = self.limits.get(scope["path"].rstrip("/") or "/")
+            if limit is not None:
+                length = dict(scope["headers"]).get(b"content-length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    response = JSONResponse(
+                        status_code=413,
+                        content={"detail": f"request body of {int(length)} bytes exceeds the limit {limit}"},
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = redis_lib.Redis.from_url(settings.effective_redis_url)
+        serving = Serving(settings, redis)
+        app.state.settings = settings
+        app.state.redis = redis
+        app.state.serving = serving
+        app.state.image_store = image_store_for(settings)
+        serving.start()
+        try:
+            yield
+        finally:
+            serving.stop()
+            redis.close()
+
+    app = FastAPI(
+        title="hotrefresh",
+        version="1",
+        summary="Image retrieval with hot-refresh model upgrades.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_detail(exc)})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort: the tests show no request reaches this, but a client still gets the
+        # error contract's shape rather than a bare text 500.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+    for module in (health, metrics, models, gallery, search):
+        app.include_router(module.router)
+    try:
+        from service.routes import upgrade
+    except ImportError:  # the upgrade routes are built in a separate package of work
+        log.debug("service.routes.upgrade not present; /upgrade is not served")
+    else:
+        app.include_router(upgrade.router)
+
+    per_image = settings.max_upload_bytes
+    app.add_middleware(
+        BodyLimit,
+        limits={
+            "/search": per_image + MULTIPART_OVERHEAD,
+            "/gallery": per_image * settings.max_images_per_request + MULTIPART_OVERHEAD,
+        },
+    )
+    return app

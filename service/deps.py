@@ -1,0 +1,67 @@
+"""FastAPI dependencies: the per-app objects (settings, serving state, Redis, image store), a
+database session, and the admin check attached to every route that mutates."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+import redis as redis_lib
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.db.session import session_scope
+from service.imagestore import ImageStore
+from service.serving import Serving
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+def get_redis(request: Request) -> redis_lib.Redis:
+    return request.app.state.redis
+
+
+def get_image_store(request: Request) -> ImageStore:
+    return request.app.state.image_store
+
+
+def get_session(settings: Annotated[Settings, Depends(get_app_settings)]) -> Iterator[Session]:
+    """A session whose transaction the route commits itself: a write must be committed *before*
+    the route appends to the index log and answers, so nothing is left to the dependency exit."""
+    with session_scope(settings.sqlalchemy_url) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+RedisDep = Annotated[redis_lib.Redis, Depends(get_redis)]
+ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="HOTREFRESH_ADMIN_TOKEN")
+
+
+def require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin bearer token required (Authorization: Bearer $HOTREFRESH_ADMIN_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="wrong admin token")
+
+
+AdminDep = Depends(require_admin)

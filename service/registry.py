@@ -1,0 +1,184 @@
+"""The model registry: which checkpoints the service knows, validated once at registration, and
+a per-process cache so each checkpoint is loaded (weights read, module built) only once.
+
+Checkpoints are registered by upload, or by a path *under the model directory* — never an
+arbitrary server path, so an admin token cannot be used to make the service read (and report
+errors about) any file on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from sqlalchemy.orm import Session
+
+from service.db import repositories as repo
+from service.db.schema import ModelRow
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from models.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class RegistryError(ValueError):
+    """A registration the service refuses; ``status`` is the HTTP status to answer with."""
+
+    status = 422
+
+
+class InvalidCheckpoint(RegistryError):
+    status = 422
+
+
+class IncompatibleModel(RegistryError):
+    status = 422
+
+
+class ModelExists(RegistryError):
+    status = 409
+
+
+class UnknownModel(RegistryError):
+    status = 404
+
+
+class EncoderCache:
+    """Loaded encoders by model name; thread-safe, loads each checkpoint at most once."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def put(self, name: str, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[name] = model
+
+    def get(self, session: Session, name: str) -> LoadedModel:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        row = repo.get_model(session, name)
+        if row is None:
+            raise UnknownModel(f"model {name!r} is not registered")
+        return self.load(name, row.path)
+
+    def load(self, name: str, path: str) -> LoadedModel:
+        from models.checkpoint import load_checkpoint
+
+        with self._lock:  # one load per model even when many requests arrive at once
+            model = self._models.get(name)
+            if model is None:
+                model = load_checkpoint(path, device=self.device)
+                self._models[name] = model
+            return model
+
+    def loaded(self) -> list[str]:
+        return sorted(self._models)
+
+
+def resolve_model_path(settings: Settings, path: str) -> Path:
+    """``path`` (relative to the model directory, or absolute) if it lies inside that directory."""
+    root = settings.models_path.resolve()
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root):
+        raise InvalidCheckpoint(
+            f"checkpoint path must lie inside the model directory {str(root)!r} (HOTREFRESH_MODEL_DIR)"
+        )
+    if not resolved.is_file():
+        raise InvalidCheckpoint(f"no checkpoint file at {path!r} in the model directory")
+    return resolved
+
+
+def save_upload(settings: Settings, stream: BinaryIO, max_bytes: int) -> Path:
+    """Copy an uploaded checkpoint into the model directory under a temporary name."""
+    incoming = settings.models_path / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=incoming, suffix=".pt")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidCheckpoint(f"checkpoint upload larger than {max_bytes} bytes")
+                out.write(chunk)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def register(
+    session: Session, settings: Settings, cache: EncoderCache, path: Path, *, uploaded: bool
+) -> tuple[ModelRow, bool]:
+    """Validate the checkpoint at ``path`` and add it to the registry (not committed).
+
+    Returns the row and whether it became the serving model (the first one registered).
+    An uploaded file is moved to a permanent name on success and deleted on failure.
+    """
+    from models.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        try:
+            loaded = load_checkpoint(path, device=cache.device)
+        except CheckpointError as e:
+            raise InvalidCheckpoint(str(e).replace(str(path), path.name)) from e
+        meta = loaded.meta
+        if repo.get_model(session, meta.name) is not None:
+            raise ModelExists(f"a model named {meta.name!r} is already registered")
+        if meta.compatible_with is not None:
+            base = repo.get_model(session, meta.compatible_with)
+            if base is None:
+                raise IncompatibleModel(
+                    f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, "
+                    "which is not registered"
+                )
+            if base.embedding_dim != meta.embedding_dim:
+                raise IncompatibleModel(
+                    f"model {meta.name!r} has embedding_dim {meta.embedding_dim} but the model it declares "
+                    f"compatibility with, {base.name!r}, has {base.embedding_dim}"
+                )
+        if uploaded:
+            final = settings.models_path / f"{_SAFE_NAME.sub('_', meta.name)}-{meta.content_hash[:12]}.pt"
+            os.replace(path, final)
+            path = final
+        row = repo.add_model(
+            session,
+            ModelRow(
+                name=meta.name,
+                path=str(path.resolve()),
+                arch=meta.arch,
+                embedding_dim=meta.embedding_dim,
+                num_classes=meta.num_classes,
+                trained_with=meta.trained_with,
+                compatible_with=meta.compatible_with,
+                content_hash=meta.content_hash,
+                meta=meta.to_dict(),
+            ),
+        )
+    except BaseException:
+        if uploaded:
+            path.unlink(missing_ok=True)
+        raise
+    state = repo.get_serving_state(session)
+    first = state.gallery_model is None and state.query_model is None
+    if first:
+        repo.set_serving_state(session, gallery_model=meta.name, query_model=meta.name)
+    cache.put(meta.name, loaded)
+    log.info("registered model %s (%s, D=%d)%s", meta.name, meta.arch, meta.embedding_dim,
+             " as the serving model" if first else "")
+    return row, first

@@ -1,0 +1,179 @@
+"""``/gallery``: add a batch of images, read one item, delete one item.
+
+A write is all-or-nothing and ordered: validate and decode everything, encode, store the raw
+images, commit the rows and vectors in one transaction, and only then append to the index log
+and apply the change to this replica. Any bad input is refused before the first write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from sqlalchemy.exc import IntegrityError
+
+from service import indexlog
+from service.db import repositories as repo
+from service.db.session import session_scope
+from service.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
+from service.images import BadImage, UploadTooLarge, decode_image, read_limited
+from service.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
+from service.serving import NotReady
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/gallery", tags=["gallery"])
+
+MAX_ID_LEN = 256
+
+
+def _check_ready(serving: ServingDep) -> None:
+    try:
+        serving.require_ready()
+    except NotReady as e:
+        raise HTTPException(503, detail=str(e)) from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GalleryCreateOut,
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 409, 413, 422, 503),
+)
+def add_items(
+    settings: SettingsDep,
+    serving: ServingDep,
+    redis: RedisDep,
+    store: ImageStoreDep,
+    image: list[UploadFile] = File(..., description="One file per item (PNG, JPEG, ...)."),
+    external_id: list[str] = Form(..., description="The caller's id of each image, in the same order."),
+    label: list[str] | None = Form(None, description="Optional class label of each image, same order."),
+) -> GalleryCreateOut:
+    n = len(image)
+    if n > settings.max_images_per_request:
+        raise HTTPException(
+            413, detail=f"{n} images in one request; the limit is {settings.max_images_per_request} "
+            "(HOTREFRESH_MAX_IMAGES_PER_REQUEST)"
+        )
+    if len(external_id) != n:
+        raise HTTPException(
+            422, detail=f"got {n} images but {len(external_id)} external_id values; send one per image"
+        )
+    labels: list[str | None] = list(label) if label else [None] * n
+    if len(labels) != n:
+        raise HTTPException(
+            422, detail=f"got {n} images but {len(labels)} labels; send one per image or none"
+        )
+    for ext in external_id:
+        if not ext.strip() or len(ext) > MAX_ID_LEN:
+            raise HTTPException(
+                422, detail=f"external_id must be 1 to {MAX_ID_LEN} characters, not blank: {ext!r}"
+            )
+    for lab in labels:
+        if lab is not None and len(lab) > MAX_ID_LEN:
+            raise HTTPException(422, detail=f"label longer than {MAX_ID_LEN} characters")
+    repeated = [e for e, c in Counter(external_id).items() if c > 1]
+    if repeated:
+        raise HTTPException(409, detail=f"external_id repeated within the request: {repeated[:10]}")
+    _check_ready(serving)
+
+    blobs: list[bytes] = []
+    images = []
+    for i, (upload, ext) in enumerate(zip(image, external_id, strict=True)):
+        what = f"image {i} (external_id {ext!r})"
+        try:
+            data = read_limited(upload.file, settings.max_upload_bytes, what)
+            images.append(decode_image(data, what))
+        except UploadTooLarge as e:
+            raise HTTPException(413, detail=str(e)) from None
+        except BadImage as e:
+            raise HTTPException(422, detail=str(e)) from None
+        blobs.append(data)
+
+    # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
+    with session_scope(settings.sqlalchemy_url) as s:
+        state = repo.get_serving_state(s)
+        gallery_model = state.gallery_model
+        if gallery_model is None:
+            raise HTTPException(409, detail="no model is registered yet; POST /models first")
+        taken = repo.existing_external_ids(s, external_id)
+        if taken:
+            raise HTTPException(409, detail=f"external_id already in the gallery: {sorted(taken)[:10]}")
+        upgrade = repo.active_upgrade(s)
+        # While an upgrade can still be rolled back, keep the old model's vector too, so a
+        # rollback never has to re-encode anything (invariant 6).
+        models = [gallery_model]
+        if upgrade is not None and upgrade.from_model != gallery_model:
+            models.append(upgrade.from_model)
+        encoders = {m: serving.encoders.get(s, m) for m in models}
+
+    vectors = {m: enc.embed_images(images) for m, enc in encoders.items()}
+    keys = [store.put(data) for data in blobs]
+    new = [
+        repo.NewItem(external_id=ext, label=lab, image_key=key, vectors={m: v[i] for m, v in vectors.items()})
+        for i, (ext, lab, key) in enumerate(zip(external_id, labels, keys, strict=True))
+    ]
+    try:
+        with session_scope(settings.sqlalchemy_url) as s:
+            rows = repo.add_items(s, new, active_model=gallery_model)
+            created = [
+                GalleryItemCreated(external_id=r.external_id, model=r.active_model, id=r.id) for r in rows
+            ]
+    except IntegrityError:
+        # Another request inserted one of these ids between our check and our commit.
+        raise HTTPException(409, detail="external_id already in the gallery (concurrent insert)") from None
+
+    ids = [c.id for c in created]
+    indexlog.append_safely(redis, settings, "add", gallery_model, ids)
+    serving.sync_ids(ids)
+    return GalleryCreateOut(items=created)
+
+
+@router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))
+def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
+    item = repo.get_item(session, external_id)
+    if item is None:
+        raise HTTPException(404, detail=f"no gallery item with external_id {external_id!r}")
+    return GalleryItemOut(
+        external_id=item.external_id,
+        label=item.label,
+        model=item.active_model,
+        created_at=item.created_at,
+        index_model=serving.index.model_of(item.id),
+    )
+
+
+@router.delete(
+    "/{external_id:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404),
+)
+def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
+    with session_scope(settings.sqlalchemy_url) as s:
+        item = repo.get_item(s, external_id)
+        if item is None:
+            raise HTTPException(404, detail=f"no gallery item with external_id {external_id!r}")
+        item_id, model = item.id, item.active_model
+        upgrade = repo.active_upgrade(s)
+        upgrade_id = upgrade.id if upgrade is not None else None
+        repo.delete_item(s, item)
+
+    indexlog.append_safely(redis, settings, "delete", model, [item_id])
+    if upgrade_id is not None:
+        _unqueue(redis, settings, upgrade_id, item_id)
+    serving.sync_ids([item_id])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _unqueue(redis: RedisDep, settings: SettingsDep, upgrade_id: int, item_id: int) -> None:
+    """Take a deleted item out of the running upgrade's queue (its backfill task row is gone
+    with the item by cascade); a worker that already leased it finds the item gone and acks."""
+    from workers.queue import BackfillQueue
+
+    try:
+        BackfillQueue(redis, settings, upgrade_id).remove([item_id])
+    except Exception:  # Redis trouble must not fail a delete SQL already committed
+        log.exception("could not remove item %d from upgrade %d's queue", item_id, upgrade_id)

@@ -1,0 +1,25 @@
+"""Liveness and readiness: alive as soon as the process serves HTTP, ready once its index replica
+has been loaded from SQL (a load balancer must not send searches to an empty replica)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from service.deps import ServingDep
+from service.schemas import HealthOut, ReadyOut, error_responses
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthOut)
+def healthz() -> HealthOut:
+    return HealthOut()
+
+
+@router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
+def readyz(serving: ServingDep) -> ReadyOut:
+    if not serving.ready.is_set():
+        raise HTTPException(503, detail="the index is still loading")
+    return ReadyOut(
+        query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id
+    )

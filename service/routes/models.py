@@ -1,0 +1,84 @@
+"""``/models``: the registry of checkpoints. The first model registered becomes the gallery and
+query model; later ones are upgrade targets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from sqlalchemy.exc import IntegrityError
+
+from service import indexlog
+from service.db import repositories as repo
+from service.db.schema import ModelRow, ServingState
+from service.db.session import session_scope
+from service.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
+from service.registry import RegistryError, register, resolve_model_path, save_upload
+from service.schemas import ModelOut, ModelsOut, error_responses
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+# Checkpoints are far larger than images; this bounds one upload, not the model directory.
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+
+def _out(row: ModelRow, state: ServingState) -> ModelOut:
+    return ModelOut(
+        name=row.name,
+        arch=row.arch,
+        embedding_dim=row.embedding_dim,
+        num_classes=row.num_classes,
+        trained_with=row.trained_with,
+        compatible_with=row.compatible_with,
+        content_hash=row.content_hash,
+        created_at=row.created_at,
+        is_gallery_model=row.name == state.gallery_model,
+        is_query_model=row.name == state.query_model,
+    )
+
+
+@router.get("", response_model=ModelsOut)
+def list_models(session: SessionDep) -> ModelsOut:
+    state = repo.get_serving_state(session)
+    return ModelsOut(
+        gallery_model=state.gallery_model,
+        query_model=state.query_model,
+        models=[_out(row, state) for row in repo.list_models(session)],
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 409, 413, 422),
+)
+def register_model(
+    settings: SettingsDep,
+    serving: ServingDep,
+    redis: RedisDep,
+    file: UploadFile | None = File(None, description="A checkpoint file to upload."),
+    path: str | None = Form(
+        None, description="Or: a checkpoint already in the model directory (HOTREFRESH_MODEL_DIR)."
+    ),
+) -> ModelOut:
+    if (file is None) == (path is None or path == ""):
+        raise HTTPException(
+            422, detail="send exactly one of: a checkpoint `file`, or a `path` in the model directory"
+        )
+    try:
+        if file is not None:
+            ckpt, uploaded = save_upload(settings, file.file, MAX_CHECKPOINT_BYTES), True
+        else:
+            ckpt, uploaded = resolve_model_path(settings, path or ""), False
+        with session_scope(settings.sqlalchemy_url) as s:
+            row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
+            out = _out(row, repo.get_serving_state(s))
+    except RegistryError as e:
+        raise HTTPException(e.status, detail=str(e)) from None
+    except IntegrityError:
+        raise HTTPException(409, detail="a model with this name was registered concurrently") from None
+    if first:
+        # The query model changed from none to this one: tell every replica.
+        indexlog.append_safely(redis, settings, "switch", out.name)
+        serving.refresh_query_model()
+    return out

@@ -1,0 +1,55 @@
+"""``POST /search``: encode the query image with the query model, search every segment of this
+replica's mixed index with the paper's plan (one embedding, raw scores), merge to one top-k."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+
+from service.deps import ServingDep, SettingsDep
+from service.images import BadImage, UploadTooLarge, decode_image, read_limited
+from service.metrics import SEARCH_REQUESTS, SEARCH_SECONDS
+from service.registry import UnknownModel
+from service.schemas import SearchOut, SearchResult, error_responses
+from service.serving import NoModel, NotReady
+
+router = APIRouter(tags=["search"])
+
+MAX_K = 1000
+
+
+@router.post("/search", response_model=SearchOut, responses=error_responses(409, 413, 422, 503))
+def search(
+    settings: SettingsDep,
+    serving: ServingDep,
+    image: UploadFile = File(..., description="The query image."),
+    k: int = Query(10, ge=1, le=MAX_K, description="How many results."),
+) -> SearchOut:
+    started = time.perf_counter()
+    code = 500
+    try:
+        try:
+            data = read_limited(image.file, settings.max_upload_bytes, "query image")
+            img = decode_image(data, "query image")
+            model, query = serving.encode_query(img)
+        except UploadTooLarge as e:
+            raise HTTPException(413, detail=str(e)) from None
+        except BadImage as e:
+            raise HTTPException(422, detail=str(e)) from None
+        except NotReady as e:
+            raise HTTPException(503, detail=str(e)) from None
+        except (NoModel, UnknownModel) as e:
+            raise HTTPException(409, detail=str(e)) from None
+        hits = serving.search_vector(query, k)
+        code = 200
+        return SearchOut(
+            query_model=model,
+            results=[SearchResult(external_id=e, score=s, model=m) for e, s, m in hits],
+        )
+    except HTTPException as e:
+        code = e.status_code
+        raise
+    finally:
+        SEARCH_SECONDS.observe(time.perf_counter() - started)
+        SEARCH_REQUESTS.labels(status=str(code)).inc()

@@ -1,0 +1,98 @@
+"""Request and response bodies of the HTTP API, kept apart from the ORM rows so the wire format
+changes only when we mean it to."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored is UTC, so say so on the wire."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What was wrong, in words.")
+
+
+class HealthOut(BaseModel):
+    status: str = "ok"
+
+
+class ReadyOut(BaseModel):
+    status: str = "ready"
+    query_model: str | None
+    counts: dict[str, int] = Field(description="Live vectors per model segment in this replica.")
+    log_position: str = Field(description="Last index-log entry this replica has applied.")
+
+
+class GalleryItemCreated(BaseModel):
+    external_id: str
+    model: str
+    id: int
+
+
+class GalleryCreateOut(BaseModel):
+    items: list[GalleryItemCreated]
+
+
+class GalleryItemOut(BaseModel):
+    external_id: str
+    label: str | None
+    model: str = Field(description="The item's active model in the database (the source of truth).")
+    created_at: UtcDatetime
+    index_model: str | None = Field(
+        description="The segment this replica serves the item from (null while not yet applied)."
+    )
+
+
+class SearchResult(BaseModel):
+    external_id: str
+    score: float
+    model: str
+
+
+class SearchOut(BaseModel):
+    query_model: str
+    results: list[SearchResult]
+
+
+class ModelOut(BaseModel):
+    name: str
+    arch: str
+    embedding_dim: int
+    num_classes: int
+    trained_with: str
+    compatible_with: str | None
+    content_hash: str
+    created_at: UtcDatetime
+    is_gallery_model: bool
+    is_query_model: bool
+
+
+class ModelsOut(BaseModel):
+    gallery_model: str | None
+    query_model: str | None
+    models: list[ModelOut]
+
+
+_ERROR_TEXT = {
+    401: "Missing admin bearer token.",
+    403: "Wrong admin token.",
+    404: "Not found.",
+    409: "Conflict with the current state.",
+    413: "Upload too large.",
+    422: "Invalid input; nothing was changed.",
+    503: "The index is still loading.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route can answer, all with the ``{"detail"}`` shape."""
+    return {code: {"model": ErrorOut, "description": _ERROR_TEXT[code]} for code in codes}
