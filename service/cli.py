@@ -11,3 +11,8 @@ from service import commands as _service_commands  # noqa: E402 - registered aft
 
 app.command("serve")(_service_commands.serve)
 app.command("ingest")(_service_commands.ingest)
+
+from workers import commands as _worker_commands  # noqa: E402
+
+app.command("worker")(_worker_commands.worker)
+app.add_typer(_worker_commands.upgrade_app, name="upgrade")

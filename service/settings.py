@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     probe_size: int = Field(default=1000, ge=0)
     nfr_checkpoint_every: float = Field(default=0.05, gt=0, le=1)
     commit_grace_seconds: float | None = None  # auto-commit a completed upgrade after this long
+    # Backfill workers (workers/): parallel self-re-enqueueing drain chains per upgrade, how long one
+    # drain task runs before re-enqueueing itself, and the broker's redelivery timeout for a task
+    # whose worker died (must exceed the longest task). See docs/workers.md.
+    drain_chains: int = Field(default=8, ge=1, le=1024)
+    drain_budget_seconds: float = Field(default=10.0, gt=0)
+    visibility_timeout_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

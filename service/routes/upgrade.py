@@ -1,0 +1,187 @@
+"""``/upgrade``: start a hot refresh and control it (DESIGN.md, "HTTP interface").
+
+The state rules live in ``service.upgrade.states``; this module only maps them to HTTP (a refused
+transition is 409) and dispatches Celery work after the SQL change has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel, Field
+
+from service.deps import AdminDep, RedisDep, SessionDep, SettingsDep
+from service.schemas import UtcDatetime, error_responses
+from service.settings import Settings
+from service.upgrade import control, progress, store
+from service.upgrade.states import TransitionError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/upgrade", tags=["upgrade"])
+
+
+class UpgradeIn(BaseModel):
+    model: str = Field(
+        min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
+    )
+    strategy: Literal["margin", "least", "entropy", "random"] = Field(
+        "margin", description="Backfill order: uncertainty of the old vector under the new classifier."
+    )
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
+    nfr_guardrail: float | None = Field(
+        None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
+    )
+
+
+class UpgradeCreated(BaseModel):
+    id: int
+    state: str
+    total: int
+
+
+class Checkpoint(BaseModel):
+    step: int | None = Field(None, description="Checkpoint number (0 at start, -1 at completion).")
+    fraction: float = Field(description="Share of the gallery on the new model when measured.")
+    progress: float | None = None
+    nfr: float | None = Field(None, description="NFR@1 (Eq. 12) of the probes; null when unavailable.")
+    map: float | None = None
+    top1: float | None = None
+    at: float = Field(description="Unix time of the measurement.")
+
+
+class FailureOut(BaseModel):
+    item_id: int
+    external_id: str
+    attempts: int
+    error: str
+
+
+class UpgradeOut(BaseModel):
+    id: int
+    from_model: str
+    to_model: str
+    strategy: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    pending: int
+    fraction: float = Field(description="done / (done + pending + failed).")
+    nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
+    map: float | None = Field(description="Latest live mAP of the probe set.")
+    eta_s: float | None
+    items_per_s: float | None
+    queue_depth: int | None
+    leased: int | None
+    baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
+    checkpoints: list[Checkpoint]
+    failures: list[FailureOut] = Field(description="The first 100 items that failed; all via /failures.")
+    error: str | None
+    batch_size: int
+    nfr_guardrail: float | None
+    created_at: UtcDatetime
+    completed_at: UtcDatetime | None
+
+
+class StateOut(BaseModel):
+    id: int
+    state: str
+
+
+def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: int | None) -> UpgradeOut:
+    up = store.latest_upgrade(session) if upgrade_id is None else store.get_upgrade(session, upgrade_id)
+    if up is None:
+        detail = "no upgrade yet" if upgrade_id is None else f"upgrade {upgrade_id} not found"
+        raise HTTPException(404, detail=detail)
+    return UpgradeOut.model_validate(progress.view(session, up, redis, settings).__dict__)
+
+
+def _dispatch(what: str, fn: object, *args: object) -> None:
+    """Send Celery work; if the broker is briefly away the workers' watchdog sends it later."""
+    try:
+        fn(*args)  # type: ignore[operator]
+    except Exception:  # noqa: BLE001 - the SQL change stands; the watchdog re-sends
+        log.exception("could not dispatch %s; the worker watchdog will", what)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=UpgradeCreated,
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> UpgradeCreated:
+    from workers.celery_app import send_score
+
+    try:
+        up = control.start(settings, redis, model=body.model, strategy=body.strategy,
+                           batch_size=body.batch_size, nfr_guardrail=body.nfr_guardrail)
+    except control.UpgradeRequestError as e:
+        raise HTTPException(e.status, detail=str(e)) from None
+    _dispatch("scoring", send_score, settings, up.id)
+    return UpgradeCreated(id=up.id, state=up.state, total=up.total)
+
+
+@router.get("", response_model=UpgradeOut, responses=error_responses(404))
+def latest(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
+    """The most recent upgrade."""
+    return _view(session, redis, settings, None)
+
+
+@router.get("/{upgrade_id}", response_model=UpgradeOut, responses=error_responses(404))
+def get_upgrade(upgrade_id: int, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
+    return _view(session, redis, settings, upgrade_id)
+
+
+@router.get("/{upgrade_id}/failures", response_model=list[FailureOut], responses=error_responses(404))
+def failures(
+    upgrade_id: int, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)
+) -> list[FailureOut]:
+    """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
+    if store.get_upgrade(session, upgrade_id) is None:
+        raise HTTPException(404, detail=f"upgrade {upgrade_id} not found")
+    return [FailureOut(item_id=f.item_id, external_id=f.external_id, attempts=f.attempts, error=f.error)
+            for f in store.list_failures(session, upgrade_id, limit)]
+
+
+def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> StateOut:
+    try:
+        state = control.act(settings, redis, upgrade_id, action)
+    except TransitionError as e:
+        raise HTTPException(409, detail=str(e)) from None
+    except control.UpgradeRequestError as e:
+        raise HTTPException(e.status, detail=str(e)) from None
+    if action == "resume":
+        from workers.celery_app import send_drains
+
+        _dispatch("drain chains", send_drains, settings, upgrade_id)
+    return StateOut(id=upgrade_id, state=state)
+
+
+_ACTION_DOCS = {
+    "pause": "running -> paused: workers stop leasing (batches in flight land).",
+    "resume": "paused -> running.",
+    "cancel": "scoring|running|paused -> cancelled: every item and queries back on the old model at once.",
+    "rollback": "any state before committed -> rolled_back: back to the old model at once, no re-encoding.",
+    "commit": "completed -> committed: the old model's vectors are deleted (409 while items failed).",
+}
+
+
+def _route(action: str) -> None:
+    def handler(upgrade_id: int, settings: SettingsDep, redis: RedisDep) -> StateOut:
+        return _act(settings, redis, upgrade_id, action)
+
+    handler.__name__ = f"{action}_upgrade"
+    router.add_api_route(
+        f"/{{upgrade_id}}/{action}", handler, methods=["POST"], response_model=StateOut,
+        dependencies=[AdminDep], responses=error_responses(401, 403, 404, 409),
+        summary=f"{action.capitalize()} an upgrade", description=_ACTION_DOCS[action],
+    )
+
+
+for _action in _ACTION_DOCS:
+    _route(_action)

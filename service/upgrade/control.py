@@ -1,0 +1,186 @@
+"""Starting an upgrade and the operator's actions on it, each one SQL transaction first and the
+index-log entry after the commit (service.indexlog's rule), then Redis housekeeping.
+
+Used by the HTTP routes (service/routes/upgrade.py) and by workers (auto-commit). Nothing here
+touches Celery: the caller dispatches the scoring/drain tasks after these return.
+"""
+
+from __future__ import annotations
+
+import redis as redis_lib
+from sqlalchemy import delete, exists, func, select, update
+
+from models.uncertainty import STRATEGIES
+from service import indexlog
+from service.db import repositories as repo
+from service.db.schema import Embedding, GalleryItem, ServingState, Upgrade, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
+from service.upgrade import store
+from service.upgrade.states import ACTIVE, CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
+from workers.queue import BackfillQueue
+
+
+class UpgradeRequestError(ValueError):
+    """A refused upgrade request; ``status`` is the HTTP status to answer with."""
+
+    status = 422
+
+
+class UnknownModelError(UpgradeRequestError):
+    status = 404
+
+
+class UpgradeConflict(UpgradeRequestError):
+    status = 409
+
+
+class UpgradeNotFound(UpgradeRequestError):
+    status = 404
+
+
+def start(
+    settings: Settings,
+    redis: redis_lib.Redis,
+    *,
+    model: str,
+    strategy: str = "margin",
+    batch_size: int | None = None,
+    nfr_guardrail: float | None = None,
+) -> Upgrade:
+    """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once
+    (the hot refresh): from this commit on, queries use the new model against the mixed index and
+    new inserts are encoded with it. Returns the row in state ``scoring``."""
+    if strategy not in STRATEGIES:
+        raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+    if batch_size is not None and not 1 <= batch_size <= 4096:
+        raise UpgradeRequestError("batch_size must be between 1 and 4096")
+    if nfr_guardrail is not None and not 0.0 <= nfr_guardrail <= 1.0:
+        raise UpgradeRequestError("nfr_guardrail is a ratio between 0 and 1")
+    with session_scope(settings.sqlalchemy_url) as s:
+        repo.get_serving_state(s)
+        # Serialise concurrent starts on the serving-state row (PostgreSQL; SQLite's BEGIN
+        # IMMEDIATE already does), so two requests can never both pass the "none running" check.
+        serving = s.scalar(
+            select(ServingState).where(ServingState.id == repo.SERVING_STATE_ID).with_for_update()
+        )
+        target = repo.get_model(s, model)
+        if target is None:
+            raise UnknownModelError(f"model {model!r} is not registered")
+        running = s.scalar(
+            select(Upgrade).where(Upgrade.state.in_(ACTIVE)).order_by(Upgrade.id.desc()).limit(1)
+        )
+        if running is not None:
+            hint = " (commit or roll it back first)" if running.state == COMPLETED else ""
+            raise UpgradeConflict(f"upgrade {running.id} is {running.state}{hint}")
+        current_name = serving.gallery_model if serving is not None else None
+        current = repo.get_model(s, current_name) if current_name else None
+        if current is None:
+            raise UpgradeRequestError("the service has no gallery model yet; register one and ingest first")
+        if target.name == current.name:
+            raise UpgradeRequestError(f"model {model!r} already is the gallery model")
+        if target.embedding_dim != current.embedding_dim:
+            raise UpgradeRequestError(
+                f"model {model!r} embeds in {target.embedding_dim} dimensions, the gallery model "
+                f"{current.name!r} in {current.embedding_dim}"
+            )
+        if target.compatible_with != current.name:
+            raise UpgradeRequestError(
+                f"model {model!r} is declared compatible with {target.compatible_with!r}, not with the "
+                f"gallery model {current.name!r}; a hot refresh needs backward-compatible embeddings"
+            )
+        total = int(s.scalar(select(func.count()).select_from(GalleryItem)
+                             .where(GalleryItem.active_model == current.name)) or 0)
+        row = Upgrade(
+            from_model=current.name, to_model=target.name, strategy=strategy, state=SCORING,
+            batch_size=batch_size or settings.batch_size, nfr_guardrail=nfr_guardrail, total=total,
+            done=0, failed=0, checkpoints=[],
+        )
+        s.add(row)
+        repo.set_serving_state(s, gallery_model=target.name, query_model=target.name)
+        s.flush()
+    indexlog.append_safely(redis, settings, "switch", target.name)
+    return row
+
+
+def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str) -> str:
+    """Rollback and cancel: every item and both serving models back to the old model, from the
+    old vectors still in SQL (no re-encoding), the new model's vectors dropped."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None:
+            raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
+        new_state = store.transition(s, upgrade_id, action)
+        has_old = exists().where(Embedding.item_id == GalleryItem.id, Embedding.model == up.from_model)
+        s.execute(
+            update(GalleryItem)
+            .where(GalleryItem.active_model == up.to_model, has_old)
+            .values(active_model=up.from_model)
+            .execution_options(synchronize_session=False)
+        )
+        back_on_old = select(GalleryItem.id).where(GalleryItem.active_model == up.from_model)
+        s.execute(
+            delete(Embedding)
+            .where(Embedding.model == up.to_model, Embedding.item_id.in_(back_on_old))
+            .execution_options(synchronize_session=False)
+        )
+        repo.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
+        from_model = up.from_model
+    indexlog.append_safely(redis, settings, "rollback", from_model)
+    BackfillQueue(redis, settings, upgrade_id).clear()
+    return new_state
+
+
+def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
+    """Retire the old model: delete its vectors. Refused while any item still lives on it (items
+    whose re-encoding failed), because dropping the old segment would make them unsearchable."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None:
+            raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
+        if up.state == COMPLETED:
+            left = int(s.scalar(select(func.count()).select_from(GalleryItem)
+                                .where(GalleryItem.active_model == up.from_model)) or 0)
+            if left:
+                raise UpgradeConflict(
+                    f"{left} items are still on the old model {up.from_model!r} (their re-encoding failed, "
+                    f"see the upgrade's failures); delete or re-upload them, or roll back"
+                )
+        new_state = store.transition(s, upgrade_id, "commit")
+        s.execute(delete(Embedding).where(Embedding.model == up.from_model))
+        old = up.from_model
+    indexlog.append_safely(redis, settings, "commit", old)
+    BackfillQueue(redis, settings, upgrade_id).clear()
+    return new_state
+
+
+def act(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str) -> str:
+    """An operator action by name; raises :class:`TransitionError` (409) when not allowed."""
+    if action in ("rollback", "cancel"):
+        return _return_to_old_model(settings, redis, upgrade_id, action)
+    if action == "commit":
+        return commit(settings, redis, upgrade_id)
+    if action not in ("pause", "resume"):
+        raise UpgradeRequestError(f"unknown action {action!r}")
+    with session_scope(settings.sqlalchemy_url) as s:
+        if store.get_upgrade(s, upgrade_id) is None:
+            raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
+        fields = {"error": None} if action == "resume" else {}
+        return store.transition(s, upgrade_id, action, **fields)
+
+
+def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str) -> None:
+    """An upgrade that cannot go on (e.g. the new checkpoint is unreadable): back to the old
+    model like a rollback, so the service keeps answering with what worked, state ``failed``."""
+    try:
+        _return_to_old_model(settings, redis, upgrade_id, "fail")
+    except TransitionError:
+        return
+    with session_scope(settings.sqlalchemy_url) as s:
+        s.execute(
+            update(Upgrade).where(Upgrade.id == upgrade_id).values(error=error[:4000], updated_at=utcnow())
+        )
+
+
+__all__ = ["start", "act", "commit", "fail", "UpgradeRequestError", "UnknownModelError", "UpgradeConflict",
+           "UpgradeNotFound", "TransitionError", "CANCELLED", "ROLLED_BACK"]

@@ -1,0 +1,192 @@
+"""Progress of a running upgrade: live NFR/mAP checkpoints, the guardrail, completion, and the
+view ``GET /upgrade`` answers with.
+
+Checkpoints are claimed through a Redis ``SET NX`` per step so that, with many workers, each
+step is measured once; the result is appended to ``upgrade.checkpoints`` under the row lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis as redis_lib
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.schema import Upgrade, utcnow
+from service.db.session import session_scope
+from service.metrics import BACKFILL_PROGRESS, LIVE_MAP, LIVE_NFR
+from service.settings import Settings
+from service.upgrade import probes, store
+from service.upgrade.states import RUNNING, TransitionError
+from workers.queue import BackfillQueue
+
+log = logging.getLogger(__name__)
+
+
+def progress_of(up: Upgrade) -> float:
+    return 1.0 if up.total <= 0 else min(1.0, up.done / up.total)
+
+
+def _append_checkpoint(session: Session, upgrade_id: int, point: dict) -> Upgrade:
+    up = session.scalar(select(Upgrade).where(Upgrade.id == upgrade_id).with_for_update())
+    assert up is not None
+    up.checkpoints = [*(up.checkpoints or []), point]
+    up.nfr = point["nfr"]
+    up.map = point["map"]
+    session.flush()
+    return up
+
+
+def _set_live_gauges(upgrade_id: int, nfr: float | None, map_: float | None) -> None:
+    # No labels, no probes: the gauge is left unset ("unavailable"), never written as 0.
+    if nfr is not None:
+        LIVE_NFR.labels(str(upgrade_id)).set(nfr)
+    if map_ is not None:
+        LIVE_MAP.labels(str(upgrade_id)).set(map_)
+
+
+def checkpoint_now(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
+    """Measure the probes against the gallery as SQL holds it and record the point."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None or not up.baseline:
+            return None
+        m = probes.measure(s, up.baseline, up.to_model)
+        progress = progress_of(up)
+    point = {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
+             "top1": m.top1, "at": time.time()}
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = _append_checkpoint(s, upgrade_id, point)
+        guardrail = up.nfr_guardrail
+    _set_live_gauges(upgrade_id, m.nfr, m.map)
+    if guardrail is not None and m.nfr is not None and m.nfr > guardrail:
+        try:
+            with session_scope(settings.sqlalchemy_url) as s:
+                store.transition(s, upgrade_id, "guardrail",
+                                 error=f"paused by the NFR guardrail: live NFR {m.nfr:.4f} > {guardrail:.4f} "
+                                       f"at {m.fraction:.0%} backfilled")
+            log.warning("upgrade %s paused: live NFR %.4f above guardrail %.4f", upgrade_id, m.nfr, guardrail)
+        except TransitionError:
+            pass
+    return point
+
+
+def maybe_checkpoint(
+    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, progress: float
+) -> dict | None:
+    """Take a checkpoint when progress crossed a new multiple of ``nfr_checkpoint_every``."""
+    step = int(math.floor(progress / settings.nfr_checkpoint_every + 1e-9))
+    if step <= 0 or progress >= 1.0:  # the 100% point is taken at completion
+        return None
+    key = settings.redis_key("upgrade", upgrade_id, "checkpoint", step)
+    if not redis.set(key, "1", nx=True, ex=24 * 3600):
+        return None
+    # Steps skipped by a big jump are claimed too, so they are not measured late.
+    for earlier in range(1, step):
+        redis.set(settings.redis_key("upgrade", upgrade_id, "checkpoint", earlier), "1", nx=True, ex=86400)
+    return checkpoint_now(settings, redis, upgrade_id, step)
+
+
+def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
+    """Called when a worker finds the queue and the lease set empty. Returns ``"completed"``,
+    ``"requeued"`` (SQL still had work: orphans added or the lost queue rebuilt) or ``"wait"``."""
+    queue = BackfillQueue(redis, settings, upgrade_id)
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None or up.state != RUNNING:
+            return "wait"
+        orphans = store.add_orphans(s, up)
+    if orphans:
+        queue.push(orphans, [-1.0] * len(orphans))
+        return "requeued"
+    with session_scope(settings.sqlalchemy_url) as s:
+        pending = store.pending_pairs(s, upgrade_id)
+    if pending:
+        n = queue.rebuild_if_lost(lambda: pending)
+        if n:
+            log.warning("upgrade %s: Redis had lost the queue; rebuilt %d items from SQL", upgrade_id, n)
+        return "requeued"
+    try:
+        with session_scope(settings.sqlalchemy_url) as s:
+            # Re-checked inside the transition's transaction: nothing pending, still running.
+            if store.task_counts(s, upgrade_id)["pending"]:
+                return "requeued"
+            store.transition(s, upgrade_id, "complete", completed_at=utcnow())
+    except TransitionError:
+        return "wait"
+    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(1.0)
+    point = checkpoint_now(settings, redis, upgrade_id, step=-1)
+    log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
+             point and point["nfr"], point and point["map"])
+    return "completed"
+
+
+@dataclass(frozen=True)
+class UpgradeView:
+    id: int
+    from_model: str
+    to_model: str
+    strategy: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    pending: int
+    fraction: float
+    nfr: float | None
+    map: float | None
+    eta_s: float | None
+    items_per_s: float | None
+    queue_depth: int | None
+    leased: int | None
+    baseline: dict | None
+    checkpoints: list[dict]
+    failures: list[dict]
+    error: str | None
+    batch_size: int
+    nfr_guardrail: float | None
+    created_at: str
+    completed_at: str | None
+
+
+def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings,
+         failures_limit: int = 100) -> UpgradeView:
+    counts = store.task_counts(session, up.id)
+    # Items deleted from the gallery mid-upgrade drop out of the denominator with their task.
+    denominator = counts["pending"] + counts["done"] + counts["failed"]
+    fraction = 1.0 if denominator == 0 else counts["done"] / denominator
+    base = up.baseline or {}
+    items_per_s = eta = None
+    running_since = base.get("running_since")
+    if running_since and up.done:
+        end = (up.completed_at.timestamp() if up.completed_at else time.time())
+        elapsed = max(1e-6, end - float(running_since))
+        items_per_s = up.done / elapsed
+        eta = 0.0 if up.state != RUNNING else counts["pending"] / items_per_s
+    depth = leased = None
+    if redis is not None:
+        try:
+            q = BackfillQueue(redis, settings, up.id)
+            depth, leased = q.depth(), q.leased()
+        except redis_lib.RedisError:
+            pass
+    summary = {k: base.get(k) for k in ("old_map", "old_top1_rate", "map_k") if k in base}
+    summary["probes"] = len(base.get("probe_ids", []))
+    return UpgradeView(
+        id=up.id, from_model=up.from_model, to_model=up.to_model, strategy=up.strategy, state=up.state,
+        total=up.total, done=counts["done"], failed=counts["failed"], pending=counts["pending"],
+        fraction=fraction, nfr=up.nfr, map=up.map, eta_s=eta, items_per_s=items_per_s,
+        queue_depth=depth, leased=leased, baseline=summary if base else None,
+        checkpoints=list(up.checkpoints or []),
+        failures=[
+            {"item_id": f.item_id, "external_id": f.external_id, "attempts": f.attempts, "error": f.error}
+            for f in store.list_failures(session, up.id, failures_limit)
+        ],
+        error=up.error, batch_size=up.batch_size, nfr_guardrail=up.nfr_guardrail,
+        created_at=up.created_at.isoformat(),
+        completed_at=up.completed_at.isoformat() if up.completed_at else None,
+    )

@@ -1,0 +1,98 @@
+"""Scoring an upgrade: the old vector of every item still on the old model goes through the new
+model's classifier, ``models.uncertainty`` turns the softmax into a priority ("the poor
+first"), the priorities land in SQL (``backfill_tasks``) and then in the Redis queue; the probe
+set and the old system's baseline are taken; the upgrade moves ``scoring -> running``.
+
+Safe to run twice (a redelivered task): everything is replaced, not appended, and only the
+``scoring -> running`` transition (one conditional UPDATE) decides which run wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import redis as redis_lib
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from models.checkpoint import LoadedModel
+from models.uncertainty import score_uncertainty
+from service.db.repositories import iter_active_vectors
+from service.db.schema import GalleryItem, Upgrade
+from service.db.session import session_scope
+from service.imagestore import ImageStore
+from service.settings import Settings
+from service.upgrade import probes, store
+from service.upgrade.images import load_images
+from service.upgrade.states import SCORING, TransitionError
+from workers.queue import BackfillQueue
+
+log = logging.getLogger(__name__)
+
+SCORE_CHUNK = 65_536
+
+
+def compute_priorities(
+    session: Session, upgrade: Upgrade, new_model: LoadedModel
+) -> tuple[np.ndarray, np.ndarray]:
+    w, b = new_model.classifier_weights()
+    all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    chunks = (c for c in iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
+    for n, chunk in enumerate(chunks):
+        ids, vecs = chunk.ids, chunk.vectors
+        seed = int(upgrade.id) * 1_000_003 + n  # "random" differs per upgrade, reproducible
+        all_ids.append(ids)
+        all_prio.append(score_uncertainty(vecs, w, b, upgrade.strategy, seed=seed))
+    return np.concatenate(all_ids), np.concatenate(all_prio)
+
+
+def build_probes(
+    session: Session, upgrade: Upgrade, new_model: LoadedModel, images: ImageStore, size: int
+) -> probes.ProbeSet:
+    ids, labels = probes.choose_probes(session, upgrade.from_model, size, seed=int(upgrade.id))
+    keys = dict(session.execute(select(GalleryItem.id, GalleryItem.image_key)
+                                .where(GalleryItem.id.in_(ids.tolist()))).tuples().all()) if len(ids) else {}
+    imgs, errs = load_images(images, [keys[int(i)] for i in ids])
+    ok = [k for k, e in enumerate(errs) if e is None]  # a probe whose image is unreadable is dropped
+    dim = new_model.meta.embedding_dim
+    queries = new_model.embed_images([imgs[k] for k in ok]) if ok else np.zeros((0, dim), np.float32)
+    return probes.ProbeSet(ids[ok], [labels[k] for k in ok], queries)
+
+
+def run_scoring(
+    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, new_model: LoadedModel, images: ImageStore
+) -> bool:
+    """Score, fill the queue, take the baseline; True when this run moved the upgrade to running."""
+    url = settings.sqlalchemy_url
+    with session_scope(url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None or up.state != SCORING:
+            return False
+        t0 = time.perf_counter()
+        ids, prio = compute_priorities(s, up, new_model)
+        probe_set = build_probes(s, up, new_model, images, settings.probe_size)
+        baseline = probes.take_baseline(s, probe_set, up.from_model)
+    with session_scope(url) as s:
+        store.replace_tasks(s, upgrade_id, ids, prio)
+        s.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(total=len(ids)))
+    queue = BackfillQueue(redis, settings, upgrade_id)
+    queue.clear()
+    queue.push(ids.tolist(), prio.tolist())
+    with session_scope(url) as s:
+        first = probes.measure(s, baseline, up.to_model)
+    baseline["running_since"] = time.time()
+    baseline["scoring_seconds"] = time.perf_counter() - t0
+    checkpoint = {"fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,
+                  "top1": first.top1, "at": time.time()}
+    try:
+        with session_scope(url) as s:
+            store.transition(s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint],
+                             nfr=first.nfr, map=first.map)
+    except TransitionError:
+        queue.clear()  # rolled back or cancelled while scoring
+        return False
+    log.info("upgrade %s scored: %d items, %d probes, %.1fs", upgrade_id, len(ids), len(probe_set.ids),
+             baseline["scoring_seconds"])
+    return True

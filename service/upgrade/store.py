@@ -1,0 +1,245 @@
+"""SQL reads and writes of an upgrade and its backfill tasks (the durable twin of the Redis queue).
+
+Plain functions over a ``Session``; like ``service.db.repositories`` they never commit, the
+caller owns the transaction. Bulk statements (one ``UPDATE ... WHERE id IN``) rather than
+per-row ORM round trips, because a backfill batch's SQL time is pure overhead on top of the
+encoder (benchmark B1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.db.repositories import vector_to_bytes
+from service.db.schema import BackfillFailure, BackfillTask, Embedding, GalleryItem, Upgrade, utcnow
+from service.upgrade.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
+
+_IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+
+
+def _chunks(ids: Sequence[int], n: int = _IN_CHUNK) -> list[list[int]]:
+    ids = [int(i) for i in ids]
+    return [ids[i : i + n] for i in range(0, len(ids), n)]
+
+
+def get_upgrade(session: Session, upgrade_id: int) -> Upgrade | None:
+    return session.get(Upgrade, int(upgrade_id))
+
+
+def latest_upgrade(session: Session) -> Upgrade | None:
+    return session.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
+
+
+def active_upgrade_ids(session: Session, states: Sequence[str] = ACTIVE) -> list[int]:
+    return [int(i) for i in session.scalars(select(Upgrade.id).where(Upgrade.state.in_(states)))]
+
+
+def transition(session: Session, upgrade_id: int, action: str, **fields: object) -> str:
+    """Apply ``action`` if the current state allows it (one conditional UPDATE); returns the new
+    state, else raises :class:`TransitionError` and changes nothing."""
+    allowed, target = TRANSITIONS[action]
+    values: dict[str, object] = {"state": target, "updated_at": utcnow(), **fields}
+    res = session.execute(
+        update(Upgrade).where(Upgrade.id == int(upgrade_id), Upgrade.state.in_(allowed)).values(**values)
+    )
+    if res.rowcount != 1:
+        current = session.scalar(select(Upgrade.state).where(Upgrade.id == int(upgrade_id)))
+        raise TransitionError(int(upgrade_id), action, current)
+    session.expire_all()
+    return target
+
+
+def lock_state(session: Session, upgrade_id: int) -> str | None:
+    """The upgrade's state, share-locked until the transaction ends (PostgreSQL ``FOR SHARE``;
+    SQLite's ``BEGIN IMMEDIATE`` already serialises writers). A rollback's UPDATE waits for
+    batches holding it, and a batch that starts after a rollback sees the new state."""
+    return session.scalar(
+        select(Upgrade.state).where(Upgrade.id == int(upgrade_id)).with_for_update(read=True)
+    )
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+def replace_tasks(session: Session, upgrade_id: int, ids: np.ndarray, priorities: np.ndarray) -> None:
+    """The task list of a (re-)scored upgrade; safe to repeat while the state is ``scoring``."""
+    session.execute(delete(BackfillTask).where(BackfillTask.upgrade_id == int(upgrade_id)))
+    now = utcnow()
+    rows = [
+        {"upgrade_id": int(upgrade_id), "item_id": int(i), "priority": float(p), "status": "pending",
+         "attempts": 0, "updated_at": now}
+        for i, p in zip(ids.tolist(), priorities.tolist(), strict=True)
+    ]
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(BackfillTask), rows[start : start + 5000])
+
+
+def pending_pairs(session: Session, upgrade_id: int) -> list[tuple[int, float]]:
+    """(item id, priority) of every task still to do: what the Redis queue must hold."""
+    rows = session.execute(
+        select(BackfillTask.item_id, BackfillTask.priority).where(
+            BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == "pending"
+        )
+    )
+    return [(int(i), float(p)) for i, p in rows]
+
+
+def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(BackfillTask.status, func.count())
+        .where(BackfillTask.upgrade_id == int(upgrade_id))
+        .group_by(BackfillTask.status)
+    )
+    counts = {"pending": 0, "done": 0, "failed": 0}
+    counts.update({str(s): int(n) for s, n in rows})
+    return counts
+
+
+def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
+    """Items still on the old model with no task (inserted with the old model in the instant
+    the upgrade switched models): give them a task at the lowest priority so none is left."""
+    has_task = select(BackfillTask.item_id).where(BackfillTask.upgrade_id == upgrade.id)
+    ids = [
+        int(i)
+        for i in session.scalars(
+            select(GalleryItem.id).where(
+                GalleryItem.active_model == upgrade.from_model, GalleryItem.id.not_in(has_task)
+            )
+        )
+    ]
+    if ids:
+        now = utcnow()
+        session.execute(
+            insert(BackfillTask),
+            [{"upgrade_id": upgrade.id, "item_id": i, "priority": -1.0, "status": "pending", "attempts": 0,
+              "updated_at": now} for i in ids],
+        )
+        session.execute(
+            update(Upgrade).where(Upgrade.id == upgrade.id).values(total=Upgrade.total + len(ids))
+        )
+    return ids
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    moved: list[int]  # items now on the new model (the index log's ``move``)
+    newly_done: int  # tasks that went pending -> done in this transaction (0 on a replay)
+    state: str | None  # the upgrade's state when the batch tried to land
+
+
+def record_encoded(
+    session: Session, upgrade: Upgrade, item_ids: Sequence[int], vectors: np.ndarray
+) -> BatchOutcome:
+    """Land one batch: new vectors, items' active model, tasks done, the done counter.
+
+    Idempotent: replaying the same batch (a worker killed after the commit but before its ack,
+    whose lease then expired) rewrites the same vectors and counts nothing twice, because only
+    tasks still ``pending`` are counted. Nothing lands unless the upgrade is running or paused.
+    """
+    state = lock_state(session, upgrade.id)
+    if state not in BATCH_MAY_COMMIT:
+        return BatchOutcome([], 0, state)
+    by_id = {int(i): k for k, i in enumerate(item_ids)}
+    present: list[int] = []
+    for chunk in _chunks(list(by_id)):
+        # Lock the item rows so a concurrent DELETE either finishes first (the id is skipped)
+        # or waits for this transaction.
+        present.extend(
+            int(i) for i in session.scalars(
+                select(GalleryItem.id).where(GalleryItem.id.in_(chunk)).with_for_update()
+            )
+        )
+    present.sort()
+    if not present:
+        return BatchOutcome([], 0, state)
+    model = upgrade.to_model
+    now = utcnow()
+    done = 0
+    for chunk in _chunks(present):
+        session.execute(delete(Embedding).where(Embedding.model == model, Embedding.item_id.in_(chunk)))
+        session.execute(
+            insert(Embedding),
+            [{"item_id": i, "model": model, "vector": vector_to_bytes(vectors[by_id[i]]), "created_at": now}
+             for i in chunk],
+        )
+        session.execute(update(GalleryItem).where(GalleryItem.id.in_(chunk)).values(active_model=model))
+        res = session.execute(
+            update(BackfillTask)
+            .where(BackfillTask.upgrade_id == upgrade.id, BackfillTask.item_id.in_(chunk),
+                   BackfillTask.status == "pending")
+            .values(status="done", updated_at=now)
+        )
+        done += int(res.rowcount or 0)
+    if done:
+        session.execute(update(Upgrade).where(Upgrade.id == upgrade.id).values(done=Upgrade.done + done))
+    return BatchOutcome(present, done, state)
+
+
+@dataclass(frozen=True)
+class FailureOutcome:
+    retry: list[int]  # attempts left: back to the queue
+    failed: list[int]  # out of attempts: recorded in backfill_failures, status failed
+
+
+def record_errors(
+    session: Session, upgrade: Upgrade, errors: dict[int, str], max_attempts: int
+) -> FailureOutcome:
+    """Count one more attempt for each item that could not be loaded or encoded."""
+    if not errors or lock_state(session, upgrade.id) not in BATCH_MAY_COMMIT:
+        return FailureOutcome([], [])
+    retry: list[int] = []
+    failed: list[int] = []
+    rows = {
+        int(t.item_id): t
+        for chunk in _chunks(list(errors))
+        for t in session.scalars(
+            select(BackfillTask).where(
+                BackfillTask.upgrade_id == upgrade.id, BackfillTask.item_id.in_(chunk),
+                BackfillTask.status == "pending",
+            ).with_for_update()
+        )
+    }
+    external = dict(
+        session.execute(select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(list(rows))))
+        .tuples().all()
+    ) if rows else {}
+    for item_id, task in rows.items():
+        task.attempts += 1
+        if task.attempts >= max_attempts:
+            task.status = "failed"
+            failed.append(item_id)
+            session.add(BackfillFailure(
+                upgrade_id=upgrade.id, item_id=item_id, external_id=external.get(item_id, "?"),
+                attempts=task.attempts, error=errors[item_id][:2000],
+            ))
+        else:
+            retry.append(item_id)
+    if failed:
+        session.execute(
+            update(Upgrade).where(Upgrade.id == upgrade.id).values(failed=Upgrade.failed + len(failed))
+        )
+    session.flush()
+    return FailureOutcome(retry, failed)
+
+
+def list_failures(session: Session, upgrade_id: int, limit: int = 100) -> list[BackfillFailure]:
+    return list(session.scalars(
+        select(BackfillFailure).where(BackfillFailure.upgrade_id == int(upgrade_id))
+        .order_by(BackfillFailure.id).limit(limit)
+    ))
+
+
+def seconds_since(ts: datetime | None) -> float | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:  # SQLite returns naive datetimes for timezone-aware columns
+        from datetime import UTC
+
+        ts = ts.replace(tzinfo=UTC)
+    return max(0.0, (utcnow() - ts).total_seconds())

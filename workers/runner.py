@@ -1,0 +1,73 @@
+"""Running the Celery worker: metrics endpoint, per-process set-up through Celery's signals, and
+the watchdog thread in the main process."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+
+from service.settings import get_settings
+from workers.celery_app import get_app, queue_name
+
+log = logging.getLogger("hotrefresh.worker")
+
+
+def _threads_per_child(concurrency: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+
+
+def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, loglevel: str) -> None:
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    app = get_app(settings)
+    import workers.tasks  # noqa: F401 - registers the tasks with the app
+    from service import metrics as m
+    from workers.watchdog import Watchdog
+
+    if metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        start_http_server(metrics_port, addr="0.0.0.0", registry=registry)
+        log.info("worker metrics on :%d/metrics (PROMETHEUS_MULTIPROC_DIR=%s)", metrics_port,
+                 os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    threads = _threads_per_child(concurrency)
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child_init(**_: object) -> None:
+        import torch
+
+        torch.set_num_threads(threads)  # the pool's children share the cores, not oversubscribe
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exit(pid: int | None = None, **_: object) -> None:
+        m.mark_process_dead(pid or os.getpid())
+
+    watchdog = Watchdog(settings)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        watchdog.start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: object) -> None:
+        watchdog.stop()
+
+    # Ask NVML, not the CUDA driver, whether a GPU exists: initialising CUDA in this parent
+    # would break it in the forked pool children.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    device = "cuda" if settings.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    log.info("hotrefresh worker: %d processes, encoders on %s, queue %s", concurrency, device,
+             queue_name(settings))
+    argv = ["worker", f"--concurrency={concurrency}", "--pool=prefork", f"--queues={queue_name(settings)}",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

@@ -1,0 +1,84 @@
+"""A thread in every worker's main process that makes sure each active upgrade has work moving.
+
+It restarts what messages alone cannot guarantee: a scoring task whose message was lost (Redis
+flushed, or no worker was up and the broker restarted), drain chains that all died (every
+worker SIGKILLed, Redis flushed), and it auto-commits a completed upgrade after
+``commit_grace_seconds``. Each kick is claimed with ``SET NX`` so that many workers watching the
+same upgrade start one set of chains, not one per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis as redis_lib
+
+from service.db.session import session_scope
+from service.metrics import BACKFILL_QUEUE_DEPTH
+from service.settings import Settings
+from service.upgrade import control, store
+from service.upgrade.states import COMPLETED, RUNNING, SCORING, TransitionError
+from workers.celery_app import send_drains, send_score
+from workers.queue import BackfillQueue
+
+log = logging.getLogger(__name__)
+
+
+def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
+    """One look at every active upgrade; returns what was done (for tests and logs)."""
+    actions: list[str] = []
+    with session_scope(settings.sqlalchemy_url) as s:
+        ups = [(u.id, u.state, store.seconds_since(u.completed_at), store.seconds_since(u.updated_at))
+               for u in (store.get_upgrade(s, i) for i in store.active_upgrade_ids(s)) if u is not None]
+    kick_ttl = max(5, int(3 * settings.drain_budget_seconds))
+    for upgrade_id, state, since_completed, since_update in ups:
+        if state == SCORING:
+            lock = settings.redis_key("upgrade", upgrade_id, "scoring-lock")
+            # Leave a fresh upgrade to the task POST /upgrade sent; re-send only when none runs.
+            if (since_update or 0) > kick_ttl and not redis.exists(lock) and redis.set(
+                settings.redis_key("upgrade", upgrade_id, "kick-score"), "1", nx=True, ex=kick_ttl
+            ):
+                send_score(settings, upgrade_id)
+                actions.append(f"score:{upgrade_id}")
+        elif state == RUNNING:
+            depth = BackfillQueue(redis, settings, upgrade_id).depth()
+            BACKFILL_QUEUE_DEPTH.labels(str(upgrade_id)).set(depth)
+            alive = settings.redis_key("upgrade", upgrade_id, "drain-alive")
+            if not redis.exists(alive) and redis.set(
+                settings.redis_key("upgrade", upgrade_id, "kick-drain"), "1", nx=True, ex=kick_ttl
+            ):
+                redis.set(alive, "kick", ex=kick_ttl)
+                send_drains(settings, upgrade_id)
+                actions.append(f"drain:{upgrade_id}")
+        elif state == COMPLETED and settings.commit_grace_seconds is not None and (
+            since_completed is not None and since_completed >= settings.commit_grace_seconds
+        ):
+            try:
+                control.commit(settings, redis, upgrade_id)
+                actions.append(f"commit:{upgrade_id}")
+            except (TransitionError, control.UpgradeConflict) as exc:
+                log.info("auto-commit of upgrade %s skipped: %s", upgrade_id, exc)
+    return actions
+
+
+class Watchdog(threading.Thread):
+    def __init__(self, settings: Settings, interval: float = 2.0) -> None:
+        super().__init__(name="hotrefresh-watchdog", daemon=True)
+        self.settings = settings
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        r = redis_lib.Redis.from_url(self.settings.effective_redis_url)
+        while not self._stop_event.wait(self.interval):
+            try:
+                for action in tick(self.settings, r):
+                    log.info("watchdog: %s", action)
+            except Exception:  # noqa: BLE001 - Redis or the database briefly away: try next tick
+                log.exception("watchdog tick failed")
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
