@@ -95,11 +95,11 @@ def leave_one_out(
     codes = {lab: c for c, lab in enumerate(sorted({str(x) for x in gallery.labels if x is not None}))}
     gl = np.asarray([codes[str(x)] if x is not None else UNLABELED for x in gallery.labels], np.int64)
     pos = {int(i): p for p, i in enumerate(gallery.ids.tolist())}
-    g = torch.from_numpy(np.ascontiguousarray(gallery.vectors, np.float32))
+    g = torch.from_numpy(np.array(gallery.vectors, np.float32))
     top1 = np.zeros(len(query_ids), bool)
     ap = np.zeros(len(query_ids), np.float64)
     for start in range(0, len(query_ids), 256):
-        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + 256], np.float32))
+        q = torch.from_numpy(np.array(queries[start : start + 256], np.float32))
         scores = (q @ g.T).numpy()
         for r in range(len(q)):
             j = start + r

@@ -41,7 +41,7 @@ def compute_priorities(
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     chunks = (c for c in iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
-        ids, vecs = chunk.ids, chunk.vectors
+        ids, vecs = chunk.ids, np.array(chunk.vectors)  # writable, for torch
         seed = int(upgrade.id) * 1_000_003 + n  # "random" differs per upgrade, reproducible
         all_ids.append(ids)
         all_prio.append(score_uncertainty(vecs, w, b, upgrade.strategy, seed=seed))
@@ -84,7 +84,7 @@ def run_scoring(
         first = probes.measure(s, baseline, up.to_model)
     baseline["running_since"] = time.time()
     baseline["scoring_seconds"] = time.perf_counter() - t0
-    checkpoint = {"fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,
+    checkpoint = {"step": 0, "fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,
                   "top1": first.top1, "at": time.time()}
     try:
         with session_scope(url) as s:

@@ -1,0 +1,94 @@
+"""Fixtures of the worker tests: a migrated database with a gallery of real Fashion-MNIST images
+encoded by a real (tiny) old model, a registered compatible new model, and a worker context."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.db import repositories as repo
+from service.db.migrate import upgrade_head
+from service.db.session import session_scope
+from service.imagestore import image_store_for
+from service.registry import EncoderCache, register
+from service.settings import Settings
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
+    from models.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    return images[:600].copy(), labels[:600].copy()
+
+
+@dataclass
+class Gallery:
+    settings: Settings
+    ids: list[int]
+    external_ids: list[str]
+    old: str
+    new: str
+
+
+def build_gallery(
+    settings: Settings, images: np.ndarray, labels: np.ndarray, old_path: Path, new_path: Path,
+    corrupt: int = 0,
+) -> Gallery:
+    """Register both checkpoints and insert the images encoded with the old model, directly in
+    SQL and the image store (what POST /gallery does, without an API process). The first
+    ``corrupt`` items get bytes that are not an image in the store."""
+    upgrade_head(settings.sqlalchemy_url)
+    settings.models_path.mkdir(parents=True, exist_ok=True)
+    cache = EncoderCache("cpu")
+    store = image_store_for(settings)
+    with session_scope(settings.sqlalchemy_url) as s:
+        old_row, _ = register(s, settings, cache, old_path, uploaded=False)
+        new_row, _ = register(s, settings, cache, new_path, uploaded=False)
+        old_model = cache.get(s, old_row.name)
+        pil = [Image.fromarray(a) for a in images]
+        vecs = old_model.embed_images(pil)
+        items = []
+        for k, (a, lab) in enumerate(zip(images, labels, strict=True)):
+            key = store.put(b"not an image %d" % k if k < corrupt else png(a))
+            items.append(repo.NewItem(f"img-{k}", str(int(lab)), key, {old_row.name: vecs[k]}))
+        rows = repo.add_items(s, items, old_row.name)
+        ids, ext = [r.id for r in rows], [r.external_id for r in rows]
+        return Gallery(settings, ids, ext, old_row.name, new_row.name)
+
+
+@pytest.fixture
+def tiny_checkpoints(settings_env: Settings) -> tuple[Path, Path]:
+    """Untrained but real checkpoints: ``old`` (conv2) and ``new`` (conv4, compatible with old)."""
+    from models.testing import make_tiny_checkpoint
+
+    root = settings_env.models_path
+    root.mkdir(parents=True, exist_ok=True)
+    make_tiny_checkpoint(root / "old.pt", "old", seed=0)
+    make_tiny_checkpoint(
+        root / "new.pt", "new", seed=1, arch="conv4", compatible_with="old", trained_with="ract"
+    )
+    return root / "old.pt", root / "new.pt"
+
+
+@pytest.fixture
+def make_gallery(
+    settings_env: Settings, tiny_checkpoints: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray]
+) -> Callable[..., Gallery]:
+    def make(n: int = 80, corrupt: int = 0) -> Gallery:
+        images, labels = fmnist_test
+        return build_gallery(settings_env, images[:n], labels[:n], *tiny_checkpoints, corrupt=corrupt)
+
+    return make

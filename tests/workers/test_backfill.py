@@ -1,0 +1,191 @@
+"""The upgrade lifecycle in one process, without Celery: scoring, the drain loop, failures,
+idempotence, transitions, a lost queue. Real SQLite/PostgreSQL, real Redis, real images and
+real (tiny) encoders; Celery and multiple processes are in test_worker_processes.py."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from service import indexlog
+from service.db import repositories as repo
+from service.db.schema import BackfillTask, Embedding, GalleryItem
+from service.db.session import session_scope
+from service.upgrade import control, store
+from service.upgrade.scoring import run_scoring
+from service.upgrade.states import TransitionError
+from workers.backfill import WorkerContext, drain
+from workers.queue import BackfillQueue
+
+pytestmark = pytest.mark.integration
+
+
+def start_and_score(g, **kw) -> tuple[WorkerContext, int]:  # noqa: ANN001
+    ctx = WorkerContext.from_settings(g.settings)
+    up = control.start(g.settings, ctx.redis, model=g.new, **kw)
+    with session_scope(ctx.url) as s:
+        model = ctx.encoders.get(s, g.new)
+    assert run_scoring(g.settings, ctx.redis, up.id, model, ctx.images)
+    return ctx, up.id
+
+
+def run_to_end(ctx: WorkerContext, upgrade_id: int, rounds: int = 500) -> None:
+    for _ in range(rounds):
+        outcome = drain(ctx, upgrade_id, budget_s=5.0)
+        if outcome == "stop":
+            return
+        if outcome == "wait":
+            time.sleep(0.05)
+    raise AssertionError("the upgrade never stopped")
+
+
+def models_of(url: str) -> dict[str, int]:
+    with session_scope(url) as s:
+        rows = s.execute(select(GalleryItem.active_model, func.count()).group_by(GalleryItem.active_model))
+        return {m: int(n) for m, n in rows}
+
+
+def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:  # noqa: ANN001
+    g = make_gallery(n=80)
+    g.settings.__dict__["batch_size"] = 16
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=16)
+    with session_scope(ctx.url) as s:
+        serving = repo.get_serving_state(s)
+        assert (serving.query_model, serving.gallery_model) == (g.new, g.new)  # the hot refresh
+        up = store.get_upgrade(s, uid)
+        assert up.state == "running" and up.total == 80
+        assert up.baseline["old_map"] is not None and len(up.baseline["probe_ids"]) == 80
+        assert up.checkpoints[0]["fraction"] == 0.0 and up.checkpoints[0]["nfr"] is not None
+        # the queue holds every item, highest priority first, matching SQL
+        prio = dict(store.pending_pairs(s, uid))
+    q = BackfillQueue(ctx.redis, g.settings, uid)
+    assert q.depth() == 80
+    first = q.lease(5, 60)
+    assert [prio[i] for i in first] == sorted((prio[i] for i in first), reverse=True)
+    assert min(prio[i] for i in first) >= max(p for i, p in prio.items() if i not in first)
+    q.release(first)
+
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 80 and up.failed == 0
+        counts = store.task_counts(s, uid)
+        assert counts == {"pending": 0, "done": 80, "failed": 0}
+        # both vectors kept until commit (rollback stays instant)
+        per_model = dict(s.execute(select(Embedding.model, func.count()).group_by(Embedding.model)).all())
+        assert per_model == {g.old: 80, g.new: 80}
+        steps = [c["step"] for c in up.checkpoints]
+        assert steps[0] == 0 and steps[-1] == -1 and len(steps) >= 3
+        assert up.checkpoints[-1]["fraction"] == 1.0
+    assert models_of(ctx.url) == {g.new: 80}
+    assert q.is_empty()
+    moved = [i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move"
+             for i in e.ids]
+    assert sorted(moved) == sorted(g.ids)  # every item moved exactly once in the log
+
+    # replaying a landed batch (a worker killed after commit, before ack) changes nothing
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        up.state = "running"
+        s.flush()
+        ids = g.ids[:10]
+        vecs = np.stack([repo.vector_from_bytes(s.get(Embedding, (i, g.new)).vector) for i in ids])
+        out = store.record_encoded(s, up, ids, vecs)
+        assert out.newly_done == 0 and sorted(out.moved) == sorted(ids)
+        assert store.get_upgrade(s, uid).done == 80
+
+    # commit retires the old model
+    with session_scope(ctx.url) as s:
+        store.get_upgrade(s, uid).state = "completed"
+    assert control.act(g.settings, ctx.redis, uid, "commit") == "committed"
+    with session_scope(ctx.url) as s:
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 0
+    with pytest.raises(TransitionError):
+        control.act(g.settings, ctx.redis, uid, "rollback")
+
+
+def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gallery) -> None:  # noqa: ANN001
+    g = make_gallery(n=40, corrupt=3)
+    ctx, uid = start_and_score(g, strategy="entropy", batch_size=8)
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 37 and up.failed == 3
+        failures = store.list_failures(s, uid)
+        assert sorted(f.external_id for f in failures) == ["img-0", "img-1", "img-2"]
+        assert all(f.attempts == g.settings.max_attempts for f in failures)
+        assert "not a decodable image" in failures[0].error or "decoded" in failures[0].error
+    assert models_of(ctx.url) == {g.new: 37, g.old: 3}
+    with pytest.raises(control.UpgradeConflict):  # would strand the 3 items still on the old model
+        control.act(g.settings, ctx.redis, uid, "commit")
+
+
+def test_transitions_and_instant_rollback(make_gallery) -> None:  # noqa: ANN001
+    g = make_gallery(n=40)
+    ctx, uid = start_and_score(g, strategy="random", batch_size=8)
+    with pytest.raises(control.UpgradeConflict):  # one upgrade at a time
+        control.start(g.settings, ctx.redis, model=g.new)
+    for bad in ("resume", "commit"):
+        with pytest.raises(TransitionError):
+            control.act(g.settings, ctx.redis, uid, bad)
+    assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
+    assert drain(ctx, uid, budget_s=1.0) == "stop"  # paused upgrades do not lease
+    assert BackfillQueue(ctx.redis, g.settings, uid).depth() == 40
+    with pytest.raises(TransitionError):
+        control.act(g.settings, ctx.redis, uid, "pause")
+    assert control.act(g.settings, ctx.redis, uid, "resume") == "running"
+    drain(ctx, uid, budget_s=0.01)  # at least one batch of 8 lands
+    on_new = models_of(ctx.url).get(g.new, 0)
+    assert 8 <= on_new < 40
+
+    assert control.act(g.settings, ctx.redis, uid, "rollback") == "rolled_back"
+    assert models_of(ctx.url) == {g.old: 40}
+    with session_scope(ctx.url) as s:
+        serving = repo.get_serving_state(s)
+        assert (serving.query_model, serving.gallery_model) == (g.old, g.old)
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.new)) == 0
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 40
+    assert BackfillQueue(ctx.redis, g.settings, uid).is_empty()
+    log_ops = [e.op for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000)]
+    assert log_ops[0] == "switch" and log_ops[-1] == "rollback"
+    assert drain(ctx, uid, budget_s=1.0) == "stop"
+    for bad in ("pause", "resume", "cancel", "rollback", "commit"):
+        with pytest.raises(TransitionError):
+            control.act(g.settings, ctx.redis, uid, bad)
+
+    # a new upgrade may start after a rollback; cancel returns to the old model too
+    ctx2, uid2 = start_and_score(g, strategy="least", batch_size=8)
+    drain(ctx2, uid2, budget_s=0.01)
+    assert control.act(g.settings, ctx.redis, uid2, "cancel") == "cancelled"
+    assert models_of(ctx.url) == {g.old: 40}
+
+
+def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:  # noqa: ANN001
+    g = make_gallery(n=48)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    drain(ctx, uid, budget_s=0.01)
+    q = BackfillQueue(ctx.redis, g.settings, uid)
+    ctx.redis.delete(*q.keys)  # Redis restarted empty
+    assert q.is_empty()
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        assert store.get_upgrade(s, uid).state == "completed"
+        assert s.scalar(select(func.count()).select_from(BackfillTask)
+                        .where(BackfillTask.status == "done")) == 48
+    assert models_of(ctx.url) == {g.new: 48}
+
+
+def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:  # noqa: ANN001
+    g = make_gallery(n=60)
+    g.settings.__dict__["nfr_checkpoint_every"] = 0.2
+    # untrained "compatible" models flip many probes: any guardrail below that NFR trips
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=20, nfr_guardrail=0.0)
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "paused" and "guardrail" in (up.error or "")
+        assert up.nfr is not None and up.nfr > 0.0
+        assert 0 < up.done < 60
