@@ -1,0 +1,62 @@
+"""The content-addressed image store: round trips, deduplication, and keys that cannot escape."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from service.imagestore import ImageNotFound, InvalidImageKey, LocalImageStore, content_key
+
+
+def test_put_get_round_trip_and_dedup(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path / "images")
+    key = store.put(b"hello image")
+    assert key == content_key(b"hello image")
+    assert store.put(b"hello image") == key
+    assert store.get(key) == b"hello image"
+    assert store.exists(key)
+    files = [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
+    assert len(files) == 1 and not files[0].name.startswith(".tmp")
+
+
+def test_missing_key_is_not_found(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path)
+    with pytest.raises(ImageNotFound):
+        store.get("0" * 64)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a" * 63,
+        "A" * 64,
+        "g" * 64,
+        "ab/" + "c" * 61,
+        "." * 64,
+        "",
+        "a" * 65,
+    ],
+)
+def test_keys_that_are_not_sha256_hex_are_refused(tmp_path: Path, key: str) -> None:
+    store = LocalImageStore(tmp_path / "root")
+    with pytest.raises(InvalidImageKey):
+        store.path_for(key)
+    with pytest.raises(InvalidImageKey):
+        store.get(key)
+
+
+def test_symlinked_fanout_cannot_lead_outside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root.mkdir()
+    key = content_key(b"x")
+    os.symlink(outside, root / key[:2])
+    store = LocalImageStore(root)
+    with pytest.raises(InvalidImageKey):
+        store.put(b"x")
+    assert not any(outside.rglob("*"))
