@@ -16,3 +16,7 @@ from workers import commands as _worker_commands  # noqa: E402
 
 app.command("worker")(_worker_commands.worker)
 app.add_typer(_worker_commands.upgrade_app, name="upgrade")
+
+from service import demo as _demo  # noqa: E402
+
+app.command("demo")(_demo.demo)

@@ -94,7 +94,7 @@ def _render(u: dict) -> Any:
     return t
 
 
-def _watch(api: str, token: str | None, upgrade_id: int | None, interval: float) -> dict:
+def watch_upgrade(api: str, token: str | None, upgrade_id: int | None, interval: float) -> dict:
     from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn
@@ -133,7 +133,7 @@ def start(
     u = _call(api, token, "POST", "/upgrade", json=body)
     typer.echo(f"upgrade {u['id']} started ({u['state']}, {u['total']} items)")
     if watch:
-        _watch(api, token, u["id"], 1.0)
+        watch_upgrade(api, token, u["id"], 1.0)
 
 
 @upgrade_app.command("watch")
@@ -144,7 +144,7 @@ def watch_cmd(
     token: TokenOpt = None,
 ) -> None:
     """Live progress: fraction, items/s, ETA, live NFR and mAP, until it stops running."""
-    u = _watch(api, token, upgrade_id, interval)
+    u = watch_upgrade(api, token, upgrade_id, interval)
     typer.echo(f"upgrade {u['id']} is {u['state']}")
 
 

@@ -1,0 +1,159 @@
+"""``hotrefresh demo``: the whole system on embedded defaults, one real hot refresh.
+
+SQLite, an embedded redis-server (unless HOTREFRESH_REDIS_URL is set), the API under
+uvicorn and a real Celery worker process, all started as separate processes through
+:mod:`service.launcher`; everything else goes through the public HTTP API, exactly as an
+operator would drive it. Models are trained once and cached, so a second run starts in
+seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DEMO_TOKEN = "demo-admin-token"
+
+
+def _train_models(cache: Path, train_size: int, epochs: int, seed: int) -> tuple[Path, Path]:
+    """An old conv2 on 30% of the training slice (the paper's expansion allocation) and a
+    RACT-compatible conv4 on all of it; reused when already trained with the same recipe."""
+    from models.data import allocate, load_fashion_mnist
+    from models.train import TrainConfig, train_and_save
+
+    tag = f"n{train_size}-e{epochs}-s{seed}"
+    old_path, new_path = cache / f"fmnist-old-conv2-{tag}.pt", cache / f"fmnist-new-ract-conv4-{tag}.pt"
+    if old_path.exists() and new_path.exists():
+        typer.echo(f"models: reusing {old_path.name} and {new_path.name}")
+        return old_path, new_path
+    cache.mkdir(parents=True, exist_ok=True)
+    images, labels = load_fashion_mnist("train")
+    images, labels = images[:train_size], labels[:train_size]
+    alloc = allocate("expansion", labels, seed)
+    common = {"embedding_dim": 64, "epochs": epochs, "seed": seed}
+    typer.echo(f"models: training old conv2 on {len(alloc.old_idx)} images, new conv4 (RACT) on {len(alloc.new_idx)}")
+    train_and_save(images[alloc.old_idx], labels[alloc.old_idx], TrainConfig(arch="conv2", **common),
+                   old_path, "fmnist-old")
+    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], TrainConfig(arch="conv4", loss="ract", **common),
+                   new_path, "fmnist-new-ract", old_path=old_path)
+    return old_path, new_path
+
+
+def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
+    """The backfill curve as the service measured it live: probe mAP and NFR@1 per checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((c for c in upgrade["checkpoints"] if c.get("map") is not None), key=lambda c: c["fraction"])
+    x = [100 * c["fraction"] for c in pts]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(x, [100 * c["map"] for c in pts], marker=".", color="tab:red", label=f"{upgrade['to_model']} (live)")
+    base = upgrade.get("baseline") or {}
+    if base.get("old_map") is not None:
+        ax1.axhline(100 * base["old_map"], color="black", linewidth=1, label="old-to-old")
+    ax2.plot(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts],
+             marker=".", color="tab:red")
+    ax1.set(xlabel="gallery backfilled (%)", ylabel="probe mAP (%)", title="live mAP, mixed index")
+    ax2.set(xlabel="gallery backfilled (%)", ylabel="NFR@1 (%)", title="live negative-flip rate")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def demo(
+    exit_when_done: Annotated[bool, typer.Option("--exit", help="Stop everything when the upgrade completes.")]
+    = False,
+    gallery: Annotated[int, typer.Option(min=100, max=10000, help="Fashion-MNIST test images to ingest.")] = 4000,
+    train_size: Annotated[int, typer.Option(min=1000, max=60000, help="Training images for the models.")] = 30000,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of each model.")] = 2,
+    strategy: Annotated[str, typer.Option(help="Backfill order: margin | least | entropy | random.")] = "margin",
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
+    port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path("var/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of training and the probe set.")] = 0,
+) -> None:
+    """Train (or reuse) an old and a RACT-new model, ingest a gallery, hot-refresh it live."""
+    import httpx
+
+    from service.launcher import System, free_port
+    from workers.commands import watch_upgrade
+
+    data_dir = data_dir.resolve()
+    old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed)
+
+    run_dir = data_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh gallery each run; trained models are kept
+    (run_dir / "data" / "models").mkdir(parents=True)
+    for p in (old_path, new_path):
+        shutil.copy2(p, run_dir / "data" / "models" / p.name)
+    token = os.environ.get("HOTREFRESH_ADMIN_TOKEN", DEMO_TOKEN)
+    env = {
+        "HOTREFRESH_ENV": os.environ.get("HOTREFRESH_ENV", "development"),
+        "HOTREFRESH_ADMIN_TOKEN": token,
+        "HOTREFRESH_DATA_DIR": str(run_dir / "data"),
+        "HOTREFRESH_REDIS_PREFIX": f"hotrefresh-demo-{os.getpid()}",
+    }
+    with System(run_dir, env=env) as system:
+        if os.environ.get("HOTREFRESH_REDIS_URL"):
+            typer.echo(f"redis: {os.environ['HOTREFRESH_REDIS_URL']}")
+        else:
+            typer.echo(f"redis: embedded at {system.start_redis()}")
+        api = system.start_api(port=port or free_port())
+        for i in range(workers):
+            system.start_worker(name=f"worker{i + 1}")
+        typer.echo(f"api: {api.url}  (docs: {api.url}/docs, metrics: {api.url}/metrics); logs in {run_dir}/logs")
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=api.url, headers=headers, timeout=300) as client:
+            for p in (old_path, new_path):
+                r = client.post("/models", data={"path": p.name})
+                if r.status_code != 201:
+                    raise typer.Exit(_fail(f"POST /models {p.name}", r))
+            from service.commands import ingest
+
+            ingest(None, fashion_mnist=True, split="test", limit=gallery, url=api.url, token=token)
+            probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
+            typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
+            t0 = time.monotonic()
+            r = client.post("/upgrade", json={"model": "fmnist-new-ract", "strategy": strategy})
+            if r.status_code != 202:
+                raise typer.Exit(_fail("POST /upgrade", r))
+            final = watch_upgrade(api.url, token, r.json()["id"], 0.5)
+            took = time.monotonic() - t0
+        curve_png, record = run_dir / "backfill-curve.png", run_dir / "upgrade.json"
+        record.write_text(json.dumps(final, indent=1, default=str))
+        plot_live_curve(final, curve_png)
+        typer.echo(
+            f"upgrade {final['id']}: {final['state']} in {took:.1f}s, {final['done']} re-encoded, "
+            f"{final['failed']} failed; live mAP {_pct(final.get('map'))}, NFR {_pct(final.get('nfr'))} "
+            f"(old-to-old mAP {_pct((final.get('baseline') or {}).get('old_map'))})"
+        )
+        typer.echo(f"curve: {curve_png}\nrecord: {record}")
+        if exit_when_done:
+            return
+        typer.echo(f"serving at {api.url} (docs: {api.url}/docs); Ctrl-C to stop")
+        try:
+            while all(p.popen.poll() is None for p in system.procs):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _fail(what: str, r: Any) -> int:
+    typer.echo(f"error: {what} answered {r.status_code}: {r.text}", err=True)
+    return 1
