@@ -70,17 +70,13 @@ class ModelMeta:
         if not isinstance(self.name, str) or not self.name.strip():
             raise CheckpointError("checkpoint metadata: name must be a non-empty string")
         if self.trained_with not in TRAINED_WITH:
-            raise CheckpointError(
-                f"checkpoint metadata: trained_with {self.trained_with!r} not in {TRAINED_WITH}"
-            )
+            raise CheckpointError(f"checkpoint metadata: trained_with {self.trained_with!r} not in {TRAINED_WITH}")
         for k in ("embedding_dim", "num_classes"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise CheckpointError(f"checkpoint metadata: {k} must be a positive integer, got {v!r}")
         if self.input_channels not in (1, 3):
-            raise CheckpointError(
-                f"checkpoint metadata: input_channels must be 1 or 3, got {self.input_channels!r}"
-            )
+            raise CheckpointError(f"checkpoint metadata: input_channels must be 1 or 3, got {self.input_channels!r}")
         if not self.heads or not all(isinstance(h, str) for h in self.heads):
             raise CheckpointError("checkpoint metadata: heads must be a non-empty list of names")
 

@@ -32,9 +32,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
-def load_fashion_mnist(
-    split: str = "train", root: str | Path = FASHION_MNIST_DIR
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels int64 (N,)) from Debian's ``dataset-fashion-mnist`` files."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:

@@ -68,7 +68,7 @@ def _conv4(in_channels: int) -> tuple[nn.Module, int]:
 class CosineClassifier(nn.Module):
     """Linear head on unit vectors with a learnable logit scale (kept in log space, positive)."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, init_scale: float = 16.0) -> None:
+    def __init__(self, embedding_dim: int, num_classes: int, init_scale: float = 5.0) -> None:
         super().__init__()
         self.fc = nn.Linear(embedding_dim, num_classes)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))

@@ -50,20 +50,24 @@ class CompatibilityLoss(nn.Module):
         return (torch.logsumexp(torch.cat(parts, dim=1), dim=1) - pos[:, 0]).mean()
 
 
-def bct_loss(
-    new: torch.Tensor,
-    labels: torch.Tensor,
-    old_classifier: nn.Module,
-    old_classes: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """BCT (Shen et al. 2020): the new embedding classified by the frozen old classifier.
+def bct_loss(new: torch.Tensor, labels: torch.Tensor, old_w: torch.Tensor, old_b: torch.Tensor) -> torch.Tensor:
+    """BCT (Shen et al. 2020): the new embedding classified by the frozen old classifier (W, b)."""
+    return F.cross_entropy(new @ old_w.detach().T + old_b.detach(), labels)
 
-    Samples of classes the old model never saw (open-class) are left out: its head has no trained
-    weights for them.
-    """
-    if old_classes is not None:
-        keep = torch.isin(labels, old_classes)
-        if not keep.any():
-            return new.sum() * 0.0
-        new, labels = new[keep], labels[keep]
-    return F.cross_entropy(old_classifier(new), labels)
+
+@torch.no_grad()
+def extend_old_classifier(
+    old_w: torch.Tensor, old_b: torch.Tensor, old_classes: torch.Tensor, class_means: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCT's extension for classes the old model never saw: their rows become the (normalised)
+    mean old-model feature of the class, at the typical norm and bias of the trained rows."""
+    w, b = old_w.clone(), old_b.clone()
+    seen = torch.zeros(len(b), dtype=torch.bool, device=b.device)
+    seen[old_classes] = True
+    norm = w[seen].norm(dim=1).mean()
+    bias = b[seen].mean()
+    for c, mean in class_means.items():
+        if not seen[c]:
+            w[c] = F.normalize(mean, dim=0) * norm
+            b[c] = bias
+    return w, b

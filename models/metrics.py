@@ -12,9 +12,7 @@ import numpy as np
 import torch
 
 
-def average_precision(
-    ranked_relevant: np.ndarray, k: int | None = None, n_relevant: int | None = None
-) -> float:
+def average_precision(ranked_relevant: np.ndarray, k: int | None = None, n_relevant: int | None = None) -> float:
     """AP of one ranked list of 0/1 relevances; ``@k`` divides by min(#relevant, k).
 
     ``n_relevant`` is the number of relevant items in the whole gallery (needed when the list is

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models.checkpoint import LoadedModel, ModelMeta, load_checkpoint, save_checkpoint
 from models.encoders import Encoder, create_model, default_device
-from models.losses import DEFAULT_LAMBDA, DEFAULT_TAU, CompatibilityLoss, bct_loss
+from models.losses import DEFAULT_LAMBDA, DEFAULT_TAU, CompatibilityLoss, bct_loss, extend_old_classifier
 from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 log = logging.getLogger("hotrefresh.train")
@@ -46,7 +46,7 @@ class TrainConfig:
     lam: float = DEFAULT_LAMBDA
     topk: int | None = None
     seed: int = 0
-    max_shift: float = 2.0  # pixels (at 28x28)
+    max_shift: float = 1.0  # pixels (at 28x28)
     flip: bool = True
     input_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
@@ -89,6 +89,33 @@ def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (x - mean) / std
 
 
+@torch.no_grad()
+def _bct_head(
+    old_net: Encoder,
+    old: LoadedModel,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    old_classes: np.ndarray | None,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen old classifier, extended to classes it never saw with their mean old features."""
+    w, b = old_net.classifier.effective_weights()
+    if old_classes is None:
+        return w, b
+    seen = {int(c) for c in old_classes}
+    means: dict[int, torch.Tensor] = {}
+    for c in torch.unique(y_all).tolist():
+        if c in seen:
+            continue
+        idx = torch.nonzero(y_all == c).flatten()[:2048]
+        feats = [
+            old_net.embedding(_normalise(_to_input(x_all[idx[i : i + 512]], cfg), old.meta.mean, old.meta.std))
+            for i in range(0, len(idx), 512)
+        ]
+        means[c] = torch.cat(feats).mean(0)
+    return extend_old_classifier(w, b, torch.as_tensor(sorted(seen), device=w.device), means)
+
+
 def train_encoder(
     images: np.ndarray,
     labels: np.ndarray,
@@ -124,7 +151,8 @@ def train_encoder(
         for p in old_net.parameters():
             p.requires_grad_(False)
     comp = CompatibilityLoss(cfg.loss, cfg.tau, cfg.topk) if cfg.loss in ("ract", "vanilla") else None
-    old_cls_t = torch.as_tensor(old_classes, device=device) if old_classes is not None else None
+    if cfg.loss == "bct":
+        old_w, old_b = _bct_head(old_net, old, x_all, y_all, old_classes, cfg)
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -145,9 +173,7 @@ def train_encoder(
         perm = torch.randperm(len(x_all), generator=cpu_gen).to(device)
         sums = {"loss": 0.0, "ce": 0.0, "comp": 0.0, "correct": 0.0, "n": 0.0}
         t0 = time.perf_counter()
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
-        )
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:
@@ -163,7 +189,7 @@ def train_encoder(
                     old_emb = old_net.embedding(x_old)
                 comp_loss = comp(emb, old_emb, yb)
             elif cfg.loss == "bct":
-                comp_loss = bct_loss(emb, yb, old_net.classifier, old_cls_t)
+                comp_loss = bct_loss(emb, yb, old_w, old_b)
             loss = ce + cfg.lam * comp_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -23,8 +23,7 @@ def _check(old_vectors: np.ndarray, w: np.ndarray, b: np.ndarray, strategy: str,
         raise ValueError("expected old_vectors (N, D), W (C, D) and b (C,)")
     if old_vectors.shape[1] != w.shape[1] or w.shape[0] != b.shape[0]:
         raise ValueError(
-            f"shape mismatch: vectors have D={old_vectors.shape[1]}, "
-            f"classifier W is {w.shape}, b is {b.shape}"
+            f"shape mismatch: vectors have D={old_vectors.shape[1]}, classifier W is {w.shape}, b is {b.shape}"
         )
 
 

@@ -20,3 +20,9 @@ app.add_typer(_worker_commands.upgrade_app, name="upgrade")
 from service import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo.demo)
+
+from models import cli as _models_cli  # noqa: E402
+
+app.command("train")(_models_cli.train)
+app.command("experiment")(_models_cli.experiment)
+app.command("evaluate")(_models_cli.evaluate)

@@ -1,0 +1,164 @@
+"""``hotrefresh train | experiment | evaluate``: typer command functions, registered by
+``service/cli.py``. torch and the training code are imported inside each command so ``--help``
+stays instant."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+
+def train(
+    out: Annotated[Path, typer.Option(help="checkpoint file to write")],
+    name: Annotated[str, typer.Option(help="model name stored in the checkpoint")],
+    loss: Annotated[
+        str | None, typer.Option(help="new model: ract|vanilla|bct|none; omit for an old (CE) model")
+    ] = None,
+    old: Annotated[Path | None, typer.Option(help="old model checkpoint (required with --loss)")] = None,
+    arch: Annotated[str, typer.Option(help="encoder architecture (conv2, conv4)")] = "conv2",
+    embedding_dim: Annotated[int, typer.Option(min=1)] = 64,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=2)] = 256,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    tau: Annotated[float, typer.Option(help="temperature of Eq. 5/6")] = 0.05,
+    lam: Annotated[float, typer.Option(help="weight of the compatibility term (Eq. 8)")] = 1.0,
+    topk: Annotated[int | None, typer.Option(help="keep only the k hardest negatives of each kind")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    allocation: Annotated[
+        str | None, typer.Option(help="expansion|open-data|open-class: train on the old or new part")
+    ] = None,
+    part: Annotated[str, typer.Option(help="old|new: which part of --allocation")] = "new",
+    folder: Annotated[Path | None, typer.Option(help="labeled image folder root/<class>/<image>")] = None,
+    limit: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train an old model (cross-entropy) or a new model with a compatibility loss."""
+    _logging()
+    import numpy as np
+
+    from models.data import allocate, load_fashion_mnist, load_image_folder
+    from models.train import TrainConfig, train_and_save
+
+    if loss is not None and old is None:
+        raise typer.BadParameter("--loss trains a new model and needs --old", param_hint="--old")
+    if part not in ("old", "new"):
+        raise typer.BadParameter("must be old or new", param_hint="--part")
+    channels, size, classes = 1, (28, 28), 10
+    if folder is not None:
+        images, labels, names = load_image_folder(folder)
+        classes = len(names)
+    else:
+        images, labels = load_fashion_mnist("train")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    old_classes = None
+    if allocation is not None:
+        a = allocate(allocation, labels, seed)
+        idx = a.old_idx if part == "old" else a.new_idx
+        images, labels, old_classes = images[idx], labels[idx], a.old_classes
+    cfg = TrainConfig(
+        arch=arch, embedding_dim=embedding_dim, num_classes=int(max(classes, int(np.max(labels)) + 1)),
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, tau=tau, lam=lam, topk=topk, seed=seed,
+        input_channels=channels, input_size=size,
+    )  # fmt: skip
+    meta, history = train_and_save(
+        images, labels, cfg, out, name, old_path=old, old_classes=old_classes, progress=progress
+    )
+    typer.echo(f"wrote {out} ({meta.arch}, {meta.trained_with}, compatible_with={meta.compatible_with}, "
+               f"train acc {history[-1]['train_acc']:.3f})")  # fmt: skip
+
+
+def experiment(
+    out: Annotated[Path, typer.Option(help="results folder (one sub-folder per allocation)")] = Path(
+        "benchmarks/results/experiment"
+    ),
+    allocation: Annotated[list[str], typer.Option(help="expansion|open-data|open-class (repeatable)")] = [  # noqa: B006
+        "expansion"
+    ],
+    quick: Annotated[bool, typer.Option(help="< 10 min: RACT+vanilla, random+margin, one seed")] = False,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    epochs: Annotated[int | None, typer.Option(help="epochs of old and new models")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="use a seeded subset of N training images")] = None,
+    queries: Annotated[int | None, typer.Option(help="test images used as queries")] = None,
+    gallery: Annotated[int | None, typer.Option(help="test images used as the gallery")] = None,
+    tau: Annotated[float, typer.Option()] = 0.05,
+    lam: Annotated[float, typer.Option()] = 1.0,
+    k: Annotated[int | None, typer.Option(help="mAP@k instead of full-ranking mAP")] = None,
+    models_dir: Annotated[Path, typer.Option(help="where checkpoints go (reused if present)")] = Path(
+        "var/experiment-models"
+    ),
+    data_root: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST .gz files")] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Train old + RACT/vanilla/BCT/independent new models and write backfill curves and checks."""
+    _logging()
+    import json
+
+    from models.experiment import ExperimentConfig, run_experiment
+
+    for alloc in allocation:
+        cfg = ExperimentConfig.quick(alloc) if quick else ExperimentConfig(allocation=alloc)
+        if not quick:
+            cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+        if epochs:
+            cfg.epochs_old = cfg.epochs_new = epochs
+        if train_limit:
+            cfg.train_limit = train_limit
+        if queries:
+            cfg.n_queries = queries
+        if gallery:
+            cfg.n_gallery = gallery
+        cfg.tau, cfg.lam, cfg.k = tau, lam, k
+        cfg.data_root = str(data_root) if data_root else None
+        summary = run_experiment(cfg, out, models_dir=models_dir, progress=progress)
+        typer.echo(f"{alloc}: wrote {out / alloc}/curve.json, curve.md, curve.png")
+        typer.echo(json.dumps({k: v["holds"] for k, v in summary["checks"].items()}))
+
+
+def evaluate(
+    old: Annotated[Path, typer.Option(help="old model checkpoint")],
+    new: Annotated[list[str], typer.Option(help="METHOD=PATH, e.g. ract=var/new.pt (repeatable)")],
+    out: Annotated[Path, typer.Option(help="folder for curve.json/.md/.png")] = Path("var/evaluate"),
+    orderings: Annotated[str, typer.Option(help="comma-separated: random,margin,least,entropy")] = (
+        "random,margin,least,entropy"
+    ),
+    fractions: Annotated[str, typer.Option(help="backfill percentages")] = "0,10,20,30,40,50,60,70,80,90,100",
+    queries: Annotated[int, typer.Option(min=1)] = 2000,
+    gallery: Annotated[int, typer.Option(min=1)] = 8000,
+    k: Annotated[int | None, typer.Option(help="mAP@k instead of full-ranking mAP")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    folder: Annotated[Path | None, typer.Option(help="labeled image folder to evaluate on")] = None,
+) -> None:
+    """Evaluate backfill curves of new models against an old one on held-out images."""
+    _logging()
+    from models.checkpoint import load_checkpoint
+    from models.data import eval_split, load_fashion_mnist, load_image_folder
+    from models.evaluate import evaluate_backfill, parse_fractions, write_outputs
+
+    pairs = {}
+    for item in new:
+        method, sep, path = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected METHOD=PATH, got {item!r}", param_hint="--new")
+        pairs[method] = load_checkpoint(path)
+    if folder is not None:
+        images, labels, _ = load_image_folder(folder)
+        dataset = str(folder)
+    else:
+        images, labels = load_fashion_mnist("test")
+        dataset = "fashion-mnist"
+    q, g = eval_split(labels, n_queries=queries, n_gallery=gallery, seed=seed)
+    doc = evaluate_backfill(
+        load_checkpoint(old), pairs, images, labels, q, g,
+        orderings=[o.strip() for o in orderings.split(",") if o.strip()],
+        fractions=parse_fractions(fractions), k=k, seed=seed, meta={"dataset": dataset, "allocation": None},
+    )  # fmt: skip
+    paths = write_outputs(doc, out)
+    typer.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")

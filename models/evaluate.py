@@ -1,0 +1,201 @@
+"""The backfill-curve evaluator (paper Sec. 5): new queries against a gallery mixed of old and new
+vectors, at each backfill fraction, for each new model x ordering.
+
+The mixed gallery's scores are never recomputed: with ``S_old = Qnew @ Gold.T`` and
+``S_new = Qnew @ Gnew.T`` computed once, the gallery at fraction f is ``S_old`` with the columns
+of the first f of the backfill order taken from ``S_new``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import LoadedModel
+from models.metrics import evaluate_scores, negative_flip_rate
+from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty
+
+METHODS = ("ract", "vanilla", "bct", "independent")
+DEFAULT_FRACTIONS = tuple(round(i / 10, 1) for i in range(11))
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """ "0,10,20" (percent) or "0,0.1,0.2" (ratios) -> sorted ratios in [0, 1]."""
+    vals = [float(v) for v in text.split(",") if v.strip()]
+    if not vals:
+        raise ValueError("no backfill fractions given")
+    if max(vals) > 1.0:
+        vals = [v / 100 for v in vals]
+    if min(vals) < 0 or max(vals) > 1:
+        raise ValueError(f"backfill fractions must lie in [0, 100]%, got {text!r}")
+    return tuple(sorted(set(round(v, 6) for v in vals)))
+
+
+def backfill_curve(
+    q_new: torch.Tensor,
+    g_old: torch.Tensor,
+    g_new: torch.Tensor,
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    order: np.ndarray,
+    fractions: Sequence[float],
+    old_top1_correct: np.ndarray,
+    *,
+    k: int | None = None,
+) -> list[dict[str, float | None]]:
+    """One curve: mAP, top-1 and NFR@1 (Eq. 12) at each fraction of ``order`` backfilled."""
+    s_old = q_new @ g_old.T
+    s_new = q_new @ g_new.T
+    order_t = torch.as_tensor(order, device=s_old.device)
+    points = []
+    for f in fractions:
+        n = int(round(f * len(order)))
+        s = s_old.clone()
+        if n:
+            cols = order_t[:n]
+            s[:, cols] = s_new[:, cols]
+        r = evaluate_scores(s, q_labels, g_labels, k=k)
+        points.append(
+            {
+                "fraction": float(f),
+                "map": r.map,
+                "top1": r.top1,
+                "nfr": negative_flip_rate(old_top1_correct, r.top1_correct),
+            }
+        )
+    return points
+
+
+def evaluate_backfill(
+    old: LoadedModel,
+    new_models: dict[str, LoadedModel],
+    images: np.ndarray,
+    labels: np.ndarray,
+    query_idx: np.ndarray,
+    gallery_idx: np.ndarray,
+    *,
+    orderings: Iterable[str] = STRATEGIES,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    k: int | None = None,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluates every new model x ordering; returns the ``curve.json`` document of DESIGN.md."""
+    orderings = list(orderings)
+    for o in orderings:
+        if o not in STRATEGIES:
+            raise ValueError(f"unknown ordering {o!r}; choose from {', '.join(STRATEGIES)}")
+    for m in new_models:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    dev = old.device
+    ql, gl = np.asarray(labels)[query_idx], np.asarray(labels)[gallery_idx]
+    q_imgs, g_imgs = images[query_idx], images[gallery_idx]
+    q_old = torch.from_numpy(old.embed_tensor(q_imgs)).to(dev)
+    g_old_np = old.embed_tensor(g_imgs)
+    g_old = torch.from_numpy(g_old_np).to(dev)
+    base = evaluate_scores(q_old @ g_old.T, ql, gl, k=k)
+    doc: dict[str, Any] = {
+        **(meta or {}),
+        "seed": seed,
+        "metric": "map" if k is None else f"map@{k}",
+        "n_queries": len(query_idx),
+        "n_gallery": len(gallery_idx),
+        "old_model": old.meta.name,
+        "old_to_old": {"map": base.map, "top1": base.top1},
+        "new_to_new": {},
+        "curves": [],
+    }
+    for method, model in new_models.items():
+        if model.meta.embedding_dim != old.meta.embedding_dim:
+            raise ValueError(f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}")
+        q_new = torch.from_numpy(model.embed_tensor(q_imgs)).to(dev)
+        g_new = torch.from_numpy(model.embed_tensor(g_imgs)).to(dev)
+        nn_ = evaluate_scores(q_new @ g_new.T, ql, gl, k=k)
+        doc["new_to_new"][method] = {"map": nn_.map, "top1": nn_.top1, "model": model.meta.name}
+        w, b = model.classifier_weights()
+        for ordering in orderings:
+            pri = score_uncertainty(g_old_np, w, b, ordering, seed=seed)
+            points = backfill_curve(q_new, g_old, g_new, ql, gl, backfill_order(pri), fractions, base.top1_correct, k=k)
+            doc["curves"].append({"method": method, "ordering": ordering, "points": points})
+    return doc
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def _cell(p: dict[str, Any], key: str) -> str:
+    s = _pct(p.get(key))
+    std = p.get(f"{key}_std")
+    return s if std is None else f"{s} ± {100 * std:.2f}"
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """Two tables like the paper's: mAP and NFR@1 (in %) per method x ordering at each fraction."""
+    curves = doc["curves"]
+    if not curves:
+        return ""
+    fracs = [p["fraction"] for p in curves[0]["points"]]
+    o2o = doc["old_to_old"]
+    lines = [
+        f"Old-to-old {doc.get('metric', 'map')}: {_cell(o2o, 'map')} (top-1 {_cell(o2o, 'top1')}). "
+        "New-to-new: " + ", ".join(f"{m} {_cell(v, 'map')}" for m, v in doc.get("new_to_new", {}).items()) + ".",
+        "",
+    ]
+    for key, title in (("map", "mAP (%)"), ("nfr", "NFR@1 (%)")):
+        lines.append(f"| {title}: method, ordering | " + " | ".join(f"{round(100 * f)}%" for f in fracs) + " |")
+        lines.append("| --- | " + " | ".join("---" for _ in fracs) + " |")
+        for c in curves:
+            lines.append(f"| {c['method']}, {c['ordering']} | " + " | ".join(_cell(p, key) for p in c["points"]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
+    """mAP and NFR@1 against backfill fraction, one line per method x ordering."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"random": "-", "margin": "--", "least": ":", "entropy": "-."}
+    colors = {"ract": "tab:red", "vanilla": "tab:blue", "bct": "tab:green", "independent": "tab:gray"}
+    for c in doc["curves"]:
+        x = [100 * p["fraction"] for p in c["points"]]
+        kw = {"linestyle": styles.get(c["ordering"], "-"), "color": colors.get(c["method"]), "marker": "."}
+        label = f"{c['method']} / {c['ordering']}"
+        ax1.plot(x, [100 * p["map"] for p in c["points"]], label=label, **kw)
+        nfr = [100 * p["nfr"] if p["nfr"] is not None else float("nan") for p in c["points"]]
+        ax2.plot(x, nfr, label=label, **kw)
+    ax1.axhline(100 * doc["old_to_old"]["map"], color="black", linewidth=1, label="old-to-old")
+    ax1.set(xlabel="gallery backfilled (%)", ylabel="mAP (%)", title="mAP, new queries vs mixed gallery")
+    ax2.set(xlabel="gallery backfilled (%)", ylabel="NFR@1 (%)", title="negative flip rate (Eq. 12)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7, ncol=2)
+    title = f"{doc.get('dataset', '')} {doc.get('allocation', '')}".strip()
+    if "seeds" in doc:
+        title += f" (mean of seeds {doc['seeds']})"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_outputs(doc: dict[str, Any], out_dir: str | Path, stem: str = "curve") -> dict[str, Path]:
+    """curve.json, curve.md and curve.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(doc, indent=1) + "\n")
+    paths["md"].write_text(markdown_table(doc) + "\n")
+    plot_curves(doc, paths["png"])
+    return paths

@@ -1,0 +1,226 @@
+"""One allocation, end to end: train old, RACT / vanilla / BCT / independent new models per seed,
+evaluate every method x ordering on the held-out test set, aggregate mean ± std over seeds and
+check the paper's four claims.
+
+Training only ever sees the training split; the evaluation queries and gallery come from the
+held-out test split (:func:`models.data.eval_split`), so nothing here is tuned on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.data import allocate, eval_split, load_fashion_mnist
+from models.encoders import default_device
+from models.evaluate import DEFAULT_FRACTIONS, evaluate_backfill, write_outputs
+from models.train import TrainConfig, train_and_save
+
+log = logging.getLogger("hotrefresh.experiment")
+
+LOSS_OF_METHOD = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "independent": "none"}
+CHECK_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+
+
+@dataclass
+class ExperimentConfig:
+    allocation: str = "expansion"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = field(default_factory=lambda: ["ract", "vanilla", "bct", "independent"])
+    orderings: list[str] = field(default_factory=lambda: ["random", "margin", "least", "entropy"])
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    old_arch: str = "conv2"
+    new_arch: str = "conv4"
+    embedding_dim: int = 64
+    epochs_old: int = 3
+    epochs_new: int = 3
+    batch_size: int = 256
+    lr: float = 3e-3
+    tau: float = 0.05
+    lam: float = 1.0
+    topk: int | None = None
+    train_limit: int | None = None  # use the first N training images (a seeded subset)
+    n_queries: int = 2000
+    n_gallery: int = 8000
+    k: int | None = None  # None: full-ranking mAP
+    data_root: str | None = None
+
+    @classmethod
+    def quick(cls, allocation: str = "expansion") -> ExperimentConfig:
+        """Under 10 minutes on 2 shared cores: RACT and vanilla, random and margin, 10% steps."""
+        return cls(
+            allocation=allocation, seeds=[0], methods=["ract", "vanilla"], orderings=["random", "margin"],
+            epochs_old=2, epochs_new=2, train_limit=20000, n_queries=1000, n_gallery=4000,
+        )  # fmt: skip
+
+
+def _train_subset(cfg: ExperimentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    kw = {"root": cfg.data_root} if cfg.data_root else {}
+    x, y = load_fashion_mnist("train", **kw)
+    if cfg.train_limit and cfg.train_limit < len(y):
+        keep = np.sort(np.random.default_rng(10_000 + seed).permutation(len(y))[: cfg.train_limit])
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, progress: bool) -> dict[str, Any]:
+    """Trains the models of one seed (reusing checkpoints already there) and evaluates them."""
+    device = default_device()
+    x, y = _train_subset(cfg, seed)
+    alloc = allocate(cfg.allocation, y, seed)
+    mdir = models_dir / cfg.allocation / f"seed{seed}"
+    common = {"embedding_dim": cfg.embedding_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed}
+    old_path = mdir / "old.pt"
+    timings: dict[str, float] = {}
+    if not old_path.exists():
+        t0 = time.perf_counter()
+        ocfg = TrainConfig(arch=cfg.old_arch, epochs=cfg.epochs_old, **common)
+        train_and_save(x[alloc.old_idx], y[alloc.old_idx], ocfg, old_path, f"{cfg.allocation}-s{seed}-old",
+                       device=device, progress=progress)  # fmt: skip
+        timings["old"] = time.perf_counter() - t0
+    new_paths = {}
+    for method in cfg.methods:
+        path = mdir / f"{method}.pt"
+        if not path.exists():
+            t0 = time.perf_counter()
+            ncfg = TrainConfig(
+                arch=cfg.new_arch, epochs=cfg.epochs_new, loss=LOSS_OF_METHOD[method], tau=cfg.tau,
+                lam=cfg.lam, topk=cfg.topk, **common,
+            )  # fmt: skip
+            train_and_save(
+                x[alloc.new_idx], y[alloc.new_idx], ncfg, path, f"{cfg.allocation}-s{seed}-{method}",
+                old_path=old_path, old_classes=alloc.old_classes, device=device, progress=progress,
+            )  # fmt: skip
+            timings[method] = time.perf_counter() - t0
+        new_paths[method] = path
+    kw = {"root": cfg.data_root} if cfg.data_root else {}
+    xt, yt = load_fashion_mnist("test", **kw)
+    q, g = eval_split(yt, n_queries=cfg.n_queries, n_gallery=cfg.n_gallery, seed=0)
+    t0 = time.perf_counter()
+    doc = evaluate_backfill(
+        load_checkpoint(old_path, device=device),
+        {m: load_checkpoint(p, device=device) for m, p in new_paths.items()},
+        xt, yt, q, g, orderings=cfg.orderings, fractions=cfg.fractions, k=cfg.k, seed=seed,
+        meta={"dataset": "fashion-mnist", "allocation": cfg.allocation},
+    )  # fmt: skip
+    timings["evaluate"] = time.perf_counter() - t0
+    doc["train_seconds"] = timings
+    doc["n_train_old"], doc["n_train_new"] = len(alloc.old_idx), len(alloc.new_idx)
+    write_outputs(doc, out_dir / f"seed{seed}")
+    return doc
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return float(np.mean(v)), float(np.std(v))
+
+
+def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds, in the same schema (``*_std`` fields added, ``seeds`` listed)."""
+    first = docs[0]
+    out: dict[str, Any] = {k: first[k] for k in ("dataset", "allocation", "metric", "n_queries", "n_gallery")}
+    out["seed"] = None
+    out["seeds"] = [d["seed"] for d in docs]
+
+    def ms(getter: Any) -> dict[str, float | None]:
+        res: dict[str, float | None] = {}
+        for key in ("map", "top1"):
+            m, s = _mean_std([getter(d)[key] for d in docs])
+            res[key], res[f"{key}_std"] = m, s
+        return res
+
+    out["old_to_old"] = ms(lambda d: d["old_to_old"])
+    out["new_to_new"] = {m: ms(lambda d, m=m: d["new_to_new"][m]) for m in first["new_to_new"]}
+    out["curves"] = []
+    for ci, c in enumerate(first["curves"]):
+        points = []
+        for pi, p in enumerate(c["points"]):
+            pt: dict[str, Any] = {"fraction": p["fraction"]}
+            for key in ("map", "top1", "nfr"):
+                pt[key], pt[f"{key}_std"] = _mean_std([d["curves"][ci]["points"][pi][key] for d in docs])
+            points.append(pt)
+        out["curves"].append({"method": c["method"], "ordering": c["ordering"], "points": points})
+    return out
+
+
+def _curve(doc: dict[str, Any], method: str, ordering: str) -> list[dict[str, Any]] | None:
+    for c in doc["curves"]:
+        if c["method"] == method and c["ordering"] == ordering:
+            return c["points"]
+    return None
+
+
+def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
+    """The issue's checks (a)-(d) on one curve document (a seed or the mean over seeds)."""
+    res: dict[str, Any] = {}
+    o2o = doc["old_to_old"]["map"]
+    ract_r = _curve(doc, "ract", "random")
+    van_r = _curve(doc, "vanilla", "random")
+    if ract_r:
+        at0 = ract_r[0]["map"]
+        res["a_ract_compatible"] = {"holds": at0 >= o2o, "ract_map_at_0": at0, "old_to_old_map": o2o}
+    if ract_r and van_r:
+        pairs = {}
+        for p, q in zip(ract_r, van_r, strict=True):
+            if any(abs(p["fraction"] - f) < 1e-9 for f in CHECK_FRACTIONS):
+                pairs[f"{round(100 * p['fraction'])}%"] = {"ract": p["nfr"], "vanilla": q["nfr"]}
+        holds = all(v["ract"] is not None and v["vanilla"] is not None and v["ract"] < v["vanilla"]
+                    for v in pairs.values()) and len(pairs) == len(CHECK_FRACTIONS)  # fmt: skip
+        res["b_ract_nfr_below_vanilla"] = {"holds": holds, "nfr": pairs}
+    drops = {}
+    for c in doc["curves"]:
+        if c["method"] != "ract":
+            continue
+        maps = [p["map"] for p in c["points"]]
+        drops[c["ordering"]] = max([0.0] + [100 * (a - b) for a, b in zip(maps, maps[1:], strict=False)])
+    if drops:
+        res["c_ract_no_step_drop_over_0.5pt"] = {
+            "holds": all(d <= 0.5 for d in drops.values()),
+            "largest_drop_pts": drops,
+        }
+    means = {}
+    for m in ("ract", "vanilla", "bct", "independent"):
+        r, mg = _curve(doc, m, "random"), _curve(doc, m, "margin")
+        if r and mg:
+            means[m] = {
+                "margin": float(np.mean([p["map"] for p in mg])),
+                "random": float(np.mean([p["map"] for p in r])),
+            }
+    if "ract" in means:
+        res["d_margin_mean_ge_random"] = {
+            "holds": means["ract"]["margin"] >= means["ract"]["random"],
+            "mean_map_over_steps": means,
+        }
+    return res
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: str | Path, *, models_dir: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Runs every seed, writes per-seed and aggregated curve.json/.md/.png and checks.json."""
+    out = Path(out_dir) / cfg.allocation
+    mdir = Path(models_dir) if models_dir else Path("var/experiment-models")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    docs = []
+    for seed in cfg.seeds:
+        t0 = time.perf_counter()
+        docs.append(run_seed(cfg, seed, out, mdir, progress))
+        log.info("%s seed %d done in %.0f s", cfg.allocation, seed, time.perf_counter() - t0)
+    summary = aggregate(docs) if len(docs) > 1 else docs[0]
+    summary["config"] = asdict(cfg)
+    summary["checks"] = check_claims(summary)
+    summary["checks_per_seed"] = {str(d["seed"]): {k: v["holds"] for k, v in check_claims(d).items()} for d in docs}
+    write_outputs(summary, out)
+    (out / "checks.json").write_text(json.dumps(summary["checks"], indent=1) + "\n")
+    return summary
