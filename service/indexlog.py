@@ -107,30 +107,48 @@ def id_tuple(entry_id: str) -> tuple[int, int]:
 class StreamInfo:
     exists: bool
     last_id: str  # last generated id, "0-0" when the stream does not exist
-    max_deleted_id: str  # the highest id ever trimmed or deleted, "0-0" if none
+    first_id: str | None  # oldest entry still held
+    length: int
+    entries_added: int | None  # every entry ever appended (Redis >= 7), trimmed ones included
+
+    @property
+    def trimmed(self) -> int | None:
+        """How many of the oldest entries are gone (trimming only ever removes the oldest)."""
+        return None if self.entries_added is None else self.entries_added - self.length
 
 
 def stream_info(r: redis_lib.Redis, settings: Settings) -> StreamInfo:
+    """One XINFO call, so the position and the entry count it reports agree with each other."""
     try:
         info = r.xinfo_stream(stream_key(settings))
     except redis_lib.ResponseError:  # no such key
-        return StreamInfo(False, "0-0", "0-0")
+        return StreamInfo(False, "0-0", None, 0, 0)
 
     def s(v: object) -> str:
         return v.decode() if isinstance(v, bytes) else str(v)
 
-    last = s(info.get("last-generated-id", "0-0"))
-    # Redis >= 7 reports the highest trimmed id; older servers don't, and then the first
-    # entry's id bounds it from below (an entry before the first one is gone).
-    if "max-deleted-entry-id" in info:
-        max_deleted = s(info["max-deleted-entry-id"])
-    else:
-        first = info.get("first-entry")
-        max_deleted = "0-0"
-        if first:
-            ms, seq = id_tuple(s(first[0]))
-            max_deleted = f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**63}"
-    return StreamInfo(True, last, max_deleted)
+    first = info.get("first-entry")
+    added = info.get("entries-added")
+    return StreamInfo(
+        exists=True,
+        last_id=s(info.get("last-generated-id", "0-0")),
+        first_id=s(first[0]) if first else None,
+        length=int(info.get("length", 0)),
+        entries_added=int(added) if added is not None else None,
+    )
+
+
+def missed_entries(info: StreamInfo, position: str, ordinal: int) -> bool:
+    """Whether entries after ``position`` (the ``ordinal``-th entry ever added) were trimmed away.
+
+    Note that Redis's ``max-deleted-entry-id`` does not move on MAXLEN trimming, so it cannot
+    tell; the count of entries ever added can. Servers older than Redis 7 lack that count, and
+    then any gap between the position and the oldest entry held counts as missed (it may only
+    mean the position itself was trimmed; a reload is the safe answer).
+    """
+    if info.trimmed is not None:
+        return info.trimmed > ordinal
+    return info.first_id is not None and id_tuple(info.first_id) > id_tuple(position)
 
 
 def read_after(

@@ -62,6 +62,7 @@ class Serving:
         self.query_model: str | None = None
         self.ready = threading.Event()
         self.last_id = "0-0"  # last index-log entry reflected in this replica
+        self.ordinal = 0  # how many entries had ever been appended up to and including last_id
         self.epoch: str | None = None
         self.reloads = 0  # full loads from SQL (start-up included)
         self._apply_lock = threading.Lock()
@@ -83,7 +84,7 @@ class Serving:
         with self._apply_lock:
             started = time.perf_counter()
             epoch = indexlog.ensure_epoch(self.redis, self.settings)
-            position = indexlog.stream_info(self.redis, self.settings).last_id
+            info = indexlog.stream_info(self.redis, self.settings)
             index = new_index(self.settings)
             external: dict[int, str] = {}
             with session_scope(self.url) as s:
@@ -92,11 +93,11 @@ class Serving:
                     index.add(chunk.model, chunk.ids, chunk.vectors)
                     external.update(zip(chunk.ids.tolist(), chunk.external_ids, strict=True))
             self.index, self.external_ids, self.query_model = index, external, query_model
-            self.last_id, self.epoch = position, epoch
+            self.last_id, self.ordinal, self.epoch = info.last_id, info.entries_added or 0, epoch
             self.reloads += 1
             self._update_gauges()
             log.info("index loaded from SQL: %d items %s in %.2fs (log position %s)",
-                     len(external), index.counts(), time.perf_counter() - started, position)
+                     len(external), index.counts(), time.perf_counter() - started, info.last_id)
         self.ready.set()
 
     # --- applying changes ------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Serving:
         for entry in entries:
             self.apply(entry)
             self.last_id = entry.id
+            self.ordinal += 1
         INDEX_LOG_LAG.set(max(0.0, time.time() - entries[0].ts))
         return len(entries)
 
@@ -239,7 +241,7 @@ class Serving:
                         self.epoch, epoch)
             return True
         info = indexlog.stream_info(self.redis, self.settings)
-        if indexlog.id_tuple(info.max_deleted_id) > indexlog.id_tuple(self.last_id):
+        if indexlog.missed_entries(info, self.last_id, self.ordinal):
             log.warning("index log trimmed past this replica's position %s; reloading from SQL", self.last_id)
             return True
         return False

@@ -1,0 +1,229 @@
+"""Index-log replicas (real Redis stream, real SQL): replicas that follow the log end identical to
+SQL and to each other under a stream of changes; one that fell behind the stream's retention, or
+whose stream Redis lost, reloads from SQL; replaying entries is idempotent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis as redis_lib
+from sqlalchemy import delete, select, update
+
+from service import indexlog
+from service.db import repositories as repo
+from service.db.schema import Embedding, GalleryItem
+from service.db.session import session_scope
+from service.metrics import GALLERY_VECTORS
+from service.serving import Serving
+from service.settings import Settings
+
+D = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, D)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class Writer:
+    """Plays the API and the backfill workers: commit to SQL, then append to the log."""
+
+    def __init__(self, settings: Settings, r: redis_lib.Redis, seed: int = 0) -> None:
+        self.settings, self.r, self.url = settings, r, settings.sqlalchemy_url
+        self.rng = np.random.default_rng(seed)
+        self.n = 0
+
+    def add(self, n: int, model: str, also: str | None = None) -> list[int]:
+        items = []
+        for _ in range(n):
+            self.n += 1
+            vecs = {model: unit(self.rng, 1)[0]}
+            if also:
+                vecs[also] = unit(self.rng, 1)[0]
+            items.append(repo.NewItem(f"e{self.n}", None, "0" * 64, vecs))
+        with session_scope(self.url) as s:
+            ids = [row.id for row in repo.add_items(s, items, active_model=model)]
+        indexlog.append(self.r, self.settings, "add", model, ids)
+        return ids
+
+    def move(self, ids: list[int], model: str) -> None:
+        with session_scope(self.url) as s:
+            for i, v in zip(ids, unit(self.rng, len(ids)), strict=True):
+                repo.upsert_embedding(s, i, model, v)
+            s.execute(update(GalleryItem).where(GalleryItem.id.in_(ids)).values(active_model=model))
+        indexlog.append(self.r, self.settings, "move", model, ids)
+
+    def delete(self, ids: list[int]) -> None:
+        with session_scope(self.url) as s:
+            for item in repo.get_items_by_ids(s, ids):
+                repo.delete_item(s, item)
+        indexlog.append(self.r, self.settings, "delete", None, ids)
+
+    def switch(self, model: str) -> None:
+        with session_scope(self.url) as s:
+            repo.set_serving_state(s, gallery_model=model, query_model=model)
+        indexlog.append(self.r, self.settings, "switch", model)
+
+    def rollback(self, to_model: str) -> None:
+        with session_scope(self.url) as s:
+            have_old = select(Embedding.item_id).where(Embedding.model == to_model)
+            s.execute(update(GalleryItem).where(GalleryItem.id.in_(have_old)).values(active_model=to_model))
+            repo.set_serving_state(s, gallery_model=to_model, query_model=to_model)
+        indexlog.append(self.r, self.settings, "rollback", to_model)
+
+    def commit(self, old: str) -> None:
+        with session_scope(self.url) as s:
+            s.execute(delete(Embedding).where(Embedding.model == old))
+        indexlog.append(self.r, self.settings, "commit", old)
+
+
+def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
+    with session_scope(settings.sqlalchemy_url) as s:
+        items = {int(i): m for i, m in s.execute(select(GalleryItem.id, GalleryItem.active_model))}
+        return items, repo.get_serving_state(s).query_model
+
+
+def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
+    ids = sorted(serving.external_ids)
+    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
+
+
+def catch_up(*replicas: Serving) -> None:
+    for rep in replicas:
+        while rep.step(block_ms=None) != 0:
+            pass
+
+
+@pytest.fixture
+def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
+    yield client
+    client.close()
+
+
+def replica(settings: Settings, r: redis_lib.Redis) -> Serving:
+    s = Serving(settings, r)
+    s.load()
+    return s
+
+
+def test_replicas_follow_a_stream_of_changes_and_match_sql(service_settings: Settings, r) -> None:
+    w = Writer(service_settings, r)
+    w.switch("old")
+    w.add(30, "old")
+    a = replica(service_settings, r)  # loaded now, follows from here
+    w.add(10, "old")
+    b = replica(service_settings, r)  # loaded later
+    catch_up(a, b)
+    assert replica_state(a) == replica_state(b) == sql_truth(service_settings)
+
+    # An upgrade: switch, inserts stored under both models, backfill batches, deletes.
+    w.switch("new")
+    rng = np.random.default_rng(1)
+    w.add(5, "new", also="old")
+    for step in range(6):
+        items, _ = sql_truth(service_settings)
+        on_old = sorted(i for i, m in items.items() if m == "old")
+        w.move([int(i) for i in rng.choice(on_old, size=min(4, len(on_old)), replace=False)], "new")
+        w.delete([int(rng.choice(list(items)))])
+        if step % 2:
+            catch_up(a)  # a applies as it goes, b all at the end
+    catch_up(a, b)
+    truth = sql_truth(service_settings)
+    assert replica_state(a) == replica_state(b) == truth
+    assert set(truth[0].values()) == {"old", "new"}
+    assert truth[1] == "new"
+
+    # Rollback: every item back on old without re-encoding (parked vectors), inserts made during
+    # the upgrade (no parked old vector in the index) fetched from SQL.
+    w.rollback("old")
+    catch_up(a, b)
+    assert replica_state(a) == replica_state(b) == sql_truth(service_settings)
+    assert set(sql_truth(service_settings)[0].values()) == {"old"}
+
+    # Upgrade again to the end, then commit: the old segment is gone everywhere.
+    w.switch("new")
+    items, _ = sql_truth(service_settings)
+    w.move(sorted(items), "new")
+    w.commit("old")
+    catch_up(a, b)
+    assert replica_state(a) == replica_state(b) == sql_truth(service_settings)
+    assert a.index.counts() == b.index.counts() == {"new": len(items)}
+    assert a.reloads == b.reloads == 1  # followed the log, never fell back to a reload
+
+
+def test_entries_are_idempotent(service_settings: Settings, r) -> None:
+    w = Writer(service_settings, r)
+    w.switch("old")
+    ids = w.add(8, "old")
+    a = replica(service_settings, r)
+    w.move(ids[:4], "new")
+    w.delete(ids[4:5])
+    catch_up(a)
+    once = replica_state(a)
+    for entry in indexlog.read_after(r, service_settings, "0-0"):  # the whole log again
+        a.apply(entry)
+    assert replica_state(a) == once == sql_truth(service_settings)
+
+
+def test_replica_behind_retention_reloads_from_sql(service_settings: Settings, r) -> None:
+    settings = service_settings.model_copy(update={"index_log_maxlen": 100})
+    w = Writer(settings, r)
+    w.switch("old")
+    w.add(5, "old")
+    a = replica(settings, r)
+    b = replica(settings, r)  # keeps up, so trimming never costs it a reload
+    reloads = a.reloads
+    for n in range(400):  # far past MAXLEN ~100: the stream trims entries a never read
+        w.add(1, "old")
+        if n % 40 == 0:
+            catch_up(b)
+    catch_up(b)
+    assert b.reloads == 1 and replica_state(b) == sql_truth(settings)
+    info = indexlog.stream_info(r, settings)
+    assert indexlog.missed_entries(info, a.last_id, a.ordinal), "precondition: the stream was trimmed"
+    assert r.xlen(indexlog.stream_key(settings)) < 400
+    assert a.step() == -1
+    assert a.reloads == reloads + 1
+    assert replica_state(a) == sql_truth(settings)
+    assert len(a.external_ids) == 405
+
+
+def test_replica_reloads_when_redis_lost_the_stream(service_settings: Settings, r) -> None:
+    w = Writer(service_settings, r)
+    w.switch("old")
+    ids = w.add(6, "old")
+    a = replica(service_settings, r)
+    # Redis restarted empty: the stream and its epoch are gone, and changes made meanwhile were
+    # committed to SQL with their entries lost.
+    r.delete(indexlog.stream_key(service_settings), indexlog.epoch_key(service_settings))
+    with session_scope(service_settings.sqlalchemy_url) as s:
+        for item in repo.get_items_by_ids(s, ids[:2]):
+            repo.delete_item(s, item)
+    w.add(3, "old")  # a new stream with a new epoch
+    assert a.step() == -1
+    assert replica_state(a) == sql_truth(service_settings)
+    assert len(a.external_ids) == 7
+    assert a.step() == 0  # and follows the new stream from there
+
+
+def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
+    import time
+
+    w = Writer(service_settings, r)
+    w.switch("old")
+    w.add(4, "old")
+    a = Serving(service_settings, r)
+    a.start()
+    try:
+        assert a.ready.wait(30)
+        w.add(3, "old")
+        deadline = time.monotonic() + 20
+        while len(a.external_ids) < 7 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert replica_state(a) == sql_truth(service_settings)
+        assert GALLERY_VECTORS.labels(model="old")._value.get() == 7
+    finally:
+        a.stop()
