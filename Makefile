@@ -3,13 +3,17 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Real data, a real Prometheus for the monitoring test, redis-server for the demo's embedded
+# Redis, and docker-compose (v1) to validate the compose file without a Docker engine.
+APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose
 
 .PHONY: setup demo test lint bench experiment clean
 
 $(STAMP): pyproject.toml
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist prometheus redis-server >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist prometheus redis-server >/dev/null; fi; fi
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null \
+	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on disk; never let a dependency pull a CUDA build.
