@@ -18,6 +18,7 @@ from service.index import (
     UnknownIdError,
     UnknownModelError,
     VectorBackend,
+    cuda_available,
 )
 from service.index.flat import FlatBackend
 from service.index.ivf import IVFBackend
@@ -33,8 +34,13 @@ FACTORIES: dict[str, Callable[[int], VectorBackend]] = {
 }
 
 
-@pytest.fixture(params=list(FACTORIES))
+CUDA = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(params=[*FACTORIES, pytest.param("cuda", marks=CUDA)])
 def factory(request: pytest.FixtureRequest) -> Callable[[int], VectorBackend]:
+    if request.param == "cuda":
+        return lambda d: TorchBackend(d, device="cuda")
     return FACTORIES[request.param]
 
 
