@@ -176,7 +176,19 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
         nfr = [100 * p["nfr"] if p["nfr"] is not None else float("nan") for p in c["points"]]
         ax2.plot(x, nfr, label=label, **kw)
     ax1.axhline(100 * doc["old_to_old"]["map"], color="black", linewidth=1, label="old-to-old")
-    ax1.set(xlabel="gallery backfilled (%)", ylabel="mAP (%)", title="mAP, new queries vs mixed gallery")
+    # An incompatible (independent) model starts near chance and would flatten every other line:
+    # zoom on the compatible ones and let it run off the axes.
+    focus = [c for c in doc["curves"] if c["method"] != "independent"]
+    clipped = ""
+    if focus and len(focus) < len(doc["curves"]):
+        lo = min([100 * p["map"] for c in focus for p in c["points"]] + [100 * doc["old_to_old"]["map"]])
+        hi = max(100 * p["map"] for c in focus for p in c["points"])
+        ax1.set_ylim(lo - 0.15 * (hi - lo) - 0.5, hi + 0.1 * (hi - lo) + 0.5)
+        nfr_hi = max((100 * p["nfr"] for c in focus for p in c["points"] if p["nfr"] is not None), default=None)
+        if nfr_hi is not None:
+            ax2.set_ylim(0, 1.3 * nfr_hi + 0.5)
+        clipped = " (independent clipped)"
+    ax1.set(xlabel="gallery backfilled (%)", ylabel="mAP (%)", title="mAP, new queries vs mixed gallery" + clipped)
     ax2.set(xlabel="gallery backfilled (%)", ylabel="NFR@1 (%)", title="negative flip rate (Eq. 12)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
