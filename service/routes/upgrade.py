@@ -7,9 +7,9 @@ transition is 409) and dispatches Celery work after the SQL change has committed
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from service.deps import AdminDep, RedisDep, SessionDep, SettingsDep
@@ -21,6 +21,9 @@ from service.upgrade.states import TransitionError
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/upgrade", tags=["upgrade"])
+
+# Bounded to the database's BIGINT range: a larger number is a 422, not a driver overflow (500).
+UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class UpgradeIn(BaseModel):
@@ -133,13 +136,13 @@ def latest(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> Upgra
 
 
 @router.get("/{upgrade_id}", response_model=UpgradeOut, responses=error_responses(404))
-def get_upgrade(upgrade_id: int, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
+def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
     return _view(session, redis, settings, upgrade_id)
 
 
 @router.get("/{upgrade_id}/failures", response_model=list[FailureOut], responses=error_responses(404))
 def failures(
-    upgrade_id: int, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)
+    upgrade_id: UpgradeId, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)
 ) -> list[FailureOut]:
     """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
     if store.get_upgrade(session, upgrade_id) is None:
@@ -172,7 +175,7 @@ _ACTION_DOCS = {
 
 
 def _route(action: str) -> None:
-    def handler(upgrade_id: int, settings: SettingsDep, redis: RedisDep) -> StateOut:
+    def handler(upgrade_id: UpgradeId, settings: SettingsDep, redis: RedisDep) -> StateOut:
         return _act(settings, redis, upgrade_id, action)
 
     handler.__name__ = f"{action}_upgrade"
