@@ -48,8 +48,8 @@ def evaluate_scores(
 ) -> RetrievalResult:
     """mAP (full ranking, or @k) and top-1 accuracy of a (Q, G) similarity matrix (higher = closer)."""
     s = torch.as_tensor(scores)
-    ql = torch.as_tensor(np.asarray(query_labels))
-    gl = torch.as_tensor(np.asarray(gallery_labels))
+    ql = torch.as_tensor(np.asarray(query_labels), device=s.device)
+    gl = torch.as_tensor(np.asarray(gallery_labels), device=s.device)
     if s.ndim != 2 or s.shape != (len(ql), len(gl)):
         raise ValueError(f"scores shaped {tuple(s.shape)} do not match {len(ql)} queries x {len(gl)} gallery")
     aps, top1 = [], []
@@ -64,12 +64,12 @@ def evaluate_scores(
         n_rel = (gl[None, :] == ql[i : i + chunk, None]).sum(1).float()
         denom = n_rel if k is None else n_rel.clamp(max=k)
         relf = rel.float()
-        prec = relf.cumsum(1) / torch.arange(1, kk + 1, dtype=torch.float32)
+        prec = relf.cumsum(1) / torch.arange(1, kk + 1, dtype=torch.float32, device=s.device)
         ap = (prec * relf).sum(1) / denom.clamp(min=1)
         aps.append(torch.where(denom > 0, ap, torch.zeros_like(ap)))
         top1.append(rel[:, 0])
-    ap_all = torch.cat(aps).numpy().astype(np.float64)
-    t1 = torch.cat(top1).numpy()
+    ap_all = torch.cat(aps).cpu().numpy().astype(np.float64)
+    t1 = torch.cat(top1).cpu().numpy()
     return RetrievalResult(float(ap_all.mean()), float(t1.mean()), ap_all, t1)
 
 
