@@ -57,18 +57,14 @@ class ArrayHits:
     def to_hits(self) -> list[list[Hit]]:
         models = self.models
         out: list[list[Hit]] = []
-        for s_row, i_row, m_row in zip(
-            self.scores.tolist(), self.ids.tolist(), self.segment.tolist(), strict=True
-        ):
+        for s_row, i_row, m_row in zip(self.scores.tolist(), self.ids.tolist(), self.segment.tolist(), strict=True):
             out.append([Hit(i, s, models[m]) for s, i, m in zip(s_row, i_row, m_row, strict=True) if i >= 0])
         return out
 
 
 class MixedIndex:
     def __init__(self, backend: str | BackendFactory = "auto", **options: Any) -> None:
-        self._factory: BackendFactory = (
-            backend_factory(backend, **options) if isinstance(backend, str) else backend
-        )
+        self._factory: BackendFactory = backend_factory(backend, **options) if isinstance(backend, str) else backend
         self._segments: dict[str, VectorBackend] = {}
         self._parked: dict[str, FlatBackend] = {}  # model -> old vectors of items moved out of it
         self._lock = RWLock()
@@ -180,22 +176,33 @@ class MixedIndex:
                 raise UnknownIdError(f"ids not live in the index: {arr[loc < 0][:10].tolist()}")
             if len(arr) == 0:
                 return
-            names = list(self._segments)
-            for j in np.unique(loc).tolist():
-                src = names[j]
-                sel = arr[loc == j]
-                old = self._segments[src].remove(sel)
-                if src != to_model:
-                    self._parked_for(src, old.shape[1]).add(sel, old)
-            self._discard_parked(to_model, arr)
-            self._segment_for(to_model, v.shape[1]).add(arr, v)
+            self._move_locked(arr, to_model, v)
             self._version += 1
 
-    def delete(self, ids: Iterable[int] | np.ndarray) -> None:
-        """Remove items for good: their live vectors and any parked ones."""
+    def upsert(self, model: str, ids: Iterable[int] | np.ndarray, vecs: np.ndarray) -> None:
+        """Make ``model`` the live segment of ``ids`` whether or not they are live yet: new ids are
+        added, live ones moved (old vectors parked). For replaying a change log, where an entry
+        may already be applied."""
+        arr = as_ids(ids)
+        with self._lock.write():
+            dim = self._segments[model].dim if model in self._segments else None
+            v = as_vectors(vecs, len(arr), dim)
+            if len(arr) == 0:
+                return
+            live = self._locate(arr) >= 0
+            self._move_locked(arr[live], model, v[live])
+            if (~live).any():
+                self._segment_for(model, v.shape[1]).add(arr[~live], v[~live])
+            self._version += 1
+
+    def delete(self, ids: Iterable[int] | np.ndarray, *, missing_ok: bool = False) -> None:
+        """Remove items for good: their live vectors and any parked ones. With ``missing_ok``,
+        ids that are not live are skipped (replaying a change log) instead of refused."""
         arr = as_ids(ids)
         with self._lock.write():
             loc = self._locate(arr)
+            if missing_ok:
+                arr, loc = arr[loc >= 0], loc[loc >= 0]
             if (loc < 0).any():
                 raise UnknownIdError(f"ids not live in the index: {arr[loc < 0][:10].tolist()}")
             names = list(self._segments)
@@ -246,9 +253,7 @@ class MixedIndex:
         with self._lock.write():
             if model in self._segments:
                 if self._segments[model].dim != dim:
-                    raise DimensionError(
-                        f"segment {model!r} exists with dimension {self._segments[model].dim}"
-                    )
+                    raise DimensionError(f"segment {model!r} exists with dimension {self._segments[model].dim}")
                 return
             self._segment_for(model, dim)
             self._version += 1
@@ -286,18 +291,14 @@ class MixedIndex:
                     }
                 )
             save_json(directory / MANIFEST, manifest)
-        referenced = {
-            f for part in ("segments", "parked") for e in manifest[part] for f in e["files"].values()
-        }
+        referenced = {f for part in ("segments", "parked") for e in manifest[part] for f in e["files"].values()}
         for path in directory.iterdir():
             if _SNAPSHOT_FILE.match(path.name) and path.name not in referenced:
                 path.unlink(missing_ok=True)
         return directory / MANIFEST
 
     @classmethod
-    def load(
-        cls, directory: str | Path, backend: str | BackendFactory = "auto", **options: Any
-    ) -> MixedIndex:
+    def load(cls, directory: str | Path, backend: str | BackendFactory = "auto", **options: Any) -> MixedIndex:
         """Restore a snapshot with bulk array loads (no per-row work), into any backend."""
         import json
 
@@ -353,6 +354,21 @@ class MixedIndex:
             parked = self._parked[model] = FlatBackend(dim)
         return parked
 
+    def _move_locked(self, ids: np.ndarray, to_model: str, vecs: np.ndarray) -> None:
+        """``move`` after validation: every id is live, ``vecs`` fit ``to_model``."""
+        if len(ids) == 0:
+            return
+        loc = self._locate(ids)
+        names = list(self._segments)
+        for j in np.unique(loc).tolist():
+            src = names[j]
+            sel = ids[loc == j]
+            old = self._segments[src].remove(sel)
+            if src != to_model:
+                self._parked_for(src, old.shape[1]).add(sel, old)
+        self._discard_parked(to_model, ids)
+        self._segment_for(to_model, vecs.shape[1]).add(ids, vecs)
+
     def _discard_parked(self, model: str, ids: np.ndarray) -> None:
         parked = self._parked.get(model)
         if parked is not None:
@@ -394,9 +410,7 @@ def _check_entry(entry: dict[str, Any], backend: VectorBackend) -> None:
         )
 
 
-def _merge(
-    parts: list[tuple[np.ndarray, np.ndarray, int]], m: int, k: int, names: tuple[str, ...]
-) -> ArrayHits:
+def _merge(parts: list[tuple[np.ndarray, np.ndarray, int]], m: int, k: int, names: tuple[str, ...]) -> ArrayHits:
     """Merge per-segment top-k lists into one top-k per query (ties keep segment order)."""
     if not parts:
         empty_f = np.full((m, 0), -np.inf, dtype=np.float32)

@@ -66,9 +66,7 @@ class QueryPlan:
             raise IndexInputError(f"a query plan names a segment twice: {names}")
         rows = {len(s.queries) for s in segs} | ({len(self.default)} if self.default is not None else set())
         if len(rows) != 1:
-            raise IndexInputError(
-                f"every segment query must have the same number of queries, got {sorted(rows)}"
-            )
+            raise IndexInputError(f"every segment query must have the same number of queries, got {sorted(rows)}")
 
     @property
     def num_queries(self) -> int:

@@ -28,9 +28,7 @@ def as_ids(ids: Iterable[int] | np.ndarray, *, unique: bool = True) -> np.ndarra
         raise IndexInputError("ids must be non-negative")
     if unique and np.unique(arr).size != arr.size:
         values, counts = np.unique(arr, return_counts=True)
-        raise DuplicateIdError(
-            f"ids must be unique within a batch; repeated: {values[counts > 1][:10].tolist()}"
-        )
+        raise DuplicateIdError(f"ids must be unique within a batch; repeated: {values[counts > 1][:10].tolist()}")
     return np.ascontiguousarray(arr)
 
 

@@ -54,9 +54,7 @@ def _gallery(factory: Callable[[int], VectorBackend], n: int = 400, seed: int = 
     return idx, ids, old, live, rng
 
 
-def _check_invariants(
-    idx: MixedIndex, live: dict[int, tuple[str, np.ndarray]], rng: np.random.Generator
-) -> None:
+def _check_invariants(idx: MixedIndex, live: dict[int, tuple[str, np.ndarray]], rng: np.random.Generator) -> None:
     assert len(idx) == len(live)
     assert idx.model_of(list(live)) == [m for m, _ in live.values()]
     counts = idx.counts()
@@ -154,9 +152,7 @@ def test_plan_with_per_segment_embeddings_dimensions_and_calibration() -> None:
     idx.add("small", np.arange(60), a)
     idx.add("big", np.arange(60, 100), b)
     qa, qb = unit_vectors(rng, 3, 8), unit_vectors(rng, 3, 24)
-    plan = QueryPlan.of(
-        [SegmentQuery("small", qa, scale=2.0, shift=-0.5), SegmentQuery("big", qb, shift=0.25)]
-    )
+    plan = QueryPlan.of([SegmentQuery("small", qa, scale=2.0, shift=-0.5), SegmentQuery("big", qb, shift=0.25)])
     got = idx.search(plan, k=20)
     calibrated = np.concatenate([2.0 * (qa @ a.T) - 0.5, qb @ b.T + 0.25], axis=1)
     expected = -np.sort(-calibrated, axis=1)[:, :20]
@@ -214,3 +210,23 @@ def test_model_of_single_and_many() -> None:
     assert idx.model_of(np.int64(ids[1])) == "old"
     assert idx.model_of(777) is None
     assert idx.model_of([int(ids[0]), 777, int(ids[2])]) == ["new", None, "old"]
+
+
+def test_upsert_and_missing_ok_delete_make_log_replay_idempotent() -> None:
+    idx, ids, old, live, rng = _gallery(FlatBackend, n=20)
+    nv = unit_vectors(rng, 10, D)
+    batch = np.concatenate([ids[:5], np.arange(900, 905)])  # 5 live on "old", 5 new ids
+    for _ in range(2):  # applying the same log entry twice leaves the same state
+        idx.upsert("new", batch, nv)
+        assert idx.counts() == {"old": 15, "new": 10} and idx.parked_counts() == {"old": 5}
+    for i, v in zip(batch, nv, strict=True):
+        live[int(i)] = ("new", v)
+    _check_invariants(idx, live, rng)
+    with pytest.raises(DimensionError):
+        idx.upsert("new", [901, 906], unit_vectors(rng, 2, D + 1))
+    idx.delete([int(ids[7]), 424242], missing_ok=True)
+    idx.delete([int(ids[7])], missing_ok=True)
+    del live[int(ids[7])]
+    _check_invariants(idx, live, rng)
+    assert idx.rollback("old") == 5  # the 5 ids added by upsert have no old vector and stay
+    assert idx.counts() == {"old": 19 - 5 + 5, "new": 5}
