@@ -1,0 +1,196 @@
+"""Fault tests with real processes: API replicas under uvicorn and Celery worker processes
+started by ``service.launcher``, the real Redis (or an embedded one we may flush), SQLite and
+PostgreSQL, real Fashion-MNIST images and a RACT-trained tiny model pair."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis as redis_lib
+from sqlalchemy import func, select
+
+from service.db.schema import BackfillTask, Embedding, GalleryItem
+from service.db.session import session_scope
+from service.launcher import System
+from service.settings import Settings
+from tests.workers.system import (
+    ADMIN,
+    FAST_ENV,
+    SearchProbe,
+    get_upgrade,
+    ingest,
+    logs_of,
+    register,
+    search,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def trained_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small old model and a RACT-compatible new one, trained once per session (seconds)."""
+    from models.testing import train_tiny_pair
+
+    return train_tiny_pair(tmp_path_factory.mktemp("pair"), n_train=2000, epochs=1)
+
+
+def install_models(settings: Settings, pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    settings.models_path.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in pair:
+        dst = settings.models_path / p.name
+        shutil.copy(p, dst)
+        out.append(dst)
+    return out[0], out[1]
+
+
+def sql_models(settings: Settings) -> dict[str, str]:
+    with session_scope(settings.sqlalchemy_url) as s:
+        return dict(s.execute(select(GalleryItem.external_id, GalleryItem.active_model)).tuples().all())
+
+
+def served_models(api: str, image: np.ndarray, n: int) -> dict[str, str]:
+    """Which model's vector this replica serves for each item: with k = the gallery size, one
+    search returns every live item once, with the segment it was found in."""
+    hits = search(api, image, n)["results"]
+    out = {h["external_id"]: h["model"] for h in hits}
+    assert len(out) == len(hits) == n
+    return out
+
+
+def assert_every_item_on_new_exactly_once(settings: Settings, new: str, n: int, failed: int = 0) -> None:
+    with session_scope(settings.sqlalchemy_url) as s:
+        on_new = s.scalar(
+            select(func.count()).select_from(GalleryItem).where(GalleryItem.active_model == new)
+        )
+        new_vecs = s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == new))
+        done = s.scalar(select(func.count()).select_from(BackfillTask).where(BackfillTask.status == "done"))
+    assert on_new == n - failed and new_vecs == n - failed and done == n - failed
+
+
+def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
+    settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    n = 240
+    t0 = time.monotonic()
+
+    def step(what: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {what}", flush=True)
+
+    images, labels = fmnist_test[0][:n], fmnist_test[1][:n]
+    old_path, new_path = install_models(settings_env, trained_pair)
+    r = redis_lib.Redis.from_url(settings_env.effective_redis_url)
+    with System(tmp_path / "sys", env=dict(FAST_ENV)) as system:
+        api = system.start_api(name="api")
+        current = {"api": api}
+        step("api up")
+        old = register(api.url, old_path)["name"]
+        new = register(api.url, new_path)["name"]
+        ext = ingest(api.url, images, labels)
+        step("ingested")
+        w1 = system.start_worker(name="w1")
+        w2 = system.start_worker(name="w2")
+        step("workers up")
+        logs = logs_of(api, w1, w2)
+        probe = SearchProbe(lambda: current["api"].url, images, ext, k=n).start()
+
+        resp = httpx.post(f"{api.url}/upgrade", json={"model": new, "strategy": "margin",
+                                                                     "batch_size": 4}, headers=ADMIN)
+        assert resp.status_code == 202, resp.text
+        uid = resp.json()["id"]
+        leases_key = settings_env.redis_key("upgrade", uid, "leases")
+
+        # SIGKILL both workers while they hold leases, a fifth of the way in
+        def mid_batch() -> bool:
+            u = get_upgrade(api.url, uid)
+            return u["state"] == "running" and u["done"] >= n // 5 and r.zcard(leases_key) > 0
+
+        wait_for(mid_batch, 120, "the backfill to get going", logs)
+        step("mid batch")
+        system.kill(w1, signal.SIGKILL)
+        system.kill(w2, signal.SIGKILL)
+        orphaned = r.zcard(leases_key)
+        done_at_kill = get_upgrade(api.url, uid)["done"]
+        assert orphaned > 0 and done_at_kill < n
+
+        # pause, then restart the API: the new process serves exactly the same model per item
+        assert httpx.post(f"{api.url}/upgrade/{uid}/pause", headers=ADMIN).json()["state"] == "paused"
+        probe.pause()
+        time.sleep(1.0)  # let the replica apply the last index-log entries
+        step("paused")
+        before = served_models(api.url, images[0], n)
+        assert before == sql_models(settings_env)
+        assert set(before.values()) == {old, new}  # really mid-upgrade
+        system.kill(api, signal.SIGTERM)
+        api = system.start_api(name="api2")
+        current["api"] = api
+        step("api restarted")
+        after = served_models(api.url, images[0], n)
+        assert after == before
+        probe.resume()
+
+        # a fresh worker takes over: orphaned leases expire and come back, the chains restart
+        assert httpx.post(f"{api.url}/upgrade/{uid}/resume", headers=ADMIN).status_code == 200
+        step("resumed")
+        w3 = system.start_worker(name="w3")
+        logs = logs_of(api, w3)
+        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
+                         "the upgrade to complete", logs)
+        step("completed")
+        time.sleep(1.0)
+        probe.stop()
+        assert final["done"] == n and final["failed"] == 0 and final["fraction"] == 1.0
+        assert probe.searches > 20 and probe.violations == [], probe.violations[:5]
+        assert_every_item_on_new_exactly_once(settings_env, new, n)
+        assert set(served_models(api.url, images[0], n).values()) == {new}
+
+
+def test_redis_flushed_mid_upgrade_and_corrupt_images(
+    settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    n, corrupt = 200, 4
+    images, labels = fmnist_test[0][:n], fmnist_test[1][:n]
+    old_path, new_path = install_models(settings_env, trained_pair)
+    with System(tmp_path / "sys", env=dict(FAST_ENV)) as system:
+        redis_url = system.start_redis()  # our own Redis: flushing it touches nobody else
+        r = redis_lib.Redis.from_url(redis_url)
+        api = system.start_api(name="api")
+        register(api.url, old_path)
+        new = register(api.url, new_path)["name"]
+        ext = ingest(api.url, images, labels)
+        # corrupt a few stored images on disk (the API refuses corrupt uploads)
+        with session_scope(settings_env.sqlalchemy_url) as s:
+            keys = [s.scalar(select(GalleryItem.image_key).where(GalleryItem.external_id == e)) for e in ext[:corrupt]]
+        from service.imagestore import LocalImageStore
+
+        for key in keys:
+            LocalImageStore(settings_env.images_path).path_for(key).write_bytes(b"\x89PNG truncated garbage")
+        w = system.start_worker(name="w1")
+        logs = logs_of(api, w)
+        resp = httpx.post(f"{api.url}/upgrade", json={"model": new, "strategy": "least", "batch_size": 4},
+                          headers=ADMIN)
+        assert resp.status_code == 202, resp.text
+        uid = resp.json()["id"]
+        wait_for(lambda: get_upgrade(api.url, uid)["done"] >= n // 4, 120, "a quarter done", logs)
+        r.flushall()  # Redis restarted empty: queue, leases, index log and Celery's messages gone
+        assert r.dbsize() == 0
+        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
+                         "the upgrade to complete after the flush", logs)
+        assert final["done"] == n - corrupt and final["failed"] == corrupt
+        assert sorted(f["external_id"] for f in final["failures"]) == sorted(ext[:corrupt])
+        failures = httpx.get(f"{api.url}/upgrade/{uid}/failures").json()
+        assert len(failures) == corrupt and all(f["attempts"] == 3 for f in failures)
+        assert_every_item_on_new_exactly_once(settings_env, new, n, failed=corrupt)
+        # the replica reloaded from SQL after losing the log: it serves what SQL says
+        time.sleep(1.0)
+        assert served_models(api.url, images[0], n) == sql_models(settings_env)
