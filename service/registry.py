@@ -64,6 +64,10 @@ class EncoderCache:
         with self._lock:
             self._models[name] = model
 
+    def peek(self, name: str) -> LoadedModel | None:
+        """The loaded encoder, or None: the hot path of a search needs no database session."""
+        return self._models.get(name)
+
     def get(self, session: Session, name: str) -> LoadedModel:
         model = self._models.get(name)
         if model is not None:

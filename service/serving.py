@@ -253,6 +253,9 @@ class Serving:
             raise NotReady("the index is still loading")
 
     def encoder(self, model: str) -> LoadedModel:
+        cached = self.encoders.peek(model)
+        if cached is not None:
+            return cached
         with session_scope(self.url) as s:
             return self.encoders.get(s, model)
 

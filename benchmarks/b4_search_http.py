@@ -1,0 +1,151 @@
+"""B4: the service's own overhead per ``POST /search``: HTTP latency minus the in-process time of
+the same work (decode, encode with the query model, search the mixed index, map ids).
+
+One real API process (uvicorn, SQLite, the local Redis) serves a Fashion-MNIST gallery; the
+benchmark process loads the same gallery from the same database into its own replica with the
+same checkpoint. Each query image is timed once over HTTP (keep-alive client, multipart upload,
+JSON answer) and once in-process, alternating, so both see the same machine noise. The headline is
+p50 and p99 of HTTP minus in-process, per request.
+
+    nice .venv/bin/python benchmarks/b4_search_http.py   # -> benchmarks/results/b4_search_http.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+from index_bench import RESULTS, machine, table, write_json
+from PIL import Image
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gallery", type=int, default=5000, help="Fashion-MNIST train images in the gallery")
+    ap.add_argument("--queries", type=int, default=400, help="timed queries (Fashion-MNIST test images)")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--arch", default="conv4")
+    ap.add_argument("--out", type=Path, default=RESULTS / "b4_search_http.json")
+    args = ap.parse_args()
+    # The same thread setting as `hotrefresh serve` (which sets it for the API process), so the
+    # in-process path does the same work the server does; must precede the first torch import.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    from models.data import load_fashion_mnist
+    from models.testing import make_tiny_checkpoint
+    from service import launcher
+    from service.db.migrate import upgrade_head
+    from service.images import decode_image
+    from service.serving import Serving
+    from service.settings import Settings
+
+    token = "bench-token"
+    work = Path(tempfile.mkdtemp(prefix="b4-"))
+    env = {
+        "HOTREFRESH_ENV": "test",
+        "HOTREFRESH_ADMIN_TOKEN": token,
+        "HOTREFRESH_DATA_DIR": str(work / "data"),
+        "HOTREFRESH_REDIS_URL": os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "HOTREFRESH_REDIS_PREFIX": f"b4-{uuid.uuid4().hex[:8]}",
+    }
+    os.environ.update(env)
+    settings = Settings()
+    upgrade_head(settings.sqlalchemy_url)
+    settings.models_path.mkdir(parents=True, exist_ok=True)
+    make_tiny_checkpoint(settings.models_path / "m.pt", "bench", arch=args.arch, embedding_dim=64)
+
+    train, _ = load_fashion_mnist("train")
+    test, _ = load_fashion_mnist("test")
+    queries = [png(test[i]) for i in range(args.queries + 20)]
+
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(settings.effective_redis_url)
+    with launcher.System(work / "system", env=env) as system:
+        api = system.start_api(name="api")
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=api.url, headers=auth, timeout=300) as c:
+            assert c.post("/models", data={"path": "m.pt"}).status_code == 201
+            for s in range(0, args.gallery, 256):
+                idx = range(s, min(args.gallery, s + 256))
+                files = [("image", (f"{i}.png", png(train[i]), "image/png")) for i in idx]
+                res = c.post("/gallery", files=files, data={"external_id": [f"g{i}" for i in idx]})
+                assert res.status_code == 201, res.text
+
+        local = Serving(settings, r)
+        local.load()
+        assert sum(local.index.counts().values()) == args.gallery
+
+        def in_process(data: bytes) -> None:
+            _, q = local.encode_query(decode_image(data))
+            local.search_vector(q, args.k)
+
+        http_s: list[float] = []
+        local_s: list[float] = []
+        with httpx.Client(base_url=api.url, timeout=60) as c:
+            for n, data in enumerate(queries):
+                order = ("http", "local") if n % 2 == 0 else ("local", "http")
+                for which in order:
+                    t0 = time.perf_counter()
+                    if which == "http":
+                        res = c.post("/search", files={"image": ("q.png", data, "image/png")}, params={"k": args.k})
+                        assert res.status_code == 200
+                    else:
+                        in_process(data)
+                    dt = time.perf_counter() - t0
+                    if n >= 20:  # warm-up
+                        (http_s if which == "http" else local_s).append(dt)
+    r.close()
+
+    overhead = [h - lo for h, lo in zip(http_s, local_s, strict=True)]
+    result = {
+        "benchmark": "B4 search over HTTP",
+        "gallery": args.gallery,
+        "queries": len(http_s),
+        "k": args.k,
+        "model": {"arch": args.arch, "embedding_dim": 64},
+        "threads_per_process": int(os.environ["OMP_NUM_THREADS"]),
+        "http_ms": {"p50": pct(http_s, 0.5) * 1e3, "p99": pct(http_s, 0.99) * 1e3},
+        "in_process_ms": {"p50": pct(local_s, 0.5) * 1e3, "p99": pct(local_s, 0.99) * 1e3},
+        # Per request (paired) and as a difference of percentiles; both for the record.
+        "overhead_ms": {
+            "p50": pct(overhead, 0.5) * 1e3,
+            "p99": pct(overhead, 0.99) * 1e3,
+            "mean": statistics.fmean(overhead) * 1e3,
+            "p50_http_minus_p50_in_process": (pct(http_s, 0.5) - pct(local_s, 0.5)) * 1e3,
+            "p99_http_minus_p99_in_process": (pct(http_s, 0.99) - pct(local_s, 0.99)) * 1e3,
+        },
+        "overhead_p50_over_http_p50": pct(overhead, 0.5) / pct(http_s, 0.5),
+        "machine": machine(),
+    }
+    print(table(
+        ["", "p50 ms", "p99 ms"],
+        [["HTTP POST /search", result["http_ms"]["p50"], result["http_ms"]["p99"]],
+         ["in-process decode+encode+search", result["in_process_ms"]["p50"], result["in_process_ms"]["p99"]],
+         ["service overhead (per request)", result["overhead_ms"]["p50"], result["overhead_ms"]["p99"]]],
+    ))
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
