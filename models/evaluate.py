@@ -48,8 +48,12 @@ def backfill_curve(
     old_top1_correct: np.ndarray,
     *,
     k: int | None = None,
+    exclude: np.ndarray | None = None,
 ) -> list[dict[str, float | None]]:
-    """One curve: mAP, top-1 and NFR@1 (Eq. 12) at each fraction of ``order`` backfilled."""
+    """One curve: mAP, top-1 and NFR@1 (Eq. 12) at each fraction of ``order`` backfilled.
+
+    ``exclude`` (per query, a gallery column or -1) is the leave-one-out protocol of the service's
+    live probes, whose queries are gallery items (see ``models.metrics.evaluate_scores``)."""
     s_old = q_new @ g_old.T
     s_new = q_new @ g_new.T
     order_t = torch.as_tensor(order, device=s_old.device)
@@ -60,7 +64,7 @@ def backfill_curve(
         if n:
             cols = order_t[:n]
             s[:, cols] = s_new[:, cols]
-        r = evaluate_scores(s, q_labels, g_labels, k=k)
+        r = evaluate_scores(s, q_labels, g_labels, k=k, exclude=exclude)
         points.append(
             {
                 "fraction": float(f),

@@ -45,13 +45,27 @@ def evaluate_scores(
     *,
     k: int | None = None,
     chunk: int = 512,
+    exclude: np.ndarray | None = None,
 ) -> RetrievalResult:
-    """mAP (full ranking, or @k) and top-1 accuracy of a (Q, G) similarity matrix (higher = closer)."""
+    """mAP (full ranking, or @k) and top-1 accuracy of a (Q, G) similarity matrix (higher = closer).
+
+    ``exclude[q]`` (a gallery column, or -1) leaves that column out of query q's ranking: the
+    leave-one-out protocol when the queries are gallery items themselves (the service's probes).
+    """
     s = torch.as_tensor(scores)
     ql = torch.as_tensor(np.asarray(query_labels), device=s.device)
     gl = torch.as_tensor(np.asarray(gallery_labels), device=s.device)
     if s.ndim != 2 or s.shape != (len(ql), len(gl)):
         raise ValueError(f"scores shaped {tuple(s.shape)} do not match {len(ql)} queries x {len(gl)} gallery")
+    ex = None
+    if exclude is not None:
+        ex = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=s.device)
+        if ex.shape != (len(ql),) or bool((ex >= len(gl)).any()):
+            raise ValueError("exclude must hold one gallery column (or -1) per query")
+        # Ranked last (-inf), then not counted as relevant: as if the column were absent.
+        s = s.clone().float()
+        rows = torch.nonzero(ex >= 0).flatten()
+        s[rows, ex[rows]] = float("-inf")
     aps, top1 = [], []
     for i in range(0, s.shape[0], chunk):
         sc = s[i : i + chunk]
@@ -62,6 +76,10 @@ def evaluate_scores(
             idx = sc.argsort(dim=1, descending=True, stable=True)
         rel = gl[idx] == ql[i : i + chunk, None]
         n_rel = (gl[None, :] == ql[i : i + chunk, None]).sum(1).float()
+        if ex is not None:
+            exc = ex[i : i + chunk]
+            rel &= idx != exc[:, None]
+            n_rel -= ((exc >= 0) & (gl[exc.clamp(min=0)] == ql[i : i + chunk])).float()
         denom = n_rel if k is None else n_rel.clamp(max=k)
         relf = rel.float()
         prec = relf.cumsum(1) / torch.arange(1, kk + 1, dtype=torch.float32, device=s.device)

@@ -94,22 +94,18 @@ def leave_one_out(
     """(top-1 correct, AP) per query, each query ranked against the gallery minus itself."""
     codes = {lab: c for c, lab in enumerate(sorted({str(x) for x in gallery.labels if x is not None}))}
     gl = np.asarray([codes[str(x)] if x is not None else UNLABELED for x in gallery.labels], np.int64)
+    ql = np.asarray([codes.get(lab, UNLABELED - 1) for lab in query_labels], np.int64)
     pos = {int(i): p for p, i in enumerate(gallery.ids.tolist())}
+    exclude = np.asarray([pos.get(int(i), -1) for i in query_ids], np.int64)
     g = torch.from_numpy(np.array(gallery.vectors, np.float32))
     top1 = np.zeros(len(query_ids), bool)
     ap = np.zeros(len(query_ids), np.float64)
     for start in range(0, len(query_ids), 256):
-        q = torch.from_numpy(np.array(queries[start : start + 256], np.float32))
-        scores = (q @ g.T).numpy()
-        for r in range(len(q)):
-            j = start + r
-            keep = np.ones(len(gl), bool)
-            if int(query_ids[j]) in pos:
-                keep[pos[int(query_ids[j])]] = False
-            res = evaluate_scores(scores[r][keep][None, :], np.asarray([codes.get(query_labels[j], -2)]),
-                                  gl[keep], k=k)
-            top1[j] = bool(res.top1_correct[0])
-            ap[j] = float(res.ap[0])
+        stop = start + 256
+        q = torch.from_numpy(np.array(queries[start:stop], np.float32))
+        res = evaluate_scores(q @ g.T, ql[start:stop], gl, k=k, exclude=exclude[start:stop])
+        top1[start:stop] = res.top1_correct
+        ap[start:stop] = res.ap
     return top1, ap
 
 
