@@ -29,7 +29,7 @@ from service.index.errors import (
     UnknownIdError,
     UnknownModelError,
 )
-from service.index.files import load_npy, save_json
+from service.index.files import save_json
 from service.index.flat import FlatBackend
 from service.index.plan import Hit, QueryPlan, SegmentQuery
 from service.index.rwlock import RWLock
@@ -262,7 +262,8 @@ class MixedIndex:
     def save(self, directory: str | Path) -> Path:
         """Write every segment's ids and vectors (``.npy``) and a JSON manifest into ``directory``.
         Files are versioned and each is written to a temporary file then ``os.replace``d, the
-        manifest last, so a crash mid-save leaves the previous snapshot loadable."""
+        manifest last, so a crash mid-save leaves the previous snapshot loadable. Holds the read
+        lock throughout (writes wait; searches go on) so the snapshot is one consistent version."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
@@ -325,7 +326,7 @@ class MixedIndex:
             if isinstance(exc, SnapshotError):
                 raise
             raise SnapshotError(f"snapshot in {directory} is incomplete or inconsistent: {exc}") from exc
-        all_ids = [load_npy(directory / e["files"]["ids"]) for e in manifest["segments"]]
+        all_ids = [seg.ids() for seg in index._segments.values()]
         if all_ids:
             merged = np.concatenate(all_ids)
             if np.unique(merged).size != merged.size:
