@@ -1,0 +1,60 @@
+"""`hotrefresh ingest` from a labeled folder into a real API process, and its refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.launcher import System
+from service.settings import Settings
+from tests.conftest import ADMIN_TOKEN
+from tests.service.conftest import synthetic_png
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for n in range(3):
+            (root / cls / f"{n}.png").write_bytes(synthetic_png(10 * len(cls) + n))
+    (root / "dogs" / "notes.txt").write_text("not an image, and not uploaded")
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with System(tmp_path / "system") as system:
+        api = system.start_api()
+        assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
+        run = subprocess.run(
+            [sys.executable, "-m", "service", "ingest", str(root), "--batch-size", "4", "--url", api.url],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "ingested 6 images" in run.stdout
+        item = httpx.get(f"{api.url}/gallery/dogs/2.png").json()
+        assert item["label"] == "dogs" and item["model"] == "old"
+        # Again: every id is taken now, so the API refuses and the command says why.
+        again = subprocess.run(
+            [sys.executable, "-m", "service", "ingest", str(root), "--url", api.url],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert again.returncode == 1 and "409" in again.stderr and "already" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env, words",
+    [
+        (["--fashion-mnist", "somewhere"], {"HOTREFRESH_ADMIN_TOKEN": "t"}, "either a FOLDER or --fashion-mnist"),
+        ([], {"HOTREFRESH_ADMIN_TOKEN": "t"}, "either a FOLDER or --fashion-mnist"),
+        (["--fashion-mnist"], {"HOTREFRESH_ADMIN_TOKEN": ""}, "no admin token"),
+    ],
+)
+def test_ingest_refuses_bad_usage(args: list[str], env: dict, words: str) -> None:
+    result = CliRunner().invoke(app, ["ingest", *args], env=env)
+    assert result.exit_code == 2
+    assert words in " ".join(result.output.split())
