@@ -75,10 +75,13 @@ class Leased:
     all_ids: list[int]
 
 
-def lease_and_load(ctx: WorkerContext, queue: BackfillQueue, batch_size: int) -> Leased | None:
+BLOCKED = "blocked"  # lease_and_load's answer while a checkpoint barrier is up
+
+
+def lease_and_load(ctx: WorkerContext, queue: BackfillQueue, batch_size: int) -> Leased | str | None:
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
     if not ids:
-        return None
+        return BLOCKED if queue.blocked else None
     with session_scope(ctx.url) as s:
         keys = dict(s.execute(select(GalleryItem.id, GalleryItem.image_key).where(GalleryItem.id.in_(ids)))
                     .tuples().all())
@@ -167,11 +170,22 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
         return "stop"
     ctx.heartbeat(upgrade_id)
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending: Future[Leased | None] | None = pool.submit(lease_and_load, ctx, queue, batch_size)
+        pending: Future[Leased | str | None] | None = pool.submit(lease_and_load, ctx, queue, batch_size)
+
+        def give_back_prefetched() -> None:
+            nonlocal pending
+            if pending is not None:
+                leftover = pending.result()
+                pending = None
+                if isinstance(leftover, Leased):
+                    queue.release(leftover.all_ids)
+
         try:
             while pending is not None:
                 batch = pending.result()
                 pending = None
+                if batch == BLOCKED:  # a checkpoint is measuring: come back shortly
+                    return "wait"
                 if batch is None:
                     if queue.leased() == 0:
                         outcome = progress.try_complete(ctx.settings, ctx.redis, upgrade_id)
@@ -192,12 +206,21 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
                 frac = 1.0 if total <= 0 else min(1.0, done / total)
                 BACKFILL_PROGRESS.labels(label).set(frac)
                 BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
-                progress.maybe_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
+                step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
+                if step is not None:
+                    # Our own prefetched lease would hold the cut open. Land it rather than hand
+                    # it back: releasing it while others land later batches would leave a hole in
+                    # the order, and the cut would no longer be "the first n items".
+                    if pending is not None:
+                        prefetched, pending = pending.result(), None
+                        if isinstance(prefetched, Leased):
+                            land_batch(ctx, upgrade_id, to_model, prefetched, queue)
+                    progress.checkpoint_at_cut(ctx.settings, ctx.redis, upgrade_id, step)
+                    state = _upgrade_state(ctx, upgrade_id)[0]
+                    if more and state == RUNNING:
+                        pending = pool.submit(lease_and_load, ctx, queue, batch_size)
                 if state != RUNNING:
                     return "stop"
             return "continue"
         finally:
-            if pending is not None:  # a prefetched batch we will not process: give it back now
-                leftover = pending.result()
-                if leftover is not None:
-                    queue.release(leftover.all_ids)
+            give_back_prefetched()  # a prefetched batch we will not process goes back now

@@ -9,9 +9,16 @@ Keys (``{prefix}`` is ``settings.redis_prefix``):
 - ``{prefix}:upgrade:{id}:leases`` ZSET item id -> lease deadline (unix seconds)
 - ``{prefix}:upgrade:{id}:prio``   HASH item id -> priority, so an expired lease goes back to
   the queue with the priority it had rather than a made-up one
+- ``{prefix}:upgrade:{id}:barrier`` while set, nobody leases (a live-NFR checkpoint waits for
+  in-flight batches to land, so it measures exactly the first n items of the order)
 
 Leasing is one Lua script, so two workers can never receive the same id: the script first
 returns expired leases to the queue, then pops the top ``n`` and records their deadline.
+
+Members are not the bare id but ``10**19 - 1 - id``, zero-padded to 19 digits: Redis orders
+equal scores by member bytes, and this encoding makes "highest priority first" break ties by
+ascending item id — the same order as ``models.uncertainty.backfill_order`` (a stable sort), so
+the live backfill and the offline evaluator agree on ties too.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import redis as redis_lib
 from service.settings import Settings
 
 _LEASE = """
-local queue, leases, prio = KEYS[1], KEYS[2], KEYS[3]
+local queue, leases, prio, barrier = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, n, deadline = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
 for _, id in ipairs(expired) do
@@ -33,6 +40,7 @@ for _, id in ipairs(expired) do
   if p then redis.call('ZADD', queue, p, id) end
 end
 if n <= 0 then return {} end
+if redis.call('EXISTS', barrier) == 1 then return false end
 local ids = redis.call('ZRANGE', queue, 0, n - 1, 'REV')
 for _, id in ipairs(ids) do
   redis.call('ZREM', queue, id)
@@ -66,6 +74,15 @@ return n
 """
 
 _CHUNK = 5000
+_ID_SPACE = 10**19 - 1  # > any BIGINT id
+
+
+def _member(item_id: int) -> str:
+    return f"{_ID_SPACE - int(item_id):019d}"
+
+
+def _item(member: bytes | str) -> int:
+    return _ID_SPACE - int(member)
 
 
 class BackfillQueue:
@@ -78,6 +95,8 @@ class BackfillQueue:
         self.leases_key = settings.redis_key("upgrade", self.upgrade_id, "leases")
         self.prio_key = settings.redis_key("upgrade", self.upgrade_id, "prio")
         self.rebuild_lock_key = settings.redis_key("upgrade", self.upgrade_id, "rebuild-lock")
+        self.barrier_key = settings.redis_key("upgrade", self.upgrade_id, "barrier")
+        self.blocked = False  # the last lease() found the barrier up
         self._lease = redis.register_script(_LEASE)
         self._ack = redis.register_script(_ACK)
         self._release = redis.register_script(_RELEASE)
@@ -90,35 +109,37 @@ class BackfillQueue:
         if len(ids) != len(priorities):
             raise ValueError(f"push: {len(ids)} ids but {len(priorities)} priorities")
         for start in range(0, len(ids), _CHUNK):
-            mapping = {str(int(i)): float(p) for i, p in zip(ids[start:start + _CHUNK],
-                                                          priorities[start:start + _CHUNK], strict=True)}
+            mapping = {_member(i): float(p) for i, p in zip(ids[start:start + _CHUNK],
+                                                         priorities[start:start + _CHUNK], strict=True)}
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.prio_key, mapping=mapping)
             pipe.zadd(self.queue_key, mapping)
             pipe.execute()
 
     def lease(self, n: int, lease_seconds: float, now: float | None = None) -> list[int]:
-        """Atomically take the ``n`` highest-priority ids; they come back if not acked in time."""
+        """Atomically take the ``n`` highest-priority ids; they come back if not acked in time.
+        Returns [] with ``self.blocked`` set while a checkpoint barrier is up."""
         now = time.time() if now is None else now
-        out = self._lease(keys=self.keys, args=[repr(now), int(n), repr(now + lease_seconds)])
-        return [int(x) for x in out]
+        out = self._lease(keys=[*self.keys, self.barrier_key], args=[repr(now), int(n), repr(now + lease_seconds)])
+        self.blocked = out is None
+        return [_item(x) for x in out or []]
 
     def reclaim(self, now: float | None = None) -> None:
         """Return expired leases to the queue without leasing anything."""
         self.lease(0, 0.0, now=now)
 
     def ack(self, ids: Iterable[int]) -> int:
-        args = [str(int(i)) for i in ids]
+        args = [_member(i) for i in ids]
         return int(self._ack(keys=[self.leases_key, self.prio_key], args=args)) if args else 0
 
     def release(self, ids: Iterable[int]) -> int:
         """Give leased ids back to the queue at once (e.g. a transient error), with their priority."""
-        args = [str(int(i)) for i in ids]
+        args = [_member(i) for i in ids]
         return int(self._release(keys=self.keys, args=args)) if args else 0
 
     def remove(self, ids: Iterable[int]) -> None:
         """Forget ids entirely (the item was deleted from the gallery)."""
-        args = [str(int(i)) for i in ids]
+        args = [_member(i) for i in ids]
         if not args:
             return
         pipe = self.redis.pipeline(transaction=True)
@@ -142,7 +163,14 @@ class BackfillQueue:
         return int(q) == 0 and int(leased) == 0
 
     def clear(self) -> None:
-        self.redis.delete(*self.keys)
+        self.redis.delete(*self.keys, self.barrier_key)
+
+    def raise_barrier(self, ttl_seconds: float) -> None:
+        """Stop all leasing until :meth:`lower_barrier` (or the TTL, should the holder die)."""
+        self.redis.set(self.barrier_key, "1", px=max(1, int(ttl_seconds * 1000)))
+
+    def lower_barrier(self) -> None:
+        self.redis.delete(self.barrier_key)
 
     def rebuild(self, pairs: Iterable[tuple[int, float]]) -> int:
         """Replace the queue with ``(item_id, priority)`` pairs read from SQL.

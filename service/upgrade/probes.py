@@ -133,10 +133,11 @@ def take_baseline(session: Session, probes: ProbeSet, old_model: str) -> dict:
             "old_top1_rate": float(top1.mean()), "map_k": k}
 
 
-def measure(session: Session, baseline: dict, new_model: str) -> Measurement:
-    """NFR@1 and mAP of the new-model probe queries against the live mixed gallery."""
+def measure(session: Session, baseline: dict, new_model: str, gallery: Gallery | None = None) -> Measurement:
+    """NFR@1 and mAP of the new-model probe queries against the live mixed gallery (as loaded by
+    :func:`load_gallery`, now or at a chosen moment)."""
     probes = ProbeSet.from_json(baseline)
-    gallery = load_gallery(session)
+    gallery = load_gallery(session) if gallery is None else gallery
     fraction = gallery.fraction_on(new_model)
     if len(probes.ids) == 0 or len(gallery.ids) == 0:
         return Measurement(fraction, None, None, None)

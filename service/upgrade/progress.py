@@ -49,16 +49,20 @@ def _set_live_gauges(upgrade_id: int, nfr: float | None, map_: float | None) -> 
         LIVE_MAP.labels(str(upgrade_id)).set(map_)
 
 
-def checkpoint_now(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
-    """Measure the probes against the gallery as SQL holds it and record the point."""
+def checkpoint_now(
+    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int,
+    gallery: probes.Gallery | None = None, quiesced: bool = True,
+) -> dict | None:
+    """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``) and
+    record the point."""
     with session_scope(settings.sqlalchemy_url) as s:
         up = store.get_upgrade(s, upgrade_id)
         if up is None or not up.baseline:
             return None
-        m = probes.measure(s, up.baseline, up.to_model)
+        m = probes.measure(s, up.baseline, up.to_model, gallery)
         progress = progress_of(up)
     point = {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
-             "top1": m.top1, "at": time.time()}
+             "top1": m.top1, "at": time.time(), "quiesced": quiesced}
     with session_scope(settings.sqlalchemy_url) as s:
         up = _append_checkpoint(s, upgrade_id, point)
         guardrail = up.nfr_guardrail
@@ -75,20 +79,41 @@ def checkpoint_now(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, 
     return point
 
 
-def maybe_checkpoint(
-    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, progress: float
-) -> dict | None:
-    """Take a checkpoint when progress crossed a new multiple of ``nfr_checkpoint_every``."""
+def claim_checkpoint(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, progress: float) -> int | None:
+    """The checkpoint step due at this progress, claimed for this caller (``SET NX``), or None.
+    Checkpoints fall on multiples of ``nfr_checkpoint_every``; the 100% point is taken at
+    completion."""
     step = int(math.floor(progress / settings.nfr_checkpoint_every + 1e-9))
-    if step <= 0 or progress >= 1.0:  # the 100% point is taken at completion
+    if step <= 0 or progress >= 1.0:
         return None
     key = settings.redis_key("upgrade", upgrade_id, "checkpoint", step)
-    if not redis.set(key, "1", nx=True, ex=24 * 3600):
+    if not redis.set(key, "1", nx=True, ex=86400):
         return None
     # Steps skipped by a big jump are claimed too, so they are not measured late.
     for earlier in range(1, step):
         redis.set(settings.redis_key("upgrade", upgrade_id, "checkpoint", earlier), "1", nx=True, ex=86400)
-    return checkpoint_now(settings, redis, upgrade_id, step)
+    return step
+
+
+def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
+    """Measure at a consistent cut: raise the queue's barrier (nobody leases), wait until every
+    batch in flight has landed, snapshot the gallery from SQL, lower the barrier, then compute.
+    The items on the new model are then exactly the first n of the backfill order, the state the
+    offline evaluator's curve describes. Leasing stops only for the SQL read, not the maths.
+    A lease held by a dead worker is waited for at most ``lease_seconds`` (then reclaimed)."""
+    queue = BackfillQueue(redis, settings, upgrade_id)
+    queue.raise_barrier(settings.lease_seconds + 30)
+    try:
+        deadline = time.monotonic() + settings.lease_seconds + 1
+        while queue.leased() and time.monotonic() < deadline:
+            queue.reclaim()
+            time.sleep(0.01)
+        quiesced = queue.leased() == 0
+        with session_scope(settings.sqlalchemy_url) as s:
+            gallery = probes.load_gallery(s)
+    finally:
+        queue.lower_barrier()
+    return checkpoint_now(settings, redis, upgrade_id, step, gallery=gallery, quiesced=quiesced)
 
 
 def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:

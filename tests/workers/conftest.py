@@ -4,6 +4,7 @@ encoded by a real (tiny) old model, a registered compatible new model, and a wor
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,39 @@ def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
 
     images, labels = load_fashion_mnist("test")
     return images[:600].copy(), labels[:600].copy()
+
+
+def cached_tiny_pair(n_train: int = 2000, epochs: int = 1) -> tuple[Path, Path]:
+    """``models.testing.train_tiny_pair``, trained once and kept in a cache keyed by the training
+    code's content (so a change to the models retrains, and test sessions don't repeat it)."""
+    import hashlib
+    import os
+    import tempfile
+
+    import models
+    from models.testing import train_tiny_pair
+
+    code = hashlib.sha256()
+    for name in ("checkpoint.py", "encoders.py", "losses.py", "train.py", "testing.py", "preprocess.py"):
+        code.update((Path(models.__file__).parent / name).read_bytes())
+    root = Path(os.environ.get("HOTREFRESH_TEST_CACHE", Path(tempfile.gettempdir()) / "hotrefresh-test-cache"))
+    directory = root / f"pair-{n_train}-{epochs}-{code.hexdigest()[:16]}"
+    old, new = directory / "tiny-old.pt", directory / "tiny-new-ract.pt"
+    if not (old.is_file() and new.is_file()):
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root))
+        train_tiny_pair(staging, n_train=n_train, epochs=epochs)
+        try:
+            staging.rename(directory)  # atomic: a half-trained pair is never seen
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another session finished first
+    return old, new
+
+
+@pytest.fixture(scope="session")
+def trained_pair() -> tuple[Path, Path]:
+    """A small old model and a RACT-compatible new one (trained once; seconds)."""
+    return cached_tiny_pair()
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import redis as redis_lib
 
@@ -98,3 +99,25 @@ def test_rebuild_if_lost_only_when_empty(queue: BackfillQueue, redis_client: red
     assert queue.is_empty()
     assert queue.rebuild_if_lost(lambda: [(1, 1.0), (2, 2.0), (5, 9.0)]) == 3
     assert queue.lease(10, 60) == [5, 2, 1]
+
+
+def test_ties_break_by_ascending_id_like_the_offline_order(queue: BackfillQueue) -> None:
+    from models.uncertainty import backfill_order
+
+    ids = [5, 12, 3, 100, 7, 40]
+    prio = [0.5, 0.9, 0.5, 0.5, 0.9, 0.1]
+    queue.push(ids, prio)
+    got = queue.lease(10, 60)
+    by_id = sorted(range(len(ids)), key=lambda k: ids[k])  # offline: items indexed in id order
+    offline = [ids[by_id[k]] for k in backfill_order(np.asarray([prio[j] for j in by_id]))]
+    assert got == offline == [7, 12, 3, 5, 100, 40]
+
+
+def test_barrier_stops_leasing_but_expired_leases_still_return(queue: BackfillQueue) -> None:
+    queue.push([1, 2], [2.0, 1.0])
+    assert queue.lease(1, 10, now=0) == [1]
+    queue.raise_barrier(30)
+    assert queue.lease(5, 10, now=20) == [] and queue.blocked
+    assert queue.depth() == 2 and queue.leased() == 0  # id 1's lease expired and came back
+    queue.lower_barrier()
+    assert queue.lease(5, 10, now=21) == [1, 2] and not queue.blocked

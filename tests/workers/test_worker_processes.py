@@ -34,14 +34,6 @@ from tests.workers.system import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="session")
-def trained_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A small old model and a RACT-compatible new one, trained once per session (seconds)."""
-    from models.testing import train_tiny_pair
-
-    return train_tiny_pair(tmp_path_factory.mktemp("pair"), n_train=2000, epochs=1)
-
-
 def install_models(settings: Settings, pair: tuple[Path, Path]) -> tuple[Path, Path]:
     settings.models_path.mkdir(parents=True, exist_ok=True)
     out = []
