@@ -52,6 +52,10 @@ class ExperimentConfig:
     n_gallery: int = 8000
     k: int | None = None  # None: full-ranking mAP
     data_root: str | None = None
+    # Tuning mode: hold out ``validation_size`` TRAINING images as queries+gallery and train on the
+    # rest; the test split is never read.
+    validation_size: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method tau/lam/topk
 
     @classmethod
     def quick(cls, allocation: str = "expansion") -> ExperimentConfig:
@@ -65,10 +69,29 @@ class ExperimentConfig:
 def _train_subset(cfg: ExperimentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     kw = {"root": cfg.data_root} if cfg.data_root else {}
     x, y = load_fashion_mnist("train", **kw)
+    if cfg.validation_size:
+        x, y = x[_validation_idx(cfg, len(y)) :], y[_validation_idx(cfg, len(y)) :]
     if cfg.train_limit and cfg.train_limit < len(y):
         keep = np.sort(np.random.default_rng(10_000 + seed).permutation(len(y))[: cfg.train_limit])
         x, y = x[keep], y[keep]
     return x, y
+
+
+def _validation_idx(cfg: ExperimentConfig, n: int) -> int:
+    """Training images [0, v) are the validation set in tuning mode (Fashion-MNIST is shuffled)."""
+    v = int(cfg.validation_size or 0)
+    if not 0 < v < n:
+        raise ValueError(f"validation_size must be in (0, {n})")
+    return v
+
+
+def _eval_images(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
+    kw = {"root": cfg.data_root} if cfg.data_root else {}
+    if cfg.validation_size:
+        x, y = load_fashion_mnist("train", **kw)
+        v = _validation_idx(cfg, len(y))
+        return x[:v], y[:v]
+    return load_fashion_mnist("test", **kw)
 
 
 def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, progress: bool) -> dict[str, Any]:
@@ -91,9 +114,9 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
         path = mdir / f"{method}.pt"
         if not path.exists():
             t0 = time.perf_counter()
+            hp = {"tau": cfg.tau, "lam": cfg.lam, "topk": cfg.topk, **cfg.overrides.get(method, {})}
             ncfg = TrainConfig(
-                arch=cfg.new_arch, epochs=cfg.epochs_new, loss=LOSS_OF_METHOD[method], tau=cfg.tau,
-                lam=cfg.lam, topk=cfg.topk, **common,
+                arch=cfg.new_arch, epochs=cfg.epochs_new, loss=LOSS_OF_METHOD[method], **hp, **common,
             )  # fmt: skip
             train_and_save(
                 x[alloc.new_idx], y[alloc.new_idx], ncfg, path, f"{cfg.allocation}-s{seed}-{method}",
@@ -101,8 +124,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
             )  # fmt: skip
             timings[method] = time.perf_counter() - t0
         new_paths[method] = path
-    kw = {"root": cfg.data_root} if cfg.data_root else {}
-    xt, yt = load_fashion_mnist("test", **kw)
+    xt, yt = _eval_images(cfg)
     q, g = eval_split(yt, n_queries=cfg.n_queries, n_gallery=cfg.n_gallery, seed=0)
     t0 = time.perf_counter()
     doc = evaluate_backfill(
