@@ -74,6 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             serving.stop()
+            try:
+                serving.save_snapshot()
+            except Exception:  # a failed snapshot only costs the next start a full SQL load
+                log.exception("could not write the index snapshot")
             redis.close()
 
     app = FastAPI(

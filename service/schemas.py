@@ -30,6 +30,7 @@ class ReadyOut(BaseModel):
     query_model: str | None
     counts: dict[str, int] = Field(description="Live vectors per model segment in this replica.")
     log_position: str = Field(description="Last index-log entry this replica has applied.")
+    loaded_from: str | None = Field(description="How this replica last loaded: 'sql' or 'snapshot'.")
 
 
 class GalleryItemCreated(BaseModel):

@@ -18,16 +18,17 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import redis as redis_lib
 from PIL import Image
 
-from service import indexlog
+from service import indexlog, snapshots
 from service.db import repositories as repo
 from service.db.session import session_scope
-from service.index import MixedIndex, QueryPlan, UnknownModelError
+from service.index import MixedIndex, QueryPlan, UnknownModelError, factory_from_settings
 from service.metrics import GALLERY_VECTORS, INDEX_LOG_LAG
 from service.registry import EncoderCache
 from service.settings import Settings
@@ -65,6 +66,7 @@ class Serving:
         self.ordinal = 0  # how many entries had ever been appended up to and including last_id
         self.epoch: str | None = None
         self.reloads = 0  # full loads from SQL (start-up included)
+        self.loaded_from: str | None = None  # "sql" or "snapshot", for operators and tests
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +79,11 @@ class Serving:
     # --- loading ---------------------------------------------------------------------------
 
     def load(self) -> None:
+        """Rebuild the replica: from the newest usable snapshot plus the log since, else from SQL."""
+        if not self._load_snapshot():
+            self.load_from_sql()
+
+    def load_from_sql(self) -> None:
         """Rebuild the replica from SQL: every item's vector for its active model.
 
         The log position and epoch are read *before* SQL, so every change the SQL read might
@@ -95,10 +102,57 @@ class Serving:
             self.index, self.external_ids, self.query_model = index, external, query_model
             self.last_id, self.ordinal, self.epoch = info.last_id, info.entries_added or 0, epoch
             self.reloads += 1
+            self.loaded_from = "sql"
             self._update_gauges()
             log.info("index loaded from SQL: %d items %s in %.2fs (log position %s)",
                      len(external), index.counts(), time.perf_counter() - started, info.last_id)
         self.ready.set()
+
+    def _load_snapshot(self) -> bool:
+        root = self.settings.snapshots_path
+        snap = snapshots.latest(root)
+        if snap is None:
+            return False
+        with self._apply_lock:
+            epoch = indexlog.ensure_epoch(self.redis, self.settings)
+            info = indexlog.stream_info(self.redis, self.settings)
+            if snap.database != snapshots.database_identity(self.url):
+                log.info("snapshot %s is of another database; loading from SQL", snap.directory)
+                return False
+            if snap.epoch != epoch or indexlog.missed_entries(info, snap.last_id, snap.ordinal):
+                log.info("snapshot %s is older than the index log retains; loading from SQL", snap.directory)
+                return False
+            started = time.perf_counter()
+            try:
+                index = snapshots.load(root, snap, factory_from_settings(self.settings))
+            except (ValueError, OSError) as e:
+                log.warning("snapshot %s unusable (%s); loading from SQL", snap.directory, e)
+                return False
+            # External ids are cheap to read (no vectors); ids changed after the snapshot are
+            # brought up to date by replaying the log from the snapshot's position.
+            with session_scope(self.url) as s:
+                external = repo.external_id_map(s)
+            self.index, self.external_ids, self.query_model = index, external, snap.query_model
+            self.last_id, self.ordinal, self.epoch = snap.last_id, snap.ordinal, epoch
+            self.loaded_from = "snapshot"
+            self._update_gauges()
+            log.info("index loaded from snapshot %s: %s in %.2fs (log position %s)",
+                     snap.directory, index.counts(), time.perf_counter() - started, snap.last_id)
+        self.refresh_query_model()
+        self.ready.set()
+        return True
+
+    def save_snapshot(self) -> Path | None:
+        """Write this replica's index and log position (at shutdown), for a fast restart."""
+        if not self.ready.is_set():
+            return None
+        with self._apply_lock:
+            info = snapshots.SnapshotInfo(
+                directory=snapshots.new_name(), last_id=self.last_id, ordinal=self.ordinal,
+                epoch=self.epoch or "", query_model=self.query_model,
+                database=snapshots.database_identity(self.url),
+            )
+            return snapshots.save(self.settings.snapshots_path, self.index, info)
 
     # --- applying changes ------------------------------------------------------------------
 
@@ -153,7 +207,7 @@ class Serving:
         elif entry.op == "commit":
             self._commit(entry.model)
         elif entry.op == "reset":
-            self.load()
+            self.load_from_sql()
         else:
             log.warning("ignoring index-log entry %s with unknown op %r", entry.id, entry.op)
 
@@ -164,7 +218,7 @@ class Serving:
 
     def _rollback(self, to_model: str | None) -> None:
         if to_model is None:
-            self.load()
+            self.load_from_sql()
             return
         with self._apply_lock, contextlib.suppress(UnknownModelError):
             self.index.rollback(to_model)
@@ -214,7 +268,7 @@ class Serving:
         """Read and apply what the log holds after our position; reload from SQL if the log lost
         entries we had not applied. Returns the number of entries applied (-1 after a reload)."""
         if self.needs_reload():
-            self.load()
+            self.load_from_sql()
             return -1
         entries = indexlog.read_after(self.redis, self.settings, self.last_id, count=READ_COUNT,
                                       block_ms=block_ms)
@@ -224,7 +278,7 @@ class Serving:
         # Checked again after the read: a trim between the check above and the read would
         # otherwise hide a gap in front of these entries.
         if self.needs_reload():
-            self.load()
+            self.load_from_sql()
             return -1
         for entry in entries:
             self.apply(entry)

@@ -108,6 +108,12 @@ def existing_external_ids(session: Session, external_ids: Iterable[str]) -> set[
     return found
 
 
+def external_id_map(session: Session) -> dict[int, str]:
+    """Every item's id -> external id (no vectors: cheap next to a full vector load)."""
+    rows = session.execute(select(GalleryItem.id, GalleryItem.external_id).execution_options(yield_per=50_000))
+    return {int(i): e for i, e in rows}
+
+
 def count_items(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(GalleryItem)) or 0)
 

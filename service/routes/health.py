@@ -21,5 +21,6 @@ def readyz(serving: ServingDep) -> ReadyOut:
     if not serving.ready.is_set():
         raise HTTPException(503, detail="the index is still loading")
     return ReadyOut(
-        query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id
+        query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id,
+        loaded_from=serving.loaded_from,
     )
