@@ -62,7 +62,7 @@ class ExperimentConfig:
         """Under 10 minutes on 2 shared cores: RACT and vanilla, random and margin, 10% steps."""
         return cls(
             allocation=allocation, seeds=[0], methods=["ract", "vanilla"], orderings=["random", "margin"],
-            epochs_old=2, epochs_new=2, train_limit=20000, n_queries=1000, n_gallery=4000,
+            epochs_old=2, epochs_new=2, train_limit=12000, n_queries=1000, n_gallery=4000,
         )  # fmt: skip
 
 

@@ -28,18 +28,22 @@ def _check(old_vectors: np.ndarray, w: np.ndarray, b: np.ndarray, strategy: str,
 
 
 def scores_from_logits(logits: torch.Tensor, strategy: str) -> torch.Tensor:
-    """Uncertainty of each row of logits; higher = backfill first."""
-    if strategy == "entropy":
-        logp = torch.log_softmax(logits, dim=1)
-        return -(logp.exp() * logp).sum(dim=1)
-    p = torch.softmax(logits, dim=1)
+    """Uncertainty of each row of logits; higher = backfill first.
+
+    Written around the log-partition ``lse`` so least confidence and margin never build the full
+    probability matrix: p_i = exp(l_i - lse). Entropy uses H = lse - sum(p * l).
+    """
+    lse = torch.logsumexp(logits, dim=1)
     if strategy == "least":
-        return 1.0 - p.max(dim=1).values
+        return 1.0 - torch.exp(logits.amax(dim=1) - lse)
     if strategy == "margin":
-        if p.shape[1] < 2:
-            return 1.0 - p[:, 0]
-        top2 = p.topk(2, dim=1).values
-        return 1.0 - (top2[:, 0] - top2[:, 1])
+        if logits.shape[1] < 2:
+            return 1.0 - torch.exp(logits[:, 0] - lse)
+        top2 = logits.topk(2, dim=1).values
+        return 1.0 - (torch.exp(top2[:, 0] - lse) - torch.exp(top2[:, 1] - lse))
+    if strategy == "entropy":
+        p = torch.exp(logits - lse[:, None])
+        return lse - (p * logits).sum(dim=1)
     raise ValueError(f"strategy {strategy!r} has no logits-based score")
 
 
