@@ -88,8 +88,11 @@ def experiment(
     train_limit: Annotated[int | None, typer.Option(help="use a seeded subset of N training images")] = None,
     queries: Annotated[int | None, typer.Option(help="test images used as queries")] = None,
     gallery: Annotated[int | None, typer.Option(help="test images used as the gallery")] = None,
-    tau: Annotated[float, typer.Option()] = 0.05,
-    lam: Annotated[float, typer.Option()] = 1.0,
+    tau: Annotated[float, typer.Option(help="temperature of RACT and vanilla")] = 0.05,
+    lam: Annotated[float, typer.Option(help="compatibility weight of RACT and vanilla (BCT keeps 1.0)")] = 1.0,
+    tune: Annotated[
+        bool, typer.Option(help="first pick tau/lambda/top-k per method on a validation split of TRAINING data")
+    ] = False,
     k: Annotated[int | None, typer.Option(help="mAP@k instead of full-ranking mAP")] = None,
     models_dir: Annotated[Path, typer.Option(help="where checkpoints go (reused if present)")] = Path(
         "var/experiment-models"
@@ -103,6 +106,18 @@ def experiment(
 
     from models.experiment import ExperimentConfig, run_experiment
 
+    overrides = {m: {"tau": tau, "lam": lam} for m in ("ract", "vanilla")}
+    if tune:
+        from models.tune import tune as run_tuning
+
+        base = ExperimentConfig(allocation="expansion", methods=["ract", "vanilla"], validation_size=10000,
+                                data_root=str(data_root) if data_root else None)  # fmt: skip
+        if epochs:
+            base.epochs_old = base.epochs_new = epochs
+        result = run_tuning(base, out / "tuning", models_dir / "tuning", taus=[0.05, 0.1], lams=[0.25, 0.5, 1.0],
+                            topks=[None, 10], progress=progress)  # fmt: skip
+        overrides = result["best"]
+        typer.echo(f"tuned on training data: {json.dumps(overrides)}")
     for alloc in allocation:
         cfg = ExperimentConfig.quick(alloc) if quick else ExperimentConfig(allocation=alloc)
         if not quick:
@@ -115,7 +130,7 @@ def experiment(
             cfg.n_queries = queries
         if gallery:
             cfg.n_gallery = gallery
-        cfg.tau, cfg.lam, cfg.k = tau, lam, k
+        cfg.overrides, cfg.k = overrides, k
         cfg.data_root = str(data_root) if data_root else None
         summary = run_experiment(cfg, out, models_dir=models_dir, progress=progress)
         typer.echo(f"{alloc}: wrote {out / alloc}/curve.json, curve.md, curve.png")
