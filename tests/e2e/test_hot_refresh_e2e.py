@@ -33,6 +33,14 @@ N = 300
 TOLERANCE = 0.01  # one point
 
 
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_http_only_hot_refresh_live_metrics_match_offline_curve(
     settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
@@ -56,9 +64,15 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
         final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
                          "the upgrade to complete", logs)
         models = httpx.get(f"{api.url}/models").json()
+        scraped = [scrape(w.url) for w in workers]
         # both worker processes did part of the work
         done_by = {w.name: w.log_tail(400).count("succeeded") for w in workers}
     assert all(n > 0 for n in done_by.values()), done_by
+    # each worker's /metrics sums its pool processes; across workers the counters add up to N
+    done_counts = [m.get(("hotrefresh_backfill_items_total", (("status", "done"), ("upgrade", str(uid)))), 0.0)
+                   for m in scraped]
+    assert sum(done_counts) == N and all(c > 0 for c in done_counts), done_counts
+    assert all(m.get(("hotrefresh_backfill_batch_seconds_count", ()), 0) > 0 for m in scraped)
     assert models["query_model"] == new_name and models["gallery_model"] == new_name
     assert final["done"] == N and final["failed"] == 0 and final["fraction"] == 1.0
     assert final["baseline"]["probes"] == N
