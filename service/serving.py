@@ -253,14 +253,22 @@ class Serving:
 
     def _run(self) -> None:
         backoff = 0.5
+        failed = False
         while not self._stop.is_set():
             try:
                 if not self.ready.is_set():
                     self.load()
+                elif failed:
+                    # After a failure mid-batch the replica may hold part of a batch: rather than
+                    # retry the same entry forever, rebuild from the source of truth (searches
+                    # keep using the current index until the new one is swapped in).
+                    self.load_from_sql()
+                failed = False
                 self.step(block_ms=self.settings.index_log_poll_ms)
                 backoff = 0.5
             except Exception:
-                log.exception("index-log follower failed; retrying in %.1fs", backoff)
+                failed = True
+                log.exception("index-log follower failed; reloading from SQL in %.1fs", backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -161,3 +161,33 @@ def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
         assert GALLERY_VECTORS.labels(model="old")._value.get() == 7
     finally:
         a.stop()
+
+
+def test_follower_recovers_from_a_failed_apply_by_reloading(service_settings: Settings, r) -> None:
+    import time
+
+    w = Writer(service_settings, r)
+    w.switch("old")
+    w.add(3, "old")
+    a = Serving(service_settings, r)
+    original = a.sync_ids
+    calls = {"n": 0}
+
+    def flaky(ids):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure while applying an entry")
+        return original(ids)
+
+    a.sync_ids = flaky  # type: ignore[method-assign]
+    a.start()
+    try:
+        assert a.ready.wait(30)
+        w.add(2, "old")
+        deadline = time.monotonic() + 30
+        while replica_state(a) != sql_truth(service_settings) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert replica_state(a) == sql_truth(service_settings)
+        assert calls["n"] >= 1 and a.reloads >= 2  # the failure led to a reload from SQL
+    finally:
+        a.stop()
