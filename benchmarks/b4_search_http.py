@@ -114,12 +114,17 @@ def main() -> None:
                     dt = time.perf_counter() - t0
                     if n >= 20:  # warm-up
                         (http_s if which == "http" else local_s).append(dt)
-            # The floor of any request on this stack: a GET with no body and no work.
-            floor_s = []
-            for _ in range(len(queries)):
+            # The floor of any request on this stack: a GET with no body and no work; and the
+            # same multipart upload refused after parsing (k=0), i.e. HTTP + form parsing only.
+            floor_s, parse_s = [], []
+            for data in queries:
                 t0 = time.perf_counter()
                 assert c.get("/healthz").status_code == 200
                 floor_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                res = c.post("/search", files={"image": ("q.png", data, "image/png")}, params={"k": 0})
+                assert res.status_code == 422
+                parse_s.append(time.perf_counter() - t0)
     r.close()
 
     overhead = [h - lo for h, lo in zip(http_s, local_s, strict=True)]
@@ -141,6 +146,7 @@ def main() -> None:
             "p99_http_minus_p99_in_process": (pct(http_s, 0.99) - pct(local_s, 0.99)) * 1e3,
         },
         "healthz_round_trip_ms": {"p50": pct(floor_s, 0.5) * 1e3, "p99": pct(floor_s, 0.99) * 1e3},
+        "upload_refused_k0_ms": {"p50": pct(parse_s, 0.5) * 1e3, "p99": pct(parse_s, 0.99) * 1e3},
         "overhead_p50_over_http_p50": pct(overhead, 0.5) / pct(http_s, 0.5),
         "machine": machine(),
     }
@@ -150,7 +156,9 @@ def main() -> None:
          ["in-process decode+encode+search", result["in_process_ms"]["p50"], result["in_process_ms"]["p99"]],
          ["service overhead (per request)", result["overhead_ms"]["p50"], result["overhead_ms"]["p99"]],
          ["GET /healthz round trip (floor)", result["healthz_round_trip_ms"]["p50"],
-          result["healthz_round_trip_ms"]["p99"]]],
+          result["healthz_round_trip_ms"]["p99"]],
+         ["same upload refused with k=0 (422)", result["upload_refused_k0_ms"]["p50"],
+          result["upload_refused_k0_ms"]["p99"]]],
     ))
     write_json(args.out, result)
     print(f"wrote {args.out}")
