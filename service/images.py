@@ -12,6 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 # Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas.
 MAX_PIXELS = 40_000_000
+# Modes the encoders' preprocessing converts to L and RGB; anything else (LAB, HSV, 16-bit
+# variants, ...) is converted to RGB here or refused, never left to fail inside an encoder.
+ENCODABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"})
 
 
 class UploadTooLarge(ValueError):
@@ -49,4 +52,9 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:
         # PIL reports truncated and corrupt data through these.
         raise BadImage(f"{what} could not be decoded: {e}") from e
+    if img.mode not in ENCODABLE_MODES:
+        try:
+            img = img.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise BadImage(f"{what} has colour mode {img.mode!r}, which cannot be converted to RGB: {e}") from e
     return img

@@ -194,6 +194,17 @@ def _truncated_png() -> bytes:
     return good[: len(good) // 2]
 
 
+def _lab_tiff() -> bytes:
+    """A LAB TIFF: PIL can turn LAB into RGB but not into L, which a 1-channel encoder needs."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("LAB", (20, 20)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 GALLERY_CASES = {
     "corrupt (truncated) png": (lambda: ([_truncated_png()], ["bad"]), {}, 422, "decod"),
     "not an image": (lambda: ([b"hello, I am text" * 10], ["txt"]), {}, 422, "not a decodable image"),
@@ -369,3 +380,10 @@ def test_insert_during_an_upgrade_keeps_both_vectors_and_delete_leaves_the_queue
         int(x) for x in redis_client.zrange(service_settings.redis_key("upgrade", upgrade_id, "queue"), 0, -1)
     }
     assert ids[gallery[0]] not in remaining
+
+
+def test_exotic_colour_modes_are_converted_not_500(client: TestClient, gallery: list[str], admin_headers: dict) -> None:
+    r = upload(client, admin_headers, [_lab_tiff()], ["lab"])
+    assert r.status_code == 201, r.text
+    r = client.post("/search", files={"image": ("q.tif", _lab_tiff(), "image/tiff")}, params={"k": 1})
+    assert r.status_code == 200 and r.json()["results"][0]["external_id"] == "lab"
