@@ -69,3 +69,25 @@ def test_memmap_input_streams(tmp_path) -> None:
     out = score_uncertainty(mm, w, np.zeros(5, np.float32), "entropy", chunk=300)
     ref = score_uncertainty(np.array(mm), w, np.zeros(5, np.float32), "entropy")
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+class _VirtualVectors:
+    """A (N, D) "array" that makes rows on demand and records the largest slice read: lets a test
+    score a gallery far larger than it ever holds in memory."""
+
+    def __init__(self, n: int, d: int) -> None:
+        self.shape, self.ndim, self.max_rows = (n, d), 2, 0
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, _ = sl.indices(self.shape[0])
+        self.max_rows = max(self.max_rows, stop - start)
+        return np.random.default_rng(start).standard_normal((stop - start, self.shape[1]), dtype=np.float32)
+
+
+def test_large_gallery_is_streamed_in_bounded_chunks() -> None:
+    v = _VirtualVectors(100_000, 8)
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((1000, 8)).astype(np.float32), np.zeros(1000, np.float32)
+    out = score_uncertainty(v, w, b, "margin", chunk=4096)
+    assert out.shape == (100_000,) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert v.max_rows == 4096  # never more than one chunk of vectors (and logits) at once
