@@ -29,7 +29,7 @@ from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 log = logging.getLogger("hotrefresh.train")
 
 LOSSES = ("ract", "vanilla", "bct", "none")
-TRAINED_WITH = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "none": "independent"}
+TRAINED_WITH_OF_LOSS = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "none": "independent"}
 
 
 @dataclass
@@ -78,7 +78,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_shift: float, flip: bool)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _to_input(xb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def _to_input(xb: torch.Tensor) -> torch.Tensor:
     x = xb.float() / 255.0
     if x.ndim == 3:
         x = x.unsqueeze(1)
@@ -96,7 +96,6 @@ def _bct_head(
     x_all: torch.Tensor,
     y_all: torch.Tensor,
     old_classes: np.ndarray | None,
-    cfg: TrainConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen old classifier, extended to classes it never saw with their mean old features."""
     w, b = old_net.classifier.effective_weights()
@@ -109,7 +108,7 @@ def _bct_head(
             continue
         idx = torch.nonzero(y_all == c).flatten()[:2048]
         feats = [
-            old_net.embedding(_normalise(_to_input(x_all[idx[i : i + 512]], cfg), old.meta.mean, old.meta.std))
+            old_net.embedding(_normalise(_to_input(x_all[idx[i : i + 512]]), old.meta.mean, old.meta.std))
             for i in range(0, len(idx), 512)
         ]
         means[c] = torch.cat(feats).mean(0)
@@ -152,7 +151,7 @@ def train_encoder(
             p.requires_grad_(False)
     comp = CompatibilityLoss(cfg.loss, cfg.tau, cfg.topk) if cfg.loss in ("ract", "vanilla") else None
     if cfg.loss == "bct":
-        old_w, old_b = _bct_head(old_net, old, x_all, y_all, old_classes, cfg)
+        old_w, old_b = _bct_head(old_net, old, x_all, y_all, old_classes)
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -178,7 +177,7 @@ def train_encoder(
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:
                 continue
-            xb, yb = _to_input(x_all[idx], cfg), y_all[idx]
+            xb, yb = _to_input(x_all[idx]), y_all[idx]
             x_new = _normalise(augment(xb, gen, cfg.max_shift, cfg.flip), cfg.mean, cfg.std)
             emb, logits = model(x_new)
             ce = F.cross_entropy(logits, yb)
@@ -249,7 +248,7 @@ def train_and_save(
         arch=cfg.arch,
         embedding_dim=cfg.embedding_dim,
         num_classes=cfg.num_classes,
-        trained_with="classification" if cfg.loss is None else TRAINED_WITH[cfg.loss],
+        trained_with="classification" if cfg.loss is None else TRAINED_WITH_OF_LOSS[cfg.loss],
         compatible_with=old.meta.name if (old is not None and cfg.loss != "none") else None,
         input_channels=cfg.input_channels,
         input_size=cfg.input_size,
