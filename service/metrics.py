@@ -66,7 +66,7 @@ INDEX_LOG_LAG = Gauge(
 
 
 def multiprocess_enabled() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def render_latest() -> tuple[bytes, str]:
