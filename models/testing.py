@@ -38,7 +38,7 @@ def make_tiny_checkpoint(
 def train_tiny_pair(
     directory: str | Path, *, n_train: int = 3000, epochs: int = 1, seed: int = 0, progress: bool = False
 ) -> tuple[Path, Path]:
-    """Trains a small old model (conv2, CE, first half of the slice) and a RACT-compatible new one
+    """Trains a small old model (conv2, CE, first 30% of the slice) and a RACT-compatible new one
     (conv4, whole slice) on the first ``n_train`` Fashion-MNIST training images.
 
     Returns (old_path, new_path) named ``tiny-old`` / ``tiny-new-ract``; a few seconds on 2 cores.
@@ -50,7 +50,7 @@ def train_tiny_pair(
     images, labels = load_fashion_mnist("train")
     images, labels = images[:n_train], labels[:n_train]
     old_path, new_path = directory / "tiny-old.pt", directory / "tiny-new-ract.pt"
-    half = n_train // 2
+    half = (3 * n_train) // 10  # the old model sees 30%, as in the expansion allocation
     common = {"embedding_dim": 32, "epochs": epochs, "batch_size": 64, "seed": seed}
     train_and_save(
         images[:half], labels[:half], TrainConfig(arch="conv2", **common), old_path, "tiny-old",
