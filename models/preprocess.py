@@ -38,6 +38,13 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 def pil_to_tensor(images: Sequence[Image.Image], meta: InputSpec) -> torch.Tensor:
     """PIL images of any mode and size -> normalised float tensor (n, C, H, W)."""
+    return normalize_uint8(torch.from_numpy(pil_to_uint8(images, meta)), meta)
+
+
+def pil_to_uint8(images: Sequence[Image.Image], meta: InputSpec) -> np.ndarray:
+    """PIL images of any mode and size -> uint8 (n, C, H, W) at the model's mode and size: the
+    per-image (Python) half of :func:`pil_to_tensor`, so a loader thread can do it while the
+    encoder runs; ``LoadedModel.embed_tensor`` of the result equals ``embed_images``."""
     h, w = int(meta.input_size[0]), int(meta.input_size[1])
     arrays = []
     for img in images:
@@ -49,8 +56,8 @@ def pil_to_tensor(images: Sequence[Image.Image], meta: InputSpec) -> torch.Tenso
         a = np.asarray(img, dtype=np.uint8)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     if not arrays:
-        return torch.empty((0, meta.input_channels, h, w), dtype=torch.float32)
-    return normalize_uint8(torch.from_numpy(np.stack(arrays)), meta)
+        return np.empty((0, meta.input_channels, h, w), dtype=np.uint8)
+    return np.stack(arrays)
 
 
 def normalize_uint8(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:

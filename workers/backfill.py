@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis as redis_lib
-from PIL import Image
 from sqlalchemy import select
 
+from models.preprocess import pil_to_uint8
 from service import indexlog
-from service.db.schema import GalleryItem
+from service.db.schema import GalleryItem, Upgrade
 from service.db.session import session_scope
 from service.imagestore import ImageStore, image_store_for
 from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS, BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH
@@ -67,10 +67,12 @@ class WorkerContext:
 
 @dataclass
 class Leased:
-    """One leased batch, loaded: ids whose image decoded, their images, and per-id errors."""
+    """One leased batch, loaded: ids whose image decoded, their pixels at the new model's mode
+    and size (uint8, n x C x H x W: the per-image Python work is done here, in the loader
+    thread, so the encoder thread only runs tensor code), and per-id errors."""
 
     ids: list[int]
-    images: list[Image.Image]
+    pixels: np.ndarray
     errors: dict[int, str]
     all_ids: list[int]
 
@@ -78,24 +80,36 @@ class Leased:
 BLOCKED = "blocked"  # lease_and_load's answer while a checkpoint barrier is up
 
 
-def lease_and_load(ctx: WorkerContext, queue: BackfillQueue, batch_size: int) -> Leased | str | None:
+def lease_and_load(
+    ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str
+) -> Leased | str | None:
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
     if not ids:
         return BLOCKED if queue.blocked else None
     with session_scope(ctx.url) as s:
         keys = dict(s.execute(select(GalleryItem.id, GalleryItem.image_key).where(GalleryItem.id.in_(ids)))
                     .tuples().all())
+        meta = ctx.encoders.get(s, to_model).meta
     gone = [i for i in ids if i not in keys]  # deleted from the gallery after being queued
     if gone:
         queue.remove(gone)
     present = [i for i in ids if i in keys]
-    images, errors = load_images(ctx.images, [keys[i] for i in present])
-    ok = [(i, img) for i, img, err in zip(present, images, errors, strict=True) if err is None]
-    return Leased(
-        ids=[i for i, _ in ok], images=[img for _, img in ok],
-        errors={i: err for i, err in zip(present, errors, strict=True) if err is not None},
-        all_ids=present,
-    )
+    images, load_errors = load_images(ctx.images, [keys[i] for i in present])
+    ok_ids: list[int] = []
+    arrays: list[np.ndarray] = []
+    errors: dict[int, str] = {}
+    for i, img, err in zip(present, images, load_errors, strict=True):
+        if err is None:
+            try:
+                arrays.append(pil_to_uint8([img], meta))
+                ok_ids.append(i)
+                continue
+            except Exception as exc:  # noqa: BLE001 - an image the model cannot take is this item's failure
+                err = f"{type(exc).__name__}: {exc}"
+        errors[i] = err
+    c, (h, w) = meta.input_channels, meta.input_size
+    pixels = np.concatenate(arrays) if arrays else np.empty((0, c, h, w), np.uint8)
+    return Leased(ids=ok_ids, pixels=pixels, errors=errors, all_ids=present)
 
 
 @dataclass
@@ -106,121 +120,164 @@ class BatchResult:
     moved: int = 0
 
 
-def land_batch(
-    ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased, queue: BackfillQueue
-) -> BatchResult:
-    """Encode, write, log, ack. Errors (decode or encode) count an attempt per item."""
-    result = BatchResult()
+@dataclass
+class Encoded:
+    """A leased batch after the encoder: vectors for ``batch.ids`` (None if encoding failed) and
+    every id that failed this attempt with its error."""
+
+    batch: Leased
+    vectors: np.ndarray | None
+    errors: dict[int, str]
+    started: float  # perf_counter when the batch reached the encoder (batch-latency metric)
+
+
+def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased) -> Encoded:
+    started = time.perf_counter()
     errors = dict(batch.errors)
     vectors: np.ndarray | None = None
     if batch.ids:
         try:
             with session_scope(ctx.url) as s:
                 model = ctx.encoders.get(s, to_model)
-            vectors = model.embed_images(batch.images)
+            vectors = model.embed_tensor(batch.pixels)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed to encode
             log.exception("upgrade %s: encoding a batch of %d failed", upgrade_id, len(batch.ids))
             errors.update({i: f"encode failed: {type(exc).__name__}: {exc}" for i in batch.ids})
-    if vectors is not None:
+    return Encoded(batch, vectors, errors, started)
+
+
+def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded, queue: BackfillQueue) -> BatchResult:
+    """One SQL transaction, then the index log, then the ack; errors count an attempt per item."""
+    result = BatchResult()
+    if enc.vectors is not None:
         with session_scope(ctx.url) as s:
-            up = store.get_upgrade(s, upgrade_id)
-            outcome = store.record_encoded(s, up, batch.ids, vectors)
+            outcome = store.record_encoded(s, upgrade_id, to_model, enc.batch.ids, enc.vectors)
         if outcome.moved:
             indexlog.append(ctx.redis, ctx.settings, "move", to_model, outcome.moved)
         result.done, result.moved = outcome.newly_done, len(outcome.moved)
-        queue.ack(batch.ids)
-    if errors:
+        queue.ack(enc.batch.ids)
+    if enc.errors:
         with session_scope(ctx.url) as s:
-            up = store.get_upgrade(s, upgrade_id)
-            failure = store.record_errors(s, up, errors, ctx.settings.max_attempts)
+            failure = store.record_errors(s, upgrade_id, enc.errors, ctx.settings.max_attempts)
         queue.release(failure.retry)
         queue.ack(failure.failed)
         # Ids no longer pending (deleted, or the upgrade stopped): drop their lease.
-        queue.ack([i for i in errors if i not in failure.retry and i not in failure.failed])
+        queue.ack([i for i in enc.errors if i not in failure.retry and i not in failure.failed])
         result.failed, result.retried = len(failure.failed), len(failure.retry)
         for i in failure.failed:
             log.warning("upgrade %s: item %s failed %d times: %s", upgrade_id, i, ctx.settings.max_attempts,
-                        errors[i])
+                        enc.errors[i])
     label = str(upgrade_id)
     if result.done:
         BACKFILL_ITEMS.labels(label, "done").inc(result.done)
     if result.failed:
         BACKFILL_ITEMS.labels(label, "failed").inc(result.failed)
+    BACKFILL_BATCH_SECONDS.observe(time.perf_counter() - enc.started)
     return result
+
+
+def land_batch(
+    ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased, queue: BackfillQueue
+) -> BatchResult:
+    """Encode and write one batch, synchronously."""
+    return write_batch(ctx, upgrade_id, to_model, encode_batch(ctx, upgrade_id, to_model, batch), queue)
 
 
 def _upgrade_state(ctx: WorkerContext, upgrade_id: int) -> tuple[str | None, str, int, int, int]:
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, upgrade_id)
-        if up is None:
-            return None, "", 0, 0, 0
-        return up.state, up.to_model, up.batch_size, up.done, up.total
+        row = s.execute(
+            select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total)
+            .where(Upgrade.id == upgrade_id)
+        ).first()
+    return (None, "", 0, 0, 0) if row is None else tuple(row)  # type: ignore[return-value]
 
 
 def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) -> str:
     """Backfill batches until the budget is spent. Returns what the caller should do next:
-    ``"continue"`` (more work: run again now), ``"wait"`` (nothing to lease but others' leases are
-    out: run again shortly), ``"stop"`` (not running any more, or completed)."""
+    ``"continue"`` (more work: run again now), ``"wait"`` (nothing to lease now: others hold the
+    last leases, or a checkpoint is measuring: run again shortly), ``"stop"`` (not running any
+    more, or completed).
+
+    Three stages overlap: a loader thread leases and decodes batch k+1, this thread encodes batch
+    k, a writer thread lands batch k-1 (SQL, index log, ack). Writes stay in lease order, one at
+    a time, so the items on the new model are always a prefix of the backfill order plus what is
+    in flight.
+    """
     budget_s = ctx.settings.drain_budget_seconds if budget_s is None else budget_s
     deadline = time.monotonic() + budget_s
     queue = BackfillQueue(ctx.redis, ctx.settings, upgrade_id)
     label = str(upgrade_id)
-    state, to_model, batch_size, done, total = _upgrade_state(ctx, upgrade_id)
+    state, to_model, batch_size, _, _ = _upgrade_state(ctx, upgrade_id)
     if state != RUNNING:
         return "stop"
     ctx.heartbeat(upgrade_id)
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending: Future[Leased | str | None] | None = pool.submit(lease_and_load, ctx, queue, batch_size)
+    with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        pending: Future[Leased | str | None] | None = loader.submit(lease_and_load, ctx, queue, batch_size, to_model)
+        writing: Future[BatchResult] | None = None
 
-        def give_back_prefetched() -> None:
+        def land_prefetched() -> None:
             nonlocal pending
             if pending is not None:
-                leftover = pending.result()
-                pending = None
-                if isinstance(leftover, Leased):
-                    queue.release(leftover.all_ids)
+                prefetched, pending = pending.result(), None
+                if isinstance(prefetched, Leased):
+                    land_batch(ctx, upgrade_id, to_model, prefetched, queue)
+
+        def settle(current: Encoded | None) -> tuple[str | None, bool]:
+            """Wait for the write in flight, then look at the upgrade. When a checkpoint is due,
+            first land everything this process holds (``current`` and the prefetched batch:
+            landed, not handed back, so the cut stays a prefix of the order), then measure.
+            Returns (state, whether ``current`` was written here)."""
+            nonlocal writing
+            if writing is not None:
+                writing.result()
+                writing = None
+            ctx.heartbeat(upgrade_id)
+            st, _, _, done, total = _upgrade_state(ctx, upgrade_id)
+            frac = 1.0 if total <= 0 else min(1.0, done / total)
+            BACKFILL_PROGRESS.labels(label).set(frac)
+            BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
+            step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
+            if step is None:
+                return st, False
+            if current is not None:
+                write_batch(ctx, upgrade_id, to_model, current, queue)
+            land_prefetched()
+            progress.checkpoint_at_cut(ctx.settings, ctx.redis, upgrade_id, step)
+            return _upgrade_state(ctx, upgrade_id)[0], current is not None
 
         try:
             while pending is not None:
                 batch = pending.result()
                 pending = None
-                if batch == BLOCKED:  # a checkpoint is measuring: come back shortly
-                    return "wait"
-                if batch is None:
+                if not isinstance(batch, Leased):
+                    st, _ = settle(None)
+                    if batch == BLOCKED:  # a checkpoint is measuring: come back shortly
+                        return "wait"
+                    if st != RUNNING:
+                        return "stop"
                     if queue.leased() == 0:
                         outcome = progress.try_complete(ctx.settings, ctx.redis, upgrade_id)
                         if outcome == "completed":
                             return "stop"
                         if outcome == "requeued":
-                            pending = pool.submit(lease_and_load, ctx, queue, batch_size)
+                            pending = loader.submit(lease_and_load, ctx, queue, batch_size, to_model)
                             continue
                     return "wait"
-                t0 = time.perf_counter()
-                more = time.monotonic() < deadline
-                if more:  # overlap: the next batch loads while this one encodes
-                    pending = pool.submit(lease_and_load, ctx, queue, batch_size)
-                land_batch(ctx, upgrade_id, to_model, batch, queue)
-                BACKFILL_BATCH_SECONDS.observe(time.perf_counter() - t0)
-                ctx.heartbeat(upgrade_id)
-                state, _, _, done, total = _upgrade_state(ctx, upgrade_id)
-                frac = 1.0 if total <= 0 else min(1.0, done / total)
-                BACKFILL_PROGRESS.labels(label).set(frac)
-                BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
-                step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
-                if step is not None:
-                    # Our own prefetched lease would hold the cut open. Land it rather than hand
-                    # it back: releasing it while others land later batches would leave a hole in
-                    # the order, and the cut would no longer be "the first n items".
-                    if pending is not None:
-                        prefetched, pending = pending.result(), None
-                        if isinstance(prefetched, Leased):
-                            land_batch(ctx, upgrade_id, to_model, prefetched, queue)
-                    progress.checkpoint_at_cut(ctx.settings, ctx.redis, upgrade_id, step)
-                    state = _upgrade_state(ctx, upgrade_id)[0]
-                    if more and state == RUNNING:
-                        pending = pool.submit(lease_and_load, ctx, queue, batch_size)
-                if state != RUNNING:
+                if time.monotonic() < deadline:  # overlap: the next batch loads while this one encodes
+                    pending = loader.submit(lease_and_load, ctx, queue, batch_size, to_model)
+                current = encode_batch(ctx, upgrade_id, to_model, batch)
+                st, written = settle(current)
+                if not written:
+                    writing = writer.submit(write_batch, ctx, upgrade_id, to_model, current, queue)
+                if st != RUNNING:
                     return "stop"
-            return "continue"
+            st, _ = settle(None)
+            return "continue" if st == RUNNING else "stop"
         finally:
-            give_back_prefetched()  # a prefetched batch we will not process goes back now
+            if writing is not None:
+                writing.result()  # a batch already encoded is landed, not wasted
+            if pending is not None:  # a prefetched batch we will not process goes back now
+                leftover = pending.result()
+                if isinstance(leftover, Leased):
+                    queue.release(leftover.all_ids)

@@ -15,6 +15,10 @@ log = logging.getLogger("hotrefresh.worker")
 
 
 def _threads_per_child(concurrency: int) -> int:
+    """Torch threads of each pool process: HOTREFRESH_TORCH_THREADS, else the cores shared out."""
+    explicit = os.environ.get("HOTREFRESH_TORCH_THREADS")
+    if explicit:
+        return max(1, int(explicit))
     return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 

@@ -101,6 +101,17 @@ def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: in
     The items on the new model are then exactly the first n of the backfill order, the state the
     offline evaluator's curve describes. Leasing stops only for the SQL read, not the maths.
     A lease held by a dead worker is waited for at most ``lease_seconds`` (then reclaimed)."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None or not up.baseline:
+            return None
+        if not up.baseline.get("probe_ids"):
+            # No labeled items, no probes: NFR/mAP are unavailable; record progress only and
+            # do not stall the workers for a measurement that cannot be made.
+            point = {"step": step, "fraction": progress_of(up), "progress": progress_of(up), "nfr": None,
+                     "map": None, "top1": None, "at": time.time(), "quiesced": False}
+            _append_checkpoint(s, upgrade_id, point)
+            return point
     queue = BackfillQueue(redis, settings, upgrade_id)
     queue.raise_barrier(settings.lease_seconds + 30)
     try:

@@ -1,0 +1,188 @@
+"""B1: backfill pipeline efficiency — end-to-end backfill items/s through the whole pipeline
+(Redis queue lease, image store read + decode, encode, one SQL transaction, index-log append,
+ack; real Celery worker processes) ÷ raw encoder items/s (the same model and batch size on the
+same images already decoded in memory, in the same number of processes with the same threads).
+
+For each process count P (default 1 and 2): a fresh gallery of N Fashion-MNIST images encoded with
+an old model; raw passes (P processes each encoding N/P images, started together) run before and
+after the backfill so both see the same machine; the backfill is timed from the upgrade's
+``running`` (scoring done) to ``completed`` as SQL records them. Live-NFR probes are off
+(``probe_size=0``) for the headline; ``--probes`` measures with them on.
+
+    nice .venv/bin/python benchmarks/b1_backfill.py   # -> benchmarks/results/b1_backfill.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC
+from pathlib import Path
+
+import numpy as np
+from index_bench import RESULTS, table, write_json
+
+WORKER_ENV_KEYS = ("HOTREFRESH_DATABASE_URL", "HOTREFRESH_REDIS_PREFIX", "HOTREFRESH_DATA_DIR")
+
+
+def _raw_worker(path: str, images: np.ndarray, batch: int, threads: int, start: mp.Event, out: mp.Queue) -> None:
+    import torch
+    from PIL import Image
+
+    from models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(path, device="cpu")
+    model.batch_size = batch
+    pil = [Image.fromarray(a) for a in images]
+    model.embed_images(pil[:batch])  # warm-up
+    start.wait()
+    t0 = time.perf_counter()
+    for s in range(0, len(pil), batch):
+        model.embed_images(pil[s : s + batch])
+    out.put((time.perf_counter() - t0, len(pil)))
+
+
+def raw_items_per_s(path: Path, images: np.ndarray, batch: int, procs: int, threads: int) -> float:
+    """P processes encode their share at once; items/s = all items / the slowest one's time."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    shares = np.array_split(images, procs)
+    ps = [ctx.Process(target=_raw_worker, args=(str(path), sh, batch, threads, start, out)) for sh in shares]
+    for p in ps:
+        p.start()
+    time.sleep(3.0)  # let every process load the model and warm up
+    start.set()
+    results = [out.get(timeout=600) for _ in ps]
+    for p in ps:
+        p.join()
+    return sum(n for _, n in results) / max(t for t, _ in results)
+
+
+def build(settings, images, labels, old_path, new_path):  # noqa: ANN001, ANN201
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.workers.conftest import build_gallery
+
+    return build_gallery(settings, images, labels, old_path, new_path)
+
+
+def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, images: np.ndarray,
+                         labels: np.ndarray, ckpts: tuple[Path, Path], work: Path) -> dict:
+    import redis as redis_lib
+
+    from service.db.schema import Upgrade
+    from service.db.session import session_scope
+    from service.launcher import System
+    from service.settings import Settings
+    from service.upgrade import control
+    from workers.celery_app import send_score
+
+    prefix = f"b1-{uuid.uuid4().hex[:8]}"
+    data = work / prefix
+    env = {
+        "HOTREFRESH_DATA_DIR": str(data),
+        "HOTREFRESH_DATABASE_URL": f"sqlite:///{data / 'hotrefresh.db'}",
+        "HOTREFRESH_REDIS_URL": args.redis,
+        "HOTREFRESH_REDIS_PREFIX": prefix,
+        "HOTREFRESH_PROBE_SIZE": str(args.probe_size),
+        "HOTREFRESH_BATCH_SIZE": str(args.batch),
+        "HOTREFRESH_TORCH_THREADS": str(threads),
+        "HOTREFRESH_DEVICE": "cpu",
+        "HOTREFRESH_ENV": "test",
+    }
+    os.environ.update(env)
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = Settings()
+    t0 = time.perf_counter()
+    g = build(settings, images, labels, *ckpts)
+    build_s = time.perf_counter() - t0
+    r = redis_lib.Redis.from_url(args.redis)
+    with System(work / f"{prefix}-sys", env=env) as system:
+        workers = [system.start_worker(name=f"w{i}", concurrency=1) for i in range(procs)]
+        up = control.start(settings, r, model=g.new, strategy="margin", batch_size=args.batch)
+        send_score(settings, up.id)
+        deadline = time.monotonic() + 1800
+        while True:
+            with session_scope(settings.sqlalchemy_url) as s:
+                row = s.get(Upgrade, up.id)
+                state, baseline, completed_at, done = row.state, row.baseline, row.completed_at, row.done
+            if state == "completed":
+                break
+            if state not in ("scoring", "running") or time.monotonic() > deadline:
+                raise RuntimeError(f"upgrade ended {state}: " + "\n".join(w.log_tail() for w in workers))
+            time.sleep(0.2)
+    end = (completed_at if completed_at.tzinfo else completed_at.replace(tzinfo=UTC)).timestamp()
+    seconds = end - float(baseline["running_since"])
+    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    return {"items": done, "seconds": seconds, "items_per_s": done / seconds, "gallery_build_s": build_s,
+            "scoring_s": baseline.get("scoring_seconds")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--arch", default="conv4")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--procs", default="1,2")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
+                         "would own its GPU; the loader and writer stages run beside it)")
+    ap.add_argument("--probes", dest="probe_size", type=int, default=0, help="probe_size (0 = live NFR off)")
+    ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "b1_backfill.json")
+    args = ap.parse_args()
+
+    from models.data import load_fashion_mnist
+    from models.testing import make_tiny_checkpoint
+
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[: args.n], labels[: args.n]
+    cpus = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="b1-") as tmp:
+        work = Path(tmp)
+        models_dir = work / "models"
+        models_dir.mkdir()
+        old_p, new_p = models_dir / "old.pt", models_dir / "new.pt"
+        make_tiny_checkpoint(old_p, "old", arch="conv2", embedding_dim=args.dim, seed=0)
+        make_tiny_checkpoint(new_p, "new", arch=args.arch, embedding_dim=args.dim, seed=1, compatible_with="old")
+        rows, runs = [], []
+        for procs in [int(p) for p in args.procs.split(",")]:
+            threads = args.threads
+            raw_before = raw_items_per_s(new_p, images, args.batch, procs, threads)
+            e2e = backfill_items_per_s(args, procs, threads, images, labels, (old_p, new_p), work)
+            raw_after = raw_items_per_s(new_p, images, args.batch, procs, threads)
+            raw = statistics.fmean([raw_before, raw_after])
+            ratio = e2e["items_per_s"] / raw
+            runs.append({"processes": procs, "torch_threads_each": threads, "raw_items_per_s": raw,
+                         "raw_before": raw_before, "raw_after": raw_after, "backfill": e2e, "ratio": ratio})
+            rows.append([procs, threads, raw, e2e["items_per_s"], ratio])
+            print(table(["procs", "threads", "raw items/s", "backfill items/s", "ratio"], rows[-1:]), flush=True)
+    import platform
+
+    payload = {
+        "benchmark": "B1 backfill pipeline efficiency",
+        "definition": "end-to-end backfill items/s (lease, read+decode, encode, SQL txn, index log, ack; "
+                      "Celery worker processes) / raw encoder items/s (same model, batch, process count, threads)",
+        "config": {"n": args.n, "batch": args.batch, "arch": args.arch, "dim": args.dim, "threads": args.threads,
+                   "database": "sqlite", "probe_size": args.probe_size, "target_ratio": 0.85},
+        "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform()},
+        "runs": runs,
+    }
+    write_json(args.out, payload)
+    print(table(["procs", "threads", "raw items/s", "backfill items/s", "ratio"], rows))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
