@@ -31,33 +31,36 @@ from index_bench import RESULTS, table, write_json
 WORKER_ENV_KEYS = ("HOTREFRESH_DATABASE_URL", "HOTREFRESH_REDIS_PREFIX", "HOTREFRESH_DATA_DIR")
 
 
-def _raw_worker(path: str, images: np.ndarray, batch: int, threads: int, start: mp.Event, out: mp.Queue) -> None:
+def _raw_worker(
+    path: str, images: np.ndarray, batch: int, threads: int, device: str, start: mp.Event, out: mp.Queue
+) -> None:
     import torch
     from PIL import Image
 
     from models.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
-    model = load_checkpoint(path, device="cpu")
+    model = load_checkpoint(path, device=device)
     model.batch_size = batch
     pil = [Image.fromarray(a) for a in images]
     model.embed_images(pil[:batch])  # warm-up
     start.wait()
     t0 = time.perf_counter()
     for s in range(0, len(pil), batch):
-        model.embed_images(pil[s : s + batch])
+        model.embed_images(pil[s : s + batch])  # returns numpy: the device work is finished
     out.put((time.perf_counter() - t0, len(pil)))
 
 
-def raw_items_per_s(path: Path, images: np.ndarray, batch: int, procs: int, threads: int) -> float:
+def raw_items_per_s(path: Path, images: np.ndarray, batch: int, procs: int, threads: int, device: str) -> float:
     """P processes encode their share at once; items/s = all items / the slowest one's time."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     shares = np.array_split(images, procs)
-    ps = [ctx.Process(target=_raw_worker, args=(str(path), sh, batch, threads, start, out)) for sh in shares]
+    ps = [ctx.Process(target=_raw_worker, args=(str(path), sh, batch, threads, device, start, out))
+          for sh in shares]
     for p in ps:
         p.start()
-    time.sleep(3.0)  # let every process load the model and warm up
+    time.sleep(3.0 if device == "cpu" else 8.0)  # let every process load the model and warm up
     start.set()
     results = [out.get(timeout=600) for _ in ps]
     for p in ps:
@@ -93,7 +96,7 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
         "HOTREFRESH_PROBE_SIZE": str(args.probe_size),
         "HOTREFRESH_BATCH_SIZE": str(args.batch),
         "HOTREFRESH_TORCH_THREADS": str(threads),
-        "HOTREFRESH_DEVICE": "cpu",
+        "HOTREFRESH_DEVICE": args.device,
         "HOTREFRESH_ENV": "test",
     }
     os.environ.update(env)
@@ -139,6 +142,8 @@ def main() -> None:
                     help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
                          "would own its GPU; the loader and writer stages run beside it)")
     ap.add_argument("--probes", dest="probe_size", type=int, default=0, help="probe_size (0 = live NFR off)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both encoders run")
+    ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", type=Path, default=RESULTS / "b1_backfill.json")
     args = ap.parse_args()
@@ -146,7 +151,7 @@ def main() -> None:
     from models.data import load_fashion_mnist
     from models.testing import make_tiny_checkpoint
 
-    images, labels = load_fashion_mnist("test")
+    images, labels = load_fashion_mnist("test", **({"root": args.data} if args.data else {}))
     images, labels = images[: args.n], labels[: args.n]
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="b1-") as tmp:
@@ -159,9 +164,9 @@ def main() -> None:
         rows, runs = [], []
         for procs in [int(p) for p in args.procs.split(",")]:
             threads = args.threads
-            raw_before = raw_items_per_s(new_p, images, args.batch, procs, threads)
+            raw_before = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
             e2e = backfill_items_per_s(args, procs, threads, images, labels, (old_p, new_p), work)
-            raw_after = raw_items_per_s(new_p, images, args.batch, procs, threads)
+            raw_after = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
             raw = statistics.fmean([raw_before, raw_after])
             ratio = e2e["items_per_s"] / raw
             runs.append({"processes": procs, "torch_threads_each": threads, "raw_items_per_s": raw,
@@ -170,13 +175,17 @@ def main() -> None:
             print(table(["procs", "threads", "raw items/s", "backfill items/s", "ratio"], rows[-1:]), flush=True)
     import platform
 
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     payload = {
         "benchmark": "B1 backfill pipeline efficiency",
         "definition": "end-to-end backfill items/s (lease, read+decode, encode, SQL txn, index log, ack; "
                       "Celery worker processes) / raw encoder items/s (same model, batch, process count, threads)",
         "config": {"n": args.n, "batch": args.batch, "arch": args.arch, "dim": args.dim, "threads": args.threads,
-                   "database": "sqlite", "probe_size": args.probe_size, "target_ratio": 0.85},
-        "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform()},
+                   "database": "sqlite", "probe_size": args.probe_size, "device": args.device, "target_ratio": 0.85},
+        "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform(),
+                    "gpu": gpu, "torch": torch.__version__},
         "runs": runs,
     }
     write_json(args.out, payload)
