@@ -77,7 +77,14 @@ def score_task(upgrade_id: int) -> bool:
 @shared_task(name=DRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def drain_task(upgrade_id: int) -> str:
     ctx = context()
-    outcome = drain(ctx, int(upgrade_id))
+    try:
+        outcome = drain(ctx, int(upgrade_id))
+    except Exception:
+        # The database or Redis briefly away: keep the chain alive (the leases protect the items)
+        # rather than let the failed task end it; back off a little.
+        log.exception("drain of upgrade %s failed; retrying shortly", upgrade_id)
+        send_drains(ctx.settings, upgrade_id, n=1, countdown=2.0)
+        return "error"
     if outcome == "continue":
         send_drains(ctx.settings, upgrade_id, n=1)
     elif outcome == "wait":
