@@ -10,7 +10,10 @@ does, and uses the probes' protocol (every labeled gallery item a leave-one-out 
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -64,6 +67,15 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
         final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
                          "the upgrade to complete", logs)
         models = httpx.get(f"{api.url}/models").json()
+        # the operator's CLI reads the same thing through the API
+        cli = subprocess.run([sys.executable, "-m", "service", "upgrade", "status", str(uid), "--json",
+                              "--api", api.url], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["state"] == "completed"
+        refused = subprocess.run([sys.executable, "-m", "service", "upgrade", "pause", str(uid), "--api", api.url,
+                                  "--token", ADMIN["Authorization"].split()[1]], capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 1 and "409" in refused.stderr
         scraped = [scrape(w.url) for w in workers]
         # both worker processes did part of the work
         done_by = {w.name: w.log_tail(400).count("succeeded") for w in workers}
