@@ -21,7 +21,7 @@ from service.db.session import session_scope
 from service.metrics import BACKFILL_PROGRESS, LIVE_MAP, LIVE_NFR
 from service.settings import Settings
 from service.upgrade import probes, store
-from service.upgrade.states import RUNNING, TransitionError
+from service.upgrade.states import COMMITTED, COMPLETED, RUNNING, TransitionError
 from workers.queue import BackfillQueue
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,10 @@ def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings:
         end = (up.completed_at.timestamp() if up.completed_at else time.time())
         elapsed = max(1e-6, end - float(running_since))
         items_per_s = up.done / elapsed
-        eta = 0.0 if up.state != RUNNING else counts["pending"] / items_per_s
+        if up.state == RUNNING:
+            eta = counts["pending"] / items_per_s
+        elif up.state in (COMPLETED, COMMITTED):
+            eta = 0.0
     depth = leased = None
     if redis is not None:
         try:

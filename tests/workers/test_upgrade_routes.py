@@ -1,0 +1,88 @@
+"""``/upgrade`` over HTTP (the app in-process, its real lifespan): every refusal of DESIGN.md with
+its status and nothing changed; the state rules' 409s; rollback through the API."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.db import repositories as repo
+from service.db.schema import Upgrade
+from service.db.session import session_scope
+from service.registry import EncoderCache, register
+from tests.conftest import ADMIN_TOKEN
+
+pytestmark = pytest.mark.integration
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def upgrades(url: str) -> int:
+    with session_scope(url) as s:
+        return int(s.scalar(select(func.count()).select_from(Upgrade)) or 0)
+
+
+def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa: ANN001
+    from models.testing import make_tiny_checkpoint
+    from service.app import create_app
+
+    g = make_gallery(n=20)
+    url = g.settings.sqlalchemy_url
+    newer = g.settings.models_path / "newer.pt"
+    make_tiny_checkpoint(newer, "newer", seed=5, compatible_with="new")  # compatible with new, not old
+    with session_scope(url) as s:
+        register(s, g.settings, EncoderCache("cpu"), newer, uploaded=False)
+
+    with TestClient(create_app(g.settings)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/upgrade").status_code == 404  # none yet
+        cases = [
+            ({"model": "new"}, {}, 401),
+            ({"model": "new"}, {"Authorization": "Bearer wrong"}, 403),
+            ({"model": "nope"}, ADMIN, 404),
+            ({"model": "old"}, ADMIN, 422),  # already the gallery model
+            ({"model": "newer"}, ADMIN, 422),  # declared compatible with another model
+            ({"model": "new", "strategy": "best"}, ADMIN, 422),
+            ({"model": "new", "batch_size": 0}, ADMIN, 422),
+            ({"model": "new", "nfr_guardrail": 1.5}, ADMIN, 422),
+            ({}, ADMIN, 422),
+        ]
+        for body, headers, status in cases:
+            r = client.post("/upgrade", json=body, headers=headers)
+            assert r.status_code == status, (body, r.text)
+            assert isinstance(r.json()["detail"], str)
+        assert upgrades(url) == 0
+        with session_scope(url) as s:
+            assert repo.get_serving_state(s).query_model == "old"
+
+        r = client.post("/upgrade", json={"model": "new", "strategy": "entropy"}, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        uid = r.json()["id"]
+        assert r.json() == {"id": uid, "state": "scoring", "total": 20}
+        with session_scope(url) as s:
+            serving = repo.get_serving_state(s)
+            assert (serving.query_model, serving.gallery_model) == ("new", "new")
+        assert client.post("/upgrade", json={"model": "new"}, headers=ADMIN).status_code == 409
+        assert upgrades(url) == 1
+
+        u = client.get(f"/upgrade/{uid}").json()
+        assert u["state"] == "scoring" and u["nfr"] is None and u["failures"] == []
+        assert client.get("/upgrade").json()["id"] == uid
+        assert client.get("/upgrade/999").status_code == 404
+        for action in ("pause", "resume", "commit"):
+            r = client.post(f"/upgrade/{uid}/{action}", headers=ADMIN)
+            assert r.status_code == 409, (action, r.text)
+        assert client.post(f"/upgrade/{uid}/rollback").status_code == 401
+        assert client.post("/upgrade/999/rollback", headers=ADMIN).status_code == 404
+        r = client.post(f"/upgrade/{uid}/rollback", headers=ADMIN)
+        assert r.status_code == 200 and r.json() == {"id": uid, "state": "rolled_back"}
+        with session_scope(url) as s:
+            serving = repo.get_serving_state(s)
+            assert (serving.query_model, serving.gallery_model) == ("old", "old")
+        for action in ("pause", "resume", "cancel", "rollback", "commit"):
+            assert client.post(f"/upgrade/{uid}/{action}", headers=ADMIN).status_code == 409
+        assert client.get(f"/upgrade/{uid}/failures").json() == []
