@@ -78,7 +78,7 @@ class Gallery:
 
 
 def build_gallery(
-    settings: Settings, images: np.ndarray, labels: np.ndarray, old_path: Path, new_path: Path,
+    settings: Settings, images: np.ndarray, labels: np.ndarray | None, old_path: Path, new_path: Path,
     corrupt: int = 0,
 ) -> Gallery:
     """Register both checkpoints and insert the images encoded with the old model, directly in
@@ -95,9 +95,11 @@ def build_gallery(
         pil = [Image.fromarray(a) for a in images]
         vecs = old_model.embed_images(pil)
         items = []
-        for k, (a, lab) in enumerate(zip(images, labels, strict=True)):
+        for k, (a, lab) in enumerate(zip(images, labels if labels is not None else [None] * len(images),
+                                         strict=True)):
             key = store.put(b"not an image %d" % k if k < corrupt else png(a))
-            items.append(repo.NewItem(f"img-{k}", str(int(lab)), key, {old_row.name: vecs[k]}))
+            label = None if labels is None else str(int(lab))
+            items.append(repo.NewItem(f"img-{k}", label, key, {old_row.name: vecs[k]}))
         rows = repo.add_items(s, items, old_row.name)
         ids, ext = [r.id for r in rows], [r.external_id for r in rows]
         return Gallery(settings, ids, ext, old_row.name, new_row.name)
@@ -121,8 +123,9 @@ def tiny_checkpoints(settings_env: Settings) -> tuple[Path, Path]:
 def make_gallery(
     settings_env: Settings, tiny_checkpoints: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray]
 ) -> Callable[..., Gallery]:
-    def make(n: int = 80, corrupt: int = 0) -> Gallery:
+    def make(n: int = 80, corrupt: int = 0, labeled: bool = True) -> Gallery:
         images, labels = fmnist_test
-        return build_gallery(settings_env, images[:n], labels[:n], *tiny_checkpoints, corrupt=corrupt)
+        return build_gallery(settings_env, images[:n], labels[:n] if labeled else None, *tiny_checkpoints,
+                             corrupt=corrupt)
 
     return make

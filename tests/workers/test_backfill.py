@@ -4,6 +4,7 @@ real (tiny) encoders; Celery and multiple processes are in test_worker_processes
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -189,3 +190,20 @@ def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:  # noqa: ANN001
         assert up.state == "paused" and "guardrail" in (up.error or "")
         assert up.nfr is not None and up.nfr > 0.0
         assert 0 < up.done < 100
+
+
+def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None:  # noqa: ANN001
+    from service.metrics import LIVE_NFR
+
+    g = make_gallery(n=30, labeled=False)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=10)
+    with contextlib.suppress(KeyError):  # the registry is per process; an earlier test's upgrade 1
+        LIVE_NFR.remove(str(uid))
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 30
+        assert up.nfr is None and up.map is None
+        assert up.checkpoints and all(c["nfr"] is None for c in up.checkpoints)
+    samples = [s for m in LIVE_NFR.collect() for s in m.samples if s.labels.get("upgrade") == str(uid)]
+    assert samples == []  # the gauge is never written as 0
