@@ -28,7 +28,12 @@ def worker(
     """Run a Celery backfill worker (encodes on CUDA when present, else CPU)."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Multiprocess mode, so counters of all pool processes add up in one scrape.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hotrefresh-worker-metrics-")
+        import atexit
+        import shutil
+
+        prom_dir = tempfile.mkdtemp(prefix="hotrefresh-worker-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
+        atexit.register(shutil.rmtree, prom_dir, True)
     from workers.runner import run_worker
 
     run_worker(concurrency=concurrency, metrics_port=metrics_port, hostname=hostname, loglevel=loglevel)

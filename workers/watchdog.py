@@ -72,12 +72,19 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         r = redis_lib.Redis.from_url(self.settings.effective_redis_url)
+        last_error = ""
         while not self._stop_event.wait(self.interval):
             try:
                 for action in tick(self.settings, r):
                     log.info("watchdog: %s", action)
-            except Exception:  # noqa: BLE001 - Redis or the database briefly away: try next tick
-                log.exception("watchdog tick failed")
+                last_error = ""
+            except Exception as exc:  # noqa: BLE001 - Redis or the database away (or not migrated yet)
+                # Once per distinct failure, not every tick: a worker started before the API has
+                # migrated the database would otherwise fill its log.
+                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if message != last_error:
+                    log.warning("watchdog tick failed (will keep trying): %s", message)
+                    last_error = message
                 time.sleep(self.interval)
 
     def stop(self) -> None:
