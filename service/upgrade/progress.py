@@ -34,7 +34,11 @@ def progress_of(up: Upgrade) -> float:
 def _append_checkpoint(session: Session, upgrade_id: int, point: dict) -> Upgrade:
     up = session.scalar(select(Upgrade).where(Upgrade.id == upgrade_id).with_for_update())
     assert up is not None
-    up.checkpoints = [*(up.checkpoints or []), point]
+    points = list(up.checkpoints or [])
+    if points and point["step"] != -1 and points[-1].get("fraction") == point["fraction"]:
+        # Two workers claimed neighbouring steps and measured the same cut: keep one point.
+        return up
+    up.checkpoints = [*points, point]
     up.nfr = point["nfr"]
     up.map = point["map"]
     session.flush()
