@@ -153,16 +153,25 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     try:
         with session_scope(settings.sqlalchemy_url) as s:
             # Re-checked inside the transition's transaction: nothing pending, still running.
-            if store.task_counts(s, upgrade_id)["pending"]:
+            counts = store.task_counts(s, upgrade_id)
+            if counts["pending"]:
                 return "requeued"
             store.transition(s, upgrade_id, "complete", completed_at=utcnow())
     except TransitionError:
         return "wait"
-    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(1.0)
+    # The same fraction GET /upgrade reports: items that failed are not on the new model.
+    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts))
     point = checkpoint_now(settings, redis, upgrade_id, step=-1)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
              point and point["nfr"], point and point["map"])
     return "completed"
+
+
+def moved_fraction(counts: dict[str, int]) -> float:
+    """Share of the upgrade's items on the new model. Items deleted from the gallery mid-upgrade
+    drop out of the denominator with their task; failed items count as not moved."""
+    denominator = counts["pending"] + counts["done"] + counts["failed"]
+    return 1.0 if denominator == 0 else counts["done"] / denominator
 
 
 @dataclass(frozen=True)
@@ -196,9 +205,7 @@ class UpgradeView:
 def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings,
          failures_limit: int = 100) -> UpgradeView:
     counts = store.task_counts(session, up.id)
-    # Items deleted from the gallery mid-upgrade drop out of the denominator with their task.
-    denominator = counts["pending"] + counts["done"] + counts["failed"]
-    fraction = 1.0 if denominator == 0 else counts["done"] / denominator
+    fraction = moved_fraction(counts)
     base = up.baseline or {}
     items_per_s = eta = None
     running_since = base.get("running_since")
