@@ -13,7 +13,6 @@ p50 and p99 of HTTP minus in-process, per request.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import tempfile
@@ -22,15 +21,9 @@ import uuid
 from pathlib import Path
 
 import httpx
-import numpy as np
 from index_bench import RESULTS, machine, table, write_json
-from PIL import Image
 
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+from models.data import encode_png as png
 
 
 def pct(values: list[float], q: float) -> float:

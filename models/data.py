@@ -7,6 +7,7 @@ in :mod:`models.preprocess`, the same code the service uses.
 from __future__ import annotations
 
 import gzip
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,10 @@ def holdout_split(idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
     perm = np.random.default_rng(seed).permutation(len(idx))
     n_val = round(fraction * len(idx))
     return np.sort(idx[perm[n_val:]]), np.sort(idx[perm[:n_val]])
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image array (H, W) or (H, W, C): how data sets reach the HTTP API."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()

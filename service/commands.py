@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,14 +67,6 @@ def _folder_items(root: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
-def _png(array) -> bytes:  # noqa: ANN001 - uint8 (H, W)
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="A labeled folder: root/<class>/<image>.")] = None,
     fashion_mnist: Annotated[bool, typer.Option("--fashion-mnist", help="Ingest Fashion-MNIST.")] = False,
@@ -99,14 +90,14 @@ def ingest(
         raise typer.BadParameter("no admin token: pass --token or set HOTREFRESH_ADMIN_TOKEN")
 
     if fashion_mnist:
-        from models.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+        from models.data import FASHION_MNIST_CLASSES, encode_png, load_fashion_mnist
 
         images, labels = load_fashion_mnist(split)
         stop = len(images) if limit is None else min(len(images), offset + limit)
         indices = range(offset, stop)
         total = len(indices)
         items: Iterator[tuple[str, str, bytes]] = (
-            (f"fmnist-{split}-{i:05d}", FASHION_MNIST_CLASSES[int(labels[i])], _png(images[i]))
+            (f"fmnist-{split}-{i:05d}", FASHION_MNIST_CLASSES[int(labels[i])], encode_png(images[i]))
             for i in indices
         )
     else:

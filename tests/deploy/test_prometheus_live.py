@@ -9,7 +9,6 @@ is the dashboard's test. No timing thresholds: every wait is for a condition."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import threading
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
+from models.data import encode_png as _png
 from service.imagestore import LocalImageStore, content_key
 from service.launcher import System
 from tests.conftest import ADMIN_TOKEN, REDIS_TEST_URL
@@ -43,12 +42,6 @@ pytestmark = [
 N_GALLERY = 160
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NFR_GUARDRAIL = 0.05  # the threshold of HotrefreshLiveNfrOverGuardrail in docker/alerts.yml
-
-
-def _png(pixels) -> bytes:  # noqa: ANN001 - uint8 (28, 28)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture

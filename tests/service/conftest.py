@@ -4,7 +4,6 @@ and real images."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
+from models.data import encode_png as png_bytes
 from service.db.migrate import upgrade_head
 from service.settings import Settings
 
@@ -86,12 +85,6 @@ def client(service_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(service_settings)) as c:
         wait_ready(c)
         yield c
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ encoded by a real (tiny) old model, a registered compatible new model, and a wor
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,18 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.data import encode_png as png
 from service.db import repositories as repo
 from service.db.migrate import upgrade_head
 from service.db.session import session_scope
 from service.imagestore import image_store_for
 from service.registry import EncoderCache, register
 from service.settings import Settings
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")
