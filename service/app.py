@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import RefusedRequest
 from service.imagestore import image_store_for
 from service.routes import gallery, health, metrics, models, search
 from service.serving import Serving
@@ -90,6 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _validation_detail(exc)})
+
+    @app.exception_handler(RefusedRequest)
+    async def _refused(_request: Request, exc: RefusedRequest) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

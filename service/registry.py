@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.db import repositories as repo
 from service.db.schema import ModelRow
+from service.errors import RefusedRequest
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,10 +31,8 @@ log = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class RegistryError(ValueError):
-    """A registration the service refuses; ``status`` is the HTTP status to answer with."""
-
-    status = 422
+class RegistryError(RefusedRequest):
+    """A registration the service refuses."""
 
 
 class InvalidCheckpoint(RegistryError):

@@ -11,7 +11,7 @@ from service.db import repositories as repo
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
 from service.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
-from service.registry import RegistryError, register, resolve_model_path, save_upload
+from service.registry import register, resolve_model_path, save_upload
 from service.schemas import ModelOut, ModelsOut, error_responses
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -73,8 +73,6 @@ def register_model(
         with session_scope(settings.sqlalchemy_url) as s:
             row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
             out = _out(row, repo.get_serving_state(s))
-    except RegistryError as e:
-        raise HTTPException(e.status, detail=str(e)) from None
     except IntegrityError:
         raise HTTPException(409, detail="a model with this name was registered concurrently") from None
     if first:

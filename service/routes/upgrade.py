@@ -120,11 +120,8 @@ def _dispatch(what: str, fn: object, *args: object) -> None:
 def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> UpgradeCreated:
     from workers.celery_app import send_score
 
-    try:
-        up = control.start(settings, redis, model=body.model, strategy=body.strategy,
-                           batch_size=body.batch_size, nfr_guardrail=body.nfr_guardrail)
-    except control.UpgradeRequestError as e:
-        raise HTTPException(e.status, detail=str(e)) from None
+    up = control.start(settings, redis, model=body.model, strategy=body.strategy,
+                       batch_size=body.batch_size, nfr_guardrail=body.nfr_guardrail)
     _dispatch("scoring", send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
 
@@ -156,8 +153,6 @@ def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> S
         state = control.act(settings, redis, upgrade_id, action)
     except TransitionError as e:
         raise HTTPException(409, detail=str(e)) from None
-    except control.UpgradeRequestError as e:
-        raise HTTPException(e.status, detail=str(e)) from None
     if action == "resume":
         from workers.celery_app import send_drains
 

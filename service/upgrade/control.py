@@ -15,16 +15,15 @@ from service import indexlog
 from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem, ServingState, Upgrade, utcnow
 from service.db.session import session_scope
+from service.errors import RefusedRequest
 from service.settings import Settings
 from service.upgrade import store
 from service.upgrade.states import ACTIVE, CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
 from workers.queue import BackfillQueue
 
 
-class UpgradeRequestError(ValueError):
-    """A refused upgrade request; ``status`` is the HTTP status to answer with."""
-
-    status = 422
+class UpgradeRequestError(RefusedRequest):
+    """A refused upgrade request."""
 
 
 class UnknownModelError(UpgradeRequestError):
