@@ -33,7 +33,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(bg, rgba)
-    return img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return img if img.mode == mode else img.convert(mode)  # convert() to its own mode only copies
 
 
 def pil_to_tensor(images: Sequence[Image.Image], meta: InputSpec) -> torch.Tensor:
@@ -46,18 +47,23 @@ def pil_to_uint8(images: Sequence[Image.Image], meta: InputSpec) -> np.ndarray:
     per-image (Python) half of :func:`pil_to_tensor`, so a loader thread can do it while the
     encoder runs; ``LoadedModel.embed_tensor`` of the result equals ``embed_images``."""
     h, w = int(meta.input_size[0]), int(meta.input_size[1])
-    arrays = []
-    for img in images:
-        if not isinstance(img, Image.Image):
-            raise TypeError(f"expected a PIL image, got {type(img).__name__}")
-        img = _to_mode(img, meta.input_channels)
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        a = np.asarray(img, dtype=np.uint8)
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    if not arrays:
-        return np.empty((0, meta.input_channels, h, w), dtype=np.uint8)
-    return np.stack(arrays)
+    out = np.empty((len(images), meta.input_channels, h, w), dtype=np.uint8)
+    for k, img in enumerate(images):
+        out[k] = pil_to_chw(img, meta)
+    return out
+
+
+def pil_to_chw(img: Image.Image, meta: InputSpec) -> np.ndarray:
+    """One image of :func:`pil_to_uint8`: uint8 (C, H, W). Lets a caller fill a batch array in
+    place and still fail per image."""
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(img).__name__}")
+    h, w = int(meta.input_size[0]), int(meta.input_size[1])
+    img = _to_mode(img, meta.input_channels)
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
 def normalize_uint8(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:

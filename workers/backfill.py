@@ -22,7 +22,7 @@ import numpy as np
 import redis as redis_lib
 from sqlalchemy import select
 
-from models.preprocess import pil_to_uint8
+from models.preprocess import pil_to_chw
 from service import indexlog
 from service.db.schema import GalleryItem, Upgrade
 from service.db.session import session_scope
@@ -95,20 +95,20 @@ def lease_and_load(
         queue.remove(gone)
     present = [i for i in ids if i in keys]
     images, load_errors = load_images(ctx.images, [keys[i] for i in present])
+    c, (h, w) = meta.input_channels, meta.input_size
+    pixels = np.empty((len(present), c, h, w), np.uint8)  # filled in place: no per-image stack
     ok_ids: list[int] = []
-    arrays: list[np.ndarray] = []
     errors: dict[int, str] = {}
     for i, img, err in zip(present, images, load_errors, strict=True):
         if err is None:
             try:
-                arrays.append(pil_to_uint8([img], meta))
+                pixels[len(ok_ids)] = pil_to_chw(img, meta)
                 ok_ids.append(i)
                 continue
             except Exception as exc:  # noqa: BLE001 - an image the model cannot take is this item's failure
                 err = f"{type(exc).__name__}: {exc}"
         errors[i] = err
-    c, (h, w) = meta.input_channels, meta.input_size
-    pixels = np.concatenate(arrays) if arrays else np.empty((0, c, h, w), np.uint8)
+    pixels = pixels[: len(ok_ids)]
     return Leased(ids=ok_ids, pixels=pixels, errors=errors, all_ids=present)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from celery import signals
 
@@ -12,6 +13,8 @@ from service.settings import get_settings
 from workers.celery_app import get_app, queue_name
 
 log = logging.getLogger("hotrefresh.worker")
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _threads_per_child(concurrency: int) -> int:
@@ -47,6 +50,10 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
         import torch
 
         torch.set_num_threads(threads)  # the pool's children share the cores, not oversubscribe
+        # The backfill's loader and writer threads run Python beside the encoder thread; with the
+        # default 5 ms GIL switch interval the encoder, back from every torch op, can wait that long
+        # for the GIL (benchmark B1). A shorter interval hands it back sooner.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_exit(pid: int | None = None, **_: object) -> None:

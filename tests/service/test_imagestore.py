@@ -60,3 +60,34 @@ def test_symlinked_fanout_cannot_lead_outside_the_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidImageKey):
         store.put(b"x")
     assert not any(outside.rglob("*"))
+
+
+def test_get_through_a_symlinked_fanout_leading_outside_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    key = content_key(b"secret")
+    (outside / key[2:4]).mkdir(parents=True)
+    (outside / key[2:4] / key).write_bytes(b"secret")
+    os.symlink(outside, root / key[:2])
+    with pytest.raises(InvalidImageKey):
+        LocalImageStore(root).get(key)
+
+
+def test_get_of_a_symlinked_file_leading_outside_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    store = LocalImageStore(root)
+    key = content_key(b"secret")
+    (tmp_path / "secret").write_bytes(b"secret")
+    store.path_for(key).parent.mkdir(parents=True)
+    os.symlink(tmp_path / "secret", store.path_for(key))
+    with pytest.raises(InvalidImageKey):
+        store.get(key)
+
+
+def test_get_of_a_symlink_inside_the_root_still_reads(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path / "root")
+    real = store.put(b"abc")
+    key = content_key(b"alias")
+    store.path_for(key).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(store.path_for(real), store.path_for(key))
+    assert store.get(key) == b"abc"
