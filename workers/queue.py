@@ -154,6 +154,9 @@ class BackfillQueue:
     def leased(self) -> int:
         return int(self.redis.zcard(self.leases_key))
 
+    def leased_ids(self) -> list[int]:
+        return [_item(m) for m in self.redis.zrange(self.leases_key, 0, -1)]
+
     def is_empty(self) -> bool:
         """Nothing queued and nothing leased."""
         pipe = self.redis.pipeline(transaction=True)

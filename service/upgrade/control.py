@@ -162,10 +162,30 @@ def act(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str
     if action not in ("pause", "resume"):
         raise UpgradeRequestError(f"unknown action {action!r}")
     with session_scope(settings.sqlalchemy_url) as s:
-        if store.get_upgrade(s, upgrade_id) is None:
+        up = store.get_upgrade(s, upgrade_id)
+        if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
+        to_model = up.to_model
         fields = {"error": None} if action == "resume" else {}
-        return store.transition(s, upgrade_id, action, **fields)
+        state = store.transition(s, upgrade_id, action, **fields)
+    if action == "pause":
+        _relog_landed_leases(settings, redis, upgrade_id, to_model)
+    return state
+
+
+def _relog_landed_leases(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, to_model: str) -> None:
+    """A worker killed between its SQL commit and its index-log append leaves a batch that SQL
+    has moved but no replica has heard of, until its lease expires and the batch is redone. A
+    pause is where operators look at a quiet system, so close that window now: log again every
+    leased item SQL already has on the new model (replicas apply entries idempotently)."""
+    try:
+        leased = BackfillQueue(redis, settings, upgrade_id).leased_ids()
+    except redis_lib.RedisError:
+        return
+    with session_scope(settings.sqlalchemy_url) as s:
+        landed = store.done_among(s, upgrade_id, leased)
+    if landed:
+        indexlog.append_safely(redis, settings, "move", to_model, landed)
 
 
 def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str) -> None:

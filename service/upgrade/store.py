@@ -107,6 +107,19 @@ def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
     return counts
 
 
+def done_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> list[int]:
+    """Which of ``ids`` this upgrade has already moved (their task is done)."""
+    out: list[int] = []
+    for chunk in _chunks(list(ids)):
+        out += session.scalars(
+            select(BackfillTask.item_id).where(
+                BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == "done",
+                BackfillTask.item_id.in_(chunk),
+            )
+        ).all()
+    return sorted(int(i) for i in out)
+
+
 def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
     """Items still on the old model with no task (inserted with the old model in the instant
     the upgrade switched models): give them a task at the lowest priority so none is left."""

@@ -207,3 +207,27 @@ def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None: 
         assert up.checkpoints and all(c["nfr"] is None for c in up.checkpoints)
     samples = [s for m in LIVE_NFR.collect() for s in m.samples if s.labels.get("upgrade") == str(uid)]
     assert samples == []  # the gauge is never written as 0
+
+
+def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_gallery) -> None:  # noqa: ANN001
+    """SIGKILL between a batch's SQL commit and its index-log append: SQL has moved the items
+    but no replica heard of it. The lease is still out; pausing logs those items again."""
+    g = make_gallery(n=24)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    q = BackfillQueue(ctx.redis, g.settings, uid)
+    leased = q.lease(8, 60)
+    assert sorted(q.leased_ids()) == sorted(leased)
+    with session_scope(ctx.url) as s:
+        dim = ctx.encoders.get(s, g.new).meta.embedding_dim
+    vectors = np.random.default_rng(0).standard_normal((8, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with session_scope(ctx.url) as s:  # the worker's transaction landed ...
+        store.record_encoded(s, uid, g.new, leased, vectors)
+    # ... and it died before indexlog.append: no `move` for these ids yet
+    def moved() -> set[int]:
+        return {i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move"
+                for i in e.ids}
+
+    assert moved().isdisjoint(leased)
+    assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
+    assert moved() == set(leased)

@@ -19,6 +19,7 @@ from service.db.schema import BackfillTask, Embedding, GalleryItem
 from service.db.session import session_scope
 from service.launcher import System
 from service.settings import Settings
+from tests.service.conftest import wait_caught_up
 from tests.workers.system import (
     ADMIN,
     FAST_ENV,
@@ -117,7 +118,7 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
         # pause, then restart the API: the new process serves exactly the same model per item
         assert httpx.post(f"{api.url}/upgrade/{uid}/pause", headers=ADMIN).json()["state"] == "paused"
         probe.pause()
-        time.sleep(1.0)  # let the replica apply the last index-log entries
+        wait_caught_up(api.url, settings_env)  # the replica has applied every index-log entry
         step("paused")
         before = served_models(api.url, images[0], n)
         assert before == sql_models(settings_env)
@@ -184,5 +185,5 @@ def test_redis_flushed_mid_upgrade_and_corrupt_images(
         assert len(failures) == corrupt and all(f["attempts"] == 3 for f in failures)
         assert_every_item_on_new_exactly_once(settings_env, new, n, failed=corrupt)
         # the replica reloaded from SQL after losing the log: it serves what SQL says
-        time.sleep(1.0)
-        assert served_models(api.url, images[0], n) == sql_models(settings_env)
+        wait_for(lambda: served_models(api.url, images[0], n) == sql_models(settings_env), 60,
+                 "the replica to serve what SQL holds", logs)
