@@ -33,11 +33,14 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# One at a time (2 cores): each writes its JSON under benchmarks/results/.
 bench: setup
-	$(BIN)/python -m benchmarks.run_all
+	for b in b1_backfill b2_index_update b3_mixed_search b4_search_http b5_ordering train_throughput; do \
+	  nice $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 experiment: setup
-	$(BIN)/hotrefresh experiment --out benchmarks/results/experiment
+	$(BIN)/hotrefresh experiment --tune --allocation expansion --allocation open-data --allocation open-class \
+	  --out benchmarks/results/experiment-tuned
 
 clean:
 	rm -rf var .pytest_cache
