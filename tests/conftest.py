@@ -23,6 +23,18 @@ def _pg_url(dbname: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
 
 
+def isolated_env(tmp_path: Path, database_url: str, redis_prefix: str) -> dict[str, str]:
+    """The HOTREFRESH_* variables that give one test its own database, Redis prefix and data."""
+    return {
+        "HOTREFRESH_ENV": "test",
+        "HOTREFRESH_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HOTREFRESH_DATA_DIR": str(tmp_path / "data"),
+        "HOTREFRESH_DATABASE_URL": database_url,
+        "HOTREFRESH_REDIS_URL": REDIS_TEST_URL,
+        "HOTREFRESH_REDIS_PREFIX": redis_prefix,
+    }
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hotrefresh.db'}"
@@ -76,14 +88,7 @@ def settings_env(
 ) -> Iterator[Settings]:
     """Settings for one test: its own database, Redis prefix and data directory, via the env
     (so subprocesses started by the test see the same configuration)."""
-    env = {
-        "HOTREFRESH_ENV": "test",
-        "HOTREFRESH_ADMIN_TOKEN": ADMIN_TOKEN,
-        "HOTREFRESH_DATA_DIR": str(tmp_path / "data"),
-        "HOTREFRESH_DATABASE_URL": database_url,
-        "HOTREFRESH_REDIS_URL": REDIS_TEST_URL,
-        "HOTREFRESH_REDIS_PREFIX": redis_prefix,
-    }
+    env = isolated_env(tmp_path, database_url, redis_prefix)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()

@@ -22,7 +22,7 @@ import pytest
 from models.data import encode_png as _png
 from service.imagestore import LocalImageStore, content_key
 from service.launcher import System
-from tests.conftest import ADMIN_TOKEN, REDIS_TEST_URL
+from tests.conftest import ADMIN_TOKEN, isolated_env
 from tests.deploy.prom import (
     alert_rules,
     dashboard_queries,
@@ -47,12 +47,7 @@ NFR_GUARDRAIL = 0.05  # the threshold of HotrefreshLiveNfrOverGuardrail in docke
 @pytest.fixture
 def system(tmp_path: Path, postgres_url: str, redis_prefix: str) -> Iterator[System]:
     env = {
-        "HOTREFRESH_ENV": "test",
-        "HOTREFRESH_ADMIN_TOKEN": ADMIN_TOKEN,
-        "HOTREFRESH_DATA_DIR": str(tmp_path / "data"),
-        "HOTREFRESH_DATABASE_URL": postgres_url,
-        "HOTREFRESH_REDIS_URL": REDIS_TEST_URL,
-        "HOTREFRESH_REDIS_PREFIX": redis_prefix,
+        **isolated_env(tmp_path, postgres_url, redis_prefix),
         "HOTREFRESH_DEVICE": "cpu",
         "HOTREFRESH_BATCH_SIZE": "16",
         "HOTREFRESH_MAX_ATTEMPTS": "1",
