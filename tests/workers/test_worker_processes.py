@@ -139,7 +139,7 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
         final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
                          "the upgrade to complete", logs)
         step("completed")
-        time.sleep(1.0)
+        wait_caught_up(api.url, settings_env)  # the replica has applied the last moves
         probe.stop()
         assert final["done"] == n and final["failed"] == 0 and final["fraction"] == 1.0
         assert probe.searches > 20 and probe.violations == [], probe.violations[:5]
