@@ -17,7 +17,7 @@ import numpy as np
 
 from service.index.errors import DuplicateIdError, UnknownIdError
 from service.index.files import load_arrays, save_arrays
-from service.index.validation import as_ids, as_vectors
+from service.index.validation import as_ids, as_vectors, new_rows
 
 MIN_CAPACITY = 1024
 GROWTH = 1.5
@@ -70,11 +70,7 @@ class DenseBackend(ABC):
         self._storage, self._row_ids = storage, row_ids
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        ids = as_ids(ids)
-        vecs = as_vectors(vecs, len(ids), self.dim)
-        present = self.contains(ids)
-        if present.any():
-            raise DuplicateIdError(f"ids already stored in this segment: {ids[present][:10].tolist()}")
+        ids, vecs = new_rows(ids, vecs, self.dim, self.contains)
         b = len(ids)
         if b == 0:
             return

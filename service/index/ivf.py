@@ -17,7 +17,7 @@ import numpy as np
 from service.index.errors import DuplicateIdError, UnknownIdError
 from service.index.files import load_arrays, save_arrays, save_bytes
 from service.index.flat import FlatBackend
-from service.index.validation import as_ids, as_vectors
+from service.index.validation import as_ids, new_rows
 
 POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per list
 
@@ -60,11 +60,7 @@ class IVFBackend:
         self._index = index
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        ids = as_ids(ids)
-        vecs = as_vectors(vecs, len(ids), self.dim)
-        present = self.contains(ids)
-        if present.any():
-            raise DuplicateIdError(f"ids already stored in this segment: {ids[present][:10].tolist()}")
+        ids, vecs = new_rows(ids, vecs, self.dim, self.contains)
         if self._pending is not None:
             self._pending.add(ids, vecs)
             if self._pending.count() >= self.train_size:

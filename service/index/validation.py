@@ -5,7 +5,7 @@ Done once at the boundary so the hot paths below can assume contiguous float32 /
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -30,6 +30,18 @@ def as_ids(ids: Iterable[int] | np.ndarray, *, unique: bool = True) -> np.ndarra
         values, counts = np.unique(arr, return_counts=True)
         raise DuplicateIdError(f"ids must be unique within a batch; repeated: {values[counts > 1][:10].tolist()}")
     return np.ascontiguousarray(arr)
+
+
+def new_rows(
+    ids: Iterable[int] | np.ndarray, vecs: np.ndarray, dim: int, contains: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (ids, vectors) for a backend's ``add``: ids unique and not yet stored there."""
+    ids = as_ids(ids)
+    vecs = as_vectors(vecs, len(ids), dim)
+    present = contains(ids)
+    if present.any():
+        raise DuplicateIdError(f"ids already stored in this segment: {ids[present][:10].tolist()}")
+    return ids, vecs
 
 
 def as_vectors(vecs: np.ndarray, n: int, dim: int | None, what: str = "vectors") -> np.ndarray:
