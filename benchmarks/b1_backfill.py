@@ -78,8 +78,9 @@ def build(settings, images, labels, old_path, new_path):  # noqa: ANN001, ANN201
 def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, images: np.ndarray,
                          labels: np.ndarray, ckpts: tuple[Path, Path], work: Path) -> dict:
     import redis as redis_lib
+    from sqlalchemy import func, select
 
-    from service.db.schema import Upgrade
+    from service.db.schema import Embedding, Upgrade
     from service.db.session import session_scope
     from service.launcher import System
     from service.settings import Settings
@@ -122,18 +123,30 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
             if state not in ("scoring", "running") or time.monotonic() > deadline:
                 raise RuntimeError(f"upgrade ended {state}: " + "\n".join(w.log_tail() for w in workers))
             time.sleep(0.2)
-    end = (completed_at if completed_at.tzinfo else completed_at.replace(tzinfo=UTC)).timestamp()
-    seconds = end - float(baseline["running_since"])
+    def ts(d):  # noqa: ANN001, ANN202 - SQLite hands datetimes back naive (they are UTC)
+        return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+
+    with session_scope(settings.sqlalchemy_url) as s:
+        first_write, last_write = s.execute(
+            select(func.min(Embedding.created_at), func.max(Embedding.created_at)).where(Embedding.model == g.new)
+        ).one()
+    start, end = float(baseline["running_since"]), ts(completed_at)
+    seconds = end - start
     keys = list(r.scan_iter(f"{prefix}:*", count=1000))
     if keys:
         r.delete(*keys)
+    # Where the time outside steady batches went: before the first batch landed (task dispatch,
+    # the first lease, load and encode) and after the last one (completion checks).
     return {"items": done, "seconds": seconds, "items_per_s": done / seconds, "gallery_build_s": build_s,
-            "scoring_s": baseline.get("scoring_seconds")}
+            "scoring_s": baseline.get("scoring_seconds"), "first_write_after_s": ts(first_write) - start,
+            "completed_after_last_write_s": end - ts(last_write)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=6000)
+    ap.add_argument("--split", default="test", choices=["train", "test"],
+                    help="Fashion-MNIST split the gallery comes from (train: up to 60,000 items)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--arch", default="conv4")
     ap.add_argument("--dim", type=int, default=128)
@@ -151,7 +164,7 @@ def main() -> None:
     from models.data import load_fashion_mnist
     from models.testing import make_tiny_checkpoint
 
-    images, labels = load_fashion_mnist("test", **({"root": args.data} if args.data else {}))
+    images, labels = load_fashion_mnist(args.split, **({"root": args.data} if args.data else {}))
     images, labels = images[: args.n], labels[: args.n]
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="b1-") as tmp:

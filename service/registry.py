@@ -54,8 +54,11 @@ class UnknownModel(RegistryError):
 class EncoderCache:
     """Loaded encoders by model name; thread-safe, loads each checkpoint at most once."""
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", warm: bool = False) -> None:
+        """``warm``: prepare each encoder's batch path when it loads (workers, which encode
+        batches next; the API encodes single uploads and skips it)."""
         self.device = device
+        self.warm = warm
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -83,6 +86,8 @@ class EncoderCache:
             model = self._models.get(name)
             if model is None:
                 model = load_checkpoint(path, device=self.device)
+                if self.warm:
+                    model.warm_up()
                 self._models[name] = model
             return model
 

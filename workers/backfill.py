@@ -51,7 +51,7 @@ class WorkerContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:
         redis = redis_lib.Redis.from_url(settings.effective_redis_url)
-        return cls(settings, redis, image_store_for(settings), EncoderCache(settings.device))
+        return cls(settings, redis, image_store_for(settings), EncoderCache(settings.device, warm=True))
 
     @property
     def url(self) -> str:

@@ -50,9 +50,10 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
         import torch
 
         torch.set_num_threads(threads)  # the pool's children share the cores, not oversubscribe
-        # The backfill's loader and writer threads run Python beside the encoder thread; with the
-        # default 5 ms GIL switch interval the encoder, back from every torch op, can wait that long
-        # for the GIL (benchmark B1). A shorter interval hands it back sooner.
+        # The backfill's loader and writer threads run Python beside the encoder thread. The
+        # encoder's forward is a traced graph that runs without the GIL, but it still takes the
+        # GIL around each batch; with the default 5 ms switch interval it can wait that long for
+        # it each time (benchmark B1). A shorter interval hands it back sooner.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     @signals.worker_process_shutdown.connect(weak=False)

@@ -53,31 +53,41 @@ def _set_live_gauges(upgrade_id: int, nfr: float | None, map_: float | None) -> 
         LIVE_MAP.labels(str(upgrade_id)).set(map_)
 
 
-def checkpoint_now(
-    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int,
-    gallery: probes.Gallery | None = None, quiesced: bool = True,
+def measure_point(
+    settings: Settings, upgrade_id: int, step: int, gallery: probes.Gallery | None = None, quiesced: bool = True,
 ) -> dict | None:
-    """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``) and
-    record the point."""
+    """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``);
+    None when the upgrade has no baseline."""
     with session_scope(settings.sqlalchemy_url) as s:
         up = store.get_upgrade(s, upgrade_id)
         if up is None or not up.baseline:
             return None
         m = probes.measure(s, up.baseline, up.to_model, gallery)
         progress = progress_of(up)
-    point = {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
-             "top1": m.top1, "at": time.time(), "quiesced": quiesced}
+    return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
+            "top1": m.top1, "at": time.time(), "quiesced": quiesced}
+
+
+def checkpoint_now(
+    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int,
+    gallery: probes.Gallery | None = None, quiesced: bool = True,
+) -> dict | None:
+    """Measure and record one point, then apply the guardrail to it."""
+    point = measure_point(settings, upgrade_id, step, gallery, quiesced)
+    if point is None:
+        return None
     with session_scope(settings.sqlalchemy_url) as s:
         up = _append_checkpoint(s, upgrade_id, point)
         guardrail = up.nfr_guardrail
-    _set_live_gauges(upgrade_id, m.nfr, m.map)
-    if guardrail is not None and m.nfr is not None and m.nfr > guardrail:
+    nfr = point["nfr"]
+    _set_live_gauges(upgrade_id, nfr, point["map"])
+    if guardrail is not None and nfr is not None and nfr > guardrail:
         try:
             with session_scope(settings.sqlalchemy_url) as s:
                 store.transition(s, upgrade_id, "guardrail",
-                                 error=f"paused by the NFR guardrail: live NFR {m.nfr:.4f} > {guardrail:.4f} "
-                                       f"at {m.fraction:.0%} backfilled")
-            log.warning("upgrade %s paused: live NFR %.4f above guardrail %.4f", upgrade_id, m.nfr, guardrail)
+                                 error=f"paused by the NFR guardrail: live NFR {nfr:.4f} > {guardrail:.4f} "
+                                       f"at {point['fraction']:.0%} backfilled")
+            log.warning("upgrade %s paused: live NFR %.4f above guardrail %.4f", upgrade_id, nfr, guardrail)
         except TransitionError:
             pass
     return point
@@ -150,6 +160,9 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
         if n:
             log.warning("upgrade %s: Redis had lost the queue; rebuilt %d items from SQL", upgrade_id, n)
         return "requeued"
+    # The final point is measured before the state changes and recorded in the same transaction
+    # as the transition, so whoever reads "completed" also reads the 100% point.
+    point = measure_point(settings, upgrade_id, step=-1)
     try:
         with session_scope(settings.sqlalchemy_url) as s:
             # Re-checked inside the transition's transaction: nothing pending, still running.
@@ -157,11 +170,14 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
             if counts["pending"]:
                 return "requeued"
             store.transition(s, upgrade_id, "complete", completed_at=utcnow())
+            if point is not None:
+                _append_checkpoint(s, upgrade_id, point)
     except TransitionError:
         return "wait"
     # The same fraction GET /upgrade reports: items that failed are not on the new model.
     BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts))
-    point = checkpoint_now(settings, redis, upgrade_id, step=-1)
+    if point is not None:
+        _set_live_gauges(upgrade_id, point["nfr"], point["map"])
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
              point and point["nfr"], point and point["map"])
     return "completed"

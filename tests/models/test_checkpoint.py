@@ -56,6 +56,43 @@ def test_embed_images_accepts_any_mode_and_size(tmp_path: Path) -> None:
     assert loaded.embed_images([]).shape == (0, 8)
 
 
+@pytest.mark.parametrize("arch", ["conv2", "conv4"])
+def test_traced_batch_path_equals_the_eager_forward_at_every_batch_size(tmp_path: Path, arch: str) -> None:
+    """The backfill's uint8 (n,C,H,W) input runs a traced graph; it must give the eager forward's
+    vectors for full and partial batches alike (the trace is taken at the first call's size)."""
+    make_tiny_checkpoint(tmp_path / "m.pt", "m", arch=arch, embedding_dim=16, seed=5)
+    loaded = load_checkpoint(tmp_path / "m.pt", device="cpu")
+    loaded.batch_size = 8
+    x = torch.randint(0, 256, (21, 1, 28, 28), dtype=torch.uint8)
+    from models.preprocess import normalize_uint8
+
+    with torch.inference_mode():
+        expect = loaded.model.embedding(normalize_uint8(x, loaded.meta)).numpy()
+    loaded.warm_up()
+    assert loaded._graph is not None  # the fast path is really taken
+    np.testing.assert_allclose(loaded.embed_tensor(x), expect, atol=1e-6)  # 8 + 8 + 5
+    np.testing.assert_allclose(loaded.embed_tensor(x[:3]), expect[:3], atol=1e-6)
+    assert loaded.embed_tensor(x[:0]).shape == (0, 16)
+
+
+def test_a_model_that_cannot_be_traced_still_encodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tiny_checkpoint(tmp_path / "m.pt", "m", embedding_dim=8)
+    loaded = load_checkpoint(tmp_path / "m.pt", device="cpu")
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise RuntimeError("not traceable")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    got = loaded.embed_tensor(x)
+    from models.preprocess import normalize_uint8
+
+    with torch.inference_mode():
+        expect = loaded.model.embedding(normalize_uint8(x, loaded.meta)).numpy()
+    assert loaded._graph is None and loaded._graph_failed
+    np.testing.assert_allclose(got, expect, atol=1e-6)
+
+
 def test_classifier_weights_reproduce_model_logits(tmp_path: Path) -> None:
     make_tiny_checkpoint(tmp_path / "m.pt", "m", embedding_dim=8, num_classes=7)
     loaded = load_checkpoint(tmp_path / "m.pt", device="cpu")
