@@ -211,6 +211,7 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
     if state != RUNNING:
         return "stop"
     ctx.heartbeat(upgrade_id)
+    measured = progress.has_probes(ctx.settings, upgrade_id)
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         pending: Future[Leased | str | None] | None = loader.submit(lease_and_load, ctx, queue, batch_size, to_model)
@@ -239,6 +240,11 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
             BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
             step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
             if step is None:
+                return st, False
+            if not measured:
+                # No probes: the point records progress only, so there is no cut to make and
+                # nothing in flight needs landing first.
+                progress.checkpoint_at_cut(ctx.settings, ctx.redis, upgrade_id, step)
                 return st, False
             if current is not None:
                 write_batch(ctx, upgrade_id, to_model, current, queue)
@@ -272,6 +278,10 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
                     writing = writer.submit(write_batch, ctx, upgrade_id, to_model, current, queue)
                 if st != RUNNING:
                     return "stop"
+                if written and time.monotonic() < deadline:
+                    # A checkpoint landed everything this process held: carry on in this call
+                    # rather than end it and wait for Celery to hand out the next one.
+                    pending = loader.submit(lease_and_load, ctx, queue, batch_size, to_model)
             st, _ = settle(None)
             return "continue" if st == RUNNING else "stop"
         finally:

@@ -109,6 +109,13 @@ def claim_checkpoint(settings: Settings, redis: redis_lib.Redis, upgrade_id: int
     return step
 
 
+def has_probes(settings: Settings, upgrade_id: int) -> bool:
+    """Whether the upgrade's checkpoints measure anything (labeled probes were drawn at its start)."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        up = store.get_upgrade(s, upgrade_id)
+        return bool(up is not None and up.baseline and up.baseline.get("probe_ids"))
+
+
 def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
     """Measure at a consistent cut: raise the queue's barrier (nobody leases), wait until every
     batch in flight has landed, snapshot the gallery from SQL, lower the barrier, then compute.
