@@ -231,3 +231,21 @@ def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_galler
     assert moved().isdisjoint(leased)
     assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
     assert moved() == set(leased)
+
+
+def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_gallery) -> None:  # noqa: ANN001
+    """No labeled probes: each checkpoint records progress only, and neither stalls the pipeline
+    nor ends the drain call (each end costs a Celery round trip and a pipeline refill)."""
+    g = make_gallery(n=64)
+    g.settings.__dict__["probe_size"] = 0
+    g.settings.__dict__["nfr_checkpoint_every"] = 0.25
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    assert drain(ctx, uid, budget_s=120.0) == "stop"
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 64
+        points = up.checkpoints
+    assert all(p["nfr"] is None and p["map"] is None for p in points)
+    progress = [p["progress"] for p in points]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert [p["step"] for p in points[1:-1]] == [1, 2, 3]
