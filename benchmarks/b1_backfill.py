@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from index_bench import RESULTS, table, write_json
 
+HEADER = ["procs", "threads", "raw items/s", "backfill items/s", "ratio (median)", "every trial"]
 WORKER_ENV_KEYS = ("HOTREFRESH_DATABASE_URL", "HOTREFRESH_REDIS_PREFIX", "HOTREFRESH_DATA_DIR")
 
 
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--arch", default="conv4")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--procs", default="1,2")
+    ap.add_argument("--repeat", type=int, default=3, help="trials per process count (fresh gallery each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
                          "would own its GPU; the loader and writer stages run beside it)")
@@ -181,15 +183,22 @@ def main() -> None:
         rows, runs = [], []
         for procs in [int(p) for p in args.procs.split(",")]:
             threads = args.threads
-            raw_before = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
-            e2e = backfill_items_per_s(args, procs, threads, images, labels, (old_p, new_p), work)
-            raw_after = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
-            raw = statistics.fmean([raw_before, raw_after])
-            ratio = e2e["items_per_s"] / raw
-            runs.append({"processes": procs, "torch_threads_each": threads, "raw_items_per_s": raw,
-                         "raw_before": raw_before, "raw_after": raw_after, "backfill": e2e, "ratio": ratio})
-            rows.append([procs, threads, raw, e2e["items_per_s"], ratio])
-            print(table(["procs", "threads", "raw items/s", "backfill items/s", "ratio"], rows[-1:]), flush=True)
+            trials = []
+            for _ in range(args.repeat):
+                raw_before = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
+                e2e = backfill_items_per_s(args, procs, threads, images, labels, (old_p, new_p), work)
+                raw_after = raw_items_per_s(new_p, images, args.batch, procs, threads, args.device)
+                raw = statistics.fmean([raw_before, raw_after])
+                trials.append({"raw_items_per_s": raw, "raw_before": raw_before, "raw_after": raw_after,
+                               "backfill": e2e, "ratio": e2e["items_per_s"] / raw})
+            # The median trial by ratio: this shared 2-core machine's speed drifts by 10-20% between
+            # minutes, so one pair can land on either side of the target by chance.
+            mid = sorted(trials, key=lambda t: t["ratio"])[len(trials) // 2]
+            runs.append({"processes": procs, "torch_threads_each": threads, **mid,
+                         "ratios": [t["ratio"] for t in trials], "trials": trials})
+            rows.append([procs, threads, mid["raw_items_per_s"], mid["backfill"]["items_per_s"], mid["ratio"],
+                         " ".join(f"{t['ratio']:.2f}" for t in trials)])
+            print(table(HEADER, rows[-1:]), flush=True)
     import platform
 
     import torch
@@ -200,13 +209,14 @@ def main() -> None:
         "definition": "end-to-end backfill items/s (lease, read+decode, encode, SQL txn, index log, ack; "
                       "Celery worker processes) / raw encoder items/s (same model, batch, process count, threads)",
         "config": {"n": args.n, "batch": args.batch, "arch": args.arch, "dim": args.dim, "threads": args.threads,
-                   "database": "sqlite", "probe_size": args.probe_size, "device": args.device, "target_ratio": 0.85},
+                   "database": "sqlite", "probe_size": args.probe_size, "split": args.split, "repeat": args.repeat,
+                   "device": args.device, "target_ratio": 0.85},
         "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform(),
                     "gpu": gpu, "torch": torch.__version__},
         "runs": runs,
     }
     write_json(args.out, payload)
-    print(table(["procs", "threads", "raw items/s", "backfill items/s", "ratio"], rows))
+    print(table(HEADER, rows))
     print(f"-> {args.out}")
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from models.preprocess import pil_to_chw
 from service import indexlog
 from service.db.schema import GalleryItem, Upgrade
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore, image_store_for
 from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS, BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH
 from service.registry import EncoderCache
@@ -86,7 +86,7 @@ def lease_and_load(
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
     if not ids:
         return BLOCKED if queue.blocked else None
-    with session_scope(ctx.url) as s:
+    with read_scope(ctx.url) as s:
         keys = dict(s.execute(select(GalleryItem.id, GalleryItem.image_key).where(GalleryItem.id.in_(ids)))
                     .tuples().all())
         meta = ctx.encoders.get(s, to_model).meta
@@ -137,8 +137,10 @@ def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leas
     vectors: np.ndarray | None = None
     if batch.ids:
         try:
-            with session_scope(ctx.url) as s:
-                model = ctx.encoders.get(s, to_model)
+            model = ctx.encoders.peek(to_model)
+            if model is None:
+                with read_scope(ctx.url) as s:
+                    model = ctx.encoders.get(s, to_model)
             vectors = model.embed_tensor(batch.pixels)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed to encode
             log.exception("upgrade %s: encoding a batch of %d failed", upgrade_id, len(batch.ids))
@@ -184,7 +186,7 @@ def land_batch(
 
 
 def _upgrade_state(ctx: WorkerContext, upgrade_id: int) -> tuple[str | None, str, int, int, int]:
-    with session_scope(ctx.url) as s:
+    with read_scope(ctx.url) as s:
         row = s.execute(
             select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total)
             .where(Upgrade.id == upgrade_id)

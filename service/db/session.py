@@ -21,19 +21,28 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API conne
     cur.close()
 
 
-@lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
+@lru_cache(maxsize=16)
+def get_engine(url: str, readonly: bool = False) -> Engine:
+    """The engine for ``url``. On SQLite every read-write transaction takes the write lock up
+    front (``BEGIN IMMEDIATE``: pysqlite's own handling defers it, and two writers that both
+    upgrade a read lock deadlock instead of queueing on busy_timeout). ``readonly`` engines
+    begin deferred instead: in WAL mode such a transaction reads a snapshot and never waits for
+    a writer, so the backfill's reads (which items to load, the upgrade's state) do not queue
+    behind its writes and stall the encoder (benchmark B1). PostgreSQL needs no second engine:
+    its reads never wait for writers."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; make every transaction take the
-        # write lock up front so two writers queue on busy_timeout rather than deadlock.
+        begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn) -> None:  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn) -> None:  # noqa: ANN001
+            conn.exec_driver_sql(begin)
 
         _disable_pysqlite_autobegin(engine)
         return engine
+    if readonly:
+        return get_engine(url)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
@@ -43,9 +52,9 @@ def _disable_pysqlite_autobegin(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
 
 
-@lru_cache(maxsize=8)
-def _session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+@lru_cache(maxsize=16)
+def _session_factory(url: str, readonly: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url, readonly), expire_on_commit=False)
 
 
 @contextmanager
@@ -59,4 +68,16 @@ def session_scope(url: str) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        session.close()
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """One read-only transaction on a consistent snapshot; it never takes SQLite's write lock.
+    Nothing written in it is kept (it always rolls back): writes belong in :func:`session_scope`."""
+    session = _session_factory(url, True)()
+    try:
+        yield session
+    finally:
+        session.rollback()
         session.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from models.metrics import evaluate_scores, negative_flip_rate
@@ -73,6 +73,15 @@ class Gallery:
 
     def fraction_on(self, model: str) -> float:
         return float(sum(m == model for m in self.models) / len(self.models)) if self.models else 0.0
+
+
+def fraction_on(session: Session, model: str) -> float:
+    """Share of gallery items whose active model is ``model`` (what ``Gallery.fraction_on`` says)."""
+    total, on = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((GalleryItem.active_model == model, 1), else_=0)), 0))
+        .select_from(GalleryItem)
+    ).one()
+    return float(on / total) if total else 0.0
 
 
 def load_gallery(session: Session) -> Gallery:
@@ -137,6 +146,9 @@ def measure(session: Session, baseline: dict, new_model: str, gallery: Gallery |
     """NFR@1 and mAP of the new-model probe queries against the live mixed gallery (as loaded by
     :func:`load_gallery`, now or at a chosen moment)."""
     probes = ProbeSet.from_json(baseline)
+    if len(probes.ids) == 0 and gallery is None:
+        # Nothing to measure: the fraction alone is one COUNT, not a read of every vector.
+        return Measurement(fraction_on(session, new_model), None, None, None)
     gallery = load_gallery(session) if gallery is None else gallery
     fraction = gallery.fraction_on(new_model)
     if len(probes.ids) == 0 or len(gallery.ids) == 0:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.schema import Upgrade, utcnow
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.metrics import BACKFILL_PROGRESS, LIVE_MAP, LIVE_NFR
 from service.settings import Settings
 from service.upgrade import probes, store
@@ -111,7 +111,7 @@ def claim_checkpoint(settings: Settings, redis: redis_lib.Redis, upgrade_id: int
 
 def has_probes(settings: Settings, upgrade_id: int) -> bool:
     """Whether the upgrade's checkpoints measure anything (labeled probes were drawn at its start)."""
-    with session_scope(settings.sqlalchemy_url) as s:
+    with read_scope(settings.sqlalchemy_url) as s:
         up = store.get_upgrade(s, upgrade_id)
         return bool(up is not None and up.baseline and up.baseline.get("probe_ids"))
 
