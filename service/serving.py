@@ -27,7 +27,7 @@ from PIL import Image
 
 from service import indexlog, snapshots
 from service.db import repositories as repo
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.index import MixedIndex, QueryPlan, UnknownModelError, factory_from_settings
 from service.metrics import GALLERY_VECTORS, INDEX_LOG_LAG
 from service.registry import EncoderCache
@@ -94,8 +94,11 @@ class Serving:
             info = indexlog.stream_info(self.redis, self.settings)
             index = new_index(self.settings)
             external: dict[int, str] = {}
-            with session_scope(self.url) as s:
-                query_model = repo.get_serving_state(s).query_model
+            # A read-only snapshot: a reload of a large gallery takes seconds, and must not hold
+            # SQLite's write lock (and every writer) for that long.
+            with read_scope(self.url) as s:
+                state = repo.peek_serving_state(s)
+                query_model = state.query_model if state is not None else None
                 for chunk in repo.iter_active_vectors(s):
                     index.add(chunk.model, chunk.ids, chunk.vectors)
                     external.update(zip(chunk.ids.tolist(), chunk.external_ids, strict=True))
@@ -130,7 +133,7 @@ class Serving:
                 return False
             # External ids are cheap to read (no vectors); ids changed after the snapshot are
             # brought up to date by replaying the log from the snapshot's position.
-            with session_scope(self.url) as s:
+            with read_scope(self.url) as s:
                 external = repo.external_id_map(s)
             self.index, self.external_ids, self.query_model = index, external, snap.query_model
             self.last_id, self.ordinal, self.epoch = snap.last_id, snap.ordinal, epoch
@@ -318,7 +321,7 @@ class Serving:
         cached = self.encoders.peek(model)
         if cached is not None:
             return cached
-        with session_scope(self.url) as s:
+        with read_scope(self.url) as s:
             return self.encoders.get(s, model)
 
     def encode_query(self, image: Image.Image) -> tuple[str, np.ndarray]:

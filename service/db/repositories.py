@@ -55,6 +55,11 @@ def add_model(session: Session, row: ModelRow) -> ModelRow:
     return row
 
 
+def peek_serving_state(session: Session) -> ServingState | None:
+    """The serving-state row if it exists; a pure read, for read-only transactions."""
+    return session.get(ServingState, SERVING_STATE_ID)
+
+
 def get_serving_state(session: Session) -> ServingState:
     """The single serving-state row, created empty on first use."""
     state = session.get(ServingState, SERVING_STATE_ID)

@@ -57,8 +57,9 @@ def measure_point(
     settings: Settings, upgrade_id: int, step: int, gallery: probes.Gallery | None = None, quiesced: bool = True,
 ) -> dict | None:
     """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``);
-    None when the upgrade has no baseline."""
-    with session_scope(settings.sqlalchemy_url) as s:
+    None when the upgrade has no baseline. A read-only transaction: reading the gallery must
+    not hold SQLite's write lock and stall every writer for the length of the read."""
+    with read_scope(settings.sqlalchemy_url) as s:
         up = store.get_upgrade(s, upgrade_id)
         if up is None or not up.baseline:
             return None
@@ -141,7 +142,7 @@ def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: in
             queue.reclaim()
             time.sleep(0.01)
         quiesced = queue.leased() == 0
-        with session_scope(settings.sqlalchemy_url) as s:
+        with read_scope(settings.sqlalchemy_url) as s:
             gallery = probes.load_gallery(s)
     finally:
         queue.lower_barrier()

@@ -175,8 +175,10 @@ def test_redis_flushed_mid_upgrade_and_corrupt_images(
         assert resp.status_code == 202, resp.text
         uid = resp.json()["id"]
         wait_for(lambda: get_upgrade(api.url, uid)["done"] >= n // 4, 120, "a quarter done", logs)
-        r.flushall()  # Redis restarted empty: queue, leases, index log and Celery's messages gone
-        assert r.dbsize() == 0
+        # Redis restarted empty: queue, leases, index log and Celery's messages gone. (Not followed
+        # by a check that Redis is empty: the running worker writes its heartbeat and leases
+        # again within microseconds, which once failed this test on a check of the test's own.)
+        assert r.flushall()
         final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
                          "the upgrade to complete after the flush", logs)
         assert final["done"] == n - corrupt and final["failed"] == corrupt
