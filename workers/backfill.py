@@ -118,6 +118,8 @@ class BatchResult:
     failed: int = 0
     retried: int = 0
     moved: int = 0
+    state: str | None = None  # the upgrade's state and (done, total) as the batch's transaction
+    progress: tuple[int, int] | None = None  # left them; None when the batch did not land
 
 
 @dataclass
@@ -157,6 +159,7 @@ def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded
         if outcome.moved:
             indexlog.append(ctx.redis, ctx.settings, "move", to_model, outcome.moved)
         result.done, result.moved = outcome.newly_done, len(outcome.moved)
+        result.state, result.progress = outcome.state, outcome.progress
         queue.ack(enc.batch.ids)
     if enc.errors:
         with session_scope(ctx.url) as s:
@@ -213,6 +216,7 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
     if state != RUNNING:
         return "stop"
     ctx.heartbeat(upgrade_id)
+    beat = time.monotonic()
     measured = progress.has_probes(ctx.settings, upgrade_id)
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
@@ -231,12 +235,19 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
             first land everything this process holds (``current`` and the prefetched batch:
             landed, not handed back, so the cut stays a prefix of the order), then measure.
             Returns (state, whether ``current`` was written here)."""
-            nonlocal writing
+            nonlocal writing, beat
+            landed = None
             if writing is not None:
-                writing.result()
+                landed = writing.result()
                 writing = None
-            ctx.heartbeat(upgrade_id)
-            st, _, _, done, total = _upgrade_state(ctx, upgrade_id)
+            if time.monotonic() - beat >= 1.0:  # the key lives for >= 5 s
+                ctx.heartbeat(upgrade_id)
+                beat = time.monotonic()
+            if landed is not None and landed.progress is not None and landed.state is not None:
+                # The write just landed read these in its own transaction, off this thread.
+                st, (done, total) = landed.state, landed.progress
+            else:
+                st, _, _, done, total = _upgrade_state(ctx, upgrade_id)
             frac = 1.0 if total <= 0 else min(1.0, done / total)
             BACKFILL_PROGRESS.labels(label).set(frac)
             BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())

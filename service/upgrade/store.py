@@ -162,6 +162,9 @@ class BatchOutcome:
     moved: list[int]  # items now on the new model (the index log's ``move``)
     newly_done: int  # tasks that went pending -> done in this transaction (0 on a replay)
     state: str | None  # the upgrade's state when the batch tried to land
+    # (done, total) of the upgrade as this transaction left them, when the batch landed: read
+    # here so the worker's encoder thread need not ask SQL again after every batch
+    progress: tuple[int, int] | None = None
 
 
 def record_encoded(
@@ -203,7 +206,8 @@ def record_encoded(
         done += int(res.rowcount or 0)
     if done:
         session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(done=Upgrade.done + done))
-    return BatchOutcome(present, done, state)
+    counts = session.execute(select(Upgrade.done, Upgrade.total).where(Upgrade.id == upgrade_id)).one()
+    return BatchOutcome(present, done, state, (int(counts[0]), int(counts[1])))
 
 
 @dataclass(frozen=True)
