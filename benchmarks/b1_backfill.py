@@ -86,7 +86,7 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
     from sqlalchemy import func, select
 
     from service.db.schema import Embedding, Upgrade
-    from service.db.session import session_scope
+    from service.db.session import read_scope, session_scope
     from service.launcher import System
     from service.settings import Settings
     from service.upgrade import control
@@ -120,7 +120,7 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
         send_score(settings, up.id)
         deadline = time.monotonic() + 1800
         while True:
-            with session_scope(settings.sqlalchemy_url) as s:
+            with read_scope(settings.sqlalchemy_url) as s:  # polling must not take the write lock
                 row = s.get(Upgrade, up.id)
                 state, baseline, completed_at, done = row.state, row.baseline, row.completed_at, row.done
             if state == "completed":

@@ -216,7 +216,8 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
     if state != RUNNING:
         return "stop"
     ctx.heartbeat(upgrade_id)
-    beat = time.monotonic()
+    beat = -1e9  # the first settle beats and sets the depth gauge
+    seen_step = 0  # the checkpoint step last tried here; a claim is tried once per new step
     measured = progress.has_probes(ctx.settings, upgrade_id)
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
@@ -235,12 +236,15 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
             first land everything this process holds (``current`` and the prefetched batch:
             landed, not handed back, so the cut stays a prefix of the order), then measure.
             Returns (state, whether ``current`` was written here)."""
-            nonlocal writing, beat
+            nonlocal writing, beat, seen_step
             landed = None
             if writing is not None:
                 landed = writing.result()
                 writing = None
-            if time.monotonic() - beat >= 1.0:  # the key lives for >= 5 s
+            # Once a second, not after every batch: the heartbeat key lives >= 5 s, and the
+            # depth gauge is scraped every few seconds (each is a Redis round trip on this thread).
+            periodic = current is None or time.monotonic() - beat >= 1.0  # None: between batches
+            if periodic:
                 ctx.heartbeat(upgrade_id)
                 beat = time.monotonic()
             if landed is not None and landed.progress is not None and landed.state is not None:
@@ -250,8 +254,12 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
                 st, _, _, done, total = _upgrade_state(ctx, upgrade_id)
             frac = 1.0 if total <= 0 else min(1.0, done / total)
             BACKFILL_PROGRESS.labels(label).set(frac)
-            BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
-            step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
+            if periodic:
+                BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
+            step = None
+            if progress.step_due(ctx.settings, frac) != seen_step:  # a new step: try to claim it
+                seen_step = progress.step_due(ctx.settings, frac)
+                step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
             if step is None:
                 return st, False
             if not measured:

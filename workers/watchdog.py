@@ -15,7 +15,7 @@ import time
 
 import redis as redis_lib
 
-from service.db.session import session_scope
+from service.db.session import read_scope
 from service.metrics import BACKFILL_QUEUE_DEPTH
 from service.settings import Settings
 from service.upgrade import control, store
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
     """One look at every active upgrade; returns what was done (for tests and logs)."""
     actions: list[str] = []
-    with session_scope(settings.sqlalchemy_url) as s:
+    with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
         ups = [(u.id, u.state, store.seconds_since(u.completed_at), store.seconds_since(u.updated_at))
                for u in (store.get_upgrade(s, i) for i in store.active_upgrade_ids(s)) if u is not None]
     kick_ttl = max(5, int(3 * settings.drain_budget_seconds))

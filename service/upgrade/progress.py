@@ -94,11 +94,16 @@ def checkpoint_now(
     return point
 
 
+def step_due(settings: Settings, progress: float) -> int:
+    """The checkpoint step this progress has reached (multiples of ``nfr_checkpoint_every``)."""
+    return int(math.floor(progress / settings.nfr_checkpoint_every + 1e-9))
+
+
 def claim_checkpoint(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, progress: float) -> int | None:
     """The checkpoint step due at this progress, claimed for this caller (``SET NX``), or None.
     Checkpoints fall on multiples of ``nfr_checkpoint_every``; the 100% point is taken at
     completion."""
-    step = int(math.floor(progress / settings.nfr_checkpoint_every + 1e-9))
+    step = step_due(settings, progress)
     if step <= 0 or progress >= 1.0:
         return None
     key = settings.redis_key("upgrade", upgrade_id, "checkpoint", step)
