@@ -74,10 +74,10 @@ def session_scope(url: str) -> Iterator[Session]:
 @contextmanager
 def read_scope(url: str) -> Iterator[Session]:
     """One read-only transaction on a consistent snapshot; it never takes SQLite's write lock.
-    Nothing written in it is kept (it always rolls back): writes belong in :func:`session_scope`."""
+    Nothing written in it is kept (closing ends the transaction with a rollback): writes belong
+    in :func:`session_scope`. Objects read in it stay usable, detached, after it."""
     session = _session_factory(url, True)()
     try:
         yield session
     finally:
-        session.rollback()
-        session.close()
+        session.close()  # expunges (does not expire) the objects; the pool rolls back

@@ -21,7 +21,7 @@ from models.checkpoint import LoadedModel
 from models.uncertainty import score_uncertainty
 from service.db.repositories import iter_active_vectors
 from service.db.schema import GalleryItem, Upgrade
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
 from service.settings import Settings
 from service.upgrade import probes, store
@@ -66,7 +66,9 @@ def run_scoring(
 ) -> bool:
     """Score, fill the queue, take the baseline; True when this run moved the upgrade to running."""
     url = settings.sqlalchemy_url
-    with session_scope(url) as s:
+    # Read-only: scoring a large gallery takes a while, and must not hold SQLite's write lock
+    # (API inserts and deletes) for that long.
+    with read_scope(url) as s:
         up = store.get_upgrade(s, upgrade_id)
         if up is None or up.state != SCORING:
             return False
@@ -74,14 +76,15 @@ def run_scoring(
         ids, prio = compute_priorities(s, up, new_model)
         probe_set = build_probes(s, up, new_model, images, settings.probe_size)
         baseline = probes.take_baseline(s, probe_set, up.from_model)
+    to_model = up.to_model
     with session_scope(url) as s:
-        store.replace_tasks(s, upgrade_id, ids, prio)
+        ids, prio = store.replace_tasks(s, upgrade_id, ids, prio)
         s.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(total=len(ids)))
     queue = BackfillQueue(redis, settings, upgrade_id)
     queue.clear()
     queue.push(ids.tolist(), prio.tolist())
-    with session_scope(url) as s:
-        first = probes.measure(s, baseline, up.to_model)
+    with read_scope(url) as s:
+        first = probes.measure(s, baseline, to_model)
     baseline["running_since"] = time.time()
     baseline["scoring_seconds"] = time.perf_counter() - t0
     checkpoint = {"step": 0, "fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,

@@ -73,9 +73,22 @@ def lock_state(session: Session, upgrade_id: int) -> str | None:
 # --- tasks -----------------------------------------------------------------------------------
 
 
-def replace_tasks(session: Session, upgrade_id: int, ids: np.ndarray, priorities: np.ndarray) -> None:
-    """The task list of a (re-)scored upgrade; safe to repeat while the state is ``scoring``."""
+def replace_tasks(
+    session: Session, upgrade_id: int, ids: np.ndarray, priorities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The task list of a (re-)scored upgrade; safe to repeat while the state is ``scoring``.
+
+    Scoring reads the gallery in an earlier, read-only transaction, so an item may have been
+    deleted since: only ids still in the gallery get a task (their rows locked, as a batch
+    write locks them, so a concurrent delete waits or has already won). Returns the (ids,
+    priorities) kept."""
     session.execute(delete(BackfillTask).where(BackfillTask.upgrade_id == int(upgrade_id)))
+    conn = session.connection()
+    present: set[int] = set()
+    for chunk in _chunks([int(i) for i in ids.tolist()]):
+        present.update(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
+    keep = np.fromiter((int(i) in present for i in ids.tolist()), bool, count=len(ids))
+    ids, priorities = ids[keep], priorities[keep]
     now = utcnow()
     rows = [
         {"upgrade_id": int(upgrade_id), "item_id": int(i), "priority": float(p), "status": "pending",
@@ -84,6 +97,7 @@ def replace_tasks(session: Session, upgrade_id: int, ids: np.ndarray, priorities
     ]
     for start in range(0, len(rows), 5000):
         session.execute(insert(BackfillTask), rows[start : start + 5000])
+    return ids, priorities
 
 
 def pending_pairs(session: Session, upgrade_id: int) -> list[tuple[int, float]]:

@@ -61,4 +61,6 @@ def test_nothing_written_in_a_read_scope_is_kept(database_url: str) -> None:
     assert changed == 1  # there was a row to change
     with read_scope(database_url) as s:
         assert s.execute(text("SELECT query_model FROM serving_state")).scalar() != "ghost"
+        row = get_serving_state(s)
+    assert row.query_model is None  # what was read stays usable after the scope (detached, not expired)
     assert get_engine(database_url, True) is get_engine(database_url, True)

@@ -249,3 +249,20 @@ def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_galler
     progress = [p["progress"] for p in points]
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert [p["step"] for p in points[1:-1]] == [1, 2, 3]
+
+
+def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -> None:  # noqa: ANN001
+    """Scoring reads the gallery in a read-only transaction and writes the tasks afterwards: an
+    item deleted in between gets no task (and no foreign-key error sinks the scoring)."""
+    g = make_gallery(n=20)
+    ctx = WorkerContext.from_settings(g.settings)
+    up = control.start(g.settings, ctx.redis, model=g.new, strategy="margin", batch_size=4)
+    with session_scope(ctx.url) as s:
+        s.delete(s.get(GalleryItem, g.ids[3]))
+    scored = np.array(g.ids, np.int64)
+    with session_scope(ctx.url) as s:
+        kept, prio = store.replace_tasks(s, up.id, scored, np.arange(20, dtype=np.float32))
+    assert kept.tolist() == [i for i in g.ids if i != g.ids[3]]
+    assert prio.tolist() == [float(k) for k in range(20) if k != 3]
+    with session_scope(ctx.url) as s:
+        assert store.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
