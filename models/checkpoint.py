@@ -211,8 +211,9 @@ class LoadedModel:
         """Trace the graph and run it once on a blank batch, so the first real batch does not pay
         for tracing and for the first runs' kernel selection (about 0.1 s on a CPU)."""
         c, (h, w) = self.meta.input_channels, self.meta.input_size
-        self.embed_tensor(np.zeros((self.batch_size, c, int(h), int(w)), np.uint8))
-        self.embed_tensor(np.zeros((self.batch_size, c, int(h), int(w)), np.uint8))
+        blank = np.zeros((self.batch_size, c, int(h), int(w)), np.uint8)
+        for _ in range(2):  # TorchScript profiles the first runs before it optimises the graph
+            self.embed_tensor(blank)
 
     @torch.inference_mode()
     def embed_tensor(self, x: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -257,8 +257,8 @@ def drain(ctx: WorkerContext, upgrade_id: int, budget_s: float | None = None) ->
             if periodic:
                 BACKFILL_QUEUE_DEPTH.labels(label).set(queue.depth())
             step = None
-            if progress.step_due(ctx.settings, frac) != seen_step:  # a new step: try to claim it
-                seen_step = progress.step_due(ctx.settings, frac)
+            if (due := progress.step_due(ctx.settings, frac)) != seen_step:  # a new step: try to claim it
+                seen_step = due
                 step = progress.claim_checkpoint(ctx.settings, ctx.redis, upgrade_id, frac)
             if step is None:
                 return st, False

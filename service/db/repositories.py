@@ -62,7 +62,7 @@ def peek_serving_state(session: Session) -> ServingState | None:
 
 def get_serving_state(session: Session) -> ServingState:
     """The single serving-state row, created empty on first use."""
-    state = session.get(ServingState, SERVING_STATE_ID)
+    state = peek_serving_state(session)
     if state is None:
         state = ServingState(id=SERVING_STATE_ID, gallery_model=None, query_model=None)
         session.add(state)

@@ -83,10 +83,7 @@ def replace_tasks(
     write locks them, so a concurrent delete waits or has already won). Returns the (ids,
     priorities) kept."""
     session.execute(delete(BackfillTask).where(BackfillTask.upgrade_id == int(upgrade_id)))
-    conn = session.connection()
-    present: set[int] = set()
-    for chunk in _chunks([int(i) for i in ids.tolist()]):
-        present.update(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
+    present = set(lock_items(session, ids.tolist()))
     keep = np.fromiter((int(i) in present for i in ids.tolist()), bool, count=len(ids))
     ids, priorities = ids[keep], priorities[keep]
     now = utcnow()
@@ -162,6 +159,16 @@ def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
 _IDS = bindparam("ids", expanding=True)
 _items, _vectors, _tasks = GalleryItem.__table__, Embedding.__table__, BackfillTask.__table__
 _LOCK_ITEMS = select(_items.c.id).where(_items.c.id.in_(_IDS)).with_for_update()
+
+
+def lock_items(session: Session, ids: Sequence[int]) -> list[int]:
+    """The ids still in the gallery, their rows locked until the transaction ends, so a
+    concurrent DELETE either finished first (the id is missing here) or waits for this one."""
+    conn = session.connection()
+    present: list[int] = []
+    for chunk in _chunks([int(i) for i in ids]):
+        present.extend(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
+    return present
 _DELETE_VECTORS = delete(_vectors).where(_vectors.c.model == bindparam("model"), _vectors.c.item_id.in_(_IDS))
 _SET_ACTIVE = update(_items).where(_items.c.id.in_(_IDS)).values(active_model=bindparam("model"))
 _TASKS_DONE = (
@@ -198,12 +205,7 @@ def record_encoded(
     # Core statements with one expanding parameter: compiled once and cached, instead of coercing
     # every id of every batch into a fresh IN clause (a fifth of the batch's SQL time).
     conn = session.connection()
-    present: list[int] = []
-    for chunk in _chunks(list(by_id)):
-        # Lock the item rows so a concurrent DELETE either finishes first (the id is skipped)
-        # or waits for this transaction.
-        present.extend(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
-    present.sort()
+    present = sorted(lock_items(session, list(by_id)))
     if not present:
         return BatchOutcome([], 0, state)
     now = utcnow()
