@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--arch", default="conv4")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--procs", default="1,2")
-    ap.add_argument("--repeat", type=int, default=3, help="trials per process count (fresh gallery each)")
+    ap.add_argument("--repeat", type=int, default=5, help="trials per process count (fresh gallery each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
                          "would own its GPU; the loader and writer stages run beside it)")
