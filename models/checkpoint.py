@@ -26,6 +26,7 @@ from PIL import Image
 
 from models.encoders import Encoder, create_model
 from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, normalize_uint8, pil_to_tensor
+from models.runtime import EncodeJob, make_launcher, start_interop_pool
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class LoadedModel:
         self.device = device
         self.batch_size = batch_size
         self._graph: torch.jit.ScriptModule | None = None
+        self._launcher: torch.jit.ScriptModule | None = None  # forks the graph (models/runtime.py)
         self._graph_failed = False
         self._graph_lock = threading.Lock()
 
@@ -196,6 +198,12 @@ class LoadedModel:
                         graph = torch.jit.trace(_Uint8Embedding(self.model, self.meta).eval(), example,
                                                 check_trace=False)
                     self._graph = graph
+                    if self.device.type == "cpu":
+                        try:
+                            self._launcher = make_launcher(graph)
+                        except Exception:  # noqa: BLE001 - background encoding is optional too
+                            log.warning("could not script the launcher of %s; encoding in the caller's thread",
+                                        self.meta.name, exc_info=True)
                 except Exception:  # noqa: BLE001 - tracing is an optimisation, never a requirement
                     log.warning("could not trace %s; encoding with the eager forward", self.meta.name,
                                 exc_info=True)
@@ -214,6 +222,7 @@ class LoadedModel:
         blank = np.zeros((self.batch_size, c, int(h), int(w)), np.uint8)
         for _ in range(2):  # TorchScript profiles the first runs before it optimises the graph
             self.embed_tensor(blank)
+        self.submit_tensor(blank).result()
 
     @torch.inference_mode()
     def embed_tensor(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -227,6 +236,25 @@ class LoadedModel:
             emb = graph(xb) if graph is not None else self.model.embedding(normalize_uint8(xb, self.meta))
             out.append(emb.float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out))
+
+    @torch.inference_mode()
+    def submit_tensor(self, x: torch.Tensor | np.ndarray) -> EncodeJob:
+        """:meth:`embed_tensor`, started in the background: the job is queued on torch's inter-op
+        thread and this returns at once; ``result()`` gives the same array ``embed_tensor`` would.
+
+        Why: a caller that queues its next batch before collecting the previous one keeps the
+        encoder busy however long its own thread waits for the GIL (models/runtime.py). Input
+        the traced graph does not take, a non-CPU device, or a failed trace: computed here and
+        returned as a finished job. The array must not be changed until the result is in.
+        """
+        t = torch.from_numpy(x if x.flags.writeable else x.copy()) if isinstance(x, np.ndarray) else x
+        launcher = None
+        if (self.device.type == "cpu" and self._takes_as_is(t)
+                and self._uint8_graph(t[: self.batch_size]) is not None and start_interop_pool()):
+            launcher = self._launcher
+        if launcher is None:
+            return EncodeJob.done(self.embed_tensor(t))
+        return EncodeJob([launcher(t[i : i + self.batch_size]) for i in range(0, len(t), self.batch_size)])
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:

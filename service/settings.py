@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     drain_chains: int = Field(default=8, ge=1, le=1024)
     drain_budget_seconds: float = Field(default=10.0, gt=0)
     visibility_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Extra niceness of a drain's loader and writer threads (Linux): the encoder thread is the
+    # pipeline's bottleneck, so it should win a core whenever the stages beside it contend for one.
+    helper_nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

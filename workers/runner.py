@@ -47,9 +47,11 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
 
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: object) -> None:
-        import torch
+        from models.runtime import start_interop_pool
 
-        torch.set_num_threads(threads)  # the pool's children share the cores, not oversubscribe
+        # The pool's children share the cores, not oversubscribe; the inter-op thread that runs
+        # the backfill's encodings is started here, by this main thread, so it keeps its priority.
+        start_interop_pool(threads)
         # The backfill's loader and writer threads run Python beside the encoder thread. The
         # encoder's forward is a traced graph that runs without the GIL, but it still takes the
         # GIL around each batch; with the default 5 ms switch interval it can wait that long for

@@ -266,3 +266,58 @@ def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -
     assert prio.tolist() == [float(k) for k in range(20) if k != 3]
     with session_scope(ctx.url) as s:
         assert store.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
+
+
+def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkeypatch) -> None:  # noqa: ANN001
+    """The encoding is started by the loader thread and collected by the encoder thread: an error
+    raised there is the batch's failed attempt (items back to the queue), not a lost batch."""
+    from models.checkpoint import LoadedModel
+
+    g = make_gallery(n=24)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    real = LoadedModel.submit_tensor
+    failed_ids: list[int] = []
+
+    class Broken:
+        def result(self) -> np.ndarray:
+            raise RuntimeError("the encoder broke")
+
+    def first_fails(self, x):  # noqa: ANN001, ANN202
+        if not failed_ids:
+            failed_ids.append(len(x))
+            return Broken()
+        return real(self, x)
+
+    monkeypatch.setattr(LoadedModel, "submit_tensor", first_fails)
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        up = store.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 24 and up.failed == 0
+        attempts = sorted(s.scalars(select(BackfillTask.attempts).where(BackfillTask.upgrade_id == uid)))
+    assert failed_ids == [8] and attempts == [0] * 16 + [1] * 8  # one failed attempt for that batch's items
+    assert models_of(ctx.url) == {g.new: 24}
+
+
+def test_helper_threads_are_made_nicer_without_renicing_the_process() -> None:
+    """Linux niceness is per thread: the loader/writer threads yield a busy core to the encoder,
+    and the process (the encoder's thread among it) keeps its priority."""
+    import os
+    import sys
+    import threading
+
+    from workers.backfill import lower_thread_priority
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is Linux's")
+    main_before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+
+    def helper() -> None:
+        lower_thread_priority(3)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=helper)
+    t.start()
+    t.join()
+    assert seen == [min(19, main_before + 3)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main_before == os.getpriority(os.PRIO_PROCESS, os.getpid())
