@@ -122,6 +122,10 @@ def has_probes(settings: Settings, upgrade_id: int) -> bool:
         return bool(up is not None and up.baseline and up.baseline.get("probe_ids"))
 
 
+BARRIER_RENEW_S = 3.0  # the checkpoint barrier's TTL while its owner waits for in-flight batches
+BARRIER_READ_S = 30.0  # ... and while it reads the gallery
+
+
 def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
     """Measure at a consistent cut: raise the queue's barrier (nobody leases), wait until every
     batch in flight has landed, snapshot the gallery from SQL, lower the barrier, then compute.
@@ -140,13 +144,18 @@ def checkpoint_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: in
             _append_checkpoint(s, upgrade_id, point)
             return point
     queue = BackfillQueue(redis, settings, upgrade_id)
-    queue.raise_barrier(settings.lease_seconds + 30)
+    # The barrier is kept up by this process while it waits (short TTL, renewed every round), so
+    # a measurer killed mid-wait holds every worker back for seconds, not for lease_seconds + 30
+    # (a SIGKILL test once waited half a minute on it); the SQL read gets a longer one.
+    queue.raise_barrier(BARRIER_RENEW_S)
     try:
         deadline = time.monotonic() + settings.lease_seconds + 1
         while queue.leased() and time.monotonic() < deadline:
             queue.reclaim()
+            queue.raise_barrier(BARRIER_RENEW_S)
             time.sleep(0.01)
         quiesced = queue.leased() == 0
+        queue.raise_barrier(BARRIER_READ_S)
         with read_scope(settings.sqlalchemy_url) as s:
             gallery = probes.load_gallery(s)
     finally:

@@ -4,6 +4,7 @@ PostgreSQL, real Fashion-MNIST images and a RACT-trained tiny model pair."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -15,8 +16,8 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import func, select
 
-from service.db.schema import BackfillTask, Embedding, GalleryItem
-from service.db.session import session_scope
+from service.db.schema import BackfillTask, Embedding, GalleryItem, Upgrade
+from service.db.session import read_scope, session_scope
 from service.launcher import System
 from service.settings import Settings
 from tests.service.conftest import wait_caught_up
@@ -102,12 +103,31 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
         uid = resp.json()["id"]
         leases_key = settings_env.redis_key("upgrade", uid, "leases")
 
-        # SIGKILL both workers while they hold leases, a fifth of the way in
-        def mid_batch() -> bool:
-            u = get_upgrade(api.url, uid)
-            return u["state"] == "running" and u["done"] >= n // 5 and r.zcard(leases_key) > 0
+        # SIGKILL both workers while they hold leases, a fifth of the way in. The workers are
+        # frozen (SIGSTOP) and let run 50 ms at a time until that point is reached: a backfill of
+        # this size takes about two seconds, so catching it mid-way by polling alone depends on
+        # the machine's speed. Only Redis and read-only SQL snapshots are read while they are
+        # frozen (one of them may hold SQLite's write lock).
+        def upgrade_row() -> tuple[str, int]:
+            with read_scope(settings_env.sqlalchemy_url) as s:
+                u = s.get(Upgrade, uid)
+                return u.state, u.done
 
-        wait_for(mid_batch, 120, "the backfill to get going", logs)
+        def signal_workers(sig: int) -> None:
+            for w in (w1, w2):
+                os.killpg(w.popen.pid, sig)
+
+        signal_workers(signal.SIGSTOP)
+        deadline = time.monotonic() + 120
+        while True:
+            state, done = upgrade_row()
+            if state == "running" and done >= n // 5 and r.zcard(leases_key) > 0:
+                break
+            assert state in ("scoring", "running") and done < n * 4 // 5 and time.monotonic() < deadline, (
+                f"never caught the backfill mid-way: {state}, {done}/{n}\n{logs()}")
+            signal_workers(signal.SIGCONT)
+            time.sleep(0.05)
+            signal_workers(signal.SIGSTOP)
         step("mid batch")
         system.kill(w1, signal.SIGKILL)
         system.kill(w2, signal.SIGKILL)
