@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -57,23 +57,11 @@ def start_interop_pool(intra_op_threads: int | None = None) -> bool:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # parallel work already ran in this process: keep torch's pool
             log.debug("inter-op threads already set; keeping %d", torch.get_num_interop_threads())
-        # Future.wait, not torch.jit.wait: the latter keeps the GIL while it waits and deadlocks.
-        _forker()(torch.zeros(1)).wait()
+        # One forked no-op creates the pool thread here. Future.wait, not torch.jit.wait: the
+        # latter keeps the GIL while it waits and deadlocks.
+        make_launcher(torch.nn.Identity())(torch.zeros(1)).wait()
         _pool_pid = os.getpid()
         return True
-
-
-_FORKER: torch.jit.ScriptFunction | None = None
-
-
-def _forker() -> Callable[[torch.Tensor], torch.jit.Future]:
-    global _FORKER
-    if _FORKER is None:
-        def fork_neg(x: torch.Tensor) -> torch.jit.Future[torch.Tensor]:
-            return torch.jit.fork(torch.neg, x)
-
-        _FORKER = torch.jit.script(fork_neg)
-    return _FORKER
 
 
 class _Launcher(torch.nn.Module):

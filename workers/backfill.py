@@ -148,7 +148,6 @@ class Encoded:
     batch: Leased
     vectors: np.ndarray | None
     errors: dict[int, str]
-    started: float  # perf_counter when the batch was loaded and queued for encoding (latency metric)
 
 
 def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased) -> Encoded:
@@ -168,7 +167,7 @@ def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leas
         except Exception as exc:  # noqa: BLE001 - the whole batch failed to encode
             log.exception("upgrade %s: encoding a batch of %d failed", upgrade_id, len(batch.ids))
             errors.update({i: f"encode failed: {type(exc).__name__}: {exc}" for i in batch.ids})
-    return Encoded(batch, vectors, errors, batch.loaded_at)
+    return Encoded(batch, vectors, errors)
 
 
 def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded, queue: BackfillQueue) -> BatchResult:
@@ -198,7 +197,7 @@ def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded
         BACKFILL_ITEMS.labels(label, "done").inc(result.done)
     if result.failed:
         BACKFILL_ITEMS.labels(label, "failed").inc(result.failed)
-    BACKFILL_BATCH_SECONDS.observe(time.perf_counter() - enc.started)
+    BACKFILL_BATCH_SECONDS.observe(time.perf_counter() - enc.batch.loaded_at)
     return result
 
 
