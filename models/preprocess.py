@@ -2,6 +2,7 @@
 
 Training feeds uint8 arrays through :func:`normalize_uint8`; serving feeds PIL images through
 :func:`pil_to_tensor`, which converts mode and size first and then calls the same normalisation.
+:func:`png_to_chw` is a shortcut to :func:`pil_to_chw` for stored PNGs that need no conversion.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import imagecodecs
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,39 @@ def pil_to_chw(img: Image.Image, meta: InputSpec) -> np.ndarray:
     if img.size != (w, h):
         img = img.resize((w, h), Image.BILINEAR)
     a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPE = {1: 0, 3: 2}  # model channels -> the PNG colour type that is already that mode (L, RGB)
+
+
+def png_to_chw(data: bytes, meta: InputSpec) -> np.ndarray | None:
+    """uint8 (C, H, W) straight from PNG bytes, equal to ``pil_to_chw(Image.open(data))``; None
+    where the shortcut does not apply and the caller must decode with PIL: not a PNG, not 8-bit
+    grey for a one-channel model or 8-bit RGB for a three-channel one, not at the model's size,
+    or anything libpng declines.
+
+    Why: re-encoding a gallery decodes every stored image, and PIL's per-image Python plumbing
+    (plugin, chunk parser, decoder set-up) costs 4-5x libpng's decode of a small PNG; that time is
+    taken from the core the encoder shares with it (benchmark B1). The header decides (colour
+    type and bit depth from IHDR), so only images that ``_to_mode`` and the resize would hand
+    back untouched take it, and the shape check refuses anything libpng expands (a tRNS chunk
+    turned into alpha): for those, the raw samples are the PIL path's pixels by definition.
+    """
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, color_type = data[24], data[25]
+    c, h, w = meta.input_channels, int(meta.input_size[0]), int(meta.input_size[1])
+    if depth != 8 or color_type != _PNG_COLOR_TYPE.get(c) or (height, width) != (h, w):
+        return None
+    try:
+        a = imagecodecs.png_decode(data)
+    except Exception:  # noqa: BLE001 - corrupt or unusual: PIL decides, and names the error
+        return None
+    if a.dtype != np.uint8 or a.shape != ((h, w) if c == 1 else (h, w, 3)):
+        return None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import redis as redis_lib
 from sqlalchemy import select
 
-from models.preprocess import pil_to_chw
 from models.runtime import EncodeJob
 from service import indexlog
 from service.db.schema import GalleryItem, Upgrade
@@ -35,7 +34,7 @@ from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS, BACKFILL_PRO
 from service.registry import EncoderCache
 from service.settings import Settings
 from service.upgrade import progress, store
-from service.upgrade.images import load_images
+from service.upgrade.images import load_pixels
 from service.upgrade.states import RUNNING
 from workers.queue import BackfillQueue
 
@@ -103,21 +102,9 @@ def lease_and_load(
     if gone:
         queue.remove(gone)
     present = [i for i in ids if i in keys]
-    images, load_errors = load_images(ctx.images, [keys[i] for i in present])
-    c, (h, w) = meta.input_channels, meta.input_size
-    pixels = np.empty((len(present), c, h, w), np.uint8)  # filled in place: no per-image stack
-    ok_ids: list[int] = []
-    errors: dict[int, str] = {}
-    for i, img, err in zip(present, images, load_errors, strict=True):
-        if err is None:
-            try:
-                pixels[len(ok_ids)] = pil_to_chw(img, meta)
-                ok_ids.append(i)
-                continue
-            except Exception as exc:  # noqa: BLE001 - an image the model cannot take is this item's failure
-                err = f"{type(exc).__name__}: {exc}"
-        errors[i] = err
-    pixels = pixels[: len(ok_ids)]
+    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta)
+    ok_ids = [present[k] for k in ok]
+    errors = {present[k]: err for k, err in load_errors.items()}
     job = None
     if ok_ids:
         # Queued now, behind the batch the encoder is on: the encoder's core never waits for

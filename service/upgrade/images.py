@@ -5,12 +5,21 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
+from models.preprocess import PNG_SIGNATURE, InputSpec, pil_to_chw, png_to_chw
 from service.imagestore import ImageStore
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG = ("PNG",)
+
+
+def _decode(data: bytes) -> Image.Image:
+    # Name the format when the magic bytes say PNG (what uploads mostly are): PIL then skips
+    # probing its other plugins, a quarter of a small image's decode time.
+    img = Image.open(io.BytesIO(data), formats=_PNG if data.startswith(PNG_SIGNATURE) else None)
+    img.load()  # decode now, so a truncated file fails here and not inside the encoder
+    return img
 
 
 def load_images(store: ImageStore, keys: Sequence[str]) -> tuple[list[Image.Image | None], list[str | None]]:
@@ -25,14 +34,33 @@ def load_images(store: ImageStore, keys: Sequence[str]) -> tuple[list[Image.Imag
     errors: list[str | None] = []
     for key in keys:
         try:
-            data = store.get(key)
-            # Name the format when the magic bytes say PNG (what uploads mostly are): PIL then
-            # skips probing its other plugins, a quarter of a small image's decode time.
-            img = Image.open(io.BytesIO(data), formats=_PNG if data.startswith(_PNG_MAGIC) else None)
-            img.load()  # decode now, so a truncated file fails here and not inside the encoder
-            images.append(img)
+            images.append(_decode(store.get(key)))
             errors.append(None)
         except Exception as exc:  # noqa: BLE001 - any read or decode error is this item's failure
             images.append(None)
             errors.append(f"{type(exc).__name__}: {exc}")
     return images, errors
+
+
+def load_pixels(
+    store: ImageStore, keys: Sequence[str], meta: InputSpec
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """The images at ``keys`` as one uint8 (n, C, H, W) batch at the model's mode and size (what
+    ``LoadedModel.embed_tensor`` takes), the positions in ``keys`` it holds, and an error for
+    every other position. Same pixels as :func:`load_images` then ``pil_to_chw``: PNGs already
+    in the model's mode and size are decoded by libpng straight into the batch
+    (``models.preprocess.png_to_chw``), everything else goes through PIL.
+    """
+    c, h, w = meta.input_channels, int(meta.input_size[0]), int(meta.input_size[1])
+    out = np.empty((len(keys), c, h, w), np.uint8)  # filled in place: no per-image stack
+    ok: list[int] = []
+    errors: dict[int, str] = {}
+    for k, key in enumerate(keys):
+        try:
+            data = store.get(key)
+            chw = png_to_chw(data, meta)
+            out[len(ok)] = chw if chw is not None else pil_to_chw(_decode(data), meta)
+            ok.append(k)
+        except Exception as exc:  # noqa: BLE001 - any read, decode or conversion error is this item's
+            errors[k] = f"{type(exc).__name__}: {exc}"
+    return out[: len(ok)], ok, errors

@@ -321,3 +321,52 @@ def test_helper_threads_are_made_nicer_without_renicing_the_process() -> None:
     t.join()
     assert seen == [min(19, main_before + 3)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_before == os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+
+def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery, fmnist_test) -> None:  # noqa: ANN001
+    """Whichever decoder the loader took (libpng for these PNGs), the stored vectors are the new
+    model's embedding of the image as uploaded, as ``POST /gallery`` would have computed it."""
+    from PIL import Image
+
+    from service.db.repositories import vector_from_bytes
+
+    g = make_gallery(n=40)
+    ctx, uid = start_and_score(g, batch_size=16)
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        model = ctx.encoders.get(s, g.new)
+        stored = dict(s.execute(select(Embedding.item_id, Embedding.vector).where(Embedding.model == g.new)).all())
+    assert sorted(stored) == sorted(g.ids)
+    expected = model.embed_images([Image.fromarray(a) for a in fmnist_test[0][:40]])
+    got = np.stack([vector_from_bytes(stored[i]) for i in g.ids])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, fmnist_test) -> None:  # noqa: ANN001
+    import io
+
+    from PIL import Image
+
+    from models.preprocess import pil_to_chw
+    from service.imagestore import LocalImageStore
+    from service.upgrade.images import load_images, load_pixels
+    from tests.workers.conftest import png
+
+    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0})()
+    a = fmnist_test[0]
+    rgb = io.BytesIO()
+    Image.fromarray(np.stack([a[2], a[3], a[4]], -1), "RGB").save(rgb, format="PNG")
+    jpeg = io.BytesIO()
+    Image.fromarray(a[5]).save(jpeg, format="JPEG")
+    st = LocalImageStore(tmp_path / "images")
+    keys = [st.put(png(a[0])), st.put(b"not an image"), st.put(rgb.getvalue()), st.put(png(a[1])),
+            "ab" * 32, st.put(png(a[6])[:60]), st.put(jpeg.getvalue())]
+    pixels, ok, errors = load_pixels(st, keys, meta)
+    assert ok == [0, 2, 3, 6]
+    assert sorted(errors) == [1, 4, 5]
+    assert "ImageNotFound" in errors[4]
+    images, load_errors = load_images(st, keys)
+    assert [e is not None for e in load_errors] == [k in errors for k in range(len(keys))]
+    expected = np.stack([pil_to_chw(images[k], meta) for k in ok])
+    np.testing.assert_array_equal(pixels, expected)
+    assert pixels.flags.c_contiguous
