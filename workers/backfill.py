@@ -95,7 +95,7 @@ def lease_and_load(
         return BLOCKED if queue.blocked else None
     with read_scope(ctx.url) as s:
         keys = dict(s.execute(select(GalleryItem.id, GalleryItem.image_key).where(GalleryItem.id.in_(ids)))
-                    .tuples().all())
+                    .all())
         model = ctx.encoders.get(s, to_model)
     meta = model.meta
     gone = [i for i in ids if i not in keys]  # deleted from the gallery after being queued

@@ -93,7 +93,7 @@ def load_gallery(session: Session) -> Gallery:
     if not ids:
         return Gallery(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [], [])
     all_ids = np.concatenate(ids)
-    label_of = dict(session.execute(select(GalleryItem.id, GalleryItem.label)).tuples().all())
+    label_of = dict(session.execute(select(GalleryItem.id, GalleryItem.label)).all())
     return Gallery(all_ids, np.concatenate(vecs), [label_of.get(int(i)) for i in all_ids], models)
 
 

@@ -53,7 +53,7 @@ def build_probes(
 ) -> probes.ProbeSet:
     ids, labels = probes.choose_probes(session, upgrade.from_model, size, seed=int(upgrade.id))
     keys = dict(session.execute(select(GalleryItem.id, GalleryItem.image_key)
-                                .where(GalleryItem.id.in_(ids.tolist()))).tuples().all()) if len(ids) else {}
+                                .where(GalleryItem.id.in_(ids.tolist()))).all()) if len(ids) else {}
     imgs, errs = load_images(images, [keys[int(i)] for i in ids])
     ok = [k for k, e in enumerate(errs) if e is None]  # a probe whose image is unreadable is dropped
     dim = new_model.meta.embedding_dim

@@ -253,7 +253,7 @@ def record_errors(
     }
     external = dict(
         session.execute(select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(list(rows))))
-        .tuples().all()
+        .all()
     ) if rows else {}
     for item_id, task in rows.items():
         task.attempts += 1

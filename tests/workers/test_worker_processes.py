@@ -48,7 +48,7 @@ def install_models(settings: Settings, pair: tuple[Path, Path]) -> tuple[Path, P
 
 def sql_models(settings: Settings) -> dict[str, str]:
     with session_scope(settings.sqlalchemy_url) as s:
-        return dict(s.execute(select(GalleryItem.external_id, GalleryItem.active_model)).tuples().all())
+        return dict(s.execute(select(GalleryItem.external_id, GalleryItem.active_model)).all())
 
 
 def served_models(api: str, image: np.ndarray, n: int) -> dict[str, str]:
