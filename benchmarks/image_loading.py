@@ -1,6 +1,6 @@
 """The backfill loader's read + decode, side by side: ``load_pixels`` (PNGs already in the
 model's mode and size decoded by libpng through imagecodecs) against the PIL path it replaced
-(``load_images`` then ``pil_to_chw``), on the same Fashion-MNIST PNGs in a real image store.
+(``load_images`` then ``pil_to_uint8``), on the same Fashion-MNIST PNGs in a real image store.
 Both paths run in alternation, ``--repeat`` rounds, one thread: what the loader costs the core it
 shares with the encoder (benchmark B1). The pixels are checked equal before anything is timed.
 
@@ -20,7 +20,7 @@ import numpy as np
 from index_bench import RESULTS, machine, table, write_json
 
 from models.data import load_fashion_mnist
-from models.preprocess import pil_to_chw
+from models.preprocess import pil_to_uint8
 from service.imagestore import LocalImageStore
 from service.upgrade.images import load_images, load_pixels
 from tests.workers.conftest import png
@@ -28,7 +28,7 @@ from tests.workers.conftest import png
 
 def pil_path(store: LocalImageStore, keys: list[str], meta: SimpleNamespace) -> np.ndarray:
     images, _ = load_images(store, keys)
-    return np.stack([pil_to_chw(img, meta) for img in images])
+    return pil_to_uint8(images, meta)
 
 
 def main() -> None:
