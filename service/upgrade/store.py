@@ -81,11 +81,17 @@ def replace_tasks(
     Scoring reads the gallery in an earlier, read-only transaction, so an item may have been
     deleted since: only ids still in the gallery get a task (their rows locked, as a batch
     write locks them, so a concurrent delete waits or has already won). Returns the (ids,
-    priorities) kept."""
+    priorities) kept, highest priority first.
+
+    The rows are inserted in the order the queue hands them out (highest priority first), so
+    the tasks one batch marks done sit side by side in the table and in its partial indexes
+    instead of at 256 random places (benchmark B1: a third fewer pages written per batch)."""
     session.execute(delete(BackfillTask).where(BackfillTask.upgrade_id == int(upgrade_id)))
     present = set(lock_items(session, ids.tolist()))
     keep = np.fromiter((int(i) in present for i in ids.tolist()), bool, count=len(ids))
     ids, priorities = ids[keep], priorities[keep]
+    order = np.lexsort((ids, -priorities))  # the queue's order; ties by id, so it is repeatable
+    ids, priorities = ids[order], priorities[order]
     now = utcnow()
     rows = [
         {"upgrade_id": int(upgrade_id), "item_id": int(i), "priority": float(p), "status": "pending",
@@ -108,12 +114,18 @@ def pending_pairs(session: Session, upgrade_id: int) -> list[tuple[int, float]]:
 
 
 def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
+    """How many of the upgrade's tasks are pending, done and failed. Two queries, because each
+    is answered from one of the tasks' partial indexes alone (a single GROUP BY over all the
+    upgrade's tasks would read every task row: GET /upgrade asks this on every call)."""
+    up = BackfillTask.upgrade_id == int(upgrade_id)
+    counts = {"pending": 0, "done": 0, "failed": 0}
+    counts["pending"] = int(session.scalar(
+        select(func.count()).select_from(BackfillTask).where(up, BackfillTask.status == "pending")
+    ) or 0)
     rows = session.execute(
-        select(BackfillTask.status, func.count())
-        .where(BackfillTask.upgrade_id == int(upgrade_id))
+        select(BackfillTask.status, func.count()).where(up, BackfillTask.status != "pending")
         .group_by(BackfillTask.status)
     )
-    counts = {"pending": 0, "done": 0, "failed": 0}
     counts.update({str(s): int(n) for s, n in rows})
     return counts
 

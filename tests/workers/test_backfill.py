@@ -262,8 +262,9 @@ def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -
     scored = np.array(g.ids, np.int64)
     with session_scope(ctx.url) as s:
         kept, prio = store.replace_tasks(s, up.id, scored, np.arange(20, dtype=np.float32))
-    assert kept.tolist() == [i for i in g.ids if i != g.ids[3]]
-    assert prio.tolist() == [float(k) for k in range(20) if k != 3]
+    # Kept in the queue's order, highest priority first.
+    assert kept.tolist() == [i for i in reversed(g.ids) if i != g.ids[3]]
+    assert prio.tolist() == [float(k) for k in reversed(range(20)) if k != 3]
     with session_scope(ctx.url) as s:
         assert store.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
 
