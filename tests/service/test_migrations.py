@@ -38,3 +38,55 @@ def test_upgrade_matches_schema_then_downgrade_and_upgrade_again(database_url: s
 
     upgrade_head(database_url)
     assert _tables(database_url) >= TABLES
+
+
+def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_indexes(database_url: str) -> None:
+    """A database written by 0001 (tasks pending, done and failed) upgrades in place: the
+    backfill's indexes become partial, the counts read from them are the same as before, and
+    the planner answers the pending count and the queue rebuild from the pending index."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from service.db.migrate import alembic_config
+    from service.db.session import get_engine, session_scope
+    from service.upgrade import store
+
+    command.upgrade(alembic_config(database_url), "0001")
+    engine = create_engine(database_url)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO gallery_items (id, external_id, image_key, active_model, created_at) "
+                       "VALUES (1,'a','k','old',CURRENT_TIMESTAMP), (2,'b','k','old',CURRENT_TIMESTAMP), "
+                       "(3,'c','k','new',CURRENT_TIMESTAMP), (4,'d','k','old',CURRENT_TIMESTAMP)"))
+        c.execute(text("INSERT INTO upgrades (id, from_model, to_model, strategy, state, batch_size, total, done, "
+                       "failed, checkpoints, created_at, updated_at) VALUES (1,'old','new','margin','running',"
+                       "2,4,1,1,'[]',CURRENT_TIMESTAMP,CURRENT_TIMESTAMP)"))
+        c.execute(text("INSERT INTO backfill_tasks (upgrade_id, item_id, priority, status, attempts, updated_at) "
+                       "VALUES (1,1,0.9,'pending',0,CURRENT_TIMESTAMP), (1,2,0.5,'failed',3,CURRENT_TIMESTAMP), "
+                       "(1,3,0.7,'done',0,CURRENT_TIMESTAMP), (1,4,0.1,'pending',1,CURRENT_TIMESTAMP)"))
+    engine.dispose()
+
+    upgrade_head(database_url)
+    get_engine.cache_clear()
+    with session_scope(database_url) as s:
+        assert store.task_counts(s, 1) == {"pending": 2, "done": 1, "failed": 1}
+        assert sorted(store.pending_pairs(s, 1)) == [(1, 0.9), (4, 0.1)]
+        dialect = s.get_bind().dialect.name
+        if dialect == "sqlite":
+            definitions = dict(s.execute(text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'backfill_tasks' "
+                "AND sql IS NOT NULL")).all())
+            plan = " ".join(str(r[-1]) for r in s.execute(text(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM backfill_tasks WHERE upgrade_id = 1 AND status = 'pending'")))
+            assert "ix_backfill_tasks_pending" in plan, plan
+        else:
+            definitions = dict(s.execute(text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'backfill_tasks' "
+                "AND indexname LIKE 'ix_%'")).all())
+    plain = create_engine(database_url)
+    items_indexes = inspect(plain).get_indexes("gallery_items")
+    plain.dispose()
+    assert set(definitions) == {"ix_backfill_tasks_pending", "ix_backfill_tasks_finished"}, definitions
+    assert "pending" in definitions["ix_backfill_tasks_pending"].split("WHERE", 1)[1]
+    assert "<>" in definitions["ix_backfill_tasks_finished"].split("WHERE", 1)[1]
+    assert [i["name"] for i in items_indexes if i["column_names"] == ["active_model"]] == []
+    get_engine.cache_clear()
