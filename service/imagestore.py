@@ -99,9 +99,7 @@ class LocalImageStore(ImageStore):
         try:
             plain = not (stat.S_ISLNK(os.lstat(d1).st_mode) or stat.S_ISLNK(os.lstat(d2).st_mode))
             if plain:
-                fd = os.open(os.path.join(d2, key), os.O_RDONLY | os.O_NOFOLLOW)
-                with os.fdopen(fd, "rb") as f:
-                    return f.read()
+                return _read_all(os.open(os.path.join(d2, key), os.O_RDONLY | os.O_NOFOLLOW))
         except FileNotFoundError:
             raise ImageNotFound(key) from None
         except OSError as exc:
@@ -114,6 +112,22 @@ class LocalImageStore(ImageStore):
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+
+_READ_CHUNK = 1 << 16
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole file behind ``fd``, which is closed. Plain ``os.read`` calls rather than a file
+    object: ``fdopen(...).read()`` adds an ``fstat``, a read to find the end and a buffered
+    object per image, a third of a small image's read time (the backfill reads every image)."""
+    try:
+        chunks = [os.read(fd, _READ_CHUNK)]
+        while chunks[-1]:  # a short read is not the end: only an empty one is
+            chunks.append(os.read(fd, _READ_CHUNK))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def image_store_for(settings) -> ImageStore:  # noqa: ANN001 - service.settings.Settings

@@ -91,3 +91,12 @@ def test_get_of_a_symlink_inside_the_root_still_reads(tmp_path: Path) -> None:
     store.path_for(key).parent.mkdir(parents=True, exist_ok=True)
     os.symlink(store.path_for(real), store.path_for(key))
     assert store.get(key) == b"abc"
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 17])
+def test_get_returns_every_byte_whatever_the_size(tmp_path: Path, size: int) -> None:
+    """Reads go by fixed-size chunks: files of zero bytes, one chunk exactly, and several chunks
+    with a remainder all come back whole."""
+    store = LocalImageStore(tmp_path)
+    data = os.urandom(size)
+    assert store.get(store.put(data)) == data
