@@ -5,6 +5,12 @@ Writers (API requests, backfill workers, upgrade control) commit to SQL first an
 not vectors: a replica reads the current SQL state of those ids when it applies an entry,
 which makes applying idempotent and lets a late replica converge to the truth.
 
+Nothing may be lost between the commit and the append. Backfill workers get that from their
+lease (a batch not acknowledged is redone and logged again). Every other writer stages its
+entry in the same SQL transaction as the change (:func:`stage`, the ``index_log_outbox``
+table) and publishes it after the commit (:func:`publish`); what a dead writer or a failed
+Redis call leaves staged, a replica's follower publishes (:func:`relay`).
+
 Key ``{prefix}:indexlog`` (a stream trimmed to about ``index_log_maxlen`` entries) and
 ``{prefix}:indexlog:epoch`` (a random token created with the stream). A replica that finds the
 epoch changed or gone knows Redis lost the stream (restart, flush) and reloads from SQL; one
@@ -21,7 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis as redis_lib
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from service.db.schema import IndexLogOutbox
+from service.db.session import read_scope, session_scope
+from service.metrics import INDEX_LOG_RELAYED
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,18 +82,90 @@ def append(
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-def append_safely(
-    r: redis_lib.Redis, settings: Settings, op: str, model: str | None = None, ids: Iterable[int] = ()
-) -> str | None:
-    """:func:`append` for request handlers: SQL already holds the change, so a Redis outage must
-    not turn a successful write into an error. Replicas that miss the entry catch up when they
-    next detect a lost or changed stream and reload from SQL."""
-    ids = list(ids)
+@dataclass(frozen=True)
+class Staged:
+    """An entry written to the outbox inside the writer's transaction, to publish after the commit."""
+
+    outbox_id: int
+    op: str
+    model: str | None
+    ids: list[int]
+
+
+def stage(session: Session, op: str, model: str | None = None, ids: Iterable[int] = ()) -> Staged:
+    """Write the entry describing this transaction's change into the same transaction: it commits
+    or rolls back with the change. Call :func:`publish` after the commit."""
+    if op not in OPS:
+        raise ValueError(f"unknown index-log op {op!r}; expected one of {OPS}")
+    ids = [int(i) for i in ids]
+    row = IndexLogOutbox(op=op, model=model, ids=json.dumps(ids), staged_at=time.time())
+    session.add(row)
+    session.flush()  # assigns the row's id
+    return Staged(int(row.id), op, model, ids)
+
+
+def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | None:
+    """Append a staged entry whose transaction has committed, then drop it from the outbox.
+
+    Never raises: SQL already holds the change, so a Redis failure must not turn a successful
+    write into an error. The entry stays staged and a follower publishes it (:func:`relay`); if
+    only the delete fails, the entry is published twice, which replicas take idempotently."""
     try:
-        return append(r, settings, op, model, ids)
+        entry_id = append(r, settings, staged.op, staged.model, staged.ids)
     except redis_lib.RedisError:
-        log.exception("index log append failed (op=%s, %d ids); replicas will reload from SQL", op, len(ids))
+        log.exception("index log append failed (op=%s, %d ids); the entry stays in the outbox and a "
+                      "replica's follower publishes it", staged.op, len(staged.ids))
         return None
+    try:
+        with session_scope(settings.sqlalchemy_url) as s:
+            s.execute(delete(IndexLogOutbox).where(IndexLogOutbox.id == staged.outbox_id))
+    except SQLAlchemyError:
+        log.exception("published index-log entry %s but could not drop outbox row %d; it will be "
+                      "published again (harmless)", entry_id, staged.outbox_id)
+    return entry_id
+
+
+# Published late, these could act on a state that has moved on since (a rollback restores the
+# parked vectors of its day); a full reload from SQL is right whatever happened in between.
+LATE_AS_RESET = ("rollback", "commit")
+RELAY_BATCH = 500
+
+
+def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
+    """Publish outbox entries staged more than ``min_age_s`` ago: their writer died after its
+    commit or could not reach Redis. Item entries (add, move, delete) and switches go out as
+    they are (they re-read SQL when applied); a late rollback or commit goes out as one ``reset``.
+    Returns how many staged entries were published.
+
+    Replicas all run this. The rows are claimed in a write transaction (``FOR UPDATE SKIP
+    LOCKED`` on PostgreSQL; SQLite serialises writers), so one replica publishes each; a Redis
+    failure rolls the claim back and the rows wait for the next try."""
+    url = settings.sqlalchemy_url
+    cutoff = time.time() - min_age_s
+    late = select(IndexLogOutbox.id).where(IndexLogOutbox.staged_at <= cutoff)
+    with read_scope(url) as s:  # the usual answer, without taking SQLite's write lock
+        if s.scalar(late.limit(1)) is None:
+            return 0
+    with session_scope(url) as s:
+        rows = list(s.scalars(
+            select(IndexLogOutbox).where(IndexLogOutbox.staged_at <= cutoff)
+            .order_by(IndexLogOutbox.id).limit(RELAY_BATCH).with_for_update(skip_locked=True)
+        ))
+        reset = False
+        for row in rows:
+            if row.op in LATE_AS_RESET or row.op == "reset":
+                reset = True
+            else:
+                append(r, settings, row.op, row.model, json.loads(row.ids))
+        if reset:
+            append(r, settings, "reset")
+        if rows:
+            s.execute(delete(IndexLogOutbox).where(IndexLogOutbox.id.in_([row.id for row in rows])))
+    if rows:
+        INDEX_LOG_RELAYED.inc(len(rows))
+        log.warning("published %d index-log entries their writers had left staged (%s)", len(rows),
+                    ", ".join(sorted({row.op for row in rows})))
+    return len(rows)
 
 
 def parse_entry(entry_id: bytes | str, fields: dict) -> Entry:

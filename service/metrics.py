@@ -64,6 +64,13 @@ INDEX_LOG_LAG = Gauge(
     namespace=NAMESPACE, multiprocess_mode="max",
 )
 
+# No labels: the series exists at 0 from the start, so increase() sees the first relayed entry
+# (a series born at 3 has no increase); which ops were relayed is in the replica's log.
+INDEX_LOG_RELAYED = Counter(
+    "index_log_relayed", "Index-log entries a replica published for a writer that had left them staged "
+    "(died after its SQL commit, or Redis refused the append).", namespace=NAMESPACE,
+)
+
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -257,7 +257,11 @@ class Serving:
     def _run(self) -> None:
         backoff = 0.5
         failed = False
+        next_relay = time.monotonic() + self.settings.index_log_relay_s
         while not self._stop.is_set():
+            if time.monotonic() >= next_relay:
+                next_relay = time.monotonic() + self.settings.index_log_relay_s
+                self.relay_staged()
             try:
                 if not self.ready.is_set():
                     self.load()
@@ -274,6 +278,17 @@ class Serving:
                 log.exception("index-log follower failed; reloading from SQL in %.1fs", backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def relay_staged(self) -> int:
+        """Publish index-log entries their writers left in the SQL outbox (service.indexlog.relay).
+        A failure here (Redis or SQL away) is retried on the next round and must not make the
+        follower reload its index."""
+        try:
+            return indexlog.relay(self.redis, self.settings, self.settings.index_log_relay_s)
+        except Exception:  # noqa: BLE001 - logged; the rows stay staged for the next round
+            log.exception("could not publish staged index-log entries; retrying in %.1fs",
+                          self.settings.index_log_relay_s)
+            return 0
 
     def step(self, block_ms: int | None = None) -> int:
         """Read and apply what the log holds after our position; reload from SQL if the log lost

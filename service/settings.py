@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     index_log_maxlen: int = Field(default=1_000_000, ge=100)
     index_log_poll_ms: int = Field(default=200, ge=1)
+    # A staged index-log entry older than this is taken as left behind by its writer, and a
+    # replica's follower publishes it; also how often followers look (service.indexlog.relay).
+    index_log_relay_s: float = Field(default=5.0, gt=0)
 
     batch_size: int = Field(default=64, ge=1, le=4096)
     lease_seconds: float = Field(default=60.0, gt=0)

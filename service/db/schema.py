@@ -158,3 +158,24 @@ class BackfillFailure(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexLogOutbox(Base):
+    """An index-log entry staged in the same transaction as the change it describes (a
+    transactional outbox, migration 0003).
+
+    The writer publishes it to the Redis stream right after the commit and deletes the row. A
+    writer that dies in between, or whose Redis call fails while Redis keeps the stream, would
+    otherwise leave every other replica without the change until its next full reload; a
+    replica's follower publishes rows older than ``index_log_relay_s`` instead
+    (``service.indexlog.relay``). Normally empty: one short-lived row per API write.
+    """
+
+    __tablename__ = "index_log_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    op: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ids: Mapped[str] = mapped_column(Text)  # a JSON list of gallery item ids
+    # Epoch seconds, not a DateTime: the relay compares ages, and SQLite hands DateTimes back naive.
+    staged_at: Mapped[float] = mapped_column(Float)

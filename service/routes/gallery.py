@@ -120,13 +120,13 @@ def add_items(
             created = [
                 GalleryItemCreated(external_id=r.external_id, model=r.active_model, id=r.id) for r in rows
             ]
+            staged = indexlog.stage(s, "add", gallery_model, [c.id for c in created])
     except IntegrityError:
         # Another request inserted one of these ids between our check and our commit.
         raise HTTPException(409, detail="external_id already in the gallery (concurrent insert)") from None
 
-    ids = [c.id for c in created]
-    indexlog.append_safely(redis, settings, "add", gallery_model, ids)
-    serving.sync_ids(ids)
+    indexlog.publish(redis, settings, staged)
+    serving.sync_ids(staged.ids)
     return GalleryCreateOut(items=created)
 
 
@@ -160,8 +160,9 @@ def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, re
         upgrade = repo.active_upgrade(s)
         upgrade_id = upgrade.id if upgrade is not None else None
         repo.delete_item(s, item)
+        staged = indexlog.stage(s, "delete", model, [item_id])
 
-    indexlog.append_safely(redis, settings, "delete", model, [item_id])
+    indexlog.publish(redis, settings, staged)
     if upgrade_id is not None:
         _unqueue(redis, settings, upgrade_id, item_id)
     serving.sync_ids([item_id])

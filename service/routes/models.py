@@ -73,10 +73,11 @@ def register_model(
         with session_scope(settings.sqlalchemy_url) as s:
             row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
             out = _out(row, repo.get_serving_state(s))
+            # The query model changed from none to this one: every replica must hear of it.
+            staged = indexlog.stage(s, "switch", out.name) if first else None
     except IntegrityError:
         raise HTTPException(409, detail="a model with this name was registered concurrently") from None
-    if first:
-        # The query model changed from none to this one: tell every replica.
-        indexlog.append_safely(redis, settings, "switch", out.name)
+    if staged is not None:
+        indexlog.publish(redis, settings, staged)
         serving.refresh_query_model()
     return out

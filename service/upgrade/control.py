@@ -98,7 +98,8 @@ def start(
         s.add(row)
         repo.set_serving_state(s, gallery_model=target.name, query_model=target.name)
         s.flush()
-    indexlog.append_safely(redis, settings, "switch", target.name)
+        staged = indexlog.stage(s, "switch", target.name)
+    indexlog.publish(redis, settings, staged)
     return row
 
 
@@ -124,8 +125,8 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
             .execution_options(synchronize_session=False)
         )
         repo.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
-        from_model = up.from_model
-    indexlog.append_safely(redis, settings, "rollback", from_model)
+        staged = indexlog.stage(s, "rollback", up.from_model)
+    indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()
     return new_state
 
@@ -147,8 +148,8 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
                 )
         new_state = store.transition(s, upgrade_id, "commit")
         s.execute(delete(Embedding).where(Embedding.model == up.from_model))
-        old = up.from_model
-    indexlog.append_safely(redis, settings, "commit", old)
+        staged = indexlog.stage(s, "commit", up.from_model)
+    indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()
     return new_state
 
@@ -184,8 +185,9 @@ def _relog_landed_leases(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         return
     with session_scope(settings.sqlalchemy_url) as s:
         landed = store.done_among(s, upgrade_id, leased)
-    if landed:
-        indexlog.append_safely(redis, settings, "move", to_model, landed)
+        staged = indexlog.stage(s, "move", to_model, landed) if landed else None
+    if staged is not None:
+        indexlog.publish(redis, settings, staged)
 
 
 def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str) -> None:

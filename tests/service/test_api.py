@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from service import indexlog
 from service.db import repositories as repo
-from service.db.schema import Embedding, GalleryItem, ModelRow, Upgrade
+from service.db.schema import Embedding, GalleryItem, IndexLogOutbox, ModelRow, Upgrade
 from service.db.session import session_scope
 from service.settings import Settings
 from tests.service.conftest import png_bytes, synthetic_png, wait_caught_up, wait_ready
@@ -387,3 +389,19 @@ def test_exotic_colour_modes_are_converted_not_500(client: TestClient, gallery: 
     assert r.status_code == 201, r.text
     r = client.post("/search", files={"image": ("q.tif", _lab_tiff(), "image/tiff")}, params={"k": 1})
     assert r.status_code == 200 and r.json()["results"][0]["external_id"] == "lab"
+
+
+def test_every_write_through_the_api_reaches_the_index_log_and_leaves_nothing_staged(
+    client: TestClient, service_settings: Settings, admin_headers: dict, gallery: list[str]
+) -> None:
+    r = redis_lib.Redis.from_url(service_settings.effective_redis_url)
+    try:
+        entries = indexlog.read_after(r, service_settings, "0-0")
+        assert [(e.op, e.model, len(e.ids)) for e in entries] == [("switch", "old", 0), ("add", "old", 12)]
+        assert client.delete(f"/gallery/{gallery[0]}", headers=admin_headers).status_code == 204
+        last = indexlog.read_after(r, service_settings, entries[-1].id)
+        assert [(e.op, e.model, len(e.ids)) for e in last] == [("delete", "old", 1)]
+    finally:
+        r.close()
+    with session_scope(service_settings.sqlalchemy_url) as s:
+        assert s.scalar(select(func.count()).select_from(IndexLogOutbox)) == 0

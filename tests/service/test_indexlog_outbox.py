@@ -1,0 +1,168 @@
+"""The index log's outbox (real SQL on SQLite and PostgreSQL, real Redis): an entry is staged in
+the transaction of its change, so a write whose Redis append fails after the commit, or whose
+process dies before it, still reaches every replica through a follower's relay; a rolled-back
+change stages nothing; a late rollback or commit goes out as one reset."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis as redis_lib
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from service import indexlog
+from service.db import repositories as repo
+from service.db.schema import GalleryItem, IndexLogOutbox
+from service.db.session import session_scope
+from service.launcher import free_port
+from service.serving import Serving
+from service.settings import Settings
+from tests.service.writer import Writer, sql_truth, unit
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def refusing_redis() -> Iterator[redis_lib.Redis]:
+    """A client of a port nothing listens on: every call fails with a real connection error."""
+    client = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    yield client
+    client.close()
+
+
+def staged_rows(settings: Settings) -> list[tuple[str, str | None, str]]:
+    with session_scope(settings.sqlalchemy_url) as s:
+        return [(o.op, o.model, o.ids) for o in s.scalars(select(IndexLogOutbox).order_by(IndexLogOutbox.id))]
+
+
+def add_in_sql(settings: Settings, n: int, prefix: str) -> tuple[list[int], indexlog.Staged]:
+    """What POST /gallery does: the items and their staged entry in one transaction."""
+    rng = np.random.default_rng(len(prefix) + n)
+    items = [repo.NewItem(f"{prefix}{k}", None, "0" * 64, {"old": unit(rng, 1)[0]}) for k in range(n)]
+    with session_scope(settings.sqlalchemy_url) as s:
+        ids = [row.id for row in repo.add_items(s, items, active_model="old")]
+        staged = indexlog.stage(s, "add", "old", ids)
+    return ids, staged
+
+
+def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
+    ids = sorted(serving.external_ids)
+    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
+
+
+def catch_up(serving: Serving) -> None:
+    while serving.step(block_ms=None) != 0:
+        pass
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_published_entry_leaves_nothing_staged(service_settings: Settings, r: redis_lib.Redis) -> None:
+    Writer(service_settings, r).switch("old")
+    before = indexlog.stream_info(r, service_settings).last_id
+    ids, staged = add_in_sql(service_settings, 3, "p")
+    assert staged_rows(service_settings) == [("add", "old", json.dumps(ids))]
+
+    assert indexlog.publish(r, service_settings, staged) is not None
+    entries = indexlog.read_after(r, service_settings, before)
+    assert [(e.op, e.model, e.ids) for e in entries] == [("add", "old", ids)]
+    assert staged_rows(service_settings) == []
+
+
+def test_an_entry_redis_refused_reaches_every_replica_through_a_followers_relay(
+    service_settings: Settings, r: redis_lib.Redis, refusing_redis: redis_lib.Redis
+) -> None:
+    w = Writer(service_settings, r)
+    w.switch("old")
+    w.add(5, "old")
+    a = Serving(service_settings, r)
+    a.load()
+
+    ids, staged = add_in_sql(service_settings, 4, "late")
+    assert indexlog.publish(refusing_redis, service_settings, staged) is None  # logged, not raised
+    assert [row[0] for row in staged_rows(service_settings)] == ["add"]
+    catch_up(a)
+    assert not set(ids) & set(a.external_ids)  # nothing in the stream: replica a cannot know
+
+    # A relay that cannot reach Redis either keeps the rows for the next round.
+    with pytest.raises(redis_lib.ConnectionError):
+        indexlog.relay(refusing_redis, service_settings, 0.0)
+    assert Serving(service_settings, refusing_redis).relay_staged() == 0
+    assert [row[0] for row in staged_rows(service_settings)] == ["add"]
+
+    # Another replica's follower thread publishes it; replica a (which never relays) converges.
+    b = Serving(service_settings.model_copy(update={"index_log_relay_s": 0.2}), r)
+    b.start()
+    try:
+        wait_for(lambda: staged_rows(service_settings) == [])
+        catch_up(a)
+        assert replica_state(a) == sql_truth(service_settings)
+        assert set(ids) <= set(a.external_ids)
+        wait_for(lambda: replica_state(b) == sql_truth(service_settings))
+    finally:
+        b.stop()
+
+
+def test_young_entries_are_left_to_their_writer(service_settings: Settings, r: redis_lib.Redis) -> None:
+    Writer(service_settings, r).switch("old")
+    add_in_sql(service_settings, 2, "young")
+    assert indexlog.relay(r, service_settings, 60.0) == 0
+    assert [row[0] for row in staged_rows(service_settings)] == ["add"]
+
+
+def test_a_change_rolled_back_stages_nothing(service_settings: Settings) -> None:
+    with pytest.raises(RuntimeError), session_scope(service_settings.sqlalchemy_url) as s:
+        vector = unit(np.random.default_rng(0), 1)[0]
+        rows = repo.add_items(s, [repo.NewItem("never", None, "0" * 64, {"old": vector})], active_model="old")
+        indexlog.stage(s, "add", "old", [rows[0].id])
+        raise RuntimeError("the request failed after staging")
+    assert staged_rows(service_settings) == []
+    with session_scope(service_settings.sqlalchemy_url) as s:
+        assert s.scalar(select(GalleryItem.id).where(GalleryItem.external_id == "never")) is None
+
+    with pytest.raises(ValueError, match="unknown index-log op"), \
+            session_scope(service_settings.sqlalchemy_url) as s:
+        indexlog.stage(s, "upsert", "old", [1])
+    assert staged_rows(service_settings) == []
+
+
+def test_a_late_rollback_or_commit_goes_out_as_one_reset(service_settings: Settings, r: redis_lib.Redis) -> None:
+    w = Writer(service_settings, r)
+    w.switch("old")
+    w.add(6, "old")
+    a = Serving(service_settings, r)
+    a.load()
+    reloads = a.reloads
+    before = indexlog.stream_info(r, service_settings).last_id
+    moved, _ = add_in_sql(service_settings, 2, "m")
+    with session_scope(service_settings.sqlalchemy_url) as s:
+        indexlog.stage(s, "rollback", "old")
+    with session_scope(service_settings.sqlalchemy_url) as s:
+        indexlog.stage(s, "commit", "new")
+
+    relayed = REGISTRY.get_sample_value("hotrefresh_index_log_relayed_total") or 0.0
+    assert indexlog.relay(r, service_settings, 0.0) == 3
+    assert REGISTRY.get_sample_value("hotrefresh_index_log_relayed_total") == relayed + 3
+    entries = indexlog.read_after(r, service_settings, before)
+    assert [(e.op, e.ids) for e in entries] == [("add", moved), ("reset", [])]
+    assert staged_rows(service_settings) == []
+    catch_up(a)
+    assert a.reloads == reloads + 1
+    assert replica_state(a) == sql_truth(service_settings)
