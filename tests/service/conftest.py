@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from models.data import encode_png as png_bytes
@@ -76,6 +77,14 @@ def wait_caught_up(base, settings: Settings, timeout: float = 30.0) -> dict:
             time.sleep(0.05)
     finally:
         r.close()
+
+
+@pytest.fixture
+def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
+    """A client of the real Redis the service under test uses (its keys under the test's prefix)."""
+    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -392,16 +392,12 @@ def test_exotic_colour_modes_are_converted_not_500(client: TestClient, gallery: 
 
 
 def test_every_write_through_the_api_reaches_the_index_log_and_leaves_nothing_staged(
-    client: TestClient, service_settings: Settings, admin_headers: dict, gallery: list[str]
+    client: TestClient, service_settings: Settings, admin_headers: dict, gallery: list[str], r: redis_lib.Redis
 ) -> None:
-    r = redis_lib.Redis.from_url(service_settings.effective_redis_url)
-    try:
-        entries = indexlog.read_after(r, service_settings, "0-0")
-        assert [(e.op, e.model, len(e.ids)) for e in entries] == [("switch", "old", 0), ("add", "old", 12)]
-        assert client.delete(f"/gallery/{gallery[0]}", headers=admin_headers).status_code == 204
-        last = indexlog.read_after(r, service_settings, entries[-1].id)
-        assert [(e.op, e.model, len(e.ids)) for e in last] == [("delete", "old", 1)]
-    finally:
-        r.close()
+    entries = indexlog.read_after(r, service_settings, "0-0")
+    assert [(e.op, e.model, len(e.ids)) for e in entries] == [("switch", "old", 0), ("add", "old", 12)]
+    assert client.delete(f"/gallery/{gallery[0]}", headers=admin_headers).status_code == 204
+    last = indexlog.read_after(r, service_settings, entries[-1].id)
+    assert [(e.op, e.model, len(e.ids)) for e in last] == [("delete", "old", 1)]
     with session_scope(service_settings.sqlalchemy_url) as s:
         assert s.scalar(select(func.count()).select_from(IndexLogOutbox)) == 0

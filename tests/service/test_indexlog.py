@@ -4,10 +4,7 @@ whose stream Redis lost, reloads from SQL; replaying entries is idempotent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 import redis as redis_lib
 
 from service import indexlog
@@ -16,25 +13,7 @@ from service.db.session import session_scope
 from service.metrics import GALLERY_VECTORS
 from service.serving import Serving
 from service.settings import Settings
-from tests.service.writer import Writer, sql_truth
-
-
-def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
-    ids = sorted(serving.external_ids)
-    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
-
-
-def catch_up(*replicas: Serving) -> None:
-    for rep in replicas:
-        while rep.step(block_ms=None) != 0:
-            pass
-
-
-@pytest.fixture
-def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
-    yield client
-    client.close()
+from tests.service.writer import Writer, catch_up, replica_state, sql_truth
 
 
 def replica(settings: Settings, r: redis_lib.Redis) -> Serving:

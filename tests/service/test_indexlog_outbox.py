@@ -22,16 +22,9 @@ from service.db.session import session_scope
 from service.launcher import free_port
 from service.serving import Serving
 from service.settings import Settings
-from tests.service.writer import Writer, sql_truth, unit
+from tests.service.writer import Writer, catch_up, replica_state, sql_truth, unit
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture
-def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -55,16 +48,6 @@ def add_in_sql(settings: Settings, n: int, prefix: str) -> tuple[list[int], inde
         ids = [row.id for row in repo.add_items(s, items, active_model="old")]
         staged = indexlog.stage(s, "add", "old", ids)
     return ids, staged
-
-
-def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
-    ids = sorted(serving.external_ids)
-    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
-
-
-def catch_up(serving: Serving) -> None:
-    while serving.step(block_ms=None) != 0:
-        pass
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001

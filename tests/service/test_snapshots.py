@@ -6,34 +6,15 @@ database, broken files)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 
 import pytest
-import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from service import indexlog
 from service.serving import Serving
 from service.settings import Settings
 from tests.service.conftest import synthetic_png, wait_caught_up, wait_ready
-from tests.service.writer import Writer, sql_truth
-
-
-@pytest.fixture
-def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(service_settings.effective_redis_url)
-    yield client
-    client.close()
-
-
-def state(serving: Serving) -> tuple[dict[int, str], str | None]:
-    ids = sorted(serving.external_ids)
-    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
-
-
-def catch_up(serving: Serving) -> None:
-    while serving.step() != 0:
-        pass
+from tests.service.writer import Writer, catch_up, replica_state, sql_truth
 
 
 def test_restart_from_snapshot_plus_log(service_settings: Settings, r) -> None:
@@ -57,13 +38,13 @@ def test_restart_from_snapshot_plus_log(service_settings: Settings, r) -> None:
     b.load()
     assert b.loaded_from == "snapshot" and b.reloads == 0
     catch_up(b)
-    assert state(b) == sql_truth(service_settings)
+    assert replica_state(b) == sql_truth(service_settings)
     assert b.index.parked_counts().get("old") == 15  # rollback stays instant after a restart
 
     w.rollback("old")
     catch_up(b)
-    assert state(b) == sql_truth(service_settings)
-    assert set(state(b)[0].values()) == {"old"}
+    assert replica_state(b) == sql_truth(service_settings)
+    assert set(replica_state(b)[0].values()) == {"old"}
 
 
 @pytest.mark.parametrize("spoil", ["trimmed", "redis lost the stream", "broken files"])
@@ -87,7 +68,7 @@ def test_unusable_snapshot_falls_back_to_sql(service_settings: Settings, r, spoi
     b = Serving(settings, r)
     b.load()
     assert b.loaded_from == "sql"
-    assert state(b) == sql_truth(settings)
+    assert replica_state(b) == sql_truth(settings)
 
 
 def test_snapshot_of_another_database_is_not_used(service_settings: Settings, r, tmp_path) -> None:

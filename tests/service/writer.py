@@ -11,6 +11,7 @@ from service import indexlog
 from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem
 from service.db.session import session_scope
+from service.serving import Serving
 from service.settings import Settings
 
 D = 32  # the dimension of models.testing.make_tiny_checkpoint
@@ -79,3 +80,16 @@ def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
         return items, repo.get_serving_state(s).query_model
 
 
+
+
+def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
+    """What a replica serves, in the shape of :func:`sql_truth`: the model per item, the query model."""
+    ids = sorted(serving.external_ids)
+    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
+
+
+def catch_up(*replicas: Serving) -> None:
+    """Apply everything the log holds, without waiting for more."""
+    for rep in replicas:
+        while rep.step(block_ms=None) != 0:
+            pass
