@@ -28,11 +28,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC
 from pathlib import Path
 
 import numpy as np
-from index_bench import RESULTS, table, write_json
+from index_bench import RESULTS, fresh_postgres, table, write_json
 
 HEADER = ["procs", "threads", "raw items/s", "backfill items/s", "ratio (median)", "every trial"]
 WORKER_ENV_KEYS = ("HOTREFRESH_DATABASE_URL", "HOTREFRESH_REDIS_PREFIX", "HOTREFRESH_DATA_DIR")
@@ -102,6 +103,12 @@ def build(settings, images, labels, old_path, new_path):  # noqa: ANN001, ANN201
     return build_gallery(settings, images, labels, old_path, new_path)
 
 
+def database_url(args: argparse.Namespace, prefix: str, data: Path) -> str:
+    if args.database == "sqlite":
+        return f"sqlite:///{data / 'hotrefresh.db'}"
+    return args.pg_stack.enter_context(fresh_postgres(args.pg_admin_url, prefix.replace("-", "_")))
+
+
 def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, images: np.ndarray,
                          labels: np.ndarray, ckpts: tuple[Path, Path], work: Path,
                          raw: Callable[[], dict]) -> dict:
@@ -121,7 +128,7 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
     data = work / prefix
     env = {
         "HOTREFRESH_DATA_DIR": str(data),
-        "HOTREFRESH_DATABASE_URL": f"sqlite:///{data / 'hotrefresh.db'}",
+        "HOTREFRESH_DATABASE_URL": database_url(args, prefix, data),
         "HOTREFRESH_REDIS_URL": args.redis,
         "HOTREFRESH_REDIS_PREFIX": prefix,
         "HOTREFRESH_PROBE_SIZE": str(args.probe_size),
@@ -193,6 +200,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both encoders run")
     ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--database", default="sqlite", choices=["sqlite", "postgresql"],
+                    help="the embedded default, or a fresh PostgreSQL database per trial (on this machine, its "
+                         "server shares the cores with the workers)")
+    ap.add_argument("--pg-admin-url", default=os.environ.get(
+        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        help="a database on the server where --database postgresql creates and drops its own")
     ap.add_argument("--out", type=Path, default=RESULTS / "b1_backfill.json")
     args = ap.parse_args()
 
@@ -214,9 +227,10 @@ def main() -> None:
             threads = args.threads
             trials = []
             for _ in range(args.repeat):
-                e2e = backfill_items_per_s(
-                    args, procs, threads, images, labels, (old_p, new_p), work,
-                    lambda: raw_items_per_s(new_p, images, args.batch, procs, threads, args.device))  # noqa: B023
+                with ExitStack() as args.pg_stack:  # a PostgreSQL trial's database lives as long as the trial
+                    e2e = backfill_items_per_s(
+                        args, procs, threads, images, labels, (old_p, new_p), work,
+                        lambda: raw_items_per_s(new_p, images, args.batch, procs, threads, args.device))  # noqa: B023
                 before, after = e2e.pop("raw_before"), e2e.pop("raw_after")
                 # The baseline is the synchronous passes: alone, the encoder is fastest called that
                 # way (the pipelined call measured ~5% slower back to back in one process); the
@@ -248,7 +262,7 @@ def main() -> None:
                       "mean of the synchronous passes right before and right after the backfill; "
                       "pipelined passes recorded too)",
         "config": {"n": args.n, "batch": args.batch, "arch": args.arch, "dim": args.dim, "threads": args.threads,
-                   "database": "sqlite", "probe_size": args.probe_size, "split": args.split, "repeat": args.repeat,
+                   "database": args.database, "probe_size": args.probe_size, "split": args.split, "repeat": args.repeat,
                    "device": args.device, "target_ratio": 0.85},
         "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform(),
                     "gpu": gpu, "torch": torch.__version__},

@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 HEADER = ["layout", "us CPU / item (median)", "every round", "first quarter", "last quarter"]
 
 
-def scored_gallery(work: Path, n: int, batch: int) -> Path:
-    """A migrated SQLite database holding ``n`` gallery items on an old model and an upgrade
-    to a compatible new one, scored (tasks written, ``running``); returns its file."""
+def scored_gallery(work: Path, n: int, batch: int, database_url: str | None = None) -> Path:
+    """A migrated database (SQLite in ``work`` unless ``database_url`` names another) holding
+    ``n`` gallery items on an old model and an upgrade to a compatible new one, scored (tasks
+    written, ``running``); returns the SQLite file."""
     import redis as redis_lib
 
     from models.data import load_fashion_mnist
@@ -54,7 +55,8 @@ def scored_gallery(work: Path, n: int, batch: int) -> Path:
 
     prefix = f"bw-{uuid.uuid4().hex[:8]}"
     os.environ.update({
-        "HOTREFRESH_DATA_DIR": str(work), "HOTREFRESH_DATABASE_URL": f"sqlite:///{work / 'gallery.db'}",
+        "HOTREFRESH_DATA_DIR": str(work),
+        "HOTREFRESH_DATABASE_URL": database_url or f"sqlite:///{work / 'gallery.db'}",
         "HOTREFRESH_REDIS_PREFIX": prefix, "HOTREFRESH_PROBE_SIZE": "0", "HOTREFRESH_ENV": "test",
     })
     settings = Settings()
@@ -76,8 +78,9 @@ def scored_gallery(work: Path, n: int, batch: int) -> Path:
         if keys:
             r.delete(*keys)
     db = work / "gallery.db"
-    with sqlite3.connect(db) as c:
-        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if database_url is None:
+        with sqlite3.connect(db) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return db
 
 

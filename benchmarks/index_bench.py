@@ -1,4 +1,4 @@
-"""Helpers shared by the index benchmarks (B2, B3, gpu_index): synthetic vectors, timing, output.
+"""Helpers shared by the benchmarks: synthetic vectors, timing, output, throw-away databases.
 
 Importable from a script run as ``python benchmarks/<name>.py`` (its folder is on sys.path);
 puts the repository root on sys.path too, so the scripts also run from a bare checkout where
@@ -12,7 +12,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,28 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+@contextmanager
+def fresh_postgres(admin_url: str, name: str, template: str | None = None) -> Iterator[str]:
+    """A throw-away PostgreSQL database for one trial (empty, or a copy of ``template``), dropped
+    afterwards; yields its URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        if template is None:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        else:  # a template must have no other session
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = :t AND pid <> pg_backend_pid()"), {"t": template})
+            c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        from service.db.session import get_engine
+
+        get_engine.cache_clear()  # close this process's pool before the drop
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import Insert, delete, func, select
 from sqlalchemy.orm import Session
 
-from service.db.schema import Embedding, GalleryItem, ModelRow, ServingState, Upgrade
+from service.db.schema import Embedding, GalleryItem, ModelRow, ServingState, Upgrade, utcnow
 
 # States in which an upgrade still needs the old vectors (inserts must store both).
 ACTIVE_UPGRADE_STATES = ("scoring", "running", "paused", "completed")
@@ -160,12 +161,45 @@ def delete_item(session: Session, item: GalleryItem) -> None:
 
 def upsert_embedding(session: Session, item_id: int, model: str, vector: np.ndarray) -> None:
     """Idempotent: re-encoding an item twice leaves one row with the latest vector."""
-    row = session.get(Embedding, (item_id, model))
-    if row is None:
-        session.add(Embedding(item_id=item_id, model=model, vector=vector_to_bytes(vector)))
-    else:
-        row.vector = vector_to_bytes(vector)
-    session.flush()
+    upsert_embeddings(session, model, [item_id], np.asarray(vector)[None])
+
+
+_UPSERTS: dict[str, Insert] = {}
+
+
+def _vector_upsert(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (item_id, model) DO UPDATE`` in the dialect's own syntax."""
+    if dialect not in _UPSERTS:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            raise NotImplementedError(f"no vector upsert for the {dialect!r} dialect (PostgreSQL or SQLite)")
+        ins = dialect_insert(Embedding.__table__)
+        _UPSERTS[dialect] = ins.on_conflict_do_update(
+            index_elements=[Embedding.item_id, Embedding.model],
+            set_={"vector": ins.excluded.vector, "created_at": ins.excluded.created_at},
+        )
+    return _UPSERTS[dialect]
+
+
+def upsert_embeddings(
+    session: Session, model: str, ids: Sequence[int], vectors: np.ndarray, created_at: datetime | None = None
+) -> None:
+    """Store ``model``'s vector of each item, replacing one already there, in one statement.
+
+    Why not DELETE then INSERT: on PostgreSQL, ``DELETE ... WHERE model = :new AND item_id IN
+    (...)`` was planned on the model index (its statistics, taken before the upgrade, saw no
+    vector of the new model) and scanned every vector already backfilled, for every batch:
+    quadratic in the gallery (4.8 ms per batch half way through 60,000 items, to delete nothing).
+    The upsert finds each row through the primary key, whatever the statistics say."""
+    created_at = created_at or utcnow()
+    session.connection().execute(
+        _vector_upsert(session.get_bind().dialect.name),
+        [{"item_id": int(i), "model": model, "vector": vector_to_bytes(v), "created_at": created_at}
+         for i, v in zip(ids, vectors, strict=True)],
+    )
 
 
 # Joins an item to the vector of its own active model.

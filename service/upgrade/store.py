@@ -16,8 +16,8 @@ import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, defer
 
-from service.db.repositories import vector_to_bytes
-from service.db.schema import BackfillFailure, BackfillTask, Embedding, GalleryItem, Upgrade, utcnow
+from service.db.repositories import upsert_embeddings
+from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade, utcnow
 from service.upgrade.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
 
 _IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
@@ -169,7 +169,7 @@ def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
 
 
 _IDS = bindparam("ids", expanding=True)
-_items, _vectors, _tasks = GalleryItem.__table__, Embedding.__table__, BackfillTask.__table__
+_items, _tasks = GalleryItem.__table__, BackfillTask.__table__
 _LOCK_ITEMS = select(_items.c.id).where(_items.c.id.in_(_IDS)).with_for_update()
 
 
@@ -181,8 +181,12 @@ def lock_items(session: Session, ids: Sequence[int]) -> list[int]:
     for chunk in _chunks([int(i) for i in ids]):
         present.extend(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
     return present
-_DELETE_VECTORS = delete(_vectors).where(_vectors.c.model == bindparam("model"), _vectors.c.item_id.in_(_IDS))
-_SET_ACTIVE = update(_items).where(_items.c.id.in_(_IDS)).values(active_model=bindparam("model"))
+# Moves the items and locks their rows in one statement, returning the ids still in the gallery:
+# a concurrent DELETE of one either finished first (it is not returned) or waits for this
+# transaction. (A SELECT ... FOR UPDATE before the UPDATE wrote every row lock twice on PostgreSQL.)
+_SET_ACTIVE = (
+    update(_items).where(_items.c.id.in_(_IDS)).values(active_model=bindparam("model")).returning(_items.c.id)
+)
 _TASKS_DONE = (
     update(_tasks)
     .where(_tasks.c.upgrade_id == bindparam("b_upgrade"), _tasks.c.item_id.in_(_IDS), _tasks.c.status == "pending")
@@ -217,21 +221,19 @@ def record_encoded(
     # Core statements with one expanding parameter: compiled once and cached, instead of coercing
     # every id of every batch into a fresh IN clause (a fifth of the batch's SQL time).
     conn = session.connection()
-    present = sorted(lock_items(session, list(by_id)))
+    now = utcnow()
+    present: list[int] = []
+    done = 0
+    for chunk in _chunks(sorted(by_id)):
+        landed = sorted(int(i) for i in conn.execute(_SET_ACTIVE, {"model": to_model, "ids": chunk}).scalars())
+        if not landed:
+            continue
+        present.extend(landed)
+        upsert_embeddings(session, to_model, landed, vectors[[by_id[i] for i in landed]], now)
+        res = conn.execute(_TASKS_DONE, {"b_upgrade": upgrade_id, "ids": landed, "now": now})
+        done += int(res.rowcount or 0)
     if not present:
         return BatchOutcome([], 0, state)
-    now = utcnow()
-    done = 0
-    for chunk in _chunks(present):
-        conn.execute(_DELETE_VECTORS, {"model": to_model, "ids": chunk})
-        conn.execute(
-            Embedding.__table__.insert(),
-            [{"item_id": i, "model": to_model, "vector": vector_to_bytes(vectors[by_id[i]]), "created_at": now}
-             for i in chunk],
-        )
-        conn.execute(_SET_ACTIVE, {"model": to_model, "ids": chunk})
-        res = conn.execute(_TASKS_DONE, {"b_upgrade": upgrade_id, "ids": chunk, "now": now})
-        done += int(res.rowcount or 0)
     if done:
         session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(done=Upgrade.done + done))
     counts = session.execute(select(Upgrade.done, Upgrade.total).where(Upgrade.id == upgrade_id)).one()
