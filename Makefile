@@ -35,7 +35,7 @@ lint: setup
 
 # One at a time (2 cores): each writes its JSON under benchmarks/results/.
 bench: setup
-	for b in b1_backfill image_loading backfill_write b2_index_update b3_mixed_search b4_search_http b5_ordering train_throughput; do \
+	for b in b1_backfill image_loading backfill_write vector_upsert b2_index_update b3_mixed_search b4_search_http b5_ordering train_throughput; do \
 	  nice $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 experiment: setup
