@@ -102,21 +102,29 @@ def as_before(after: Path, before: Path) -> None:
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def land_all(db: Path, batch: int, seed: int) -> np.ndarray:
-    """Land every task of the upgrade in ``db``, ``batch`` ids at a time in the queue's order;
-    CPU seconds per item of each batch's transaction (statements and commit)."""
+def queue_order(url: str) -> tuple[int, str, list[int]]:
+    """The newest upgrade's id, new model, and its tasks' item ids in the queue's order."""
     from sqlalchemy import select
 
     from service.db.schema import BackfillTask, Upgrade
-    from service.db.session import get_engine, read_scope, session_scope
+    from service.db.session import read_scope
+
+    with read_scope(url) as s:
+        up = s.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
+        order = list(s.scalars(select(BackfillTask.item_id).where(BackfillTask.upgrade_id == up.id)
+                               .order_by(BackfillTask.priority.desc(), BackfillTask.item_id)))
+        return up.id, up.to_model, order
+
+
+def land_all(db: Path, batch: int, seed: int) -> np.ndarray:
+    """Land every task of the upgrade in ``db``, ``batch`` ids at a time in the queue's order;
+    CPU seconds per item of each batch's transaction (statements and commit)."""
+
+    from service.db.session import get_engine, session_scope
     from service.upgrade import store
 
     url = f"sqlite:///{db}"
-    with read_scope(url) as s:
-        up = s.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
-        uid, to_model = up.id, up.to_model
-        order = list(s.scalars(select(BackfillTask.item_id).where(BackfillTask.upgrade_id == uid)
-                               .order_by(BackfillTask.priority.desc(), BackfillTask.item_id)))
+    uid, to_model, order = queue_order(url)
     rng = np.random.default_rng(seed)
     per_item = []
     for start in range(0, len(order), batch):

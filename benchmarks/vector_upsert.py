@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from backfill_write import scored_gallery
+from backfill_write import queue_order, scored_gallery
 from index_bench import RESULTS, fresh_postgres, machine, table, write_json
 
 HEADER = ["database", "statements", "client us/item", "server us/item", "wall us/item", "every round (client+server)"]
@@ -82,16 +82,9 @@ def postgres_cpu_seconds() -> float:
 
 
 def land_all(url: str, batch: int, write: Callable, seed: int) -> dict[str, float]:
-    from sqlalchemy import select
+    from service.db.session import get_engine, session_scope
 
-    from service.db.schema import BackfillTask, Upgrade
-    from service.db.session import get_engine, read_scope, session_scope
-
-    with read_scope(url) as s:
-        up = s.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
-        uid, to_model = up.id, up.to_model
-        order = list(s.scalars(select(BackfillTask.item_id).where(BackfillTask.upgrade_id == uid)
-                               .order_by(BackfillTask.priority.desc(), BackfillTask.item_id)))
+    uid, to_model, order = queue_order(url)
     rng = np.random.default_rng(seed)
     server0, wall0, client = postgres_cpu_seconds(), time.perf_counter(), 0.0
     for start in range(0, len(order), batch):

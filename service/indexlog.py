@@ -127,7 +127,7 @@ def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | Non
 
 # Published late, these could act on a state that has moved on since (a rollback restores the
 # parked vectors of its day); a full reload from SQL is right whatever happened in between.
-LATE_AS_RESET = ("rollback", "commit")
+LATE_AS_RESET = ("rollback", "commit", "reset")
 RELAY_BATCH = 500
 
 
@@ -142,18 +142,18 @@ def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
     failure rolls the claim back and the rows wait for the next try."""
     url = settings.sqlalchemy_url
     cutoff = time.time() - min_age_s
-    late = select(IndexLogOutbox.id).where(IndexLogOutbox.staged_at <= cutoff)
+    is_late = IndexLogOutbox.staged_at <= cutoff
     with read_scope(url) as s:  # the usual answer, without taking SQLite's write lock
-        if s.scalar(late.limit(1)) is None:
+        if s.scalar(select(IndexLogOutbox.id).where(is_late).limit(1)) is None:
             return 0
     with session_scope(url) as s:
         rows = list(s.scalars(
-            select(IndexLogOutbox).where(IndexLogOutbox.staged_at <= cutoff)
+            select(IndexLogOutbox).where(is_late)
             .order_by(IndexLogOutbox.id).limit(RELAY_BATCH).with_for_update(skip_locked=True)
         ))
         reset = False
         for row in rows:
-            if row.op in LATE_AS_RESET or row.op == "reset":
+            if row.op in LATE_AS_RESET:
                 reset = True
             else:
                 append(r, settings, row.op, row.model, json.loads(row.ids))
