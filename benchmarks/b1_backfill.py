@@ -117,9 +117,9 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
     import redis as redis_lib
     from sqlalchemy import func, select
 
+    from cli.launcher import System
     from service.db.schema import Embedding, Upgrade
     from service.db.session import read_scope, session_scope
-    from service.launcher import System
     from service.settings import Settings
     from service.upgrade import control
     from workers.celery_app import send_score
@@ -210,7 +210,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from models.data import load_fashion_mnist
-    from models.testing import make_tiny_checkpoint
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     images, labels = load_fashion_mnist(args.split, **({"root": args.data} if args.data else {}))
     images, labels = images[: args.n], labels[: args.n]

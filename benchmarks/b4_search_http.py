@@ -43,13 +43,13 @@ def main() -> None:
     # in-process path does the same work the server does; must precede the first torch import.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    from cli import launcher
     from models.data import load_fashion_mnist
-    from models.testing import make_tiny_checkpoint
-    from service import launcher
+    from service.api.serving import Serving
     from service.db.migrate import upgrade_head
     from service.images import decode_image
-    from service.serving import Serving
     from service.settings import Settings
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     token = "bench-token"
     work = Path(tempfile.mkdtemp(prefix="b4-"))

@@ -44,13 +44,13 @@ def scored_gallery(work: Path, n: int, batch: int, database_url: str | None = No
     import redis as redis_lib
 
     from models.data import load_fashion_mnist
-    from models.testing import make_tiny_checkpoint
     from service.db.session import session_scope
     from service.imagestore import image_store_for
     from service.registry import EncoderCache
     from service.settings import Settings
     from service.upgrade import control
     from service.upgrade.scoring import run_scoring
+    from tests.utils.checkpoints import make_tiny_checkpoint
     from tests.workers.conftest import build_gallery
 
     prefix = f"bw-{uuid.uuid4().hex[:8]}"

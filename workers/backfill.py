@@ -31,12 +31,12 @@ from service.db.schema import GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore, image_store_for
 from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS, BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH
+from service.queue import BackfillQueue
 from service.registry import EncoderCache
 from service.settings import Settings
 from service.upgrade import progress, store
 from service.upgrade.images import load_pixels
 from service.upgrade.states import RUNNING
-from workers.queue import BackfillQueue
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import redis as redis_lib
 
 from service.db.session import read_scope
 from service.metrics import BACKFILL_QUEUE_DEPTH
+from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import control, store
 from service.upgrade.states import COMPLETED, RUNNING, SCORING, TransitionError
 from workers.celery_app import send_drains, send_score
-from workers.queue import BackfillQueue
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem, ServingState, Upgrade, utcnow
 from service.db.session import session_scope
 from service.errors import RefusedRequest
+from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import store
 from service.upgrade.states import ACTIVE, CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
-from workers.queue import BackfillQueue
 
 
 class UpgradeRequestError(RefusedRequest):

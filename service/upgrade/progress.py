@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from service.db.schema import Upgrade, utcnow
 from service.db.session import read_scope, session_scope
 from service.metrics import BACKFILL_PROGRESS, LIVE_MAP, LIVE_NFR
+from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import probes, store
 from service.upgrade.states import COMMITTED, COMPLETED, RUNNING, TransitionError
-from workers.queue import BackfillQueue
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from service.db.repositories import iter_active_vectors
 from service.db.schema import GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
+from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import probes, store
 from service.upgrade.images import load_images
 from service.upgrade.states import SCORING, TransitionError
-from workers.queue import BackfillQueue
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
-from service.launcher import free_port
+from cli.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.launcher import System
 from models.data import encode_png as _png
 from service.imagestore import LocalImageStore, content_key
-from service.launcher import System
 from tests.conftest import ADMIN_TOKEN, isolated_env
 from tests.deploy.prom import (
     alert_rules,
@@ -73,7 +73,7 @@ def _searches(api: str, images: list[bytes], stop: threading.Event) -> None:
 
 def test_dashboard_and_alerts_on_a_real_upgrade(system: System, tmp_path: Path) -> None:
     from models.data import load_fashion_mnist
-    from models.testing import make_tiny_checkpoint
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     old_ckpt, new_ckpt = tmp_path / "old.pt", tmp_path / "new.pt"
     make_tiny_checkpoint(old_ckpt, "mon-old", arch="conv2", seed=0)

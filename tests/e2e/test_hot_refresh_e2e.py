@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cli.launcher import System
 from models.checkpoint import load_checkpoint
 from models.evaluate import backfill_curve
 from models.metrics import evaluate_scores
 from models.uncertainty import backfill_order, score_uncertainty
-from service.launcher import System
 from service.settings import Settings
 from tests.workers.system import ADMIN, FAST_ENV, get_upgrade, ingest, logs_of, register, wait_for
 

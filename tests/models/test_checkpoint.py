@@ -7,7 +7,7 @@ from PIL import Image
 
 from models.checkpoint import CheckpointError, ModelMeta, load_checkpoint, read_meta, save_checkpoint
 from models.encoders import create_model, list_architectures
-from models.testing import make_tiny_checkpoint
+from tests.utils.checkpoints import make_tiny_checkpoint
 
 
 def test_round_trip_keeps_weights_meta_and_embeddings(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from models.testing import make_tiny_checkpoint
-from service.cli import app
+from cli.main import app
+from tests.utils.checkpoints import make_tiny_checkpoint
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.evaluate import backfill_curve, evaluate_backfill, markdown_table, parse_fractions, write_outputs
 from models.experiment import aggregate, check_claims
-from models.testing import make_tiny_checkpoint
+from tests.utils.checkpoints import make_tiny_checkpoint
 
 
 def test_backfill_curve_on_a_constructed_gallery() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.runtime import EncodeJob, start_interop_pool
-from models.testing import make_tiny_checkpoint
+from tests.utils.checkpoints import make_tiny_checkpoint
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, read_meta
-from models.testing import make_tiny_checkpoint
 from models.train import TrainConfig, augment, train_and_save, train_encoder
+from tests.utils.checkpoints import make_tiny_checkpoint
 
 
 def _data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

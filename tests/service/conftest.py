@@ -31,7 +31,7 @@ def checkpoints(service_settings: Settings) -> dict[str, Path]:
     """Real checkpoints in the model directory: ``old``; ``new`` (compatible with old, same D);
     ``wide`` (declares compatibility with old but has another D); ``orphan`` (compatible with a
     model that is not registered)."""
-    from models.testing import make_tiny_checkpoint
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     root = service_settings.models_path
     specs = {
@@ -89,7 +89,7 @@ def r(service_settings: Settings) -> Iterator[redis_lib.Redis]:
 
 @pytest.fixture
 def client(service_settings: Settings) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.api.app import create_app
 
     with TestClient(create_app(service_settings)) as c:
         wait_ready(c)

@@ -306,7 +306,7 @@ def test_search_k_above_gallery_size_returns_everything_once(client: TestClient,
 @pytest.fixture
 def small_client(service_settings: Settings) -> Iterator[TestClient]:
     """The app with tight limits: 4 KiB per image, 3 images per request."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     settings = service_settings.model_copy(update={"max_upload_bytes": 4096, "max_images_per_request": 3})
     with TestClient(create_app(settings)) as c:
@@ -347,7 +347,7 @@ def test_insert_during_an_upgrade_keeps_both_vectors_and_delete_leaves_the_queue
     service_settings: Settings,
     redis_client,
 ) -> None:
-    from workers.queue import BackfillQueue
+    from service.queue import BackfillQueue
 
     register(client, admin_headers, "new.pt")
     url = service_settings.sqlalchemy_url

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.launcher import System
+from cli.launcher import System
+from cli.main import app
 from service.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.service.conftest import synthetic_png

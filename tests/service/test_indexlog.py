@@ -8,10 +8,10 @@ import numpy as np
 import redis as redis_lib
 
 from service import indexlog
+from service.api.serving import Serving
 from service.db import repositories as repo
 from service.db.session import session_scope
 from service.metrics import GALLERY_VECTORS
-from service.serving import Serving
 from service.settings import Settings
 from tests.service.writer import Writer, catch_up, replica_state, sql_truth
 

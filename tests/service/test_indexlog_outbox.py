@@ -15,12 +15,12 @@ import redis as redis_lib
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from cli.launcher import free_port
 from service import indexlog
+from service.api.serving import Serving
 from service.db import repositories as repo
 from service.db.schema import GalleryItem, IndexLogOutbox
 from service.db.session import session_scope
-from service.launcher import free_port
-from service.serving import Serving
 from service.settings import Settings
 from tests.service.writer import Writer, catch_up, replica_state, sql_truth, unit
 

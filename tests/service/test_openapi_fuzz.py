@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from service.launcher import System
+from cli.launcher import System
 from service.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.service.conftest import synthetic_png

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from service.launcher import System
+from cli.launcher import System
 from service.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.service.conftest import synthetic_png, wait_caught_up

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import indexlog
-from service.serving import Serving
+from service.api.serving import Serving
 from service.settings import Settings
 from tests.service.conftest import synthetic_png, wait_caught_up, wait_ready
 from tests.service.writer import Writer, catch_up, replica_state, sql_truth
@@ -92,7 +92,7 @@ def test_snapshot_of_another_database_is_not_used(service_settings: Settings, r,
 def test_app_writes_a_snapshot_at_shutdown_and_starts_from_it(
     service_settings: Settings, checkpoints: dict, admin_headers: dict
 ) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
 
     with TestClient(create_app(service_settings)) as c:
         wait_ready(c)

@@ -8,13 +8,13 @@ import redis as redis_lib
 from sqlalchemy import delete, select, update
 
 from service import indexlog
+from service.api.serving import Serving
 from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem
 from service.db.session import session_scope
-from service.serving import Serving
 from service.settings import Settings
 
-D = 32  # the dimension of models.testing.make_tiny_checkpoint
+D = 32  # the dimension of tests.utils.checkpoints.make_tiny_checkpoint
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:

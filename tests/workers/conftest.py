@@ -30,14 +30,14 @@ def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 def cached_tiny_pair(n_train: int = 2000, epochs: int = 1) -> tuple[Path, Path]:
-    """``models.testing.train_tiny_pair``, trained once and kept in a cache keyed by the training
+    """``tests.utils.checkpoints.train_tiny_pair``, trained once and kept in a cache keyed by the training
     code's content (so a change to the models retrains, and test sessions don't repeat it)."""
     import hashlib
     import os
     import tempfile
 
     import models
-    from models.testing import train_tiny_pair
+    from tests.utils.checkpoints import train_tiny_pair
 
     code = hashlib.sha256()
     for name in ("checkpoint.py", "encoders.py", "losses.py", "train.py", "testing.py", "preprocess.py"):
@@ -102,7 +102,7 @@ def build_gallery(
 @pytest.fixture
 def tiny_checkpoints(settings_env: Settings) -> tuple[Path, Path]:
     """Untrained but real checkpoints: ``old`` (conv2) and ``new`` (conv4, compatible with old)."""
-    from models.testing import make_tiny_checkpoint
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     root = settings_env.models_path
     root.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.launcher import Proc
+from cli.launcher import Proc
 from tests.workers.conftest import png
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}

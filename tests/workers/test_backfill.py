@@ -15,11 +15,11 @@ from service import indexlog
 from service.db import repositories as repo
 from service.db.schema import BackfillTask, Embedding, GalleryItem
 from service.db.session import session_scope
+from service.queue import BackfillQueue
 from service.upgrade import control, store
 from service.upgrade.scoring import run_scoring
 from service.upgrade.states import TransitionError
 from workers.backfill import WorkerContext, drain
-from workers.queue import BackfillQueue
 
 pytestmark = pytest.mark.integration
 

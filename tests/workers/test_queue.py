@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
+from service.queue import BackfillQueue
 from service.settings import Settings
 from tests.conftest import REDIS_TEST_URL
-from workers.queue import BackfillQueue
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ def upgrades(url: str) -> int:
 
 
 def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa: ANN001
-    from models.testing import make_tiny_checkpoint
-    from service.app import create_app
+    from service.api.app import create_app
+    from tests.utils.checkpoints import make_tiny_checkpoint
 
     g = make_gallery(n=20)
     url = g.settings.sqlalchemy_url

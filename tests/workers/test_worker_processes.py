@@ -1,5 +1,5 @@
 """Fault tests with real processes: API replicas under uvicorn and Celery worker processes
-started by ``service.launcher``, the real Redis (or an embedded one we may flush), SQLite and
+started by ``cli.launcher``, the real Redis (or an embedded one we may flush), SQLite and
 PostgreSQL, real Fashion-MNIST images and a RACT-trained tiny model pair."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import func, select
 
+from cli.launcher import System
 from service.db.schema import BackfillTask, Embedding, GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
-from service.launcher import System
 from service.settings import Settings
 from tests.service.conftest import wait_caught_up
 from tests.workers.system import (

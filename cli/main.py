@@ -7,21 +7,21 @@ import typer
 
 app = typer.Typer(help="hotrefresh: hot-refresh model upgrades for image retrieval.", no_args_is_help=True)
 
-from service import commands as _service_commands  # noqa: E402 - registered after the app exists
+from cli import serve as _service_commands  # noqa: E402 - registered after the app exists
 
 app.command("serve")(_service_commands.serve)
 app.command("ingest")(_service_commands.ingest)
 
-from workers import commands as _worker_commands  # noqa: E402
+from cli import worker as _worker_commands  # noqa: E402
 
 app.command("worker")(_worker_commands.worker)
 app.add_typer(_worker_commands.upgrade_app, name="upgrade")
 
-from service import demo as _demo  # noqa: E402
+from cli import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo.demo)
 
-from models import cli as _models_cli  # noqa: E402
+from cli import models as _models_cli  # noqa: E402
 
 app.command("train")(_models_cli.train)
 app.command("experiment")(_models_cli.experiment)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from service.deps import ServingDep
-from service.schemas import HealthOut, ReadyOut, error_responses
+from service.api.deps import ServingDep
+from service.api.schemas import HealthOut, ReadyOut, error_responses
 
 router = APIRouter(tags=["health"])
 

@@ -133,7 +133,7 @@ class System:
         port = port or free_port()
         proc = self._spawn(
             name,
-            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             extra_env,
         )
         proc.url = f"http://127.0.0.1:{port}"
@@ -148,7 +148,7 @@ class System:
         metrics_port = metrics_port or free_port()
         proc = self._spawn(
             name,
-            [sys.executable, "-m", "service", "worker", "--concurrency", str(concurrency),
+            [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency),
              "--metrics-port", str(metrics_port), "--hostname", f"{name}-{os.getpid()}@%h"],
             extra_env,
         )

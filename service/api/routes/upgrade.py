@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
-from service.deps import AdminDep, RedisDep, SessionDep, SettingsDep
-from service.schemas import UtcDatetime, error_responses
+from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
+from service.api.schemas import UtcDatetime, error_responses
 from service.settings import Settings
 from service.upgrade import control, progress, store
 from service.upgrade.states import TransitionError

@@ -7,12 +7,12 @@ import time
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 
-from service.deps import ServingDep, SettingsDep
+from service.api.deps import ServingDep, SettingsDep
+from service.api.schemas import SearchOut, SearchResult, error_responses
+from service.api.serving import NoModel, NotReady
 from service.images import BadImage, UploadTooLarge, decode_image, read_limited
 from service.metrics import SEARCH_REQUESTS, SEARCH_SECONDS
 from service.registry import UnknownModel
-from service.schemas import SearchOut, SearchResult, error_responses
-from service.serving import NoModel, NotReady
 
 router = APIRouter(tags=["search"])
 

@@ -14,12 +14,12 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
+from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
+from service.api.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
+from service.api.serving import NotReady
 from service.db import repositories as repo
 from service.db.session import session_scope
-from service.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.images import BadImage, UploadTooLarge, decode_image, read_limited
-from service.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
-from service.serving import NotReady
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gallery", tags=["gallery"])
@@ -172,7 +172,7 @@ def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, re
 def _unqueue(redis: RedisDep, settings: SettingsDep, upgrade_id: int, item_id: int) -> None:
     """Take a deleted item out of the running upgrade's queue (its backfill task row is gone
     with the item by cascade); a worker that already leased it finds the item gone and acks."""
-    from workers.queue import BackfillQueue
+    from service.queue import BackfillQueue
 
     try:
         BackfillQueue(redis, settings, upgrade_id).remove([item_id])

@@ -37,7 +37,7 @@ def serve(
     if migrate:
         upgrade_head(settings.sqlalchemy_url)
     uvicorn.run(
-        "service.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
+        "service.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
     )
 
 

@@ -2,7 +2,7 @@
 
 SQLite, an embedded redis-server (unless HOTREFRESH_REDIS_URL is set), the API under
 uvicorn and a real Celery worker process, all started as separate processes through
-:mod:`service.launcher`; everything else goes through the public HTTP API, exactly as an
+:mod:`cli.launcher`; everything else goes through the public HTTP API, exactly as an
 operator would drive it. Models are trained once and cached, so a second run starts in
 seconds.
 """
@@ -87,8 +87,8 @@ def demo(
     """Train (or reuse) an old and a RACT-new model, ingest a gallery, hot-refresh it live."""
     import httpx
 
-    from service.launcher import System, free_port
-    from workers.commands import watch_upgrade
+    from cli.launcher import System, free_port
+    from cli.worker import watch_upgrade
 
     data_dir = data_dir.resolve()
     old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed)
@@ -120,7 +120,7 @@ def demo(
                 r = client.post("/models", data={"path": p.name})
                 if r.status_code != 201:
                     raise typer.Exit(_fail(f"POST /models {p.name}", r))
-            from service.commands import ingest
+            from cli.serve import ingest
 
             ingest(None, fashion_mnist=True, split="test", limit=gallery, url=api.url, token=token)
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()

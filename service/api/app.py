@@ -17,10 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.routes import gallery, health, metrics, models, search
+from service.api.serving import Serving
 from service.errors import RefusedRequest
 from service.imagestore import image_store_for
-from service.routes import gallery, health, metrics, models, search
-from service.serving import Serving
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, metrics, models, gallery, search):
         app.include_router(module.router)
     try:
-        from service.routes import upgrade
+        from service.api.routes import upgrade
     except ImportError:  # the upgrade routes are built in a separate package of work
-        log.debug("service.routes.upgrade not present; /upgrade is not served")
+        log.debug("service.api.routes.upgrade not present; /upgrade is not served")
     else:
         app.include_router(upgrade.router)
 

@@ -12,9 +12,9 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.api.serving import Serving
 from service.db.session import session_scope
 from service.imagestore import ImageStore
-from service.serving import Serving
 from service.settings import Settings
 
 

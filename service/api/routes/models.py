@@ -7,12 +7,12 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
+from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
+from service.api.schemas import ModelOut, ModelsOut, error_responses
 from service.db import repositories as repo
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
-from service.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.registry import register, resolve_model_path, save_upload
-from service.schemas import ModelOut, ModelsOut, error_responses
 
 router = APIRouter(prefix="/models", tags=["models"])
 
