@@ -120,9 +120,9 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
     from cli.launcher import System
     from service.db.schema import Embedding, Upgrade
     from service.db.session import read_scope, session_scope
+    from service.dispatch import send_score
     from service.settings import Settings
     from service.upgrade import control
-    from workers.celery_app import send_score
 
     prefix = f"b1-{uuid.uuid4().hex[:8]}"
     data = work / prefix

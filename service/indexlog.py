@@ -31,6 +31,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from service import keys
 from service.db.schema import IndexLogOutbox
 from service.db.session import read_scope, session_scope
 from service.metrics import INDEX_LOG_RELAYED
@@ -51,11 +52,11 @@ class Entry:
 
 
 def stream_key(settings: Settings) -> str:
-    return settings.redis_key("indexlog")
+    return keys.indexlog_stream(settings)
 
 
 def epoch_key(settings: Settings) -> str:
-    return settings.redis_key("indexlog", "epoch")
+    return keys.indexlog_epoch(settings)
 
 
 def ensure_epoch(r: redis_lib.Redis, settings: Settings) -> str:

@@ -1,6 +1,6 @@
 """The backfill queue of one upgrade: a Redis sorted set by priority, plus leases with deadlines.
 
-Redis holds only derived state (DESIGN.md invariant 2): every priority also lives in SQL
+Redis holds only derived state (docs/design.md, invariant 2): every priority also lives in SQL
 (``backfill_tasks``), so the whole queue can be rebuilt from there when Redis comes back empty.
 
 Keys (``{prefix}`` is ``settings.redis_prefix``):
@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import redis as redis_lib
 
+from service import keys
 from service.settings import Settings
 
 _LEASE = """
@@ -91,11 +92,11 @@ class BackfillQueue:
     def __init__(self, redis: redis_lib.Redis, settings: Settings, upgrade_id: int) -> None:
         self.redis = redis
         self.upgrade_id = int(upgrade_id)
-        self.queue_key = settings.redis_key("upgrade", self.upgrade_id, "queue")
-        self.leases_key = settings.redis_key("upgrade", self.upgrade_id, "leases")
-        self.prio_key = settings.redis_key("upgrade", self.upgrade_id, "prio")
-        self.rebuild_lock_key = settings.redis_key("upgrade", self.upgrade_id, "rebuild-lock")
-        self.barrier_key = settings.redis_key("upgrade", self.upgrade_id, "barrier")
+        self.queue_key = keys.queue(settings, self.upgrade_id)
+        self.leases_key = keys.leases(settings, self.upgrade_id)
+        self.prio_key = keys.priorities(settings, self.upgrade_id)
+        self.rebuild_lock_key = keys.rebuild_lock(settings, self.upgrade_id)
+        self.barrier_key = keys.barrier(settings, self.upgrade_id)
         self.blocked = False  # the last lease() found the barrier up
         self._lease = redis.register_script(_LEASE)
         self._ack = redis.register_script(_ACK)

@@ -86,9 +86,6 @@ class Settings(BaseSettings):
     def effective_redis_url(self) -> str:
         return self.redis_url or "redis://127.0.0.1:6379/0"
 
-    def redis_key(self, *parts: object) -> str:
-        return ":".join([self.redis_prefix, *(str(p) for p in parts)])
-
 
 @lru_cache
 def get_settings() -> Settings:

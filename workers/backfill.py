@@ -26,7 +26,7 @@ import redis as redis_lib
 from sqlalchemy import select
 
 from models.runtime import EncodeJob
-from service import indexlog
+from service import indexlog, keys
 from service.db.schema import GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore, image_store_for
@@ -60,12 +60,9 @@ class WorkerContext:
     def url(self) -> str:
         return self.settings.sqlalchemy_url
 
-    def alive_key(self, upgrade_id: int) -> str:
-        return self.settings.redis_key("upgrade", upgrade_id, "drain-alive")
-
     def heartbeat(self, upgrade_id: int) -> None:
-        ttl = max(5, int(3 * self.settings.drain_budget_seconds))
-        self.redis.set(self.alive_key(upgrade_id), str(time.time()), ex=ttl)
+        self.redis.set(keys.drain_alive(self.settings, upgrade_id), str(time.time()),
+                       ex=keys.liveness_ttl(self.settings))
 
 
 @dataclass

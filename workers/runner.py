@@ -9,8 +9,9 @@ import sys
 
 from celery import signals
 
+from service.dispatch import queue_name
 from service.settings import get_settings
-from workers.celery_app import get_app, queue_name
+from workers.celery_app import get_app
 
 log = logging.getLogger("hotrefresh.worker")
 

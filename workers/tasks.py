@@ -20,11 +20,12 @@ from functools import lru_cache
 
 from celery import shared_task
 
+from service import keys
+from service.dispatch import DRAIN_TASK, SCORE_TASK, send_drains
 from service.settings import get_settings
 from service.upgrade import control
 from service.upgrade.scoring import run_scoring
 from workers.backfill import WorkerContext, drain
-from workers.celery_app import DRAIN_TASK, SCORE_TASK, send_drains
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def context() -> WorkerContext:
 def score(upgrade_id: int) -> bool:
     """Score an upgrade once (guarded by a lock); on success start the drain chains."""
     ctx = context()
-    lock = ctx.settings.redis_key("upgrade", upgrade_id, "scoring-lock")
-    if not ctx.redis.set(lock, str(os.getpid()), nx=True, ex=int(ctx.settings.visibility_timeout_seconds)):
+    lock = keys.scoring_lock(ctx.settings, upgrade_id)
+    if not ctx.redis.set(lock, str(os.getpid()), nx=True, ex=keys.scoring_lock_ttl(ctx.settings)):
         log.info("upgrade %s is being scored by another worker", upgrade_id)
         return False
     try:

@@ -15,13 +15,14 @@ import time
 
 import redis as redis_lib
 
+from service import keys
 from service.db.session import read_scope
+from service.dispatch import send_drains, send_score
 from service.metrics import BACKFILL_QUEUE_DEPTH
 from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import control, store
 from service.upgrade.states import COMPLETED, RUNNING, SCORING, TransitionError
-from workers.celery_app import send_drains, send_score
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +33,22 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
     with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
         ups = [(u.id, u.state, store.seconds_since(u.completed_at), store.seconds_since(u.updated_at))
                for u in (store.get_upgrade(s, i) for i in store.active_upgrade_ids(s)) if u is not None]
-    kick_ttl = max(5, int(3 * settings.drain_budget_seconds))
+    kick_ttl = keys.liveness_ttl(settings)
     for upgrade_id, state, since_completed, since_update in ups:
         if state == SCORING:
-            lock = settings.redis_key("upgrade", upgrade_id, "scoring-lock")
+            lock = keys.scoring_lock(settings, upgrade_id)
             # Leave a fresh upgrade to the task POST /upgrade sent; re-send only when none runs.
             if (since_update or 0) > kick_ttl and not redis.exists(lock) and redis.set(
-                settings.redis_key("upgrade", upgrade_id, "kick-score"), "1", nx=True, ex=kick_ttl
+                keys.kick(settings, upgrade_id, "score"), "1", nx=True, ex=kick_ttl
             ):
                 send_score(settings, upgrade_id)
                 actions.append(f"score:{upgrade_id}")
         elif state == RUNNING:
             depth = BackfillQueue(redis, settings, upgrade_id).depth()
             BACKFILL_QUEUE_DEPTH.labels(str(upgrade_id)).set(depth)
-            alive = settings.redis_key("upgrade", upgrade_id, "drain-alive")
+            alive = keys.drain_alive(settings, upgrade_id)
             if not redis.exists(alive) and redis.set(
-                settings.redis_key("upgrade", upgrade_id, "kick-drain"), "1", nx=True, ex=kick_ttl
+                keys.kick(settings, upgrade_id, "drain"), "1", nx=True, ex=kick_ttl
             ):
                 redis.set(alive, "kick", ex=kick_ttl)
                 send_drains(settings, upgrade_id)

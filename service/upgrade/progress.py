@@ -16,6 +16,7 @@ import redis as redis_lib
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import keys
 from service.db.schema import Upgrade, utcnow
 from service.db.session import read_scope, session_scope
 from service.metrics import BACKFILL_PROGRESS, LIVE_MAP, LIVE_NFR
@@ -106,12 +107,11 @@ def claim_checkpoint(settings: Settings, redis: redis_lib.Redis, upgrade_id: int
     step = step_due(settings, progress)
     if step <= 0 or progress >= 1.0:
         return None
-    key = settings.redis_key("upgrade", upgrade_id, "checkpoint", step)
-    if not redis.set(key, "1", nx=True, ex=86400):
+    if not redis.set(keys.checkpoint_claim(settings, upgrade_id, step), "1", nx=True, ex=keys.CHECKPOINT_CLAIM_TTL_S):
         return None
     # Steps skipped by a big jump are claimed too, so they are not measured late.
     for earlier in range(1, step):
-        redis.set(settings.redis_key("upgrade", upgrade_id, "checkpoint", earlier), "1", nx=True, ex=86400)
+        redis.set(keys.checkpoint_claim(settings, upgrade_id, earlier), "1", nx=True, ex=keys.CHECKPOINT_CLAIM_TTL_S)
     return step
 
 

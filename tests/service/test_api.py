@@ -13,7 +13,7 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service import indexlog
+from service import indexlog, keys
 from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem, IndexLogOutbox, ModelRow, Upgrade
 from service.db.session import session_scope
@@ -379,7 +379,7 @@ def test_insert_during_an_upgrade_keeps_both_vectors_and_delete_leaves_the_queue
     assert client.delete(f"/gallery/{gallery[0]}", headers=admin_headers).status_code == 204
     assert queue.depth() == len(ids) - 1
     remaining = {
-        int(x) for x in redis_client.zrange(service_settings.redis_key("upgrade", upgrade_id, "queue"), 0, -1)
+        int(x) for x in redis_client.zrange(keys.queue(service_settings, upgrade_id), 0, -1)
     }
     assert ids[gallery[0]] not in remaining
 

@@ -8,12 +8,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from service import keys
 from service.db.schema import Embedding, Upgrade, utcnow
 from service.db.session import session_scope
+from service.dispatch import queue_name
 from service.upgrade import control, store
 from service.upgrade.scoring import run_scoring
 from workers.backfill import WorkerContext, drain
-from workers.celery_app import queue_name
 from workers.watchdog import tick
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def broker_messages(ctx: WorkerContext) -> int:
     # kombu's Redis transport keeps a queue as a list under the global key prefix
-    return int(ctx.redis.llen(f"{ctx.settings.redis_prefix}:celery:{queue_name(ctx.settings)}"))
+    return int(ctx.redis.llen(keys.celery_prefix(ctx.settings) + queue_name(ctx.settings)))
 
 
 def test_kicks_lost_chains_once_and_auto_commits(make_gallery) -> None:  # noqa: ANN001

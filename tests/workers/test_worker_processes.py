@@ -17,6 +17,7 @@ import redis as redis_lib
 from sqlalchemy import func, select
 
 from cli.launcher import System
+from service import keys
 from service.db.schema import BackfillTask, Embedding, GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
 from service.settings import Settings
@@ -101,7 +102,7 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
                                                                      "batch_size": 4}, headers=ADMIN)
         assert resp.status_code == 202, resp.text
         uid = resp.json()["id"]
-        leases_key = settings_env.redis_key("upgrade", uid, "leases")
+        leases_key = keys.leases(settings_env, uid)
 
         # SIGKILL both workers while they hold leases, a fifth of the way in. The workers are
         # frozen (SIGSTOP) and let run 50 ms at a time until that point is reached: a backfill of

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
+from service import dispatch
 from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import UtcDatetime, error_responses
 from service.settings import Settings
@@ -102,14 +103,6 @@ def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: 
     return UpgradeOut.model_validate(progress.view(session, up, redis, settings).__dict__)
 
 
-def _dispatch(what: str, fn: object, *args: object) -> None:
-    """Send Celery work; if the broker is briefly away the workers' watchdog sends it later."""
-    try:
-        fn(*args)  # type: ignore[operator]
-    except Exception:  # noqa: BLE001 - the SQL change stands; the watchdog re-sends
-        log.exception("could not dispatch %s; the worker watchdog will", what)
-
-
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -118,11 +111,9 @@ def _dispatch(what: str, fn: object, *args: object) -> None:
     responses=error_responses(401, 403, 404, 409, 422),
 )
 def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> UpgradeCreated:
-    from workers.celery_app import send_score
-
     up = control.start(settings, redis, model=body.model, strategy=body.strategy,
                        batch_size=body.batch_size, nfr_guardrail=body.nfr_guardrail)
-    _dispatch("scoring", send_score, settings, up.id)
+    dispatch.try_send("scoring", dispatch.send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
 
 
@@ -154,9 +145,7 @@ def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> S
     except TransitionError as e:
         raise HTTPException(409, detail=str(e)) from None
     if action == "resume":
-        from workers.celery_app import send_drains
-
-        _dispatch("drain chains", send_drains, settings, upgrade_id)
+        dispatch.try_send("drain chains", dispatch.send_drains, settings, upgrade_id)
     return StateOut(id=upgrade_id, state=state)
 
 

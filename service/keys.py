@@ -1,0 +1,99 @@
+"""Every Redis key hotrefresh writes, named in one place, with the lifetimes that belong to them.
+
+Redis holds only derived state (docs/design.md, invariant 2), so nothing here is precious: a
+key lost to a restart is rebuilt from SQL or re-created by whoever needs it. All keys start with
+``settings.redis_prefix``, so several deployments or test runs can share one server.
+
+| key | type | written by | what it holds |
+| --- | --- | --- | --- |
+| ``{p}:indexlog`` | stream | API, workers | the index log (``service.indexlog``) |
+| ``{p}:indexlog:epoch`` | string | first writer | token created with the stream; gone = Redis lost it |
+| ``{p}:upgrade:{id}:queue`` | zset | scoring, workers | item member -> priority (``service.queue``) |
+| ``{p}:upgrade:{id}:leases`` | zset | workers | item member -> lease deadline |
+| ``{p}:upgrade:{id}:prio`` | hash | scoring | item member -> priority, to requeue an expired lease |
+| ``{p}:upgrade:{id}:rebuild-lock`` | string | workers | one process rebuilds a lost queue from SQL |
+| ``{p}:upgrade:{id}:barrier`` | string | checkpoint measurer | while set, nobody leases |
+| ``{p}:upgrade:{id}:checkpoint:{step}`` | string | workers | a checkpoint step claimed (measured once) |
+| ``{p}:upgrade:{id}:scoring-lock`` | string | scoring task | one scoring run at a time |
+| ``{p}:upgrade:{id}:drain-alive`` | string | drain tasks | heartbeat: some drain chain is running |
+| ``{p}:upgrade:{id}:kick-score`` / ``kick-drain`` | string | watchdog | one watchdog re-sends work |
+| ``{p}:celery:*`` | various | Celery | the broker's own keys (``service.dispatch``) |
+"""
+
+from __future__ import annotations
+
+from service.settings import Settings
+
+# A claimed checkpoint step is remembered this long: far longer than any upgrade's backfill.
+CHECKPOINT_CLAIM_TTL_S = 86_400
+
+
+def key(settings: Settings, *parts: object) -> str:
+    return ":".join([settings.redis_prefix, *(str(p) for p in parts)])
+
+
+def indexlog_stream(settings: Settings) -> str:
+    return key(settings, "indexlog")
+
+
+def indexlog_epoch(settings: Settings) -> str:
+    return key(settings, "indexlog", "epoch")
+
+
+def celery_prefix(settings: Settings) -> str:
+    """Prefix of every key the Celery broker writes (its ``global_keyprefix``)."""
+    return key(settings, "celery") + ":"
+
+
+def upgrade_key(settings: Settings, upgrade_id: int, name: str, *more: object) -> str:
+    return key(settings, "upgrade", int(upgrade_id), name, *more)
+
+
+def queue(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "queue")
+
+
+def leases(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "leases")
+
+
+def priorities(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "prio")
+
+
+def rebuild_lock(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "rebuild-lock")
+
+
+def barrier(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "barrier")
+
+
+def checkpoint_claim(settings: Settings, upgrade_id: int, step: int) -> str:
+    return upgrade_key(settings, upgrade_id, "checkpoint", int(step))
+
+
+def scoring_lock(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "scoring-lock")
+
+
+def drain_alive(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "drain-alive")
+
+
+def kick(settings: Settings, upgrade_id: int, what: str) -> str:
+    """The watchdog's claim to re-send ``what`` ("score" or "drain") for an upgrade."""
+    return upgrade_key(settings, upgrade_id, f"kick-{what}")
+
+
+def liveness_ttl(settings: Settings) -> int:
+    """Seconds a drain heartbeat (and a watchdog kick) lives: three drain budgets, at least 5 s.
+
+    A chain beats at least once per drain task, so an absent key means no chain has run for
+    three budgets: the watchdog then restarts the chains."""
+    return max(5, int(3 * settings.drain_budget_seconds))
+
+
+def scoring_lock_ttl(settings: Settings) -> int:
+    """A scoring run holds its lock at most as long as the broker would take to redeliver it."""
+    return int(settings.visibility_timeout_seconds)
