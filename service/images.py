@@ -10,6 +10,8 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from service.errors import BadRequest, TooLarge
+
 # Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas.
 MAX_PIXELS = 40_000_000
 # Modes the encoders' preprocessing converts to L and RGB; anything else (LAB, HSV, 16-bit
@@ -17,11 +19,11 @@ MAX_PIXELS = 40_000_000
 ENCODABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"})
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(TooLarge):
     pass
 
 
-class BadImage(ValueError):
+class BadImage(BadRequest):
     pass
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.db import repositories as repo
 from service.db.schema import ModelRow
-from service.errors import RefusedRequest
+from service.errors import BadRequest, Conflict, UnknownModel
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,24 +31,16 @@ log = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class RegistryError(RefusedRequest):
-    """A registration the service refuses."""
+class InvalidCheckpoint(BadRequest):
+    """An unreadable checkpoint, or a path outside the model directory."""
 
 
-class InvalidCheckpoint(RegistryError):
-    status = 422
+class IncompatibleModel(BadRequest):
+    """A checkpoint whose declared compatibility the registry cannot honour."""
 
 
-class IncompatibleModel(RegistryError):
-    status = 422
-
-
-class ModelExists(RegistryError):
-    status = 409
-
-
-class UnknownModel(RegistryError):
-    status = 404
+class ModelExists(Conflict):
+    """The name is taken."""
 
 
 class EncoderCache:

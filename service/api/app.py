@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
-from service.errors import RefusedRequest
+from service.errors import ServiceError
 from service.imagestore import image_store_for
 from service.settings import Settings, get_settings
 
@@ -92,9 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _validation_detail(exc)})
 
-    @app.exception_handler(RefusedRequest)
-    async def _refused(_request: Request, exc: RefusedRequest) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
+    @app.exception_handler(ServiceError)
+    async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
+        # The one place a refusal becomes HTTP (service.errors): status and headers travel with it.
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

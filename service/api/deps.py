@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import redis as redis_lib
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.serving import Serving
 from service.db.session import session_scope
+from service.errors import Forbidden, Unauthorized
 from service.imagestore import ImageStore
 from service.settings import Settings
 
@@ -55,13 +56,9 @@ def require_admin(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="admin bearer token required (Authorization: Bearer $HOTREFRESH_ADMIN_TOKEN)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthorized("admin bearer token required (Authorization: Bearer $HOTREFRESH_ADMIN_TOKEN)")
     if not secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="wrong admin token")
+        raise Forbidden("wrong admin token")
 
 
 AdminDep = Depends(require_admin)

@@ -28,7 +28,8 @@ from PIL import Image
 from service import indexlog, snapshots
 from service.db import repositories as repo
 from service.db.session import read_scope, session_scope
-from service.index import MixedIndex, QueryPlan, UnknownModelError, factory_from_settings
+from service.errors import Conflict, Unavailable
+from service.index import MixedIndex, QueryPlan, UnknownSegmentError, factory_from_settings
 from service.metrics import GALLERY_VECTORS, INDEX_LOG_LAG
 from service.registry import EncoderCache
 from service.settings import Settings
@@ -41,11 +42,11 @@ log = logging.getLogger(__name__)
 READ_COUNT = 1000  # index-log entries applied per batch
 
 
-class NotReady(RuntimeError):
+class NotReady(Unavailable):
     """The replica has not finished loading from SQL."""
 
 
-class NoModel(RuntimeError):
+class NoModel(Conflict):
     """No model is registered yet, so nothing can be encoded."""
 
 
@@ -223,7 +224,7 @@ class Serving:
         if to_model is None:
             self.load_from_sql()
             return
-        with self._apply_lock, contextlib.suppress(UnknownModelError):
+        with self._apply_lock, contextlib.suppress(UnknownSegmentError):
             self.index.rollback(to_model)
         # Items inserted during the upgrade were never in the old segment, and a replica started
         # mid-upgrade has no parked vectors at all: those come from SQL.
@@ -238,7 +239,7 @@ class Serving:
             # Anything still live there must move first, or dropping the segment would lose it.
             self.sync_ids(self._ids_where(lambda m: m == dropped_model))
         with self._apply_lock:
-            with contextlib.suppress(UnknownModelError):
+            with contextlib.suppress(UnknownSegmentError):
                 self.index.drop_segment(dropped_model)
             self._update_gauges()
         self.refresh_query_model()

@@ -16,7 +16,7 @@ from service.index.errors import (
     IndexInputError,
     SnapshotError,
     UnknownIdError,
-    UnknownModelError,
+    UnknownSegmentError,
 )
 from service.index.mixed import ArrayHits, MixedIndex
 from service.index.plan import Hit, QueryPlan, SegmentQuery
@@ -36,7 +36,7 @@ __all__ = [
     "SegmentQuery",
     "SnapshotError",
     "UnknownIdError",
-    "UnknownModelError",
+    "UnknownSegmentError",
     "VectorBackend",
     "backend_factory",
     "create_backend",

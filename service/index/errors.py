@@ -1,14 +1,16 @@
 """Errors of the mixed index.
 
-All derive from ``ValueError`` so callers (HTTP routes, the index-log follower) can turn any
-bad request into a 4xx with one ``except``; each operation validates everything before it
+All derive from :class:`service.errors.BadRequest` (a ``ValueError``), so one handler turns
+any of them into a 422 and callers below the API can catch ``ValueError``; each operation validates everything before it
 changes anything, so an error always leaves the index as it was.
 """
 
 from __future__ import annotations
 
+from service.errors import BadRequest
 
-class IndexInputError(ValueError):
+
+class IndexInputError(BadRequest):
     """A request the index cannot apply (bad shape, dtype, k, calibration, ...)."""
 
 
@@ -24,8 +26,9 @@ class DuplicateIdError(IndexInputError):
     """An id given twice in one batch, or added while it is already live."""
 
 
-class UnknownModelError(IndexInputError):
-    """A model (segment) name the index does not hold."""
+class UnknownSegmentError(IndexInputError):
+    """A segment (model) name the index does not hold. Not ``service.errors.UnknownModel``: the
+    model may well be registered, this replica just holds no vectors of it."""
 
 
 class SnapshotError(IndexInputError):

@@ -27,7 +27,7 @@ from service.index.errors import (
     IndexInputError,
     SnapshotError,
     UnknownIdError,
-    UnknownModelError,
+    UnknownSegmentError,
 )
 from service.index.files import save_json
 from service.index.flat import FlatBackend
@@ -219,7 +219,7 @@ class MixedIndex:
         with self._lock.write():
             parked = self._parked.get(to_model)
             if parked is None and to_model not in self._segments:
-                raise UnknownModelError(f"no segment or parked vectors for model {to_model!r}")
+                raise UnknownSegmentError(f"no segment or parked vectors for model {to_model!r}")
             if parked is None or parked.count() == 0:
                 return 0
             ids, vecs = parked.export()
@@ -239,7 +239,7 @@ class MixedIndex:
         with self._lock.write():
             seg = self._segments.get(model)
             if seg is None and model not in self._parked:
-                raise UnknownModelError(f"no segment or parked vectors for model {model!r}")
+                raise UnknownSegmentError(f"no segment or parked vectors for model {model!r}")
             if seg is not None and seg.count() and not force:
                 raise IndexInputError(
                     f"segment {model!r} still holds {seg.count()} live items; move or delete them first"
@@ -339,7 +339,7 @@ class MixedIndex:
         try:
             return self._segments[model]
         except KeyError:
-            raise UnknownModelError(f"no segment for model {model!r}; have {list(self._segments)}") from None
+            raise UnknownSegmentError(f"no segment for model {model!r}; have {list(self._segments)}") from None
 
     def _segment_for(self, model: str, dim: int) -> VectorBackend:
         if not isinstance(model, str) or not model:

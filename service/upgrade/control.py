@@ -15,27 +15,23 @@ from service import indexlog
 from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem, ServingState, Upgrade, utcnow
 from service.db.session import session_scope
-from service.errors import RefusedRequest
+from service.errors import BadRequest, Conflict, NotFound, UnknownModel
 from service.queue import BackfillQueue
 from service.settings import Settings
 from service.upgrade import store
 from service.upgrade.states import ACTIVE, CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
 
 
-class UpgradeRequestError(RefusedRequest):
-    """A refused upgrade request."""
+class UpgradeRequestError(BadRequest):
+    """An upgrade request that cannot be honoured as asked (422)."""
 
 
-class UnknownModelError(UpgradeRequestError):
-    status = 404
+class UpgradeConflict(Conflict):
+    """Another upgrade owns the gallery, or the state forbids the action (409)."""
 
 
-class UpgradeConflict(UpgradeRequestError):
-    status = 409
-
-
-class UpgradeNotFound(UpgradeRequestError):
-    status = 404
+class UpgradeNotFound(NotFound):
+    pass
 
 
 def start(
@@ -65,7 +61,7 @@ def start(
         )
         target = repo.get_model(s, model)
         if target is None:
-            raise UnknownModelError(f"model {model!r} is not registered")
+            raise UnknownModel(f"model {model!r} is not registered")
         running = s.scalar(
             select(Upgrade).where(Upgrade.state.in_(ACTIVE)).order_by(Upgrade.id.desc()).limit(1)
         )
@@ -203,5 +199,5 @@ def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str
         )
 
 
-__all__ = ["start", "act", "commit", "fail", "UpgradeRequestError", "UnknownModelError", "UpgradeConflict",
+__all__ = ["start", "act", "commit", "fail", "UpgradeRequestError", "UpgradeConflict",
            "UpgradeNotFound", "TransitionError", "CANCELLED", "ROLLED_BACK"]

@@ -8,6 +8,8 @@ completion, say) serialise in the database and exactly one wins; the loser sees 
 
 from __future__ import annotations
 
+from service.errors import Conflict
+
 SCORING = "scoring"
 RUNNING = "running"
 PAUSED = "paused"
@@ -43,7 +45,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 OPERATOR_ACTIONS = ("pause", "resume", "cancel", "rollback", "commit")
 
 
-class TransitionError(Exception):
+class TransitionError(Conflict):
     """The action is not allowed from the upgrade's current state (HTTP 409)."""
 
     def __init__(self, upgrade_id: int, action: str, state: str | None) -> None:

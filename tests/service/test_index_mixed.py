@@ -16,7 +16,7 @@ from service.index import (
     QueryPlan,
     SegmentQuery,
     UnknownIdError,
-    UnknownModelError,
+    UnknownSegmentError,
     VectorBackend,
     cuda_available,
 )
@@ -122,9 +122,9 @@ def test_commit_drops_old_segment_and_parked_vectors() -> None:
     idx.move(ids, "new", new)
     idx.drop_segment("old")
     assert idx.models() == ["new"] and idx.parked_counts() == {}
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(UnknownSegmentError):
         idx.rollback("old")
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(UnknownSegmentError):
         idx.drop_segment("old")
     assert idx.rollback("new") == 0
     idx.drop_segment("new", force=True)
@@ -187,13 +187,13 @@ def test_bad_requests_raise_clear_errors_and_change_nothing() -> None:
         (IndexInputError, lambda: idx.search(old[:1], k=MAX_K + 1)),
         (IndexInputError, lambda: idx.search(old[:1], k=2.5)),  # type: ignore[arg-type]
         (DimensionError, lambda: idx.search(np.ones((1, D + 1), dtype=np.float32), k=3)),
-        (UnknownModelError, lambda: idx.search(QueryPlan.single(old[:1], ["old", "nope"]), k=3)),
+        (UnknownSegmentError, lambda: idx.search(QueryPlan.single(old[:1], ["old", "nope"]), k=3)),
         (IndexInputError, lambda: SegmentQuery("old", old[:1], scale=-1.0)),
         (IndexInputError, lambda: QueryPlan.of([SegmentQuery("old", old[:1]), SegmentQuery("new", old[:2])])),
         (IndexInputError, lambda: QueryPlan.of([])),
-        (UnknownModelError, lambda: idx.rollback("nope")),
-        (UnknownModelError, lambda: idx.drop_segment("nope")),
-        (UnknownModelError, lambda: idx.vectors("nope", [ids[0]])),
+        (UnknownSegmentError, lambda: idx.rollback("nope")),
+        (UnknownSegmentError, lambda: idx.drop_segment("nope")),
+        (UnknownSegmentError, lambda: idx.vectors("nope", [ids[0]])),
         (UnknownIdError, lambda: idx.vectors("old", [ids[0]])),  # it lives on "new" now
     ]
     for exc, call in cases:

@@ -10,28 +10,21 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
-from service.api.serving import NotReady
 from service.db import repositories as repo
 from service.db.session import session_scope
-from service.images import BadImage, UploadTooLarge, decode_image, read_limited
+from service.errors import BadRequest, Conflict, NotFound, TooLarge
+from service.images import decode_image, read_limited
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
 MAX_ID_LEN = 256
-
-
-def _check_ready(serving: ServingDep) -> None:
-    try:
-        serving.require_ready()
-    except NotReady as e:
-        raise HTTPException(503, detail=str(e)) from None
 
 
 @router.post(
@@ -52,43 +45,34 @@ def add_items(
 ) -> GalleryCreateOut:
     n = len(image)
     if n > settings.max_images_per_request:
-        raise HTTPException(
-            413, detail=f"{n} images in one request; the limit is {settings.max_images_per_request} "
+        raise TooLarge(f"{n} images in one request; the limit is {settings.max_images_per_request} "
             "(HOTREFRESH_MAX_IMAGES_PER_REQUEST)"
         )
     if len(external_id) != n:
-        raise HTTPException(
-            422, detail=f"got {n} images but {len(external_id)} external_id values; send one per image"
+        raise BadRequest(f"got {n} images but {len(external_id)} external_id values; send one per image"
         )
     labels: list[str | None] = list(label) if label else [None] * n
     if len(labels) != n:
-        raise HTTPException(
-            422, detail=f"got {n} images but {len(labels)} labels; send one per image or none"
+        raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none"
         )
     for ext in external_id:
         if not ext.strip() or len(ext) > MAX_ID_LEN:
-            raise HTTPException(
-                422, detail=f"external_id must be 1 to {MAX_ID_LEN} characters, not blank: {ext!r}"
+            raise BadRequest(f"external_id must be 1 to {MAX_ID_LEN} characters, not blank: {ext!r}"
             )
     for lab in labels:
         if lab is not None and len(lab) > MAX_ID_LEN:
-            raise HTTPException(422, detail=f"label longer than {MAX_ID_LEN} characters")
+            raise BadRequest(f"label longer than {MAX_ID_LEN} characters")
     repeated = [e for e, c in Counter(external_id).items() if c > 1]
     if repeated:
-        raise HTTPException(409, detail=f"external_id repeated within the request: {repeated[:10]}")
-    _check_ready(serving)
+        raise Conflict(f"external_id repeated within the request: {repeated[:10]}")
+    serving.require_ready()
 
     blobs: list[bytes] = []
     images = []
     for i, (upload, ext) in enumerate(zip(image, external_id, strict=True)):
         what = f"image {i} (external_id {ext!r})"
-        try:
-            data = read_limited(upload.file, settings.max_upload_bytes, what)
-            images.append(decode_image(data, what))
-        except UploadTooLarge as e:
-            raise HTTPException(413, detail=str(e)) from None
-        except BadImage as e:
-            raise HTTPException(422, detail=str(e)) from None
+        data = read_limited(upload.file, settings.max_upload_bytes, what)
+        images.append(decode_image(data, what))
         blobs.append(data)
 
     # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
@@ -96,10 +80,10 @@ def add_items(
         state = repo.get_serving_state(s)
         gallery_model = state.gallery_model
         if gallery_model is None:
-            raise HTTPException(409, detail="no model is registered yet; POST /models first")
+            raise Conflict("no model is registered yet; POST /models first")
         taken = repo.existing_external_ids(s, external_id)
         if taken:
-            raise HTTPException(409, detail=f"external_id already in the gallery: {sorted(taken)[:10]}")
+            raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
         upgrade = repo.active_upgrade(s)
         # While an upgrade can still be rolled back, keep the old model's vector too, so a
         # rollback never has to re-encode anything (invariant 6).
@@ -123,7 +107,7 @@ def add_items(
             staged = indexlog.stage(s, "add", gallery_model, [c.id for c in created])
     except IntegrityError:
         # Another request inserted one of these ids between our check and our commit.
-        raise HTTPException(409, detail="external_id already in the gallery (concurrent insert)") from None
+        raise Conflict("external_id already in the gallery (concurrent insert)") from None
 
     indexlog.publish(redis, settings, staged)
     serving.sync_ids(staged.ids)
@@ -134,7 +118,7 @@ def add_items(
 def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
     item = repo.get_item(session, external_id)
     if item is None:
-        raise HTTPException(404, detail=f"no gallery item with external_id {external_id!r}")
+        raise NotFound(f"no gallery item with external_id {external_id!r}")
     return GalleryItemOut(
         external_id=item.external_id,
         label=item.label,
@@ -155,7 +139,7 @@ def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, re
     with session_scope(settings.sqlalchemy_url) as s:
         item = repo.get_item(s, external_id)
         if item is None:
-            raise HTTPException(404, detail=f"no gallery item with external_id {external_id!r}")
+            raise NotFound(f"no gallery item with external_id {external_id!r}")
         item_id, model = item.id, item.active_model
         upgrade = repo.active_upgrade(s)
         upgrade_id = upgrade.id if upgrade is not None else None

@@ -3,10 +3,11 @@ has been loaded from SQL (a load balancer must not send searches to an empty rep
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from service.api.deps import ServingDep
 from service.api.schemas import HealthOut, ReadyOut, error_responses
+from service.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,7 @@ def healthz() -> HealthOut:
 @router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
 def readyz(serving: ServingDep) -> ReadyOut:
     if not serving.ready.is_set():
-        raise HTTPException(503, detail="the index is still loading")
+        raise Unavailable("the index is still loading")
     return ReadyOut(
         query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id,
         loaded_from=serving.loaded_from,

@@ -3,7 +3,7 @@ query model; later ones are upgrade targets."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
@@ -12,6 +12,7 @@ from service.api.schemas import ModelOut, ModelsOut, error_responses
 from service.db import repositories as repo
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
+from service.errors import BadRequest, Conflict
 from service.registry import register, resolve_model_path, save_upload
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -62,8 +63,7 @@ def register_model(
     ),
 ) -> ModelOut:
     if (file is None) == (path is None or path == ""):
-        raise HTTPException(
-            422, detail="send exactly one of: a checkpoint `file`, or a `path` in the model directory"
+        raise BadRequest("send exactly one of: a checkpoint `file`, or a `path` in the model directory"
         )
     try:
         if file is not None:
@@ -76,7 +76,7 @@ def register_model(
             # The query model changed from none to this one: every replica must hear of it.
             staged = indexlog.stage(s, "switch", out.name) if first else None
     except IntegrityError:
-        raise HTTPException(409, detail="a model with this name was registered concurrently") from None
+        raise Conflict("a model with this name was registered concurrently") from None
     if staged is not None:
         indexlog.publish(redis, settings, staged)
         serving.refresh_query_model()

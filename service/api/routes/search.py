@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api.deps import ServingDep, SettingsDep
 from service.api.schemas import SearchOut, SearchResult, error_responses
-from service.api.serving import NoModel, NotReady
-from service.images import BadImage, UploadTooLarge, decode_image, read_limited
+from service.errors import ServiceError
+from service.images import decode_image, read_limited
 from service.metrics import SEARCH_REQUESTS, SEARCH_SECONDS
-from service.registry import UnknownModel
 
 router = APIRouter(tags=["search"])
 
 MAX_K = 1000
 
 
-@router.post("/search", response_model=SearchOut, responses=error_responses(409, 413, 422, 503))
+@router.post("/search", response_model=SearchOut, responses=error_responses(404, 409, 413, 422, 503))
 def search(
     settings: SettingsDep,
     serving: ServingDep,
@@ -29,26 +28,16 @@ def search(
     started = time.perf_counter()
     code = 500
     try:
-        try:
-            data = read_limited(image.file, settings.max_upload_bytes, "query image")
-            img = decode_image(data, "query image")
-            model, query = serving.encode_query(img)
-        except UploadTooLarge as e:
-            raise HTTPException(413, detail=str(e)) from None
-        except BadImage as e:
-            raise HTTPException(422, detail=str(e)) from None
-        except NotReady as e:
-            raise HTTPException(503, detail=str(e)) from None
-        except (NoModel, UnknownModel) as e:
-            raise HTTPException(409, detail=str(e)) from None
+        data = read_limited(image.file, settings.max_upload_bytes, "query image")
+        model, query = serving.encode_query(decode_image(data, "query image"))
         hits = serving.search_vector(query, k)
         code = 200
         return SearchOut(
             query_model=model,
             results=[SearchResult(external_id=e, score=s, model=m) for e, s, m in hits],
         )
-    except HTTPException as e:
-        code = e.status_code
+    except ServiceError as e:
+        code = e.status
         raise
     finally:
         SEARCH_SECONDS.observe(time.perf_counter() - started)

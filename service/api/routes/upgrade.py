@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, Field
 
 from service import dispatch
 from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import UtcDatetime, error_responses
+from service.errors import NotFound
 from service.settings import Settings
 from service.upgrade import control, progress, store
-from service.upgrade.states import TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: 
     up = store.latest_upgrade(session) if upgrade_id is None else store.get_upgrade(session, upgrade_id)
     if up is None:
         detail = "no upgrade yet" if upgrade_id is None else f"upgrade {upgrade_id} not found"
-        raise HTTPException(404, detail=detail)
+        raise NotFound(detail)
     return UpgradeOut.model_validate(progress.view(session, up, redis, settings).__dict__)
 
 
@@ -134,16 +134,13 @@ def failures(
 ) -> list[FailureOut]:
     """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
     if store.get_upgrade(session, upgrade_id) is None:
-        raise HTTPException(404, detail=f"upgrade {upgrade_id} not found")
+        raise NotFound(f"upgrade {upgrade_id} not found")
     return [FailureOut(item_id=f.item_id, external_id=f.external_id, attempts=f.attempts, error=f.error)
             for f in store.list_failures(session, upgrade_id, limit)]
 
 
 def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> StateOut:
-    try:
-        state = control.act(settings, redis, upgrade_id, action)
-    except TransitionError as e:
-        raise HTTPException(409, detail=str(e)) from None
+    state = control.act(settings, redis, upgrade_id, action)
     if action == "resume":
         dispatch.try_send("drain chains", dispatch.send_drains, settings, upgrade_id)
     return StateOut(id=upgrade_id, state=state)
