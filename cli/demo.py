@@ -88,7 +88,8 @@ def demo(
     import httpx
 
     from cli.launcher import System, free_port
-    from cli.worker import watch_upgrade
+    from cli.upgrade import watch_upgrade
+    from service.settings import PLACEHOLDER_TOKEN, get_settings
 
     data_dir = data_dir.resolve()
     old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed)
@@ -98,16 +99,17 @@ def demo(
     (run_dir / "data" / "models").mkdir(parents=True)
     for p in (old_path, new_path):
         shutil.copy2(p, run_dir / "data" / "models" / p.name)
-    token = os.environ.get("HOTREFRESH_ADMIN_TOKEN", DEMO_TOKEN)
+    settings = get_settings()
+    token = settings.admin_token if settings.admin_token not in ("", PLACEHOLDER_TOKEN) else DEMO_TOKEN
     env = {
-        "HOTREFRESH_ENV": os.environ.get("HOTREFRESH_ENV", "development"),
+        "HOTREFRESH_ENV": settings.env,
         "HOTREFRESH_ADMIN_TOKEN": token,
         "HOTREFRESH_DATA_DIR": str(run_dir / "data"),
         "HOTREFRESH_REDIS_PREFIX": f"hotrefresh-demo-{os.getpid()}",
     }
     with System(run_dir, env=env) as system:
-        if os.environ.get("HOTREFRESH_REDIS_URL"):
-            typer.echo(f"redis: {os.environ['HOTREFRESH_REDIS_URL']}")
+        if settings.redis_url:
+            typer.echo(f"redis: {settings.redis_url}")
         else:
             typer.echo(f"redis: embedded at {system.start_redis()}")
         api = system.start_api(port=port or free_port())
@@ -120,7 +122,7 @@ def demo(
                 r = client.post("/models", data={"path": p.name})
                 if r.status_code != 201:
                     raise typer.Exit(_fail(f"POST /models {p.name}", r))
-            from cli.serve import ingest
+            from cli.ingest import ingest
 
             ingest(None, fashion_mnist=True, split="test", limit=gallery, url=api.url, token=token)
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()

@@ -1,10 +1,8 @@
-"""The ``serve`` and ``ingest`` commands of the ``hotrefresh`` CLI."""
+"""``hotrefresh serve``: migrate the database, then run the API under uvicorn."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,90 +37,3 @@ def serve(
     uvicorn.run(
         "service.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
     )
-
-
-def _batches(items: Iterator[tuple[str, str, bytes]], size: int) -> Iterator[list[tuple[str, str, bytes]]]:
-    batch: list[tuple[str, str, bytes]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _folder_items(root: Path) -> list[tuple[str, str, Path]]:
-    from models.data import IMAGE_SUFFIXES
-
-    if not root.is_dir():
-        raise typer.BadParameter(f"{root} is not a directory")
-    out = []
-    for cls in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(cls.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                out.append((f"{cls.name}/{f.name}", cls.name, f))
-    if not out:
-        raise typer.BadParameter(f"{root} holds no images in class sub-folders (root/<class>/<image>)")
-    return out
-
-
-def ingest(
-    folder: Annotated[Path | None, typer.Argument(help="A labeled folder: root/<class>/<image>.")] = None,
-    fashion_mnist: Annotated[bool, typer.Option("--fashion-mnist", help="Ingest Fashion-MNIST.")] = False,
-    split: Annotated[str, typer.Option(help="Fashion-MNIST split: train or test.")] = "test",
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many images.")] = None,
-    offset: Annotated[int, typer.Option(min=0, help="Skip this many images first.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per POST /gallery request.")] = 128,
-    url: Annotated[str, typer.Option(help="Base URL of a running API.")] = "http://127.0.0.1:8000",
-    token: Annotated[
-        str | None, typer.Option(help="Admin token (default: $HOTREFRESH_ADMIN_TOKEN).", show_default=False)
-    ] = None,
-) -> None:
-    """Upload a gallery to a running API in batched multipart requests, with a progress bar."""
-    import httpx
-    from tqdm import tqdm
-
-    if (folder is None) == (not fashion_mnist):
-        raise typer.BadParameter("give either a FOLDER or --fashion-mnist")
-    token = token or os.environ.get("HOTREFRESH_ADMIN_TOKEN")
-    if not token:
-        raise typer.BadParameter("no admin token: pass --token or set HOTREFRESH_ADMIN_TOKEN")
-
-    if fashion_mnist:
-        from models.data import FASHION_MNIST_CLASSES, encode_png, load_fashion_mnist
-
-        images, labels = load_fashion_mnist(split)
-        stop = len(images) if limit is None else min(len(images), offset + limit)
-        indices = range(offset, stop)
-        total = len(indices)
-        items: Iterator[tuple[str, str, bytes]] = (
-            (f"fmnist-{split}-{i:05d}", FASHION_MNIST_CLASSES[int(labels[i])], encode_png(images[i]))
-            for i in indices
-        )
-    else:
-        assert folder is not None
-        files = _folder_items(folder)[offset:]
-        files = files[:limit] if limit is not None else files
-        total = len(files)
-        items = ((ext, label, path.read_bytes()) for ext, label, path in files)
-
-    headers = {"Authorization": f"Bearer {token}"}
-    done = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=300) as client, tqdm(
-        total=total, unit="img", desc="ingest"
-    ) as bar:
-        for batch in _batches(items, batch_size):
-            files_part = [("image", (f"{ext.replace('/', '_')}.png", data, "application/octet-stream"))
-                          for ext, _label, data in batch]
-            form = {"external_id": [ext for ext, _, _ in batch], "label": [lab for _, lab, _ in batch]}
-            r = client.post("/gallery", files=files_part, data=form)
-            if r.status_code != 201:
-                is_json = r.headers.get("content-type", "").startswith("application/json")
-                detail = r.json().get("detail") if is_json else r.text
-                bar.close()
-                typer.echo(f"error: POST /gallery answered {r.status_code}: {detail}", err=True)
-                raise typer.Exit(1)
-            done += len(batch)
-            bar.update(len(batch))
-    typer.echo(f"ingested {done} images into {url}")

@@ -1,5 +1,10 @@
 """Typed configuration of every process (API, worker, CLI), read from ``HOTREFRESH_*`` variables.
 
+The one place any process of ours reads its configuration: no module reads ``os.environ`` for a
+``HOTREFRESH_*`` variable, and the CLI's options default to these fields. (Variables that belong
+to libraries, such as ``PROMETHEUS_MULTIPROC_DIR`` or ``OMP_NUM_THREADS``, are set by our
+processes for those libraries and read by them.)
+
 Built on first use through :func:`get_settings` rather than at import time, so tests and
 the CLI can set the environment first and clear the cache between runs.
 """
@@ -59,6 +64,14 @@ class Settings(BaseSettings):
     # Extra niceness of a drain's loader and writer threads (Linux): the encoder thread is the
     # pipeline's bottleneck, so it should win a core whenever the stages beside it contend for one.
     helper_nice: int = Field(default=10, ge=0, le=19)
+    # Torch threads of each worker pool process; default: the machine's cores shared out.
+    torch_threads: int | None = Field(default=None, ge=1)
+    # Port of a worker's Prometheus /metrics (its pool processes summed); 0 = off.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+
+    # Clients (``hotrefresh ingest``, ``hotrefresh upgrade ...``): the API they talk to. They send
+    # ``admin_token`` above as their bearer token.
+    api_url: str = "http://127.0.0.1:8000"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

@@ -10,7 +10,7 @@ import sys
 from celery import signals
 
 from service.dispatch import queue_name
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 from workers.celery_app import get_app
 
 log = logging.getLogger("hotrefresh.worker")
@@ -18,11 +18,10 @@ log = logging.getLogger("hotrefresh.worker")
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def _threads_per_child(concurrency: int) -> int:
+def _threads_per_child(settings: Settings, concurrency: int) -> int:
     """Torch threads of each pool process: HOTREFRESH_TORCH_THREADS, else the cores shared out."""
-    explicit = os.environ.get("HOTREFRESH_TORCH_THREADS")
-    if explicit:
-        return max(1, int(explicit))
+    if settings.torch_threads:
+        return settings.torch_threads
     return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 
@@ -44,7 +43,7 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
         log.info("worker metrics on :%d/metrics (PROMETHEUS_MULTIPROC_DIR=%s)", metrics_port,
                  os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
-    threads = _threads_per_child(concurrency)
+    threads = _threads_per_child(settings, concurrency)
 
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: object) -> None:

@@ -68,11 +68,11 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
                          "the upgrade to complete", logs)
         models = httpx.get(f"{api.url}/models").json()
         # the operator's CLI reads the same thing through the API
-        cli = subprocess.run([sys.executable, "-m", "service", "upgrade", "status", str(uid), "--json",
+        cli = subprocess.run([sys.executable, "-m", "cli", "upgrade", "status", str(uid), "--json",
                               "--api", api.url], capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["state"] == "completed"
-        refused = subprocess.run([sys.executable, "-m", "service", "upgrade", "pause", str(uid), "--api", api.url,
+        refused = subprocess.run([sys.executable, "-m", "cli", "upgrade", "pause", str(uid), "--api", api.url,
                                   "--token", ADMIN["Authorization"].split()[1]], capture_output=True, text=True,
                                  timeout=60)
         assert refused.returncode == 1 and "409" in refused.stderr

@@ -31,7 +31,7 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         api = system.start_api()
         assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
         run = subprocess.run(
-            [sys.executable, "-m", "service", "ingest", str(root), "--batch-size", "4", "--url", api.url],
+            [sys.executable, "-m", "cli", "ingest", str(root), "--batch-size", "4", "--url", api.url],
             capture_output=True, text=True, timeout=120,
         )
         assert run.returncode == 0, run.stderr
@@ -40,7 +40,7 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         assert item["label"] == "dogs" and item["model"] == "old"
         # Again: every id is taken now, so the API refuses and the command says why.
         again = subprocess.run(
-            [sys.executable, "-m", "service", "ingest", str(root), "--url", api.url],
+            [sys.executable, "-m", "cli", "ingest", str(root), "--url", api.url],
             capture_output=True, text=True, timeout=120,
         )
         assert again.returncode == 1 and "409" in again.stderr and "already" in again.stderr

@@ -54,7 +54,7 @@ def test_two_replicas_stay_identical_and_a_restart_reloads_the_same_state(
 
         assert ca.post("/models", data={"path": "old.pt"}).status_code == 201
         ingest = subprocess.run(
-            [sys.executable, "-m", "service", "ingest", "--fashion-mnist", "--split", "test", "--limit", "40",
+            [sys.executable, "-m", "cli", "ingest", "--fashion-mnist", "--split", "test", "--limit", "40",
              "--batch-size", "16", "--url", a.url],
             capture_output=True, text=True, timeout=300,
         )
