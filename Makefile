@@ -28,10 +28,14 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # One at a time (2 cores): each writes its JSON under benchmarks/results/.
 bench: setup

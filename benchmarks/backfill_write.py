@@ -1,4 +1,4 @@
-"""A backfill batch's SQL write (``store.record_encoded``: vectors, items' active model, tasks
+"""A backfill batch's SQL write (``upgrades.record_encoded``: vectors, items' active model, tasks
 done, the counter, one transaction and its commit) in CPU time per item, on a real SQLite gallery
 of Fashion-MNIST images scored by a real upgrade, with the table layout before and after
 migration 0002, side by side.
@@ -6,7 +6,7 @@ migration 0002, side by side.
 - ``before``: schema 0001 (an ``(upgrade_id, status)`` index on the tasks, an index on the
   items' active model) and the tasks inserted in item-id order, as scoring used to insert them;
 - ``after``: schema head (partial indexes on pending and finished tasks, no active-model index)
-  and the tasks inserted in the queue's order, as ``store.replace_tasks`` now does.
+  and the tasks inserted in the queue's order, as ``upgrades.replace_tasks`` now does.
 
 Both copies start from the same scored gallery and land the same batches (256 ids in the
 queue's order, the same vectors) through the same code; the two layouts alternate, ``--repeat``
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from index_bench import RESULTS, machine, table, write_json
+
+from service.repositories import upgrades
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -121,7 +123,6 @@ def land_all(db: Path, batch: int, seed: int) -> np.ndarray:
     CPU seconds per item of each batch's transaction (statements and commit)."""
 
     from service.db.session import get_engine, session_scope
-    from service.upgrade import store
 
     url = f"sqlite:///{db}"
     uid, to_model, order = queue_order(url)
@@ -132,7 +133,7 @@ def land_all(db: Path, batch: int, seed: int) -> np.ndarray:
         vectors = rng.standard_normal((len(ids), 128), dtype=np.float32)
         t0 = time.process_time()
         with session_scope(url) as s:
-            outcome = store.record_encoded(s, uid, to_model, ids, vectors)
+            outcome = upgrades.record_encoded(s, uid, to_model, ids, vectors)
         per_item.append((time.process_time() - t0) / len(ids))
         if outcome.newly_done != len(ids):
             raise SystemExit(f"a batch landed {outcome.newly_done} of {len(ids)} items")

@@ -1,6 +1,6 @@
 """A backfill batch's write with the previous statements (``SELECT ... FOR UPDATE`` of the items,
 ``DELETE`` of any vector of the new model, ``INSERT`` of the vectors, ``UPDATE`` of the items'
-model, ``UPDATE`` of the tasks) against the current ``store.record_encoded`` (``UPDATE ...
+model, ``UPDATE`` of the tasks) against the current ``upgrades.record_encoded`` (``UPDATE ...
 RETURNING`` of the items, which also locks them, an ``INSERT ... ON CONFLICT DO UPDATE`` of the
 vectors, ``UPDATE`` of the tasks), on PostgreSQL and on SQLite, side by side.
 
@@ -33,35 +33,40 @@ import numpy as np
 from backfill_write import queue_order, scored_gallery
 from index_bench import RESULTS, fresh_postgres, machine, table, write_json
 
+from service.repositories import common, upgrades
+from service.repositories import items as item_repo
+
 HEADER = ["database", "statements", "client us/item", "server us/item", "wall us/item", "every round (client+server)"]
 
 
 def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_ids: Sequence[int],  # noqa: ANN001
                                  vectors: np.ndarray):  # noqa: ANN201
-    """``store.record_encoded`` as it was before the upsert (commit e1bdb17), kept to compare."""
+    """``upgrades.record_encoded`` as it was before the upsert (commit e1bdb17), kept to compare."""
     from sqlalchemy import bindparam, delete, select, update
 
-    from service.db.repositories import vector_to_bytes
-    from service.db.schema import Embedding, Upgrade, utcnow
-    from service.upgrade import store
+    from service.db.schema import Embedding, Upgrade
+    from service.repositories.common import vector_to_bytes
+    from service.timestamps import utcnow
+
 
     vecs = Embedding.__table__
-    delete_vectors = delete(vecs).where(vecs.c.model == bindparam("model"), vecs.c.item_id.in_(store._IDS))
-    set_active = update(store._items).where(store._items.c.id.in_(store._IDS)).values(active_model=bindparam("model"))
-    state = store.lock_state(session, upgrade_id)
+    delete_vectors = delete(vecs).where(vecs.c.model == bindparam("model"), vecs.c.item_id.in_(common.IDS))
+    table = item_repo._items
+    set_active = update(table).where(table.c.id.in_(common.IDS)).values(active_model=bindparam("model"))
+    state = upgrades.lock_state(session, upgrade_id)
     by_id = {int(i): k for k, i in enumerate(item_ids)}
     conn = session.connection()
-    present = sorted(store.lock_items(session, list(by_id)))
+    present = sorted(item_repo.lock_items(session, list(by_id)))
     now, done = utcnow(), 0
-    for chunk in store._chunks(present):
+    for chunk in common.id_chunks(present):
         conn.execute(delete_vectors, {"model": to_model, "ids": chunk})
         conn.execute(vecs.insert(), [{"item_id": i, "model": to_model, "vector": vector_to_bytes(vectors[by_id[i]]),
                                       "created_at": now} for i in chunk])
         conn.execute(set_active, {"model": to_model, "ids": chunk})
-        done += int(conn.execute(store._TASKS_DONE, {"b_upgrade": upgrade_id, "ids": chunk, "now": now}).rowcount)
+        done += int(conn.execute(upgrades._TASKS_DONE, {"b_upgrade": upgrade_id, "ids": chunk, "now": now}).rowcount)
     session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(done=Upgrade.done + done))
     counts = session.execute(select(Upgrade.done, Upgrade.total).where(Upgrade.id == upgrade_id)).one()
-    return store.BatchOutcome(present, done, state, (int(counts[0]), int(counts[1])))
+    return upgrades.BatchOutcome(present, done, state, (int(counts[0]), int(counts[1])))
 
 
 def postgres_cpu_seconds() -> float:
@@ -106,7 +111,6 @@ def land_all(url: str, batch: int, write: Callable, seed: int) -> dict[str, floa
 
 
 def main() -> None:
-    from service.upgrade import store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60000)
@@ -117,7 +121,7 @@ def main() -> None:
         "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--out", type=Path, default=RESULTS / "vector_upsert.json")
     args = ap.parse_args()
-    variants = {"delete+insert": record_encoded_delete_insert, "upsert": store.record_encoded}
+    variants = {"delete+insert": record_encoded_delete_insert, "upsert": upgrades.record_encoded}
 
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     rows = []

@@ -36,12 +36,12 @@ def _train_models(cache: Path, train_size: int, epochs: int, seed: int) -> tuple
     images, labels = load_fashion_mnist("train")
     images, labels = images[:train_size], labels[:train_size]
     alloc = allocate("expansion", labels, seed)
-    common = {"embedding_dim": 64, "epochs": epochs, "seed": seed}
     typer.echo(f"models: training old conv2 on {len(alloc.old_idx)} images, new conv4 (RACT) on {len(alloc.new_idx)}")
-    train_and_save(images[alloc.old_idx], labels[alloc.old_idx], TrainConfig(arch="conv2", **common),
-                   old_path, "fmnist-old")
-    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], TrainConfig(arch="conv4", loss="ract", **common),
-                   new_path, "fmnist-new-ract", old_path=old_path)
+    old_cfg = TrainConfig(arch="conv2", embedding_dim=64, epochs=epochs, seed=seed)
+    train_and_save(images[alloc.old_idx], labels[alloc.old_idx], old_cfg, old_path, "fmnist-old")
+    new_cfg = TrainConfig(arch="conv4", loss="ract", embedding_dim=64, epochs=epochs, seed=seed)
+    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], new_cfg, new_path, "fmnist-new-ract",
+                   old_path=old_path)
     return old_path, new_path
 
 
@@ -113,6 +113,7 @@ def demo(
         else:
             typer.echo(f"redis: embedded at {system.start_redis()}")
         api = system.start_api(port=port or free_port())
+        assert api.url is not None  # start_api sets it
         for i in range(workers):
             system.start_worker(name=f"worker{i + 1}")
         typer.echo(f"api: {api.url}  (docs: {api.url}/docs, metrics: {api.url}/metrics); logs in {run_dir}/logs")

@@ -71,8 +71,8 @@ def load_image_folder(
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as img:
-                    img = img.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)
+                with Image.open(f) as src:
+                    img = src.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.Resampling.BILINEAR)
                     a = np.asarray(img, dtype=np.uint8)
             except (UnidentifiedImageError, OSError) as e:
                 raise ValueError(f"cannot read image {f}: {e}") from e

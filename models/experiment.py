@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -28,6 +28,15 @@ log = logging.getLogger("hotrefresh.experiment")
 
 LOSS_OF_METHOD = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "independent": "none"}
 CHECK_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+
+
+class _CommonTrainArgs(TypedDict):
+    """The ``TrainConfig`` arguments every model of one seed shares."""
+
+    embedding_dim: int
+    batch_size: int
+    lr: float
+    seed: int
 
 
 @dataclass
@@ -100,7 +109,9 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
     x, y = _train_subset(cfg, seed)
     alloc = allocate(cfg.allocation, y, seed)
     mdir = models_dir / cfg.allocation / f"seed{seed}"
-    common = {"embedding_dim": cfg.embedding_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed}
+    common: _CommonTrainArgs = {
+        "embedding_dim": cfg.embedding_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed,
+    }
     old_path = mdir / "old.pt"
     timings: dict[str, float] = {}
     if not old_path.exists():
@@ -114,7 +125,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
         path = mdir / f"{method}.pt"
         if not path.exists():
             t0 = time.perf_counter()
-            hp = {"tau": cfg.tau, "lam": cfg.lam, "topk": cfg.topk, **cfg.overrides.get(method, {})}
+            hp: dict[str, Any] = {"tau": cfg.tau, "lam": cfg.lam, "topk": cfg.topk, **cfg.overrides.get(method, {})}
             ncfg = TrainConfig(
                 arch=cfg.new_arch, epochs=cfg.epochs_new, loss=LOSS_OF_METHOD[method], **hp, **common,
             )  # fmt: skip

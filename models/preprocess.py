@@ -21,12 +21,17 @@ FASHION_MNIST_STD = 0.3530
 
 
 class InputSpec(Protocol):
-    """What preprocessing needs to know of a model (``ModelMeta`` satisfies it)."""
+    """What preprocessing needs to know of a model (``ModelMeta`` satisfies it). Read-only, so a
+    ``tuple[int, int]`` input size fits ``Sequence[int]``."""
 
-    input_channels: int
-    input_size: Sequence[int]
-    mean: float
-    std: float
+    @property
+    def input_channels(self) -> int: ...
+    @property
+    def input_size(self) -> Sequence[int]: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def std(self) -> float: ...
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -63,7 +68,7 @@ def pil_to_chw(img: Image.Image, meta: InputSpec) -> np.ndarray:
     h, w = int(meta.input_size[0]), int(meta.input_size[1])
     img = _to_mode(img, meta.input_channels)
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 

@@ -151,6 +151,7 @@ def train_encoder(
             p.requires_grad_(False)
     comp = CompatibilityLoss(cfg.loss, cfg.tau, cfg.topk) if cfg.loss in ("ract", "vanilla") else None
     if cfg.loss == "bct":
+        assert old is not None  # checked above: every cfg.loss needs the old model
         old_w, old_b = _bct_head(old_net, old, x_all, y_all, old_classes)
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -183,6 +184,7 @@ def train_encoder(
             ce = F.cross_entropy(logits, yb)
             comp_loss = torch.zeros((), device=device)
             if cfg.loss in ("ract", "vanilla"):
+                assert old is not None and comp is not None  # checked above; comp is set for these losses
                 x_old = _normalise(augment(xb, gen, cfg.max_shift, cfg.flip), old.meta.mean, old.meta.std)
                 with torch.no_grad():
                     old_emb = old_net.embedding(x_old)

@@ -59,7 +59,7 @@ def score_uncertainty(
 ) -> np.ndarray:
     """float32 (N,) priorities; ``random`` is a seeded uniform draw (the baseline order)."""
     _check(old_vectors, w, b, strategy, chunk)
-    n = old_vectors.shape[0]
+    n: int = old_vectors.shape[0]
     if strategy == "random":
         return np.random.default_rng(seed).random(n, dtype=np.float32)
     out = np.empty(n, dtype=np.float32)

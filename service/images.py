@@ -42,7 +42,7 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w < 1 or h < 1 or w * h > MAX_PIXELS:
                 raise BadImage(f"{what} has unsupported dimensions {w}x{h} (at most {MAX_PIXELS} pixels)")

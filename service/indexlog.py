@@ -25,16 +25,17 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis as redis_lib
-from sqlalchemy import delete, select
+from redis.typing import EncodableT, FieldT
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service import keys
-from service.db.schema import IndexLogOutbox
 from service.db.session import read_scope, session_scope
 from service.metrics import INDEX_LOG_RELAYED
+from service.repositories import outbox
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def append(
     if op not in OPS:
         raise ValueError(f"unknown index-log op {op!r}; expected one of {OPS}")
     ensure_epoch(r, settings)
-    fields = {
+    fields: dict[FieldT, EncodableT] = {
         "op": op,
         "model": model or "",
         "ids": json.dumps([int(i) for i in ids]),
@@ -99,10 +100,7 @@ def stage(session: Session, op: str, model: str | None = None, ids: Iterable[int
     if op not in OPS:
         raise ValueError(f"unknown index-log op {op!r}; expected one of {OPS}")
     ids = [int(i) for i in ids]
-    row = IndexLogOutbox(op=op, model=model, ids=json.dumps(ids), staged_at=time.time())
-    session.add(row)
-    session.flush()  # assigns the row's id
-    return Staged(int(row.id), op, model, ids)
+    return Staged(outbox.add(session, op, model, ids), op, model, ids)
 
 
 def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | None:
@@ -119,7 +117,7 @@ def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | Non
         return None
     try:
         with session_scope(settings.sqlalchemy_url) as s:
-            s.execute(delete(IndexLogOutbox).where(IndexLogOutbox.id == staged.outbox_id))
+            outbox.drop(s, [staged.outbox_id])
     except SQLAlchemyError:
         log.exception("published index-log entry %s but could not drop outbox row %d; it will be "
                       "published again (harmless)", entry_id, staged.outbox_id)
@@ -143,15 +141,11 @@ def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
     failure rolls the claim back and the rows wait for the next try."""
     url = settings.sqlalchemy_url
     cutoff = time.time() - min_age_s
-    is_late = IndexLogOutbox.staged_at <= cutoff
     with read_scope(url) as s:  # the usual answer, without taking SQLite's write lock
-        if s.scalar(select(IndexLogOutbox.id).where(is_late).limit(1)) is None:
+        if not outbox.any_staged_before(s, cutoff):
             return 0
     with session_scope(url) as s:
-        rows = list(s.scalars(
-            select(IndexLogOutbox).where(is_late)
-            .order_by(IndexLogOutbox.id).limit(RELAY_BATCH).with_for_update(skip_locked=True)
-        ))
+        rows = outbox.claim_staged_before(s, cutoff, RELAY_BATCH)
         reset = False
         for row in rows:
             if row.op in LATE_AS_RESET:
@@ -160,8 +154,7 @@ def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
                 append(r, settings, row.op, row.model, json.loads(row.ids))
         if reset:
             append(r, settings, "reset")
-        if rows:
-            s.execute(delete(IndexLogOutbox).where(IndexLogOutbox.id.in_([row.id for row in rows])))
+        outbox.drop(s, [row.id for row in rows])
     if rows:
         INDEX_LOG_RELAYED.inc(len(rows))
         log.warning("published %d index-log entries their writers had left staged (%s)", len(rows),
@@ -240,7 +233,9 @@ def read_after(
     r: redis_lib.Redis, settings: Settings, last_id: str, *, count: int = 1000, block_ms: int | None = None
 ) -> list[Entry]:
     """Entries after ``last_id``, oldest first (at most ``count``; waits up to ``block_ms``)."""
-    reply = r.xread({stream_key(settings): last_id}, count=count, block=block_ms)
+    # RESP2 (the client's protocol here) replies [[stream, [(id, fields), ...]], ...]; redis-py's
+    # return type also covers RESP3's dict shape
+    reply = cast(list[list[Any]] | None, r.xread({stream_key(settings): last_id}, count=count, block=block_ms))
     entries: list[Entry] = []
     for _key, items in reply or []:
         for entry_id, fields in items:

@@ -11,6 +11,7 @@ facts about the upgrade, not sums over processes.
 from __future__ import annotations
 
 import os
+from typing import Final, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,7 +24,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _mp
 
 NAMESPACE = "hotrefresh"
-_GAUGE_MODE = "livemostrecent"
+_GAUGE_MODE: Final[Literal["livemostrecent"]] = "livemostrecent"
 
 BACKFILL_ITEMS = Counter(
     "backfill_items", "Gallery items processed by backfill workers.", ["upgrade", "status"], namespace=NAMESPACE

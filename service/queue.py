@@ -24,9 +24,11 @@ the live backfill and the offline evaluator agree on ties too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 import redis as redis_lib
+from redis.typing import EncodableT, FieldT
 
 from service import keys
 from service.settings import Settings
@@ -113,7 +115,8 @@ class BackfillQueue:
             mapping = {_member(i): float(p) for i, p in zip(ids[start:start + _CHUNK],
                                                          priorities[start:start + _CHUNK], strict=True)}
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self.prio_key, mapping=mapping)
+            # redis-py types hset's mapping with invariant FieldT keys, which refuses str keys
+            pipe.hset(self.prio_key, mapping=cast(Mapping[FieldT, EncodableT], mapping))
             pipe.zadd(self.queue_key, mapping)
             pipe.execute()
 
@@ -156,7 +159,9 @@ class BackfillQueue:
         return int(self.redis.zcard(self.leases_key))
 
     def leased_ids(self) -> list[int]:
-        return [_item(m) for m in self.redis.zrange(self.leases_key, 0, -1)]
+        # without withscores ZRANGE replies bare members; redis-py's return type also covers scored pairs
+        members = cast(list[bytes | str], self.redis.zrange(self.leases_key, 0, -1))
+        return [_item(m) for m in members]
 
     def is_empty(self) -> bool:
         """Nothing queued and nothing leased."""

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from service.db import repositories as repo
 from service.db.schema import ModelRow
 from service.errors import BadRequest, Conflict, UnknownModel
+from service.repositories import catalog
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class EncoderCache:
         model = self._models.get(name)
         if model is not None:
             return model
-        row = repo.get_model(session, name)
+        row = catalog.get_model(session, name)
         if row is None:
             raise UnknownModel(f"model {name!r} is not registered")
         return self.load(name, row.path)
@@ -138,10 +138,10 @@ def register(
         except CheckpointError as e:
             raise InvalidCheckpoint(str(e).replace(str(path), path.name)) from e
         meta = loaded.meta
-        if repo.get_model(session, meta.name) is not None:
+        if catalog.get_model(session, meta.name) is not None:
             raise ModelExists(f"a model named {meta.name!r} is already registered")
         if meta.compatible_with is not None:
-            base = repo.get_model(session, meta.compatible_with)
+            base = catalog.get_model(session, meta.compatible_with)
             if base is None:
                 raise IncompatibleModel(
                     f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, "
@@ -156,7 +156,7 @@ def register(
             final = settings.models_path / f"{_SAFE_NAME.sub('_', meta.name)}-{meta.content_hash[:12]}.pt"
             os.replace(path, final)
             path = final
-        row = repo.add_model(
+        row = catalog.add_model(
             session,
             ModelRow(
                 name=meta.name,
@@ -174,10 +174,10 @@ def register(
         if uploaded:
             path.unlink(missing_ok=True)
         raise
-    state = repo.get_serving_state(session)
+    state = catalog.get_serving_state(session)
     first = state.gallery_model is None and state.query_model is None
     if first:
-        repo.set_serving_state(session, gallery_model=meta.name, query_model=meta.name)
+        catalog.set_serving_state(session, gallery_model=meta.name, query_model=meta.name)
     cache.put(meta.name, loaded)
     log.info("registered model %s (%s, D=%d)%s", meta.name, meta.arch, meta.embedding_dim,
              " as the serving model" if first else "")

@@ -22,10 +22,12 @@ from celery import shared_task
 
 from service import keys
 from service.dispatch import DRAIN_TASK, SCORE_TASK, send_drains
+from service.repositories import upgrades
 from service.settings import get_settings
 from service.upgrade import control
 from service.upgrade.scoring import run_scoring
-from workers.backfill import WorkerContext, drain
+from workers.context import WorkerContext
+from workers.drain import Outcome, drain
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,9 @@ def score(upgrade_id: int) -> bool:
         return False
     try:
         from service.db.session import session_scope
-        from service.upgrade import store
 
         with session_scope(ctx.url) as s:
-            up = store.get_upgrade(s, upgrade_id)
+            up = upgrades.get_upgrade(s, upgrade_id)
             if up is None:
                 return False
             to_model = up.to_model
@@ -86,9 +87,9 @@ def drain_task(upgrade_id: int) -> str:
         log.exception("drain of upgrade %s failed; retrying shortly", upgrade_id)
         send_drains(ctx.settings, upgrade_id, n=1, countdown=2.0)
         return "error"
-    if outcome == "continue":
+    if outcome is Outcome.CONTINUE:
         send_drains(ctx.settings, upgrade_id, n=1)
-    elif outcome == "wait":
+    elif outcome is Outcome.WAIT:
         # Others hold the last leases: look again shortly (an expired one is reclaimed then).
         send_drains(ctx.settings, upgrade_id, n=1, countdown=0.5)
-    return outcome
+    return outcome.value

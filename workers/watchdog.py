@@ -20,9 +20,11 @@ from service.db.session import read_scope
 from service.dispatch import send_drains, send_score
 from service.metrics import BACKFILL_QUEUE_DEPTH
 from service.queue import BackfillQueue
+from service.repositories import upgrades
 from service.settings import Settings
-from service.upgrade import control, store
-from service.upgrade.states import COMPLETED, RUNNING, SCORING, TransitionError
+from service.states import COMPLETED, RUNNING, SCORING, TransitionError
+from service.timestamps import seconds_since
+from service.upgrade import control
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
     """One look at every active upgrade; returns what was done (for tests and logs)."""
     actions: list[str] = []
     with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
-        ups = [(u.id, u.state, store.seconds_since(u.completed_at), store.seconds_since(u.updated_at))
-               for u in (store.get_upgrade(s, i) for i in store.active_upgrade_ids(s)) if u is not None]
+        ups = [(u.id, u.state, seconds_since(u.completed_at), seconds_since(u.updated_at))
+               for u in (upgrades.get_upgrade(s, i) for i in upgrades.active_upgrade_ids(s)) if u is not None]
     kick_ttl = keys.liveness_ttl(settings)
     for upgrade_id, state, since_completed, since_update in ups:
         if state == SCORING:

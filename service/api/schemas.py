@@ -3,18 +3,9 @@ changes only when we mean it to."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
+from pydantic import BaseModel, Field
 
-from pydantic import AfterValidator, BaseModel, Field
-
-
-def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time stored is UTC, so say so on the wire."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+from service.timestamps import UtcDatetime
 
 
 class ErrorOut(BaseModel):

@@ -34,7 +34,9 @@ def load_npy(path: Path) -> np.ndarray:
 
 
 def save_bytes(path: Path, data: bytes | np.ndarray) -> None:
-    _atomic_write(path, lambda f: f.write(memoryview(data)))
+    # ndarray.data is memoryview(arr); numpy's stubs give ndarray no __buffer__ before Python 3.12
+    view = data.data if isinstance(data, np.ndarray) else memoryview(data)
+    _atomic_write(path, lambda f: f.write(view))
 
 
 def save_json(path: Path, obj: Any) -> None:

@@ -10,6 +10,7 @@ flat one, then it is trained once on what it holds and switches over.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -20,6 +21,8 @@ from service.index.flat import FlatBackend
 from service.index.validation import as_ids, new_rows
 
 POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per list
+# faiss's bundled stubs lack the DirectMap class, which the SWIG module has at runtime.
+_HASHTABLE_DIRECT_MAP: int = cast(Any, faiss).DirectMap.Hashtable
 
 
 class IVFBackend:
@@ -33,7 +36,7 @@ class IVFBackend:
         self.nprobe = nprobe
         self.train_size = train_size or POINTS_PER_CENTROID * nlist
         self._pending: FlatBackend | None = FlatBackend(dim)
-        self._index: faiss.IndexIVFFlat | None = None
+        self._index: faiss.IndexIVF | None = None
         self._live: set[int] = set()
 
     @property
@@ -51,11 +54,11 @@ class IVFBackend:
         index.add_with_ids(vecs, ids)
         self._pending = None
 
-    def _adopt(self, index: faiss.IndexIVF) -> None:
+    def _adopt(self, index: faiss.Index) -> None:
         """Keep the owning Python wrapper (a downcast copy would free the index with it)."""
         if not isinstance(index, faiss.IndexIVF):
             raise ValueError(f"expected an IVF index, got {type(index).__name__}")
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.set_direct_map_type(_HASHTABLE_DIRECT_MAP)
         index.nprobe = min(self.nprobe, index.nlist)
         self._index = index
 

@@ -114,8 +114,10 @@ class MixedIndex:
 
     def model_of(self, ids: int | Iterable[int] | np.ndarray) -> str | None | list[str | None]:
         """The segment each id is live in, None where it is not live."""
-        single = isinstance(ids, int | np.integer)
-        arr = as_ids([ids] if single else ids, unique=False)
+        if isinstance(ids, int | np.integer):
+            single, arr = True, as_ids(np.asarray([ids]), unique=False)
+        else:
+            single, arr = False, as_ids(ids, unique=False)
         with self._lock.read():
             names = list(self._segments)
             loc = self._locate(arr)

@@ -8,18 +8,17 @@ touches Celery: the caller dispatches the scoring/drain tasks after these return
 from __future__ import annotations
 
 import redis as redis_lib
-from sqlalchemy import delete, exists, func, select, update
 
 from models.uncertainty import STRATEGIES
 from service import indexlog
-from service.db import repositories as repo
-from service.db.schema import Embedding, GalleryItem, ServingState, Upgrade, utcnow
+from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
 from service.queue import BackfillQueue
+from service.repositories import catalog, upgrades
+from service.repositories import items as item_repo
 from service.settings import Settings
-from service.upgrade import store
-from service.upgrade.states import ACTIVE, CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
+from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
 
 
 class UpgradeRequestError(BadRequest):
@@ -53,23 +52,15 @@ def start(
     if nfr_guardrail is not None and not 0.0 <= nfr_guardrail <= 1.0:
         raise UpgradeRequestError("nfr_guardrail is a ratio between 0 and 1")
     with session_scope(settings.sqlalchemy_url) as s:
-        repo.get_serving_state(s)
-        # Serialise concurrent starts on the serving-state row (PostgreSQL; SQLite's BEGIN
-        # IMMEDIATE already does), so two requests can never both pass the "none running" check.
-        serving = s.scalar(
-            select(ServingState).where(ServingState.id == repo.SERVING_STATE_ID).with_for_update()
-        )
-        target = repo.get_model(s, model)
+        serving = catalog.lock_serving_state(s)  # concurrent starts queue here
+        target = catalog.get_model(s, model)
         if target is None:
             raise UnknownModel(f"model {model!r} is not registered")
-        running = s.scalar(
-            select(Upgrade).where(Upgrade.state.in_(ACTIVE)).order_by(Upgrade.id.desc()).limit(1)
-        )
+        running = upgrades.active_upgrade(s)
         if running is not None:
             hint = " (commit or roll it back first)" if running.state == COMPLETED else ""
             raise UpgradeConflict(f"upgrade {running.id} is {running.state}{hint}")
-        current_name = serving.gallery_model if serving is not None else None
-        current = repo.get_model(s, current_name) if current_name else None
+        current = catalog.get_model(s, serving.gallery_model) if serving.gallery_model else None
         if current is None:
             raise UpgradeRequestError("the service has no gallery model yet; register one and ingest first")
         if target.name == current.name:
@@ -84,16 +75,13 @@ def start(
                 f"model {model!r} is declared compatible with {target.compatible_with!r}, not with the "
                 f"gallery model {current.name!r}; a hot refresh needs backward-compatible embeddings"
             )
-        total = int(s.scalar(select(func.count()).select_from(GalleryItem)
-                             .where(GalleryItem.active_model == current.name)) or 0)
-        row = Upgrade(
+        total = item_repo.count_on_model(s, current.name)
+        row = upgrades.add_upgrade(s, Upgrade(
             from_model=current.name, to_model=target.name, strategy=strategy, state=SCORING,
             batch_size=batch_size or settings.batch_size, nfr_guardrail=nfr_guardrail, total=total,
             done=0, failed=0, checkpoints=[],
-        )
-        s.add(row)
-        repo.set_serving_state(s, gallery_model=target.name, query_model=target.name)
-        s.flush()
+        ))
+        catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)
         staged = indexlog.stage(s, "switch", target.name)
     indexlog.publish(redis, settings, staged)
     return row
@@ -103,24 +91,12 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
     """Rollback and cancel: every item and both serving models back to the old model, from the
     old vectors still in SQL (no re-encoding), the new model's vectors dropped."""
     with session_scope(settings.sqlalchemy_url) as s:
-        up = store.get_upgrade(s, upgrade_id)
+        up = upgrades.get_upgrade(s, upgrade_id)
         if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
-        new_state = store.transition(s, upgrade_id, action)
-        has_old = exists().where(Embedding.item_id == GalleryItem.id, Embedding.model == up.from_model)
-        s.execute(
-            update(GalleryItem)
-            .where(GalleryItem.active_model == up.to_model, has_old)
-            .values(active_model=up.from_model)
-            .execution_options(synchronize_session=False)
-        )
-        back_on_old = select(GalleryItem.id).where(GalleryItem.active_model == up.from_model)
-        s.execute(
-            delete(Embedding)
-            .where(Embedding.model == up.to_model, Embedding.item_id.in_(back_on_old))
-            .execution_options(synchronize_session=False)
-        )
-        repo.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
+        new_state = upgrades.transition(s, upgrade_id, action)
+        item_repo.return_to_model(s, from_model=up.to_model, to_model=up.from_model)
+        catalog.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
         staged = indexlog.stage(s, "rollback", up.from_model)
     indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()
@@ -131,19 +107,18 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
     """Retire the old model: delete its vectors. Refused while any item still lives on it (items
     whose re-encoding failed), because dropping the old segment would make them unsearchable."""
     with session_scope(settings.sqlalchemy_url) as s:
-        up = store.get_upgrade(s, upgrade_id)
+        up = upgrades.get_upgrade(s, upgrade_id)
         if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
         if up.state == COMPLETED:
-            left = int(s.scalar(select(func.count()).select_from(GalleryItem)
-                                .where(GalleryItem.active_model == up.from_model)) or 0)
+            left = item_repo.count_on_model(s, up.from_model)
             if left:
                 raise UpgradeConflict(
                     f"{left} items are still on the old model {up.from_model!r} (their re-encoding failed, "
                     f"see the upgrade's failures); delete or re-upload them, or roll back"
                 )
-        new_state = store.transition(s, upgrade_id, "commit")
-        s.execute(delete(Embedding).where(Embedding.model == up.from_model))
+        new_state = upgrades.transition(s, upgrade_id, "commit")
+        item_repo.delete_model_vectors(s, up.from_model)
         staged = indexlog.stage(s, "commit", up.from_model)
     indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()
@@ -159,12 +134,12 @@ def act(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str
     if action not in ("pause", "resume"):
         raise UpgradeRequestError(f"unknown action {action!r}")
     with session_scope(settings.sqlalchemy_url) as s:
-        up = store.get_upgrade(s, upgrade_id)
+        up = upgrades.get_upgrade(s, upgrade_id)
         if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
         to_model = up.to_model
         fields = {"error": None} if action == "resume" else {}
-        state = store.transition(s, upgrade_id, action, **fields)
+        state = upgrades.transition(s, upgrade_id, action, **fields)
     if action == "pause":
         _relog_landed_leases(settings, redis, upgrade_id, to_model)
     return state
@@ -180,7 +155,7 @@ def _relog_landed_leases(settings: Settings, redis: redis_lib.Redis, upgrade_id:
     except redis_lib.RedisError:
         return
     with session_scope(settings.sqlalchemy_url) as s:
-        landed = store.done_among(s, upgrade_id, leased)
+        landed = upgrades.done_among(s, upgrade_id, leased)
         staged = indexlog.stage(s, "move", to_model, landed) if landed else None
     if staged is not None:
         indexlog.publish(redis, settings, staged)
@@ -194,9 +169,7 @@ def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str
     except TransitionError:
         return
     with session_scope(settings.sqlalchemy_url) as s:
-        s.execute(
-            update(Upgrade).where(Upgrade.id == upgrade_id).values(error=error[:4000], updated_at=utcnow())
-        )
+        upgrades.set_error(s, upgrade_id, error)
 
 
 __all__ = ["start", "act", "commit", "fail", "UpgradeRequestError", "UpgradeConflict",

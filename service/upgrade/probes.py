@@ -16,12 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from models.metrics import evaluate_scores, negative_flip_rate
-from service.db.repositories import get_vectors, iter_active_vectors
-from service.db.schema import GalleryItem
+from service.repositories import items as item_repo
 
 FULL_RANKING_MAX = 20_000  # larger galleries use mAP@100, as the paper does for large sets
 UNLABELED = -1
@@ -51,11 +49,7 @@ class ProbeSet:
 
 def choose_probes(session: Session, model: str, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """A seeded sample of at most ``size`` labeled items on ``model`` (ids ascending)."""
-    rows = session.execute(
-        select(GalleryItem.id, GalleryItem.label)
-        .where(GalleryItem.active_model == model, GalleryItem.label.is_not(None))
-        .order_by(GalleryItem.id)
-    ).all()
+    rows = item_repo.labeled_items(session, model)
     if not rows or size <= 0:
         return np.zeros(0, np.int64), []
     pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[: min(size, len(rows))])
@@ -75,25 +69,16 @@ class Gallery:
         return float(sum(m == model for m in self.models) / len(self.models)) if self.models else 0.0
 
 
-def fraction_on(session: Session, model: str) -> float:
-    """Share of gallery items whose active model is ``model`` (what ``Gallery.fraction_on`` says)."""
-    total, on = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((GalleryItem.active_model == model, 1), else_=0)), 0))
-        .select_from(GalleryItem)
-    ).one()
-    return float(on / total) if total else 0.0
-
-
 def load_gallery(session: Session) -> Gallery:
     ids, vecs, models = [], [], []
-    for chunk in iter_active_vectors(session):
+    for chunk in item_repo.iter_active_vectors(session):
         ids.append(chunk.ids)
         vecs.append(chunk.vectors)
         models.extend([chunk.model] * len(chunk.ids))
     if not ids:
         return Gallery(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), [], [])
     all_ids = np.concatenate(ids)
-    label_of = dict(session.execute(select(GalleryItem.id, GalleryItem.label)).all())
+    label_of = item_repo.labels(session)
     return Gallery(all_ids, np.concatenate(vecs), [label_of.get(int(i)) for i in all_ids], models)
 
 
@@ -134,7 +119,7 @@ def take_baseline(session: Session, probes: ProbeSet, old_model: str) -> dict:
         return {**base, "old_top1": [], "old_map": None, "old_top1_rate": None, "map_k": None}
     gallery = load_gallery(session)
     k = None if len(gallery.ids) <= FULL_RANKING_MAX else 100
-    got_ids, old_q = get_vectors(session, old_model, probes.ids.tolist())
+    got_ids, old_q = item_repo.get_vectors(session, old_model, probes.ids.tolist())
     if len(got_ids) != len(probes.ids):
         raise RuntimeError(f"{len(probes.ids) - len(got_ids)} probe items have no {old_model!r} vector")
     top1, ap = leave_one_out(old_q, got_ids, probes.labels, gallery, k)
@@ -148,7 +133,7 @@ def measure(session: Session, baseline: dict, new_model: str, gallery: Gallery |
     probes = ProbeSet.from_json(baseline)
     if len(probes.ids) == 0 and gallery is None:
         # Nothing to measure: the fraction alone is one COUNT, not a read of every vector.
-        return Measurement(fraction_on(session, new_model), None, None, None)
+        return Measurement(item_repo.fraction_on(session, new_model), None, None, None)
     gallery = load_gallery(session) if gallery is None else gallery
     fraction = gallery.fraction_on(new_model)
     if len(probes.ids) == 0 or len(gallery.ids) == 0:

@@ -14,20 +14,20 @@ import time
 
 import numpy as np
 import redis as redis_lib
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.checkpoint import LoadedModel
 from models.uncertainty import score_uncertainty
-from service.db.repositories import iter_active_vectors
-from service.db.schema import GalleryItem, Upgrade
+from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
 from service.queue import BackfillQueue
+from service.repositories import items as item_repo
+from service.repositories import upgrades
 from service.settings import Settings
-from service.upgrade import probes, store
+from service.states import SCORING, TransitionError
+from service.upgrade import probes
 from service.upgrade.images import load_images
-from service.upgrade.states import SCORING, TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def compute_priorities(
 ) -> tuple[np.ndarray, np.ndarray]:
     w, b = new_model.classifier_weights()
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    chunks = (c for c in iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
+    chunks = (c for c in item_repo.iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
         ids, vecs = chunk.ids, np.array(chunk.vectors)  # writable, for torch
         seed = int(upgrade.id) * 1_000_003 + n  # "random" differs per upgrade, reproducible
@@ -52,12 +52,12 @@ def build_probes(
     session: Session, upgrade: Upgrade, new_model: LoadedModel, images: ImageStore, size: int
 ) -> probes.ProbeSet:
     ids, labels = probes.choose_probes(session, upgrade.from_model, size, seed=int(upgrade.id))
-    keys = dict(session.execute(select(GalleryItem.id, GalleryItem.image_key)
-                                .where(GalleryItem.id.in_(ids.tolist()))).all()) if len(ids) else {}
+    keys = item_repo.image_keys(session, ids.tolist())
     imgs, errs = load_images(images, [keys[int(i)] for i in ids])
     ok = [k for k, e in enumerate(errs) if e is None]  # a probe whose image is unreadable is dropped
+    ok_imgs = [img for k in ok if (img := imgs[k]) is not None]  # all of them: no error means an image
     dim = new_model.meta.embedding_dim
-    queries = new_model.embed_images([imgs[k] for k in ok]) if ok else np.zeros((0, dim), np.float32)
+    queries = new_model.embed_images(ok_imgs) if ok else np.zeros((0, dim), np.float32)
     return probes.ProbeSet(ids[ok], [labels[k] for k in ok], queries)
 
 
@@ -69,7 +69,7 @@ def run_scoring(
     # Read-only: scoring a large gallery takes a while, and must not hold SQLite's write lock
     # (API inserts and deletes) for that long.
     with read_scope(url) as s:
-        up = store.get_upgrade(s, upgrade_id)
+        up = upgrades.get_upgrade(s, upgrade_id)
         if up is None or up.state != SCORING:
             return False
         t0 = time.perf_counter()
@@ -78,8 +78,8 @@ def run_scoring(
         baseline = probes.take_baseline(s, probe_set, up.from_model)
     to_model = up.to_model
     with session_scope(url) as s:
-        ids, prio = store.replace_tasks(s, upgrade_id, ids, prio)
-        s.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(total=len(ids)))
+        ids, prio = upgrades.replace_tasks(s, upgrade_id, ids, prio)
+        upgrades.set_total(s, upgrade_id, len(ids))
     queue = BackfillQueue(redis, settings, upgrade_id)
     queue.clear()
     queue.push(ids.tolist(), prio.tolist())
@@ -91,7 +91,7 @@ def run_scoring(
                   "top1": first.top1, "at": time.time()}
     try:
         with session_scope(url) as s:
-            store.transition(s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint],
+            upgrades.transition(s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint],
                              nfr=first.nfr, map=first.map)
     except TransitionError:
         queue.clear()  # rolled back or cancelled while scoring

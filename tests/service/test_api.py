@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service import indexlog, keys
-from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem, IndexLogOutbox, ModelRow, Upgrade
 from service.db.session import session_scope
+from service.repositories import catalog
 from service.settings import Settings
 from tests.service.conftest import png_bytes, synthetic_png, wait_caught_up, wait_ready
 
@@ -27,7 +27,7 @@ def snapshot(client: TestClient, settings: Settings) -> dict:
         items = sorted((i.external_id, i.active_model, i.label) for i in s.scalars(select(GalleryItem)))
         vectors = s.scalar(select(func.count()).select_from(Embedding))
         models = sorted(s.scalars(select(ModelRow.name)))
-        state = repo.get_serving_state(s)
+        state = catalog.get_serving_state(s)
         serving = (state.gallery_model, state.query_model)
     root = settings.images_path
     images = sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
@@ -362,7 +362,7 @@ def test_insert_during_an_upgrade_keeps_both_vectors_and_delete_leaves_the_queue
             checkpoints=[],
         )
         s.add(up)
-        repo.set_serving_state(s, gallery_model="new", query_model="new")
+        catalog.set_serving_state(s, gallery_model="new", query_model="new")
         s.flush()
         upgrade_id = up.id
         ids = {i.external_id: i.id for i in s.scalars(select(GalleryItem))}

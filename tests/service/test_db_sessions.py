@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, text
 
 from service.db.migrate import upgrade_head
-from service.db.repositories import get_serving_state
 from service.db.schema import ModelRow
 from service.db.session import get_engine, read_scope, session_scope
+from service.repositories.catalog import get_serving_state
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,14 @@ whose stream Redis lost, reloads from SQL; replaying entries is idempotent."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import redis as redis_lib
 
 from service import indexlog
 from service.api.serving import Serving
-from service.db import repositories as repo
 from service.db.session import session_scope
 from service.metrics import GALLERY_VECTORS
+from service.repositories import items as item_repo
 from service.settings import Settings
 from tests.service.writer import Writer, catch_up, replica_state, sql_truth
 
@@ -113,8 +114,8 @@ def test_replica_reloads_when_redis_lost_the_stream(service_settings: Settings, 
     # committed to SQL with their entries lost.
     r.delete(indexlog.stream_key(service_settings), indexlog.epoch_key(service_settings))
     with session_scope(service_settings.sqlalchemy_url) as s:
-        for item in repo.get_items_by_ids(s, ids[:2]):
-            repo.delete_item(s, item)
+        for item in item_repo.get_items_by_ids(s, ids[:2]):
+            item_repo.delete_item(s, item)
     w.add(3, "old")  # a new stream with a new epoch
     assert a.step() == -1
     assert replica_state(a) == sql_truth(service_settings)
@@ -142,23 +143,27 @@ def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
         a.stop()
 
 
-def test_follower_recovers_from_a_failed_apply_by_reloading(service_settings: Settings, r) -> None:
+def test_follower_recovers_from_a_failed_apply_by_reloading(
+    service_settings: Settings, r, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
     import time
+
+    from service.api.serving import applying
 
     w = Writer(service_settings, r)
     w.switch("old")
     w.add(3, "old")
     a = Serving(service_settings, r)
-    original = a.sync_ids
+    original = applying.sync_ids
     calls = {"n": 0}
 
-    def flaky(ids):  # noqa: ANN001, ANN202
+    def flaky(replica, ids):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected failure while applying an entry")
-        return original(ids)
+        return original(replica, ids)
 
-    a.sync_ids = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(applying, "sync_ids", flaky)
     a.start()
     try:
         assert a.ready.wait(30)

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from cli.launcher import free_port
 from service import indexlog
 from service.api.serving import Serving
-from service.db import repositories as repo
 from service.db.schema import GalleryItem, IndexLogOutbox
 from service.db.session import session_scope
+from service.repositories import items as item_repo
 from service.settings import Settings
 from tests.service.writer import Writer, catch_up, replica_state, sql_truth, unit
 
@@ -43,9 +43,9 @@ def staged_rows(settings: Settings) -> list[tuple[str, str | None, str]]:
 def add_in_sql(settings: Settings, n: int, prefix: str) -> tuple[list[int], indexlog.Staged]:
     """What POST /gallery does: the items and their staged entry in one transaction."""
     rng = np.random.default_rng(len(prefix) + n)
-    items = [repo.NewItem(f"{prefix}{k}", None, "0" * 64, {"old": unit(rng, 1)[0]}) for k in range(n)]
+    items = [item_repo.NewItem(f"{prefix}{k}", None, "0" * 64, {"old": unit(rng, 1)[0]}) for k in range(n)]
     with session_scope(settings.sqlalchemy_url) as s:
-        ids = [row.id for row in repo.add_items(s, items, active_model="old")]
+        ids = [row.id for row in item_repo.add_items(s, items, active_model="old")]
         staged = indexlog.stage(s, "add", "old", ids)
     return ids, staged
 
@@ -113,7 +113,7 @@ def test_young_entries_are_left_to_their_writer(service_settings: Settings, r: r
 def test_a_change_rolled_back_stages_nothing(service_settings: Settings) -> None:
     with pytest.raises(RuntimeError), session_scope(service_settings.sqlalchemy_url) as s:
         vector = unit(np.random.default_rng(0), 1)[0]
-        rows = repo.add_items(s, [repo.NewItem("never", None, "0" * 64, {"old": vector})], active_model="old")
+        rows = item_repo.add_items(s, [item_repo.NewItem("never", None, "0" * 64, {"old": vector})], active_model="old")
         indexlog.stage(s, "add", "old", [rows[0].id])
         raise RuntimeError("the request failed after staging")
     assert staged_rows(service_settings) == []

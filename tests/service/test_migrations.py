@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, inspect
 
 from service.db.migrate import downgrade_base, upgrade_head
 from service.db.schema import Base
+from service.repositories import upgrades
 
 TABLES = {"models", "serving_state", "gallery_items", "embeddings", "upgrades"} | {
     "backfill_tasks", "backfill_failures",
@@ -49,7 +50,7 @@ def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_ind
 
     from service.db.migrate import alembic_config
     from service.db.session import get_engine, session_scope
-    from service.upgrade import store
+
 
     command.upgrade(alembic_config(database_url), "0001")
     engine = create_engine(database_url)
@@ -68,8 +69,8 @@ def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_ind
     upgrade_head(database_url)
     get_engine.cache_clear()
     with session_scope(database_url) as s:
-        assert store.task_counts(s, 1) == {"pending": 2, "done": 1, "failed": 1}
-        assert sorted(store.pending_pairs(s, 1)) == [(1, 0.9), (4, 0.1)]
+        assert upgrades.task_counts(s, 1) == {"pending": 2, "done": 1, "failed": 1}
+        assert sorted(upgrades.pending_pairs(s, 1)) == [(1, 0.9), (4, 0.1)]
         dialect = s.get_bind().dialect.name
         if dialect == "sqlite":
             definitions = dict(s.execute(text(

@@ -9,9 +9,10 @@ from sqlalchemy import delete, select, update
 
 from service import indexlog
 from service.api.serving import Serving
-from service.db import repositories as repo
 from service.db.schema import Embedding, GalleryItem
 from service.db.session import session_scope
+from service.repositories import catalog
+from service.repositories import items as item_repo
 from service.settings import Settings
 
 D = 32  # the dimension of tests.utils.checkpoints.make_tiny_checkpoint
@@ -37,35 +38,35 @@ class Writer:
             vecs = {model: unit(self.rng, 1)[0]}
             if also:
                 vecs[also] = unit(self.rng, 1)[0]
-            items.append(repo.NewItem(f"e{self.n}", None, "0" * 64, vecs))
+            items.append(item_repo.NewItem(f"e{self.n}", None, "0" * 64, vecs))
         with session_scope(self.url) as s:
-            ids = [row.id for row in repo.add_items(s, items, active_model=model)]
+            ids = [row.id for row in item_repo.add_items(s, items, active_model=model)]
         indexlog.append(self.r, self.settings, "add", model, ids)
         return ids
 
     def move(self, ids: list[int], model: str) -> None:
         with session_scope(self.url) as s:
             for i, v in zip(ids, unit(self.rng, len(ids)), strict=True):
-                repo.upsert_embedding(s, i, model, v)
+                item_repo.upsert_embedding(s, i, model, v)
             s.execute(update(GalleryItem).where(GalleryItem.id.in_(ids)).values(active_model=model))
         indexlog.append(self.r, self.settings, "move", model, ids)
 
     def delete(self, ids: list[int]) -> None:
         with session_scope(self.url) as s:
-            for item in repo.get_items_by_ids(s, ids):
-                repo.delete_item(s, item)
+            for item in item_repo.get_items_by_ids(s, ids):
+                item_repo.delete_item(s, item)
         indexlog.append(self.r, self.settings, "delete", None, ids)
 
     def switch(self, model: str) -> None:
         with session_scope(self.url) as s:
-            repo.set_serving_state(s, gallery_model=model, query_model=model)
+            catalog.set_serving_state(s, gallery_model=model, query_model=model)
         indexlog.append(self.r, self.settings, "switch", model)
 
     def rollback(self, to_model: str) -> None:
         with session_scope(self.url) as s:
             have_old = select(Embedding.item_id).where(Embedding.model == to_model)
             s.execute(update(GalleryItem).where(GalleryItem.id.in_(have_old)).values(active_model=to_model))
-            repo.set_serving_state(s, gallery_model=to_model, query_model=to_model)
+            catalog.set_serving_state(s, gallery_model=to_model, query_model=to_model)
         indexlog.append(self.r, self.settings, "rollback", to_model)
 
     def commit(self, old: str) -> None:
@@ -77,7 +78,7 @@ class Writer:
 def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
     with session_scope(settings.sqlalchemy_url) as s:
         items = {int(i): m for i, m in s.execute(select(GalleryItem.id, GalleryItem.active_model))}
-        return items, repo.get_serving_state(s).query_model
+        return items, catalog.get_serving_state(s).query_model
 
 
 

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from models.data import encode_png as png
-from service.db import repositories as repo
 from service.db.migrate import upgrade_head
 from service.db.session import session_scope
 from service.imagestore import image_store_for
 from service.registry import EncoderCache, register
+from service.repositories import items as item_repo
 from service.settings import Settings
 
 
@@ -37,11 +37,13 @@ def cached_tiny_pair(n_train: int = 2000, epochs: int = 1) -> tuple[Path, Path]:
     import tempfile
 
     import models
+    from tests.utils import checkpoints
     from tests.utils.checkpoints import train_tiny_pair
 
     code = hashlib.sha256()
-    for name in ("checkpoint.py", "encoders.py", "losses.py", "train.py", "testing.py", "preprocess.py"):
+    for name in ("checkpoint.py", "encoders.py", "losses.py", "train.py", "preprocess.py"):
         code.update((Path(models.__file__).parent / name).read_bytes())
+    code.update(Path(checkpoints.__file__).read_bytes())
     root = Path(os.environ.get("HOTREFRESH_TEST_CACHE", Path(tempfile.gettempdir()) / "hotrefresh-test-cache"))
     directory = root / f"pair-{n_train}-{epochs}-{code.hexdigest()[:16]}"
     old, new = directory / "tiny-old.pt", directory / "tiny-new-ract.pt"
@@ -88,13 +90,13 @@ def build_gallery(
         old_model = cache.get(s, old_row.name)
         pil = [Image.fromarray(a) for a in images]
         vecs = old_model.embed_images(pil)
-        items = []
+        new_items = []
         for k, (a, lab) in enumerate(zip(images, labels if labels is not None else [None] * len(images),
                                          strict=True)):
             key = store.put(b"not an image %d" % k if k < corrupt else png(a))
             label = None if labels is None else str(int(lab))
-            items.append(repo.NewItem(f"img-{k}", label, key, {old_row.name: vecs[k]}))
-        rows = repo.add_items(s, items, old_row.name)
+            new_items.append(item_repo.NewItem(f"img-{k}", label, key, {old_row.name: vecs[k]}))
+        rows = item_repo.add_items(s, new_items, old_row.name)
         ids, ext = [r.id for r in rows], [r.external_id for r in rows]
         return Gallery(settings, ids, ext, old_row.name, new_row.name)
 

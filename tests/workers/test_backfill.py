@@ -12,14 +12,15 @@ import pytest
 from sqlalchemy import func, select
 
 from service import indexlog
-from service.db import repositories as repo
 from service.db.schema import BackfillTask, Embedding, GalleryItem
 from service.db.session import session_scope
 from service.queue import BackfillQueue
-from service.upgrade import control, store
+from service.repositories import catalog, common, upgrades
+from service.states import TransitionError
+from service.upgrade import control
 from service.upgrade.scoring import run_scoring
-from service.upgrade.states import TransitionError
-from workers.backfill import WorkerContext, drain
+from workers.context import WorkerContext
+from workers.drain import drain
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +55,14 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None: 
     g.settings.__dict__["batch_size"] = 16
     ctx, uid = start_and_score(g, strategy="margin", batch_size=16)
     with session_scope(ctx.url) as s:
-        serving = repo.get_serving_state(s)
+        serving = catalog.get_serving_state(s)
         assert (serving.query_model, serving.gallery_model) == (g.new, g.new)  # the hot refresh
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "running" and up.total == 80
         assert up.baseline["old_map"] is not None and len(up.baseline["probe_ids"]) == 80
         assert up.checkpoints[0]["fraction"] == 0.0 and up.checkpoints[0]["nfr"] is not None
         # the queue holds every item, highest priority first, matching SQL
-        prio = dict(store.pending_pairs(s, uid))
+        prio = dict(upgrades.pending_pairs(s, uid))
     q = BackfillQueue(ctx.redis, g.settings, uid)
     assert q.depth() == 80
     first = q.lease(5, 60)
@@ -71,9 +72,9 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None: 
 
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 80 and up.failed == 0
-        counts = store.task_counts(s, uid)
+        counts = upgrades.task_counts(s, uid)
         assert counts == {"pending": 0, "done": 80, "failed": 0}
         # both vectors kept until commit (rollback stays instant)
         per_model = dict(s.execute(select(Embedding.model, func.count()).group_by(Embedding.model)).all())
@@ -91,24 +92,24 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None: 
     # and leaves one vector per item, the replay's (a re-encoding on another device may differ
     # in the last bits)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         up.state = "running"
         s.flush()
         ids = g.ids[:10]
-        vecs = -np.stack([repo.vector_from_bytes(s.get(Embedding, (i, g.new)).vector) for i in ids])
-        out = store.record_encoded(s, uid, g.new, ids, vecs)
+        vecs = -np.stack([common.vector_from_bytes(s.get(Embedding, (i, g.new)).vector) for i in ids])
+        out = upgrades.record_encoded(s, uid, g.new, ids, vecs)
         assert out.newly_done == 0 and sorted(out.moved) == sorted(ids)
-        assert store.get_upgrade(s, uid).done == 80
+        assert upgrades.get_upgrade(s, uid).done == 80
     with session_scope(ctx.url) as s:
         rows = s.execute(select(Embedding.item_id, Embedding.vector)
                          .where(Embedding.model == g.new, Embedding.item_id.in_(ids))).all()
         assert len(rows) == len(ids)
-        stored = {int(i): repo.vector_from_bytes(v) for i, v in rows}
+        stored = {int(i): common.vector_from_bytes(v) for i, v in rows}
         assert np.array_equal(np.stack([stored[int(i)] for i in ids]), vecs)
 
     # commit retires the old model
     with session_scope(ctx.url) as s:
-        store.get_upgrade(s, uid).state = "completed"
+        upgrades.get_upgrade(s, uid).state = "completed"
     assert control.act(g.settings, ctx.redis, uid, "commit") == "committed"
     with session_scope(ctx.url) as s:
         assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 0
@@ -121,9 +122,9 @@ def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gall
     ctx, uid = start_and_score(g, strategy="entropy", batch_size=8)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 37 and up.failed == 3
-        failures = store.list_failures(s, uid)
+        failures = upgrades.list_failures(s, uid)
         assert sorted(f.external_id for f in failures) == ["img-0", "img-1", "img-2"]
         assert all(f.attempts == g.settings.max_attempts for f in failures)
         assert "UnidentifiedImageError" in failures[0].error
@@ -153,7 +154,7 @@ def test_transitions_and_instant_rollback(make_gallery) -> None:  # noqa: ANN001
     assert control.act(g.settings, ctx.redis, uid, "rollback") == "rolled_back"
     assert models_of(ctx.url) == {g.old: 40}
     with session_scope(ctx.url) as s:
-        serving = repo.get_serving_state(s)
+        serving = catalog.get_serving_state(s)
         assert (serving.query_model, serving.gallery_model) == (g.old, g.old)
         assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.new)) == 0
         assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 40
@@ -181,7 +182,7 @@ def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:  # noqa: AN
     assert q.is_empty()
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        assert store.get_upgrade(s, uid).state == "completed"
+        assert upgrades.get_upgrade(s, uid).state == "completed"
         assert s.scalar(select(func.count()).select_from(BackfillTask)
                         .where(BackfillTask.status == "done")) == 48
     assert models_of(ctx.url) == {g.new: 48}
@@ -194,7 +195,7 @@ def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:  # noqa: ANN001
     ctx, uid = start_and_score(g, strategy="margin", batch_size=10, nfr_guardrail=0.0)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "paused" and "guardrail" in (up.error or "")
         assert up.nfr is not None and up.nfr > 0.0
         assert 0 < up.done < 100
@@ -209,7 +210,7 @@ def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None: 
         LIVE_NFR.remove(str(uid))
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 30
         assert up.nfr is None and up.map is None
         assert up.checkpoints and all(c["nfr"] is None for c in up.checkpoints)
@@ -230,7 +231,7 @@ def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_galler
     vectors = np.random.default_rng(0).standard_normal((8, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with session_scope(ctx.url) as s:  # the worker's transaction landed ...
-        store.record_encoded(s, uid, g.new, leased, vectors)
+        upgrades.record_encoded(s, uid, g.new, leased, vectors)
     # ... and it died before indexlog.append: no `move` for these ids yet
     def moved() -> set[int]:
         return {i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move"
@@ -250,7 +251,7 @@ def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_galler
     ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
     assert drain(ctx, uid, budget_s=120.0) == "stop"
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 64
         points = up.checkpoints
     assert all(p["nfr"] is None and p["map"] is None for p in points)
@@ -269,12 +270,12 @@ def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -
         s.delete(s.get(GalleryItem, g.ids[3]))
     scored = np.array(g.ids, np.int64)
     with session_scope(ctx.url) as s:
-        kept, prio = store.replace_tasks(s, up.id, scored, np.arange(20, dtype=np.float32))
+        kept, prio = upgrades.replace_tasks(s, up.id, scored, np.arange(20, dtype=np.float32))
     # Kept in the queue's order, highest priority first.
     assert kept.tolist() == [i for i in reversed(g.ids) if i != g.ids[3]]
     assert prio.tolist() == [float(k) for k in reversed(range(20)) if k != 3]
     with session_scope(ctx.url) as s:
-        assert store.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
+        assert upgrades.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
 
 
 def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkeypatch) -> None:  # noqa: ANN001
@@ -300,7 +301,7 @@ def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkey
     monkeypatch.setattr(LoadedModel, "submit_tensor", first_fails)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
-        up = store.get_upgrade(s, uid)
+        up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 24 and up.failed == 0
         attempts = sorted(s.scalars(select(BackfillTask.attempts).where(BackfillTask.upgrade_id == uid)))
     assert failed_ids == [8] and attempts == [0] * 16 + [1] * 8  # one failed attempt for that batch's items
@@ -314,7 +315,7 @@ def test_helper_threads_are_made_nicer_without_renicing_the_process() -> None:
     import sys
     import threading
 
-    from workers.backfill import lower_thread_priority
+    from workers.drain import lower_thread_priority
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread niceness is Linux's")
@@ -337,7 +338,7 @@ def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery
     model's embedding of the image as uploaded, as ``POST /gallery`` would have computed it."""
     from PIL import Image
 
-    from service.db.repositories import vector_from_bytes
+    from service.repositories.common import vector_from_bytes
 
     g = make_gallery(n=40)
     ctx, uid = start_and_score(g, batch_size=16)

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service.db import repositories as repo
 from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.registry import EncoderCache, register
+from service.repositories import catalog
 from tests.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration
@@ -57,14 +57,14 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa
             assert isinstance(r.json()["detail"], str)
         assert upgrades(url) == 0
         with session_scope(url) as s:
-            assert repo.get_serving_state(s).query_model == "old"
+            assert catalog.get_serving_state(s).query_model == "old"
 
         r = client.post("/upgrade", json={"model": "new", "strategy": "entropy"}, headers=ADMIN)
         assert r.status_code == 202, r.text
         uid = r.json()["id"]
         assert r.json() == {"id": uid, "state": "scoring", "total": 20}
         with session_scope(url) as s:
-            serving = repo.get_serving_state(s)
+            serving = catalog.get_serving_state(s)
             assert (serving.query_model, serving.gallery_model) == ("new", "new")
         assert client.post("/upgrade", json={"model": "new"}, headers=ADMIN).status_code == 409
         assert upgrades(url) == 1
@@ -81,7 +81,7 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa
         r = client.post(f"/upgrade/{uid}/rollback", headers=ADMIN)
         assert r.status_code == 200 and r.json() == {"id": uid, "state": "rolled_back"}
         with session_scope(url) as s:
-            serving = repo.get_serving_state(s)
+            serving = catalog.get_serving_state(s)
             assert (serving.query_model, serving.gallery_model) == ("old", "old")
         for action in ("pause", "resume", "cancel", "rollback", "commit"):
             assert client.post(f"/upgrade/{uid}/{action}", headers=ADMIN).status_code == 409

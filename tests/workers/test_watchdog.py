@@ -9,12 +9,15 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service import keys
-from service.db.schema import Embedding, Upgrade, utcnow
+from service.db.schema import Embedding, Upgrade
 from service.db.session import session_scope
 from service.dispatch import queue_name
-from service.upgrade import control, store
+from service.repositories import upgrades
+from service.timestamps import utcnow
+from service.upgrade import control
 from service.upgrade.scoring import run_scoring
-from workers.backfill import WorkerContext, drain
+from workers.context import WorkerContext
+from workers.drain import drain
 from workers.watchdog import tick
 
 pytestmark = pytest.mark.integration
@@ -48,10 +51,10 @@ def test_kicks_lost_chains_once_and_auto_commits(make_gallery) -> None:  # noqa:
     while drain(ctx, up.id, budget_s=5.0) != "stop":
         pass
     with session_scope(ctx.url) as s:
-        assert store.get_upgrade(s, up.id).state == "completed"
+        assert upgrades.get_upgrade(s, up.id).state == "completed"
     assert tick(g.settings, ctx.redis) == []  # no grace period configured: no auto-commit
     g.settings.__dict__["commit_grace_seconds"] = 0.0
     assert tick(g.settings, ctx.redis) == [f"commit:{up.id}"]
     with session_scope(ctx.url) as s:
-        assert store.get_upgrade(s, up.id).state == "committed"
+        assert upgrades.get_upgrade(s, up.id).state == "committed"
         assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 0

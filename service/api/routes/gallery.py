@@ -16,10 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from service import indexlog
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
-from service.db import repositories as repo
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, TooLarge
 from service.images import decode_image, read_limited
+from service.repositories import catalog, upgrades
+from service.repositories import items as item_repo
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gallery", tags=["gallery"])
@@ -77,14 +78,14 @@ def add_items(
 
     # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
     with session_scope(settings.sqlalchemy_url) as s:
-        state = repo.get_serving_state(s)
+        state = catalog.get_serving_state(s)
         gallery_model = state.gallery_model
         if gallery_model is None:
             raise Conflict("no model is registered yet; POST /models first")
-        taken = repo.existing_external_ids(s, external_id)
+        taken = item_repo.existing_external_ids(s, external_id)
         if taken:
             raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
-        upgrade = repo.active_upgrade(s)
+        upgrade = upgrades.active_upgrade(s)
         # While an upgrade can still be rolled back, keep the old model's vector too, so a
         # rollback never has to re-encode anything (invariant 6).
         models = [gallery_model]
@@ -95,12 +96,12 @@ def add_items(
     vectors = {m: enc.embed_images(images) for m, enc in encoders.items()}
     keys = [store.put(data) for data in blobs]
     new = [
-        repo.NewItem(external_id=ext, label=lab, image_key=key, vectors={m: v[i] for m, v in vectors.items()})
+        item_repo.NewItem(external_id=ext, label=lab, image_key=key, vectors={m: v[i] for m, v in vectors.items()})
         for i, (ext, lab, key) in enumerate(zip(external_id, labels, keys, strict=True))
     ]
     try:
         with session_scope(settings.sqlalchemy_url) as s:
-            rows = repo.add_items(s, new, active_model=gallery_model)
+            rows = item_repo.add_items(s, new, active_model=gallery_model)
             created = [
                 GalleryItemCreated(external_id=r.external_id, model=r.active_model, id=r.id) for r in rows
             ]
@@ -116,7 +117,7 @@ def add_items(
 
 @router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))
 def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
-    item = repo.get_item(session, external_id)
+    item = item_repo.get_item(session, external_id)
     if item is None:
         raise NotFound(f"no gallery item with external_id {external_id!r}")
     return GalleryItemOut(
@@ -137,13 +138,13 @@ def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> Gall
 )
 def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
     with session_scope(settings.sqlalchemy_url) as s:
-        item = repo.get_item(s, external_id)
+        item = item_repo.get_item(s, external_id)
         if item is None:
             raise NotFound(f"no gallery item with external_id {external_id!r}")
         item_id, model = item.id, item.active_model
-        upgrade = repo.active_upgrade(s)
+        upgrade = upgrades.active_upgrade(s)
         upgrade_id = upgrade.id if upgrade is not None else None
-        repo.delete_item(s, item)
+        item_repo.delete_item(s, item)
         staged = indexlog.stage(s, "delete", model, [item_id])
 
     indexlog.publish(redis, settings, staged)

@@ -9,11 +9,11 @@ from sqlalchemy.exc import IntegrityError
 from service import indexlog
 from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import ModelOut, ModelsOut, error_responses
-from service.db import repositories as repo
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict
 from service.registry import register, resolve_model_path, save_upload
+from service.repositories import catalog
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -38,11 +38,11 @@ def _out(row: ModelRow, state: ServingState) -> ModelOut:
 
 @router.get("", response_model=ModelsOut)
 def list_models(session: SessionDep) -> ModelsOut:
-    state = repo.get_serving_state(session)
+    state = catalog.get_serving_state(session)
     return ModelsOut(
         gallery_model=state.gallery_model,
         query_model=state.query_model,
-        models=[_out(row, state) for row in repo.list_models(session)],
+        models=[_out(row, state) for row in catalog.list_models(session)],
     )
 
 
@@ -72,7 +72,7 @@ def register_model(
             ckpt, uploaded = resolve_model_path(settings, path or ""), False
         with session_scope(settings.sqlalchemy_url) as s:
             row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
-            out = _out(row, repo.get_serving_state(s))
+            out = _out(row, catalog.get_serving_state(s))
             # The query model changed from none to this one: every replica must hear of it.
             staged = indexlog.stage(s, "switch", out.name) if first else None
     except IntegrityError:

@@ -1,6 +1,6 @@
 """``/upgrade``: start a hot refresh and control it (DESIGN.md, "HTTP interface").
 
-The state rules live in ``service.upgrade.states``; this module only maps them to HTTP (a refused
+The state rules live in ``service.states``; this module only maps them to HTTP (a refused
 transition is 409) and dispatches Celery work after the SQL change has committed.
 """
 
@@ -14,10 +14,12 @@ from pydantic import BaseModel, Field
 
 from service import dispatch
 from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
-from service.api.schemas import UtcDatetime, error_responses
+from service.api.schemas import error_responses
 from service.errors import NotFound
+from service.repositories import upgrades
 from service.settings import Settings
-from service.upgrade import control, progress, store
+from service.upgrade import control
+from service.upgrade.view import Failure, UpgradeView, view
 
 log = logging.getLogger(__name__)
 
@@ -46,61 +48,17 @@ class UpgradeCreated(BaseModel):
     total: int
 
 
-class Checkpoint(BaseModel):
-    step: int | None = Field(None, description="Checkpoint number (0 at start, -1 at completion).")
-    fraction: float = Field(description="Share of the gallery on the new model when measured.")
-    progress: float | None = None
-    nfr: float | None = Field(None, description="NFR@1 (Eq. 12) of the probes; null when unavailable.")
-    map: float | None = None
-    top1: float | None = None
-    at: float = Field(description="Unix time of the measurement.")
-
-
-class FailureOut(BaseModel):
-    item_id: int
-    external_id: str
-    attempts: int
-    error: str
-
-
-class UpgradeOut(BaseModel):
-    id: int
-    from_model: str
-    to_model: str
-    strategy: str
-    state: str
-    total: int
-    done: int
-    failed: int
-    pending: int
-    fraction: float = Field(description="done / (done + pending + failed).")
-    nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
-    map: float | None = Field(description="Latest live mAP of the probe set.")
-    eta_s: float | None
-    items_per_s: float | None
-    queue_depth: int | None
-    leased: int | None
-    baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
-    checkpoints: list[Checkpoint]
-    failures: list[FailureOut] = Field(description="The first 100 items that failed; all via /failures.")
-    error: str | None
-    batch_size: int
-    nfr_guardrail: float | None
-    created_at: UtcDatetime
-    completed_at: UtcDatetime | None
-
-
 class StateOut(BaseModel):
     id: int
     state: str
 
 
-def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: int | None) -> UpgradeOut:
-    up = store.latest_upgrade(session) if upgrade_id is None else store.get_upgrade(session, upgrade_id)
+def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: int | None) -> UpgradeView:
+    up = upgrades.latest_upgrade(session) if upgrade_id is None else upgrades.get_upgrade(session, upgrade_id)
     if up is None:
         detail = "no upgrade yet" if upgrade_id is None else f"upgrade {upgrade_id} not found"
         raise NotFound(detail)
-    return UpgradeOut.model_validate(progress.view(session, up, redis, settings).__dict__)
+    return view(session, up, redis, settings)
 
 
 @router.post(
@@ -117,26 +75,25 @@ def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> Up
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
 
 
-@router.get("", response_model=UpgradeOut, responses=error_responses(404))
-def latest(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
+@router.get("", response_model=UpgradeView, responses=error_responses(404))
+def latest(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeView:
     """The most recent upgrade."""
     return _view(session, redis, settings, None)
 
 
-@router.get("/{upgrade_id}", response_model=UpgradeOut, responses=error_responses(404))
-def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeOut:
+@router.get("/{upgrade_id}", response_model=UpgradeView, responses=error_responses(404))
+def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeView:
     return _view(session, redis, settings, upgrade_id)
 
 
-@router.get("/{upgrade_id}/failures", response_model=list[FailureOut], responses=error_responses(404))
+@router.get("/{upgrade_id}/failures", response_model=list[Failure], responses=error_responses(404))
 def failures(
     upgrade_id: UpgradeId, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)
-) -> list[FailureOut]:
+) -> list[Failure]:
     """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
-    if store.get_upgrade(session, upgrade_id) is None:
+    if upgrades.get_upgrade(session, upgrade_id) is None:
         raise NotFound(f"upgrade {upgrade_id} not found")
-    return [FailureOut(item_id=f.item_id, external_id=f.external_id, attempts=f.attempts, error=f.error)
-            for f in store.list_failures(session, upgrade_id, limit)]
+    return [Failure.of(f) for f in upgrades.list_failures(session, upgrade_id, limit)]
 
 
 def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> StateOut:

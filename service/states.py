@@ -1,4 +1,4 @@
-"""The upgrade state machine of DESIGN.md, as data: which action may move which state where.
+"""The upgrade state machine (docs/design.md), as data: which action may move which state where.
 
 ``scoring -> running <-> paused -> completed -> committed``; ``cancelled``, ``rolled_back``,
 ``failed`` and ``committed`` are terminal. Every transition is one conditional SQL ``UPDATE ...

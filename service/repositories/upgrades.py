@@ -1,7 +1,7 @@
-"""SQL reads and writes of an upgrade and its backfill tasks (the durable twin of the Redis queue).
+"""Upgrades and their backfill tasks (the durable twin of the Redis queue): state transitions,
+the backfill's batch write, failures, checkpoints.
 
-Plain functions over a ``Session``; like ``service.db.repositories`` they never commit, the
-caller owns the transaction. Bulk statements (one ``UPDATE ... WHERE id IN``) rather than
+Bulk statements (one ``UPDATE ... WHERE id IN``) rather than
 per-row ORM round trips, because a backfill batch's SQL time is pure overhead on top of the
 encoder (benchmark B1).
 """
@@ -10,22 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, defer
 
-from service.db.repositories import upsert_embeddings
-from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade, utcnow
-from service.upgrade.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
-
-_IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
-
-
-def _chunks(ids: Sequence[int], n: int = _IN_CHUNK) -> list[list[int]]:
-    ids = [int(i) for i in ids]
-    return [ids[i : i + n] for i in range(0, len(ids), n)]
+from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade
+from service.repositories.common import IDS, id_chunks, table
+from service.repositories.items import external_ids_of, lock_items, set_active_model, upsert_embeddings
+from service.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
+from service.timestamps import utcnow
 
 
 def get_upgrade(session: Session, upgrade_id: int) -> Upgrade | None:
@@ -51,7 +45,7 @@ def transition(session: Session, upgrade_id: int, action: str, **fields: object)
     state, else raises :class:`TransitionError` and changes nothing."""
     allowed, target = TRANSITIONS[action]
     values: dict[str, object] = {"state": target, "updated_at": utcnow(), **fields}
-    res = session.execute(
+    res = session.connection().execute(
         update(Upgrade).where(Upgrade.id == int(upgrade_id), Upgrade.state.in_(allowed)).values(**values)
     )
     if res.rowcount != 1:
@@ -133,7 +127,7 @@ def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
 def done_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> list[int]:
     """Which of ``ids`` this upgrade has already moved (their task is done)."""
     out: list[int] = []
-    for chunk in _chunks(list(ids)):
+    for chunk in id_chunks(list(ids)):
         out += session.scalars(
             select(BackfillTask.item_id).where(
                 BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == "done",
@@ -168,28 +162,10 @@ def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
     return ids
 
 
-_IDS = bindparam("ids", expanding=True)
-_items, _tasks = GalleryItem.__table__, BackfillTask.__table__
-_LOCK_ITEMS = select(_items.c.id).where(_items.c.id.in_(_IDS)).with_for_update()
-
-
-def lock_items(session: Session, ids: Sequence[int]) -> list[int]:
-    """The ids still in the gallery, their rows locked until the transaction ends, so a
-    concurrent DELETE either finished first (the id is missing here) or waits for this one."""
-    conn = session.connection()
-    present: list[int] = []
-    for chunk in _chunks([int(i) for i in ids]):
-        present.extend(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
-    return present
-# Moves the items and locks their rows in one statement, returning the ids still in the gallery:
-# a concurrent DELETE of one either finished first (it is not returned) or waits for this
-# transaction. (A SELECT ... FOR UPDATE before the UPDATE wrote every row lock twice on PostgreSQL.)
-_SET_ACTIVE = (
-    update(_items).where(_items.c.id.in_(_IDS)).values(active_model=bindparam("model")).returning(_items.c.id)
-)
+_tasks = table(BackfillTask)
 _TASKS_DONE = (
     update(_tasks)
-    .where(_tasks.c.upgrade_id == bindparam("b_upgrade"), _tasks.c.item_id.in_(_IDS), _tasks.c.status == "pending")
+    .where(_tasks.c.upgrade_id == bindparam("b_upgrade"), _tasks.c.item_id.in_(IDS), _tasks.c.status == "pending")
     .values(status="done", updated_at=bindparam("now"))
 )
 
@@ -218,14 +194,12 @@ def record_encoded(
     if state not in BATCH_MAY_COMMIT:
         return BatchOutcome([], 0, state)
     by_id = {int(i): k for k, i in enumerate(item_ids)}
-    # Core statements with one expanding parameter: compiled once and cached, instead of coercing
-    # every id of every batch into a fresh IN clause (a fifth of the batch's SQL time).
     conn = session.connection()
     now = utcnow()
     present: list[int] = []
     done = 0
-    for chunk in _chunks(sorted(by_id)):
-        landed = sorted(int(i) for i in conn.execute(_SET_ACTIVE, {"model": to_model, "ids": chunk}).scalars())
+    for chunk in id_chunks(sorted(by_id)):
+        landed = set_active_model(conn, to_model, chunk)
         if not landed:
             continue
         present.extend(landed)
@@ -257,7 +231,7 @@ def record_errors(
     failed: list[int] = []
     rows = {
         int(t.item_id): t
-        for chunk in _chunks(list(errors))
+        for chunk in id_chunks(list(errors))
         for t in session.scalars(
             select(BackfillTask).where(
                 BackfillTask.upgrade_id == upgrade_id, BackfillTask.item_id.in_(chunk),
@@ -265,10 +239,7 @@ def record_errors(
             ).with_for_update()
         )
     }
-    external = dict(
-        session.execute(select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(list(rows))))
-        .all()
-    ) if rows else {}
+    external = external_ids_of(session, rows)
     for item_id, task in rows.items():
         task.attempts += 1
         if task.attempts >= max_attempts:
@@ -295,11 +266,56 @@ def list_failures(session: Session, upgrade_id: int, limit: int = 100) -> list[B
     ))
 
 
-def seconds_since(ts: datetime | None) -> float | None:
-    if ts is None:
-        return None
-    if ts.tzinfo is None:  # SQLite returns naive datetimes for timezone-aware columns
-        from datetime import UTC
+def active_upgrade(session: Session) -> Upgrade | None:
+    """The upgrade that still owns the gallery (old vectors must be kept; no second may start)."""
+    return session.scalar(select(Upgrade).where(Upgrade.state.in_(ACTIVE)).order_by(Upgrade.id.desc()).limit(1))
 
-        ts = ts.replace(tzinfo=UTC)
-    return max(0.0, (utcnow() - ts).total_seconds())
+
+def add_upgrade(session: Session, row: Upgrade) -> Upgrade:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def set_total(session: Session, upgrade_id: int, total: int) -> None:
+    session.execute(update(Upgrade).where(Upgrade.id == int(upgrade_id)).values(total=int(total)))
+
+
+def set_error(session: Session, upgrade_id: int, error: str) -> None:
+    session.execute(
+        update(Upgrade).where(Upgrade.id == int(upgrade_id)).values(error=error[:4000], updated_at=utcnow())
+    )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a backfill worker reads around its batches: the columns, not the row (no JSON)."""
+
+    state: str | None  # None: no such upgrade
+    to_model: str = ""
+    batch_size: int = 0
+    done: int = 0
+    total: int = 0
+
+
+def run_state(session: Session, upgrade_id: int) -> RunState:
+    row = session.execute(
+        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total)
+        .where(Upgrade.id == int(upgrade_id))
+    ).first()
+    return RunState(None) if row is None else RunState(*row)
+
+
+def append_checkpoint(session: Session, upgrade_id: int, point: dict) -> Upgrade:
+    """Add a live measurement to the upgrade's curve under the row lock, and make it the latest
+    NFR and mAP. Two workers that claimed neighbouring steps and measured the same cut leave one."""
+    up = session.scalar(select(Upgrade).where(Upgrade.id == int(upgrade_id)).with_for_update())
+    assert up is not None
+    points = list(up.checkpoints or [])
+    if points and point["step"] != -1 and points[-1].get("fraction") == point["fraction"]:
+        return up
+    up.checkpoints = [*points, point]
+    up.nfr = point["nfr"]
+    up.map = point["map"]
+    session.flush()
+    return up

@@ -1,6 +1,5 @@
-"""Plain functions over a SQLAlchemy ``Session``: every read and write the service and workers
-make against the source of truth. They never commit; the caller owns the transaction, so a
-request's rows, vectors and state change land together or not at all."""
+"""Gallery items and their vectors: inserts and deletes, the moves of a backfill or a rollback,
+and the bulk reads a replica, a scoring run or a probe measurement makes."""
 
 from __future__ import annotations
 
@@ -9,87 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Insert, delete, func, select
+from sqlalchemy import Connection, Insert, bindparam, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db.schema import Embedding, GalleryItem, ModelRow, ServingState, Upgrade, utcnow
-
-# States in which an upgrade still needs the old vectors (inserts must store both).
-ACTIVE_UPGRADE_STATES = ("scoring", "running", "paused", "completed")
-SERVING_STATE_ID = 1
-
-
-# --- vectors -------------------------------------------------------------------------------
-
-
-def vector_to_bytes(vector: np.ndarray) -> bytes:
-    """float32, little-endian, C order: the one on-disk layout of a vector."""
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def vector_from_bytes(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
-
-
-def _stack(blobs: Sequence[bytes]) -> np.ndarray:
-    """One (n, D) float32 array from n blobs of equal length, without a Python loop per float."""
-    if not blobs:
-        return np.zeros((0, 0), dtype=np.float32)
-    dim = len(blobs[0]) // 4
-    return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32, copy=False).reshape(len(blobs), dim)
-
-
-# --- models and serving state --------------------------------------------------------------
-
-
-def get_model(session: Session, name: str) -> ModelRow | None:
-    return session.scalar(select(ModelRow).where(ModelRow.name == name))
-
-
-def list_models(session: Session) -> list[ModelRow]:
-    return list(session.scalars(select(ModelRow).order_by(ModelRow.id)))
-
-
-def add_model(session: Session, row: ModelRow) -> ModelRow:
-    session.add(row)
-    session.flush()
-    return row
-
-
-def peek_serving_state(session: Session) -> ServingState | None:
-    """The serving-state row if it exists; a pure read, for read-only transactions."""
-    return session.get(ServingState, SERVING_STATE_ID)
-
-
-def get_serving_state(session: Session) -> ServingState:
-    """The single serving-state row, created empty on first use."""
-    state = peek_serving_state(session)
-    if state is None:
-        state = ServingState(id=SERVING_STATE_ID, gallery_model=None, query_model=None)
-        session.add(state)
-        session.flush()
-    return state
-
-
-def set_serving_state(
-    session: Session, *, gallery_model: str | None = None, query_model: str | None = None
-) -> ServingState:
-    """Set whichever of the two models is given; ``None`` leaves that one unchanged."""
-    state = get_serving_state(session)
-    if gallery_model is not None:
-        state.gallery_model = gallery_model
-    if query_model is not None:
-        state.query_model = query_model
-    session.flush()
-    return state
-
-
-def active_upgrade(session: Session) -> Upgrade | None:
-    """The upgrade that still owns the gallery (old vectors must be kept), if any."""
-    return session.scalar(
-        select(Upgrade).where(Upgrade.state.in_(ACTIVE_UPGRADE_STATES)).order_by(Upgrade.id.desc()).limit(1)
-    )
-
+from service.db.schema import Embedding, GalleryItem
+from service.repositories.common import IDS, chunks, id_chunks, stack, table, vector_from_bytes, vector_to_bytes
+from service.timestamps import utcnow
 
 # --- gallery items -------------------------------------------------------------------------
 
@@ -108,8 +32,7 @@ def get_items_by_ids(session: Session, ids: Iterable[int]) -> list[GalleryItem]:
 def existing_external_ids(session: Session, external_ids: Iterable[str]) -> set[str]:
     wanted = list(external_ids)
     found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
+    for chunk in chunks(wanted):
         found.update(session.scalars(select(GalleryItem.external_id).where(GalleryItem.external_id.in_(chunk))))
     return found
 
@@ -165,22 +88,28 @@ def upsert_embedding(session: Session, item_id: int, model: str, vector: np.ndar
 
 
 _UPSERTS: dict[str, Insert] = {}
+_CONFLICT_KEY = [Embedding.item_id, Embedding.model]
 
 
 def _vector_upsert(dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT (item_id, model) DO UPDATE`` in the dialect's own syntax."""
     if dialect not in _UPSERTS:
+        vectors = table(Embedding)
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            from sqlalchemy.dialects import postgresql
+
+            pg = postgresql.insert(vectors)
+            _UPSERTS[dialect] = pg.on_conflict_do_update(
+                index_elements=_CONFLICT_KEY, set_={"vector": pg.excluded.vector, "created_at": pg.excluded.created_at})
         elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            from sqlalchemy.dialects import sqlite
+
+            lite = sqlite.insert(vectors)
+            _UPSERTS[dialect] = lite.on_conflict_do_update(
+                index_elements=_CONFLICT_KEY,
+                set_={"vector": lite.excluded.vector, "created_at": lite.excluded.created_at})
         else:
             raise NotImplementedError(f"no vector upsert for the {dialect!r} dialect (PostgreSQL or SQLite)")
-        ins = dialect_insert(Embedding.__table__)
-        _UPSERTS[dialect] = ins.on_conflict_do_update(
-            index_elements=[Embedding.item_id, Embedding.model],
-            set_={"vector": ins.excluded.vector, "created_at": ins.excluded.created_at},
-        )
     return _UPSERTS[dialect]
 
 
@@ -219,11 +148,9 @@ class VectorChunk:
 
 def get_vectors(session: Session, model: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
     """The stored vectors of ``model`` for those ``ids`` that have one, in ascending id order."""
-    ids = sorted(set(ids))
     got_ids: list[int] = []
     blobs: list[bytes] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for chunk in id_chunks(sorted(set(ids))):
         rows = session.execute(
             select(Embedding.item_id, Embedding.vector)
             .where(Embedding.model == model, Embedding.item_id.in_(chunk))
@@ -232,7 +159,7 @@ def get_vectors(session: Session, model: str, ids: Iterable[int]) -> tuple[np.nd
         for item_id, blob in rows:
             got_ids.append(int(item_id))
             blobs.append(blob)
-    return np.asarray(got_ids, dtype=np.int64), _stack(blobs)
+    return np.asarray(got_ids, dtype=np.int64), stack(blobs)
 
 
 def iter_model_vectors(
@@ -251,7 +178,7 @@ def iter_model_vectors(
         if not rows:
             return
         ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-        yield ids, _stack([r[1] for r in rows])
+        yield ids, stack([r[1] for r in rows])
         after = int(ids[-1])
 
 
@@ -276,7 +203,7 @@ def iter_active_vectors(session: Session, *, chunk: int = 10_000) -> Iterator[Ve
             yield VectorChunk(
                 model=model,
                 ids=np.asarray([r[0] for r in group], dtype=np.int64),
-                vectors=_stack([r[3] for r in group]),
+                vectors=stack([r[3] for r in group]),
                 external_ids=[r[1] for r in group],
             )
         after = int(rows[-1][0])
@@ -292,10 +219,8 @@ class ItemState:
 
 def get_item_states(session: Session, ids: Iterable[int]) -> dict[int, ItemState]:
     """The current SQL truth for ``ids`` (absent = deleted): what a replica converges to."""
-    ids = sorted(set(int(i) for i in ids))
     out: dict[int, ItemState] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for chunk in id_chunks(sorted({int(i) for i in ids})):
         rows = session.execute(
             select(GalleryItem.id, GalleryItem.external_id, GalleryItem.active_model, Embedding.vector)
             .outerjoin(Embedding, _ACTIVE_VECTOR)
@@ -306,3 +231,99 @@ def get_item_states(session: Session, ids: Iterable[int]) -> dict[int, ItemState
                 int(item_id), ext, model, vector_from_bytes(blob) if blob is not None else None
             )
     return out
+
+
+def image_keys(session: Session, ids: Iterable[int]) -> dict[int, str]:
+    """Image-store key of each of ``ids`` still in the gallery (absent: deleted)."""
+    out: dict[int, str] = {}
+    for chunk in id_chunks(ids):
+        out.update((int(i), k) for i, k in session.execute(
+            select(GalleryItem.id, GalleryItem.image_key).where(GalleryItem.id.in_(chunk))))
+    return out
+
+
+def external_ids_of(session: Session, ids: Iterable[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for chunk in id_chunks(ids):
+        out.update((int(i), e) for i, e in session.execute(
+            select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(chunk))))
+    return out
+
+
+def count_on_model(session: Session, model: str) -> int:
+    """Items whose active model is ``model``."""
+    return int(session.scalar(select(func.count()).select_from(GalleryItem)
+                              .where(GalleryItem.active_model == model)) or 0)
+
+
+def fraction_on(session: Session, model: str) -> float:
+    """Share of gallery items whose active model is ``model`` (one COUNT, no vectors read)."""
+    total, on = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((GalleryItem.active_model == model, 1), else_=0)), 0))
+        .select_from(GalleryItem)
+    ).one()
+    return float(on / total) if total else 0.0
+
+
+def labeled_items(session: Session, model: str) -> list[tuple[int, str]]:
+    """(id, label) of every labeled item on ``model``, ids ascending (the probes' population)."""
+    rows = session.execute(
+        select(GalleryItem.id, GalleryItem.label)
+        .where(GalleryItem.active_model == model, GalleryItem.label.is_not(None))
+        .order_by(GalleryItem.id)
+    )
+    return [(int(i), str(label)) for i, label in rows]
+
+
+def labels(session: Session) -> dict[int, str | None]:
+    """Every item's label (None: unlabeled)."""
+    return {int(i): label for i, label in session.execute(select(GalleryItem.id, GalleryItem.label))}
+
+
+def return_to_model(session: Session, *, from_model: str, to_model: str) -> None:
+    """Rollback's SQL: every item on ``from_model`` that still has a ``to_model`` vector goes back
+    to it, and the ``from_model`` vectors of items now on ``to_model`` are deleted."""
+    has_old = exists().where(Embedding.item_id == GalleryItem.id, Embedding.model == to_model)
+    session.execute(
+        update(GalleryItem)
+        .where(GalleryItem.active_model == from_model, has_old)
+        .values(active_model=to_model)
+        .execution_options(synchronize_session=False)
+    )
+    back = select(GalleryItem.id).where(GalleryItem.active_model == to_model)
+    session.execute(
+        delete(Embedding)
+        .where(Embedding.model == from_model, Embedding.item_id.in_(back))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def delete_model_vectors(session: Session, model: str) -> None:
+    """Every stored vector of ``model`` (commit retires the old model)."""
+    session.execute(delete(Embedding).where(Embedding.model == model))
+
+
+_items = table(GalleryItem)
+_LOCK_ITEMS = select(_items.c.id).where(_items.c.id.in_(IDS)).with_for_update()
+# Moves the items and locks their rows in one statement, returning the ids still in the gallery:
+# a concurrent DELETE of one either finished first (it is not returned) or waits for this
+# transaction. (A SELECT ... FOR UPDATE before the UPDATE wrote every row lock twice on PostgreSQL.)
+_SET_ACTIVE = (
+    update(_items).where(_items.c.id.in_(IDS)).values(active_model=bindparam("model")).returning(_items.c.id)
+)
+
+
+def lock_items(session: Session, ids: Sequence[int]) -> list[int]:
+    """The ids still in the gallery, their rows locked until the transaction ends, so a
+    concurrent DELETE either finished first (the id is missing here) or waits for this one."""
+    conn = session.connection()
+    present: list[int] = []
+    for chunk in id_chunks(ids):
+        present.extend(int(i) for i in conn.execute(_LOCK_ITEMS, {"ids": chunk}).scalars())
+    return present
+
+
+def set_active_model(conn: Connection, model: str, ids: list[int]) -> list[int]:
+    """Move at most ``IN_CHUNK`` items to ``model``, locking their rows; returns the ids still
+    present, ascending."""
+    return sorted(int(i) for i in conn.execute(_SET_ACTIVE, {"model": model, "ids": ids}).scalars())

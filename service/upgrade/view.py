@@ -1,0 +1,104 @@
+"""What ``GET /upgrade`` answers: one upgrade's state, progress, live measurements and failures.
+
+A pydantic model, so the API serves it as its schema (``service.api.routes.upgrade``) and the
+fields, their types and their documentation are written once, here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis as redis_lib
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from service.db.schema import BackfillFailure, Upgrade
+from service.queue import BackfillQueue
+from service.repositories import upgrades
+from service.settings import Settings
+from service.states import COMMITTED, COMPLETED, RUNNING
+from service.timestamps import UtcDatetime
+from service.upgrade.progress import moved_fraction
+
+
+class Checkpoint(BaseModel):
+    step: int | None = Field(None, description="Checkpoint number (0 at start, -1 at completion).")
+    fraction: float = Field(description="Share of the gallery on the new model when measured.")
+    progress: float | None = None
+    nfr: float | None = Field(None, description="NFR@1 (Eq. 12) of the probes; null when unavailable.")
+    map: float | None = None
+    top1: float | None = None
+    at: float = Field(description="Unix time of the measurement.")
+
+
+class Failure(BaseModel):
+    item_id: int
+    external_id: str
+    attempts: int
+    error: str
+
+    @classmethod
+    def of(cls, row: BackfillFailure) -> Failure:
+        return cls(item_id=row.item_id, external_id=row.external_id, attempts=row.attempts, error=row.error)
+
+
+class UpgradeView(BaseModel):
+    id: int
+    from_model: str
+    to_model: str
+    strategy: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    pending: int
+    fraction: float = Field(description="done / (done + pending + failed).")
+    nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
+    map: float | None = Field(description="Latest live mAP of the probe set.")
+    eta_s: float | None
+    items_per_s: float | None
+    queue_depth: int | None
+    leased: int | None
+    baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
+    checkpoints: list[Checkpoint]
+    failures: list[Failure] = Field(description="The first 100 items that failed; all via /failures.")
+    error: str | None
+    batch_size: int
+    nfr_guardrail: float | None
+    created_at: UtcDatetime
+    completed_at: UtcDatetime | None
+
+
+def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings,
+         failures_limit: int = 100) -> UpgradeView:
+    counts = upgrades.task_counts(session, up.id)
+    base = up.baseline or {}
+    items_per_s = eta = None
+    running_since = base.get("running_since")
+    if running_since and up.done:
+        end = (up.completed_at.timestamp() if up.completed_at else time.time())
+        elapsed = max(1e-6, end - float(running_since))
+        items_per_s = up.done / elapsed
+        if up.state == RUNNING:
+            eta = counts["pending"] / items_per_s
+        elif up.state in (COMPLETED, COMMITTED):
+            eta = 0.0
+    depth = leased = None
+    if redis is not None:
+        try:
+            q = BackfillQueue(redis, settings, up.id)
+            depth, leased = q.depth(), q.leased()
+        except redis_lib.RedisError:
+            pass
+    summary = {k: base.get(k) for k in ("old_map", "old_top1_rate", "map_k") if k in base}
+    summary["probes"] = len(base.get("probe_ids", []))
+    return UpgradeView(
+        id=up.id, from_model=up.from_model, to_model=up.to_model, strategy=up.strategy, state=up.state,
+        total=up.total, done=counts["done"], failed=counts["failed"], pending=counts["pending"],
+        fraction=moved_fraction(counts), nfr=up.nfr, map=up.map, eta_s=eta, items_per_s=items_per_s,
+        queue_depth=depth, leased=leased, baseline=summary if base else None,
+        checkpoints=[Checkpoint.model_validate(p) for p in up.checkpoints or []],
+        failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
+        error=up.error, batch_size=up.batch_size, nfr_guardrail=up.nfr_guardrail,
+        created_at=up.created_at, completed_at=up.completed_at,
+    )

@@ -1,0 +1,155 @@
+"""One backfill batch, stage by stage: lease and load (:func:`lease_and_load`), encode
+(:func:`encode_batch`), write (:func:`write_batch`: one SQL transaction, then the index log,
+then the ack). ``workers.drain`` runs the three stages side by side.
+
+Failure semantics (docs/design.md, invariant 3): a process killed anywhere in here loses
+nothing. Ids leased but not acked come back when their lease expires; a batch that committed but
+was not acked is replayed, and replaying it is a no-op in SQL (see
+``service.repositories.upgrades.record_encoded``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.runtime import EncodeJob
+from service import indexlog
+from service.db.session import read_scope, session_scope
+from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS
+from service.queue import BackfillQueue
+from service.repositories import items as item_repo
+from service.repositories import upgrades
+from service.upgrade.images import load_pixels
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Leased:
+    """One leased batch, loaded: ids whose image decoded, their pixels at the new model's mode
+    and size (uint8, n x C x H x W: the per-image Python work is done here, in the loader
+    thread, so the encoder thread only runs tensor code), per-id errors, and the encoding of
+    ``pixels``, already queued behind the batch before it (``job``; None if it could not be
+    started, and then the encoder thread encodes the batch itself)."""
+
+    ids: list[int]
+    pixels: np.ndarray
+    errors: dict[int, str]
+    all_ids: list[int]
+    job: EncodeJob | None = None
+    loaded_at: float = field(default_factory=time.perf_counter)  # batch-latency metric
+
+
+BLOCKED = "blocked"  # lease_and_load's answer while a checkpoint barrier is up
+
+
+def lease_and_load(
+    ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str
+) -> Leased | str | None:
+    ids = queue.lease(batch_size, ctx.settings.lease_seconds)
+    if not ids:
+        return BLOCKED if queue.blocked else None
+    with read_scope(ctx.url) as s:
+        keys = item_repo.image_keys(s, ids)
+        model = ctx.encoders.get(s, to_model)
+    meta = model.meta
+    gone = [i for i in ids if i not in keys]  # deleted from the gallery after being queued
+    if gone:
+        queue.remove(gone)
+    present = [i for i in ids if i in keys]
+    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta)
+    ok_ids = [present[k] for k in ok]
+    errors = {present[k]: err for k, err in load_errors.items()}
+    job = None
+    if ok_ids:
+        # Queued now, behind the batch the encoder is on: the encoder's core never waits for
+        # this process's Python threads (models/runtime.py). A failure to start it is not the
+        # batch's failure: the encoder thread then encodes it itself and records any error.
+        try:
+            job = model.submit_tensor(pixels)
+        except Exception:  # noqa: BLE001
+            log.warning("upgrade batch: could not start encoding in the background", exc_info=True)
+    return Leased(ids=ok_ids, pixels=pixels, errors=errors, all_ids=present, job=job)
+
+
+@dataclass
+class BatchResult:
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    moved: int = 0
+    state: str | None = None  # the upgrade's state and (done, total) as the batch's transaction
+    progress: tuple[int, int] | None = None  # left them; None when the batch did not land
+
+
+@dataclass
+class Encoded:
+    """A leased batch after the encoder: vectors for ``batch.ids`` (None if encoding failed) and
+    every id that failed this attempt with its error."""
+
+    batch: Leased
+    vectors: np.ndarray | None
+    errors: dict[int, str]
+
+
+def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased) -> Encoded:
+    """The batch's vectors: collected from its background job, or computed here."""
+    errors = dict(batch.errors)
+    vectors: np.ndarray | None = None
+    if batch.ids:
+        try:
+            if batch.job is not None:
+                vectors = batch.job.result()
+            else:
+                model = ctx.encoders.peek(to_model)
+                if model is None:
+                    with read_scope(ctx.url) as s:
+                        model = ctx.encoders.get(s, to_model)
+                vectors = model.embed_tensor(batch.pixels)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed to encode
+            log.exception("upgrade %s: encoding a batch of %d failed", upgrade_id, len(batch.ids))
+            errors.update({i: f"encode failed: {type(exc).__name__}: {exc}" for i in batch.ids})
+    return Encoded(batch, vectors, errors)
+
+
+def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded, queue: BackfillQueue) -> BatchResult:
+    """One SQL transaction, then the index log, then the ack; errors count an attempt per item."""
+    result = BatchResult()
+    if enc.vectors is not None:
+        with session_scope(ctx.url) as s:
+            outcome = upgrades.record_encoded(s, upgrade_id, to_model, enc.batch.ids, enc.vectors)
+        if outcome.moved:
+            indexlog.append(ctx.redis, ctx.settings, "move", to_model, outcome.moved)
+        result.done, result.moved = outcome.newly_done, len(outcome.moved)
+        result.state, result.progress = outcome.state, outcome.progress
+        queue.ack(enc.batch.ids)
+    if enc.errors:
+        with session_scope(ctx.url) as s:
+            failure = upgrades.record_errors(s, upgrade_id, enc.errors, ctx.settings.max_attempts)
+        queue.release(failure.retry)
+        queue.ack(failure.failed)
+        # Ids no longer pending (deleted, or the upgrade stopped): drop their lease.
+        queue.ack([i for i in enc.errors if i not in failure.retry and i not in failure.failed])
+        result.failed, result.retried = len(failure.failed), len(failure.retry)
+        for i in failure.failed:
+            log.warning("upgrade %s: item %s failed %d times: %s", upgrade_id, i, ctx.settings.max_attempts,
+                        enc.errors[i])
+    label = str(upgrade_id)
+    if result.done:
+        BACKFILL_ITEMS.labels(label, "done").inc(result.done)
+    if result.failed:
+        BACKFILL_ITEMS.labels(label, "failed").inc(result.failed)
+    BACKFILL_BATCH_SECONDS.observe(time.perf_counter() - enc.batch.loaded_at)
+    return result
+
+
+def land_batch(
+    ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased, queue: BackfillQueue
+) -> BatchResult:
+    """Encode and write one batch, synchronously."""
+    return write_batch(ctx, upgrade_id, to_model, encode_batch(ctx, upgrade_id, to_model, batch), queue)
