@@ -90,7 +90,7 @@ def evaluate_backfill(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluates every new model x ordering; returns the ``curve.json`` document of DESIGN.md."""
+    """Evaluates every new model x ordering; returns the ``curve.json`` document (docs/models.md)."""
     orderings = list(orderings)
     for o in orderings:
         if o not in STRATEGIES:

@@ -1,4 +1,4 @@
-"""The mixed index (DESIGN.md, "The mixed index"): segments per model, moves in O(B·D), query
+"""The mixed index (docs/design.md, docs/index.md): segments per model, moves in O(B·D), query
 plans, snapshots. See docs/index.md."""
 
 from service.index.backend import (

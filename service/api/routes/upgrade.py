@@ -1,4 +1,4 @@
-"""``/upgrade``: start a hot refresh and control it (DESIGN.md, "HTTP interface").
+"""``/upgrade``: start a hot refresh and control it (docs/workers.md, "HTTP API").
 
 The state rules live in ``service.states``; this module only maps them to HTTP (a refused
 transition is 409) and dispatches Celery work after the SQL change has committed.
