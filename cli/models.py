@@ -19,7 +19,7 @@ def train(
     out: Annotated[Path, typer.Option(help="checkpoint file to write")],
     name: Annotated[str, typer.Option(help="model name stored in the checkpoint")],
     loss: Annotated[
-        str | None, typer.Option(help="new model: ract|vanilla|bct|none; omit for an old (CE) model")
+        str | None, typer.Option(help="new model: ract|vanilla|bct|ract+bct|none; omit for an old (CE) model")
     ] = None,
     old: Annotated[Path | None, typer.Option(help="old model checkpoint (required with --loss)")] = None,
     arch: Annotated[str, typer.Option(help="encoder architecture (conv2, conv4)")] = "conv2",
@@ -84,12 +84,16 @@ def experiment(
     ],
     quick: Annotated[bool, typer.Option(help="< 10 min: RACT+vanilla, random+margin, one seed")] = False,
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    methods: Annotated[str | None, typer.Option(
+        help="comma-separated new-model methods: ract, vanilla, bct, ract+bct (RACT's term on top of BCT's, "
+             "the paper's App. A.5), independent; default: ract,vanilla,bct,independent "
+             "(--quick: ract,vanilla)", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs of old and new models")] = None,
     train_limit: Annotated[int | None, typer.Option(help="use a seeded subset of N training images")] = None,
     queries: Annotated[int | None, typer.Option(help="test images used as queries")] = None,
     gallery: Annotated[int | None, typer.Option(help="test images used as the gallery")] = None,
     tau: Annotated[float, typer.Option(help="temperature of RACT and vanilla")] = 0.05,
-    lam: Annotated[float, typer.Option(help="compatibility weight of RACT and vanilla (BCT keeps 1.0)")] = 1.0,
+    lam: Annotated[float, typer.Option(help="compatibility weight of RACT, vanilla, ract+bct (BCT keeps 1)")] = 1.0,
     tune: Annotated[
         bool, typer.Option(help="first pick tau/lambda/top-k per method on a validation split of TRAINING data")
     ] = False,
@@ -106,7 +110,7 @@ def experiment(
 
     from models.experiment import ExperimentConfig, run_experiment
 
-    overrides = {m: {"tau": tau, "lam": lam} for m in ("ract", "vanilla")}
+    overrides = {m: {"tau": tau, "lam": lam} for m in ("ract", "vanilla", "ract+bct")}
     if tune:
         from models.tune import tune as run_tuning
 
@@ -117,11 +121,20 @@ def experiment(
         result = run_tuning(base, out / "tuning", models_dir / "tuning", taus=[0.05, 0.1], lams=[0.25, 0.5, 1.0],
                             topks=[None, 10], progress=progress)  # fmt: skip
         overrides = result["best"]
+        if "ract" in overrides:  # RACT's term of ract+bct takes RACT's tuned tau and lambda
+            overrides.setdefault("ract+bct", overrides["ract"])
         typer.echo(f"tuned on training data: {json.dumps(overrides)}")
     for alloc in allocation:
         cfg = ExperimentConfig.quick(alloc) if quick else ExperimentConfig(allocation=alloc)
         if not quick:
             cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+        if methods:
+            from models.experiment import LOSS_OF_METHOD
+
+            cfg.methods = [m.strip() for m in methods.split(",") if m.strip()]
+            unknown = [m for m in cfg.methods if m not in LOSS_OF_METHOD]
+            if unknown:
+                raise typer.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(LOSS_OF_METHOD)}")
         if epochs:
             cfg.epochs_old = cfg.epochs_new = epochs
         if train_limit:

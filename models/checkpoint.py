@@ -31,7 +31,7 @@ from models.runtime import EncodeJob, make_launcher, start_interop_pool
 log = logging.getLogger(__name__)
 
 FORMAT = "hotrefresh-checkpoint/1"
-TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "independent")
+TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "ract+bct", "independent")
 
 
 class CheckpointError(ValueError):

@@ -21,7 +21,7 @@ from models.checkpoint import LoadedModel
 from models.metrics import evaluate_scores, negative_flip_rate
 from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty
 
-METHODS = ("ract", "vanilla", "bct", "independent")
+METHODS = ("ract", "vanilla", "bct", "ract+bct", "independent")
 DEFAULT_FRACTIONS = tuple(round(i / 10, 1) for i in range(11))
 
 
@@ -171,7 +171,8 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"random": "-", "margin": "--", "least": ":", "entropy": "-."}
-    colors = {"ract": "tab:red", "vanilla": "tab:blue", "bct": "tab:green", "independent": "tab:gray"}
+    colors = {"ract": "tab:red", "vanilla": "tab:blue", "bct": "tab:green", "ract+bct": "tab:purple",
+              "independent": "tab:gray"}
     for c in doc["curves"]:
         x = [100 * p["fraction"] for p in c["points"]]
         kw = {"linestyle": styles.get(c["ordering"], "-"), "color": colors.get(c["method"]), "marker": "."}

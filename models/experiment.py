@@ -26,7 +26,7 @@ from models.train import TrainConfig, train_and_save
 
 log = logging.getLogger("hotrefresh.experiment")
 
-LOSS_OF_METHOD = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "independent": "none"}
+LOSS_OF_METHOD = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "ract+bct": "ract+bct", "independent": "none"}
 CHECK_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
@@ -222,7 +222,7 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
             "largest_drop_pts": drops,
         }
     means = {}
-    for m in ("ract", "vanilla", "bct", "independent"):
+    for m in ("ract", "vanilla", "bct", "ract+bct", "independent"):
         r, mg = _curve(doc, m, "random"), _curve(doc, m, "margin")
         if r and mg:
             means[m] = {

@@ -28,8 +28,11 @@ from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 log = logging.getLogger("hotrefresh.train")
 
-LOSSES = ("ract", "vanilla", "bct", "none")
-TRAINED_WITH_OF_LOSS = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "none": "independent"}
+# "ract+bct": RACT's term on top of BCT's, the paper's own best (App. A.5): L = CE + lam * (ract + bct).
+LOSSES = ("ract", "vanilla", "bct", "ract+bct", "none")
+TRAINED_WITH_OF_LOSS = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "ract+bct": "ract+bct",
+                        "none": "independent"}
+_CONTRASTIVE = {"ract": "ract", "vanilla": "vanilla", "ract+bct": "ract"}  # loss -> its Eq. 5/6 term
 
 
 @dataclass
@@ -149,8 +152,9 @@ def train_encoder(
         old_net = old.model.to(device).eval()
         for p in old_net.parameters():
             p.requires_grad_(False)
-    comp = CompatibilityLoss(cfg.loss, cfg.tau, cfg.topk) if cfg.loss in ("ract", "vanilla") else None
-    if cfg.loss == "bct":
+    kind = _CONTRASTIVE.get(cfg.loss or "")
+    comp = CompatibilityLoss(kind, cfg.tau, cfg.topk) if kind is not None else None
+    if cfg.loss in ("bct", "ract+bct"):
         assert old is not None  # checked above: every cfg.loss needs the old model
         old_w, old_b = _bct_head(old_net, old, x_all, y_all, old_classes)
 
@@ -183,14 +187,14 @@ def train_encoder(
             emb, logits = model(x_new)
             ce = F.cross_entropy(logits, yb)
             comp_loss = torch.zeros((), device=device)
-            if cfg.loss in ("ract", "vanilla"):
-                assert old is not None and comp is not None  # checked above; comp is set for these losses
+            if comp is not None:
+                assert old is not None  # checked above: every cfg.loss needs the old model
                 x_old = _normalise(augment(xb, gen, cfg.max_shift, cfg.flip), old.meta.mean, old.meta.std)
                 with torch.no_grad():
                     old_emb = old_net.embedding(x_old)
-                comp_loss = comp(emb, old_emb, yb)
-            elif cfg.loss == "bct":
-                comp_loss = bct_loss(emb, yb, old_w, old_b)
+                comp_loss = comp_loss + comp(emb, old_emb, yb)
+            if cfg.loss in ("bct", "ract+bct"):
+                comp_loss = comp_loss + bct_loss(emb, yb, old_w, old_b)
             loss = ce + cfg.lam * comp_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

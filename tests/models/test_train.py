@@ -14,7 +14,7 @@ def _data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 4, n)
 
 
-@pytest.mark.parametrize("loss", ["ract", "vanilla", "bct"])
+@pytest.mark.parametrize("loss", ["ract", "vanilla", "bct", "ract+bct"])
 def test_old_model_is_frozen_and_gets_no_gradient(tmp_path: Path, loss: str) -> None:
     make_tiny_checkpoint(tmp_path / "old.pt", "old", embedding_dim=16, num_classes=4)
     old = load_checkpoint(tmp_path / "old.pt", device="cpu")
@@ -28,6 +28,22 @@ def test_old_model_is_frozen_and_gets_no_gradient(tmp_path: Path, loss: str) -> 
         assert torch.equal(v, before[k]), f"old model's {k} changed"  # incl. BatchNorm running stats
     assert hist[0]["comp"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(new.state_dict().values(), before.values(), strict=True))
+
+
+def test_ract_plus_bct_is_the_sum_of_both_terms(tmp_path: Path) -> None:
+    """One step (the whole set is one batch) measured before any update: the compatibility term of
+    ract+bct is RACT's term plus BCT's, each computed on the same augmented batch."""
+    make_tiny_checkpoint(tmp_path / "old.pt", "old", embedding_dim=16, num_classes=4)
+    x, y = _data()
+    comp = {}
+    for loss in ("ract", "bct", "ract+bct"):
+        old = load_checkpoint(tmp_path / "old.pt", device="cpu")
+        cfg = TrainConfig(arch="conv2", embedding_dim=16, num_classes=4, epochs=1, batch_size=len(x), loss=loss)
+        _, hist = train_encoder(x, y, cfg, old=old, old_classes=np.array([0, 1]), device=torch.device("cpu"),
+                                progress=False)  # fmt: skip
+        comp[loss] = hist[0]["comp"]
+    assert comp["ract"] > 0 and comp["bct"] > 0
+    assert comp["ract+bct"] == pytest.approx(comp["ract"] + comp["bct"], rel=1e-5)
 
 
 def test_training_is_seeded(tmp_path: Path) -> None:
@@ -50,6 +66,10 @@ def test_train_and_save_records_lineage(tmp_path: Path) -> None:
     meta2, _ = train_and_save(x, y, TrainConfig(loss="none", **base), tmp_path / "i.pt", "i",
                               old_path=tmp_path / "o.pt", device=torch.device("cpu"), progress=False)  # fmt: skip
     assert (meta2.trained_with, meta2.compatible_with) == ("independent", None)
+    meta3, _ = train_and_save(x, y, TrainConfig(loss="ract+bct", **base), tmp_path / "rb.pt", "rb",
+                              old_path=tmp_path / "o.pt", device=torch.device("cpu"), progress=False)  # fmt: skip
+    assert (meta3.trained_with, meta3.compatible_with) == ("ract+bct", "o")
+    assert load_checkpoint(tmp_path / "rb.pt", device="cpu").meta.trained_with == "ract+bct"
     assert meta.extra["recipe"]["tau"] == 0.05 and meta.extra["recipe"]["lam"] == 1.0
 
 
