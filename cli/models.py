@@ -1,5 +1,5 @@
 """``hotrefresh train | experiment | evaluate``: typer command functions, registered by
-``service/cli.py``. torch and the training code are imported inside each command so ``--help``
+``cli/main.py``. torch and the training code are imported inside each command so ``--help``
 stays instant."""
 
 from __future__ import annotations
@@ -9,6 +9,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+PlansOpt = Annotated[str, typer.Option(
+    help="comma-separated query plans: paper (the paper's), dual, transform, auto (the live chooser); "
+         "each adds one curve per method x ordering")]
+CalibrationOpt = Annotated[str, typer.Option(help="score calibration of dual/transform: raw or zscore")]
+TransformOpt = Annotated[str, typer.Option(help="the old->new map of transform: lstsq or procrustes")]
+NfrTargetOpt = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within (default: models.plan_curves')",
+    show_default=False)]
+
+
+def _nfr_target(value: float | None) -> float:
+    from models.plan_curves import DEFAULT_NFR_TARGET
+
+    return DEFAULT_NFR_TARGET if value is None else value
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _logging() -> None:
@@ -103,6 +122,10 @@ def experiment(
     ),
     data_root: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST .gz files")] = None,
     progress: Annotated[bool, typer.Option()] = True,
+    plans: PlansOpt = "paper",
+    calibration: CalibrationOpt = "zscore",
+    transform: TransformOpt = "lstsq",
+    nfr_target: NfrTargetOpt = None,
 ) -> None:
     """Train old + RACT/vanilla/BCT/independent new models and write backfill curves and checks."""
     _logging()
@@ -144,6 +167,8 @@ def experiment(
         if gallery:
             cfg.n_gallery = gallery
         cfg.overrides, cfg.k = overrides, k
+        cfg.plans, cfg.calibration, cfg.transform = _csv(plans), calibration, transform
+        cfg.nfr_target = _nfr_target(nfr_target)
         cfg.data_root = str(data_root) if data_root else None
         summary = run_experiment(cfg, out, models_dir=models_dir, progress=progress)
         typer.echo(f"{alloc}: wrote {out / alloc}/curve.json, curve.md, curve.png")
@@ -163,6 +188,10 @@ def evaluate(
     k: Annotated[int | None, typer.Option(help="mAP@k instead of full-ranking mAP")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     folder: Annotated[Path | None, typer.Option(help="labeled image folder to evaluate on")] = None,
+    plans: PlansOpt = "paper",
+    calibration: CalibrationOpt = "zscore",
+    transform: TransformOpt = "lstsq",
+    nfr_target: NfrTargetOpt = None,
 ) -> None:
     """Evaluate backfill curves of new models against an old one on held-out images."""
     _logging()
@@ -187,6 +216,7 @@ def evaluate(
         load_checkpoint(old), pairs, images, labels, q, g,
         orderings=[o.strip() for o in orderings.split(",") if o.strip()],
         fractions=parse_fractions(fractions), k=k, seed=seed, meta={"dataset": dataset, "allocation": None},
+        plans=_csv(plans), calibration=calibration, transform=transform, nfr_target=_nfr_target(nfr_target),
     )  # fmt: skip
     paths = write_outputs(doc, out)
     typer.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")

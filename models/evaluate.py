@@ -19,6 +19,7 @@ import torch
 
 from models.checkpoint import LoadedModel
 from models.metrics import evaluate_scores, negative_flip_rate
+from models.plan_curves import DEFAULT_NFR_TARGET, DEFAULT_PROBES, Spaces, plan_curves
 from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty
 
 METHODS = ("ract", "vanilla", "bct", "ract+bct", "independent")
@@ -89,8 +90,15 @@ def evaluate_backfill(
     k: int | None = None,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    plans: Sequence[str] = ("paper",),
+    calibration: str = "zscore",
+    transform: str = "lstsq",
+    nfr_target: float = DEFAULT_NFR_TARGET,
+    probe_size: int = DEFAULT_PROBES,
 ) -> dict[str, Any]:
-    """Evaluates every new model x ordering; returns the ``curve.json`` document (docs/models.md)."""
+    """Evaluates every new model x ordering x plan; returns the ``curve.json`` document
+    (docs/models.md). Curves carry a ``"plan"`` field unless only the paper's plan is asked for;
+    an absent plan means ``paper``."""
     orderings = list(orderings)
     for o in orderings:
         if o not in STRATEGIES:
@@ -116,18 +124,36 @@ def evaluate_backfill(
         "new_to_new": {},
         "curves": [],
     }
+    plans = list(plans)
+    only_paper = plans == ["paper"]
+    if not only_paper:
+        doc["plan_settings"] = {"calibration": calibration, "transform": transform, "nfr_target": nfr_target,
+                                "probe_size": probe_size}
     for method, model in new_models.items():
-        if model.meta.embedding_dim != old.meta.embedding_dim:
-            raise ValueError(f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}")
+        if "paper" in plans and model.meta.embedding_dim != old.meta.embedding_dim:
+            raise ValueError(f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}"
+                             " (the paper's plan compares across spaces; dual and transform do not)")
         q_new = torch.from_numpy(model.embed_tensor(q_imgs)).to(dev)
         g_new = torch.from_numpy(model.embed_tensor(g_imgs)).to(dev)
         nn_ = evaluate_scores(q_new @ g_new.T, ql, gl, k=k)
         doc["new_to_new"][method] = {"map": nn_.map, "top1": nn_.top1, "model": model.meta.name}
         w, b = model.classifier_weights()
+        spaces = Spaces(q_old, q_new, g_old, g_new, ql, gl)
         for ordering in orderings:
+            if ordering != "random" and w.shape[1] != g_old_np.shape[1]:
+                raise ValueError(f"{method}: ordering {ordering!r} puts old vectors through the new classifier, "
+                                 "which needs equal dimensions; use random")
             pri = score_uncertainty(g_old_np, w, b, ordering, seed=seed)
-            points = backfill_curve(q_new, g_old, g_new, ql, gl, backfill_order(pri), fractions, base.top1_correct, k=k)
-            doc["curves"].append({"method": method, "ordering": ordering, "points": points})
+            order = backfill_order(pri)
+            if only_paper:
+                points = backfill_curve(q_new, g_old, g_new, ql, gl, order, fractions, base.top1_correct, k=k)
+                doc["curves"].append({"method": method, "ordering": ordering, "points": points})
+                continue
+            by_plan = plan_curves(spaces, order, fractions, plans, compatible=method != "independent",
+                                  calibration=calibration, transform=transform, nfr_target=nfr_target,
+                                  probe_size=probe_size, k=k, seed=seed)  # fmt: skip
+            for plan, points in by_plan.items():
+                doc["curves"].append({"method": method, "ordering": ordering, "plan": plan, "points": points})
     return doc
 
 
@@ -139,6 +165,12 @@ def _cell(p: dict[str, Any], key: str) -> str:
     s = _pct(p.get(key))
     std = p.get(f"{key}_std")
     return s if std is None else f"{s} ± {100 * std:.2f}"
+
+
+def curve_label(curve: dict[str, Any], sep: str) -> str:
+    """"method, ordering" and, when the curve names one, its plan."""
+    parts = [curve["method"], curve["ordering"]] + ([curve["plan"]] if "plan" in curve else [])
+    return sep.join(parts)
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
@@ -157,7 +189,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines.append(f"| {title}: method, ordering | " + " | ".join(f"{round(100 * f)}%" for f in fracs) + " |")
         lines.append("| --- | " + " | ".join("---" for _ in fracs) + " |")
         for c in curves:
-            lines.append(f"| {c['method']}, {c['ordering']} | " + " | ".join(_cell(p, key) for p in c["points"]) + " |")
+            lines.append(f"| {curve_label(c, ', ')} | " + " | ".join(_cell(p, key) for p in c["points"]) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -176,7 +208,7 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
     for c in doc["curves"]:
         x = [100 * p["fraction"] for p in c["points"]]
         kw = {"linestyle": styles.get(c["ordering"], "-"), "color": colors.get(c["method"]), "marker": "."}
-        label = f"{c['method']} / {c['ordering']}"
+        label = curve_label(c, " / ")
         ax1.plot(x, [100 * p["map"] for p in c["points"]], label=label, **kw)
         nfr = [100 * p["nfr"] if p["nfr"] is not None else float("nan") for p in c["points"]]
         ax2.plot(x, nfr, label=label, **kw)

@@ -22,6 +22,7 @@ from models.checkpoint import load_checkpoint
 from models.data import allocate, eval_split, load_fashion_mnist
 from models.encoders import default_device
 from models.evaluate import DEFAULT_FRACTIONS, evaluate_backfill, write_outputs
+from models.plan_curves import DEFAULT_NFR_TARGET
 from models.train import TrainConfig, train_and_save
 
 log = logging.getLogger("hotrefresh.experiment")
@@ -65,6 +66,11 @@ class ExperimentConfig:
     # rest; the test split is never read.
     validation_size: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method tau/lam/topk
+    # Query plans (models.plans): ["paper"] is the paper's protocol; others add a curve each.
+    plans: list[str] = field(default_factory=lambda: ["paper"])
+    calibration: str = "zscore"
+    transform: str = "lstsq"
+    nfr_target: float = DEFAULT_NFR_TARGET
 
     @classmethod
     def quick(cls, allocation: str = "expansion") -> ExperimentConfig:
@@ -142,7 +148,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
         load_checkpoint(old_path, device=device),
         {m: load_checkpoint(p, device=device) for m, p in new_paths.items()},
         xt, yt, q, g, orderings=cfg.orderings, fractions=cfg.fractions, k=cfg.k, seed=seed,
-        meta={"dataset": "fashion-mnist", "allocation": cfg.allocation},
+        meta={"dataset": "fashion-mnist", "allocation": cfg.allocation}, plans=cfg.plans,
+        calibration=cfg.calibration, transform=cfg.transform, nfr_target=cfg.nfr_target,
     )  # fmt: skip
     timings["evaluate"] = time.perf_counter() - t0
     doc["train_seconds"] = timings

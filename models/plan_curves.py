@@ -1,0 +1,118 @@
+"""Backfill curves under query plans (``models.plans``), offline, as the live service measures them.
+
+At every fraction f the first f of the backfill order is on the new model. What each plan may
+use is what the live upgrade would have at that cut: the old vectors of the whole gallery, the
+new vectors of the items backfilled so far (and the probes' new embeddings, encoded at the
+upgrade's start), and the (old, new) pairs of the backfilled items for ``transform``.
+
+``auto`` follows the live chooser: a seeded probe subset of the gallery, used as leave-one-out
+queries, scores every candidate plan at the cut; the plan with the highest probe mAP whose probe
+NFR@1 is within ``nfr_target`` is the one evaluated on the held-out queries. At 0% nothing has
+moved and the start plan is ``dual``, safe by construction (it is the old system exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.metrics import evaluate_scores, negative_flip_rate
+from models.plans import PLANS, Candidate, build_spec, choose, mixed_scores
+
+AUTO = "auto"
+START_PLAN = "dual"
+DEFAULT_NFR_TARGET = 0.05
+DEFAULT_PROBES = 1000
+
+
+@dataclass
+class Spaces:
+    """The query and gallery embeddings of one (old, new) model pair, on one device."""
+
+    q_old: torch.Tensor
+    q_new: torch.Tensor
+    g_old: torch.Tensor
+    g_new: torch.Tensor
+    q_labels: np.ndarray
+    g_labels: np.ndarray
+
+    @property
+    def same_space(self) -> bool:
+        return self.g_old.shape[1] == self.g_new.shape[1]
+
+
+def candidates_for(spaces: Spaces, compatible: bool) -> list[str]:
+    """The plans a live upgrade may serve: ``paper`` only for a compatible model of the same dimension."""
+    return [p for p in PLANS if p != "paper" or (compatible and spaces.same_space)]
+
+
+def choose_probes(n_gallery: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n_gallery)[: min(size, n_gallery)])
+
+
+def plan_curves(
+    spaces: Spaces,
+    order: np.ndarray,
+    fractions: Sequence[float],
+    plans: Sequence[str],
+    *,
+    compatible: bool = True,
+    calibration: str = "zscore",
+    transform: str = "lstsq",
+    nfr_target: float = DEFAULT_NFR_TARGET,
+    probe_size: int = DEFAULT_PROBES,
+    k: int | None = None,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """One list of points per plan (``paper``, ``dual``, ``transform``, ``auto``)."""
+    unknown = [p for p in plans if p not in (*PLANS, AUTO)]
+    if unknown:
+        raise ValueError(f"unknown plan(s) {unknown}; choose from {', '.join((*PLANS, AUTO))}")
+    if "paper" in plans and not spaces.same_space:
+        raise ValueError("the paper's plan needs old and new models of the same dimension")
+    s = spaces
+    g_old_np, g_new_np = s.g_old.cpu().numpy(), s.g_new.cpu().numpy()
+    n_g = len(g_old_np)
+    base = evaluate_scores(s.q_old @ s.g_old.T, s.q_labels, s.g_labels, k=k)
+    probes = choose_probes(n_g, probe_size, seed)
+    exclude = probes.astype(np.int64)
+    p_labels = s.g_labels[probes]
+    p_old, p_new = s.g_old[probes], s.g_new[probes]
+    p_base = evaluate_scores(p_old @ s.g_old.T, p_labels, s.g_labels, k=k, exclude=exclude)
+    candidates = candidates_for(s, compatible) if AUTO in plans else []
+    wanted = sorted(set(p for p in plans if p != AUTO) | set(candidates), key=list(PLANS).index)
+    out: dict[str, list[dict[str, Any]]] = {p: [] for p in plans}
+    order_t = torch.as_tensor(order, device=s.g_old.device)
+    for f in fractions:
+        n = int(round(f * n_g))
+        mask = torch.zeros(n_g, dtype=torch.bool, device=s.g_old.device)
+        mask[order_t[:n]] = True
+        moved = np.asarray(order[:n])
+        new_space = np.concatenate([g_new_np[probes], g_new_np[moved]])
+        specs = {
+            p: build_spec(p, calibration=calibration, old_space=g_old_np, new_space=new_space,
+                          pairs=(g_old_np[moved], g_new_np[moved]), transform=transform, seed=seed)
+            for p in wanted
+        }  # fmt: skip
+        held_out = {}
+        for p, spec in specs.items():
+            r = evaluate_scores(mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels,
+                                s.g_labels, k=k)  # fmt: skip
+            held_out[p] = {"fraction": float(f), "map": r.map, "top1": r.top1,
+                           "nfr": negative_flip_rate(base.top1_correct, r.top1_correct)}  # fmt: skip
+            if p in out:
+                out[p].append(held_out[p])
+        if AUTO in plans:
+            measured = []
+            for p in candidates:
+                r = evaluate_scores(mixed_scores(specs[p], p_old, p_new, s.g_old, s.g_new, mask), p_labels,
+                                    s.g_labels, k=k, exclude=exclude)  # fmt: skip
+                measured.append(Candidate(p, r.map, negative_flip_rate(p_base.top1_correct, r.top1_correct)))
+            chosen = START_PLAN if n == 0 else choose(measured, nfr_target, safe=START_PLAN)
+            out[AUTO].append({**held_out[chosen], "plan": chosen,
+                              "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured}})  # fmt: skip
+    return out

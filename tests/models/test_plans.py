@@ -1,0 +1,177 @@
+"""Query plans as mathematics (models.plans) and their offline curves (models.plan_curves)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.metrics import evaluate_scores
+from models.plan_curves import Spaces, plan_curves
+from models.plans import (
+    MIN_PAIRS,
+    RAW,
+    Calibration,
+    Candidate,
+    PlanSpec,
+    build_spec,
+    choose,
+    fit_transform,
+    fit_zscore,
+    mixed_scores,
+)
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_least_squares_transform_equals_the_closed_form_reference() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 8))
+    true_w = rng.standard_normal((8, 5))
+    y = x @ true_w + 0.01 * rng.standard_normal((200, 5))
+    ridge = 1e-3
+    # reference: ordinary least squares on the system augmented with sqrt(ridge * n) * I
+    xa = np.vstack([x, np.sqrt(ridge * len(x)) * np.eye(8)])
+    ya = np.vstack([y, np.zeros((8, 5))])
+    ref = np.linalg.lstsq(xa, ya, rcond=None)[0]
+    t = fit_transform(x, y, "lstsq", ridge=ridge)
+    assert t.weight.shape == (8, 5) and t.pairs == 200
+    np.testing.assert_allclose(t.weight, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t.weight, true_w, atol=0.01)
+
+
+def test_procrustes_recovers_a_rotation_and_keeps_norms() -> None:
+    rng = np.random.default_rng(1)
+    rot, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    x = _unit(rng, 100, 6)
+    t = fit_transform(x, x @ rot, "procrustes")
+    np.testing.assert_allclose(t.weight, rot, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(t.apply(x), axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="equal dimensions"):
+        fit_transform(x, x[:, :4], "procrustes")
+
+
+def test_bad_transform_requests_are_refused() -> None:
+    x = np.zeros((MIN_PAIRS - 1, 4))
+    with pytest.raises(ValueError, match="at least"):
+        fit_transform(x, x)
+    with pytest.raises(ValueError, match="paired"):
+        fit_transform(np.zeros((40, 4)), np.zeros((39, 4)))
+    with pytest.raises(ValueError, match="unknown transform"):
+        fit_transform(np.ones((40, 4)), np.ones((40, 4)), "mlp-of-dreams")
+
+
+def test_the_transform_applied_to_the_query_scores_as_the_transformed_gallery() -> None:
+    rng = np.random.default_rng(2)
+    old, new = _unit(rng, 64, 8), _unit(rng, 64, 12)
+    t = fit_transform(old, new)
+    q = _unit(rng, 5, 12)
+    np.testing.assert_allclose(t.query_side(q) @ old.T, q @ t.apply(old).T, rtol=1e-4, atol=1e-5)
+
+
+def test_zscore_is_the_mean_and_spread_of_scores_between_distinct_items() -> None:
+    rng = np.random.default_rng(3)
+    v = _unit(rng, 50, 4)
+    c = fit_zscore(v, sample=50)
+    s = v @ v.T
+    off = s[~np.eye(50, dtype=bool)]
+    assert c.shift == pytest.approx(off.mean(), abs=1e-6) and c.scale == pytest.approx(off.std(), abs=1e-6)
+    assert float(c.apply(torch.tensor(c.shift + 2 * c.scale))) == pytest.approx(2.0)
+    assert fit_zscore(v[:1]) == RAW
+
+
+def test_mixed_scores_take_each_item_from_its_own_space() -> None:
+    rng = np.random.default_rng(4)
+    q_old, q_new = torch.from_numpy(_unit(rng, 3, 4)), torch.from_numpy(_unit(rng, 3, 6))
+    g_old, g_new = torch.from_numpy(_unit(rng, 5, 4)), torch.from_numpy(_unit(rng, 5, 6))
+    moved = torch.tensor([True, False, True, False, False])
+    cal_old, cal_new = Calibration(0.1, 2.0), Calibration(-0.2, 0.5)
+    s = mixed_scores(PlanSpec("dual", cal_old, cal_new), q_old, q_new, g_old, g_new, moved)
+    expect_old, expect_new = (q_old @ g_old.T - 0.1) / 2.0, (q_new @ g_new.T + 0.2) / 0.5
+    torch.testing.assert_close(s[:, ~moved], expect_old[:, ~moved])
+    torch.testing.assert_close(s[:, moved], expect_new[:, moved])
+    nothing = torch.zeros(5, dtype=torch.bool)
+    torch.testing.assert_close(mixed_scores(PlanSpec("dual"), q_old, q_new, g_old, g_new, nothing), q_old @ g_old.T)
+    with pytest.raises(ValueError, match="dimensions"):
+        mixed_scores(PlanSpec("paper"), q_old, q_new, g_old, g_new, moved)
+    with pytest.raises(ValueError, match="old model's query"):
+        mixed_scores(PlanSpec("dual"), None, q_new, g_old, g_new, moved)
+
+
+def test_transform_without_enough_pairs_scores_old_vectors_like_dual() -> None:
+    rng = np.random.default_rng(5)
+    old, new = _unit(rng, 100, 4), _unit(rng, 100, 4)
+    few = build_spec("transform", old_space=old, new_space=new, pairs=(old[:5], new[:5]))
+    assert few.transform is None and few.old == build_spec("dual", old_space=old, new_space=new).old
+    enough = build_spec("transform", old_space=old, new_space=new, pairs=(old, new))
+    assert enough.transform is not None and enough.transform.pairs == 100
+    assert build_spec("paper", old_space=old) == PlanSpec("paper")
+    assert build_spec("dual", calibration="raw", old_space=old, new_space=new) == PlanSpec("dual")
+
+
+@pytest.mark.parametrize(
+    ("candidates", "target", "chosen"),
+    [
+        # the best mAP within the target wins
+        ([Candidate("paper", 0.70, 0.04), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)], 0.05,
+         "paper"),
+        # a better mAP above the target does not
+        ([Candidate("paper", 0.70, 0.09), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)], 0.05,
+         "transform"),
+        # nothing within the target: the lowest NFR
+        ([Candidate("paper", 0.70, 0.09), Candidate("transform", 0.68, 0.07)], 0.05, "transform"),
+        # a tie in mAP goes to the safe plan
+        ([Candidate("transform", 0.65, 0.0), Candidate("dual", 0.65, 0.0)], 0.05, "dual"),
+        # NFR unavailable (no old top-1 hits) counts as 0; no mAP at all: the safe plan
+        ([Candidate("transform", 0.6, None), Candidate("dual", 0.5, 0.0)], 0.0, "transform"),
+        ([Candidate("transform", None, None)], 0.05, "dual"),
+    ],
+)
+def test_the_chooser_picks_by_its_rule(candidates: list[Candidate], target: float, chosen: str) -> None:
+    assert choose(candidates, target) == chosen
+
+
+def _spaces(seed: int = 0, d_old: int = 8, d_new: int = 8) -> Spaces:
+    """Two classes of clustered points per space; the new space separates them better."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], 40)
+    centres_old, centres_new = rng.standard_normal((3, d_old)), rng.standard_normal((3, d_new)) * 2
+    g_old = centres_old[labels] + 1.2 * rng.standard_normal((120, d_old))
+    g_new = centres_new[labels] + 0.8 * rng.standard_normal((120, d_new))
+
+    def unit(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+
+    q = rng.permutation(120)[:30]
+    return Spaces(unit(g_old[q] + 0.3 * rng.standard_normal((30, d_old))),
+                  unit(g_new[q] + 0.3 * rng.standard_normal((30, d_new))),
+                  unit(g_old), unit(g_new), labels[q], labels)  # fmt: skip
+
+
+def test_plan_curves_start_as_the_old_system_and_end_as_the_new_one() -> None:
+    s = _spaces()
+    order = np.random.default_rng(0).permutation(120)
+    curves = plan_curves(s, order, [0.0, 0.5, 1.0], ["paper", "dual", "transform", "auto"], probe_size=40)
+    old = evaluate_scores(s.q_old @ s.g_old.T, s.q_labels, s.g_labels)
+    new = evaluate_scores(s.q_new @ s.g_new.T, s.q_labels, s.g_labels)
+    for plan in ("dual", "transform", "auto"):
+        start, end = curves[plan][0], curves[plan][-1]
+        assert start["map"] == pytest.approx(old.map) and start["nfr"] == 0.0
+        assert end["map"] == pytest.approx(new.map)
+    assert curves["auto"][0]["plan"] == "dual"
+    assert set(curves["auto"][1]["candidates"]) == {"paper", "dual", "transform"}
+    assert curves["auto"][1]["plan"] in {"paper", "dual", "transform"}
+
+
+def test_plan_curves_across_dimensions_offer_no_paper_plan() -> None:
+    s = _spaces(d_old=6, d_new=10)
+    order = np.arange(120)
+    curves = plan_curves(s, order, [0.0, 0.5, 1.0], ["dual", "transform", "auto"], probe_size=40)
+    assert set(curves["auto"][1]["candidates"]) == {"dual", "transform"}
+    with pytest.raises(ValueError, match="same dimension"):
+        plan_curves(s, order, [0.5], ["paper"])
+    with pytest.raises(ValueError, match="unknown plan"):
+        plan_curves(s, order, [0.5], ["best"])
