@@ -13,7 +13,7 @@ import typer
 PlansOpt = Annotated[str, typer.Option(
     help="comma-separated query plans: paper (the paper's), dual, transform, auto (the live chooser); "
          "each adds one curve per method x ordering")]
-CalibrationOpt = Annotated[str, typer.Option(help="score calibration of dual/transform: raw or zscore")]
+CalibrationOpt = Annotated[str, typer.Option(help="score calibration of dual/transform: raw, zscore or spread")]
 TransformOpt = Annotated[str, typer.Option(help="the old->new map of transform: lstsq or procrustes")]
 NfrTargetOpt = Annotated[float | None, typer.Option(
     min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within (default: models.plan_curves')",
@@ -123,7 +123,7 @@ def experiment(
     data_root: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST .gz files")] = None,
     progress: Annotated[bool, typer.Option()] = True,
     plans: PlansOpt = "paper",
-    calibration: CalibrationOpt = "zscore",
+    calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
 ) -> None:
@@ -189,7 +189,7 @@ def evaluate(
     seed: Annotated[int, typer.Option()] = 0,
     folder: Annotated[Path | None, typer.Option(help="labeled image folder to evaluate on")] = None,
     plans: PlansOpt = "paper",
-    calibration: CalibrationOpt = "zscore",
+    calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
 ) -> None:

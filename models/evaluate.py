@@ -91,7 +91,7 @@ def evaluate_backfill(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
     plans: Sequence[str] = ("paper",),
-    calibration: str = "zscore",
+    calibration: str = "raw",
     transform: str = "lstsq",
     nfr_target: float = DEFAULT_NFR_TARGET,
     probe_size: int = DEFAULT_PROBES,

@@ -68,7 +68,7 @@ class ExperimentConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method tau/lam/topk
     # Query plans (models.plans): ["paper"] is the paper's protocol; others add a curve each.
     plans: list[str] = field(default_factory=lambda: ["paper"])
-    calibration: str = "zscore"
+    calibration: str = "raw"
     transform: str = "lstsq"
     nfr_target: float = DEFAULT_NFR_TARGET
 

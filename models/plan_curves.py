@@ -61,7 +61,7 @@ def plan_curves(
     plans: Sequence[str],
     *,
     compatible: bool = True,
-    calibration: str = "zscore",
+    calibration: str = "raw",
     transform: str = "lstsq",
     nfr_target: float = DEFAULT_NFR_TARGET,
     probe_size: int = DEFAULT_PROBES,

@@ -18,7 +18,10 @@ segment (a refit costs O(pairs * D^2) once, nothing per gallery item). That iden
 the unnormalised map, which is what is fitted and served here.
 
 Calibration maps a raw dot product s of one space to ``(s - shift) / scale``: ``raw`` is (0, 1);
-``zscore`` takes the mean and standard deviation of that space's scores between gallery items.
+``zscore`` takes the mean and standard deviation of that space's scores between gallery items;
+``spread`` keeps the exact match (s = 1 for unit vectors) at 0 in every space and divides by
+that standard deviation, ``(s - 1) / std``: each space's ranking is spread alike, and an item's
+own image still scores highest whichever space holds it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 PLANS = ("paper", "dual", "transform")
-CALIBRATIONS = ("raw", "zscore")
+CALIBRATIONS = ("raw", "zscore", "spread")
 TRANSFORMS = ("lstsq", "procrustes")
 DEFAULT_RIDGE = 1e-3
 MIN_PAIRS = 32  # fewer pairs than this fit no transform: the plan stays on ``dual``'s scoring
@@ -69,6 +72,9 @@ def fit_calibration(kind: str, vectors: np.ndarray, *, seed: int = 0) -> Calibra
         return RAW
     if kind == "zscore":
         return fit_zscore(vectors, seed=seed)
+    if kind == "spread":
+        z = fit_zscore(vectors, seed=seed)
+        return RAW if z == RAW else Calibration(1.0, z.scale)
     raise ValueError(f"unknown calibration {kind!r}; choose from {', '.join(CALIBRATIONS)}")
 
 
@@ -180,7 +186,7 @@ def choose(candidates: list[Candidate], nfr_target: float, safe: str = "dual") -
 def build_spec(
     plan: str,
     *,
-    calibration: str = "zscore",
+    calibration: str = "raw",
     old_space: np.ndarray | None = None,
     new_space: np.ndarray | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,

@@ -21,7 +21,8 @@ def _check(old_vectors: np.ndarray, w: np.ndarray, b: np.ndarray, strategy: str,
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if old_vectors.ndim != 2 or w.ndim != 2 or b.ndim != 1:
         raise ValueError("expected old_vectors (N, D), W (C, D) and b (C,)")
-    if old_vectors.shape[1] != w.shape[1] or w.shape[0] != b.shape[0]:
+    # random never puts a vector through the classifier, so any new model (any dimension) will do
+    if (strategy != "random" and old_vectors.shape[1] != w.shape[1]) or w.shape[0] != b.shape[0]:
         raise ValueError(
             f"shape mismatch: vectors have D={old_vectors.shape[1]}, classifier W is {w.shape}, b is {b.shape}"
         )

@@ -83,6 +83,11 @@ class EncoderCache:
                 self._models[name] = model
             return model
 
+    def release(self, name: str) -> None:
+        """Forget a loaded encoder (the old model, once an upgrade is committed)."""
+        with self._lock:
+            self._models.pop(name, None)
+
     def loaded(self) -> list[str]:
         return sorted(self._models)
 

@@ -22,6 +22,7 @@ class ReadyOut(BaseModel):
     counts: dict[str, int] = Field(description="Live vectors per model segment in this replica.")
     log_position: str = Field(description="Last index-log entry this replica has applied.")
     loaded_from: str | None = Field(description="How this replica last loaded: 'sql' or 'snapshot'.")
+    plan: dict | None = Field(None, description="The query plan this replica serves (name, version); null: none.")
 
 
 class GalleryItemCreated(BaseModel):

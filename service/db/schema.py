@@ -55,7 +55,9 @@ class ServingState(Base):
     """One row (id=1): which model encodes the gallery and which encodes queries.
 
     During a hot refresh ``query_model`` is the new model while items are still spread
-    over both; ``gallery_model`` is the model new inserts are encoded with.
+    over both; ``gallery_model`` is the model new inserts are encoded with; ``plan`` is the query
+    plan every replica serves (``service.upgrade.plans``; null: the query model against every
+    segment, which is all there is outside an upgrade).
     """
 
     __tablename__ = "serving_state"
@@ -63,6 +65,7 @@ class ServingState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gallery_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     query_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    plan: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
@@ -104,6 +107,8 @@ class Upgrade(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     batch_size: Mapped[int] = mapped_column(Integer)
     nfr_guardrail: Mapped[float | None] = mapped_column(Float, nullable=True)
+    plan: Mapped[str] = mapped_column(String(16), default="paper", server_default="paper")  # as asked: or auto
+    nfr_target: Mapped[float | None] = mapped_column(Float, nullable=True)  # the chooser's probe-NFR bound
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)

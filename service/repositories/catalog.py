@@ -50,6 +50,14 @@ def lock_serving_state(session: Session) -> ServingState:
     return state
 
 
+def set_plan(session: Session, plan: dict | None) -> ServingState:
+    """The query plan every replica serves (``service.upgrade.plans``); None: no plan."""
+    state = get_serving_state(session)
+    state.plan = plan
+    session.flush()
+    return state
+
+
 def set_serving_state(
     session: Session, *, gallery_model: str | None = None, query_model: str | None = None
 ) -> ServingState:

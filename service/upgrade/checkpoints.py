@@ -22,16 +22,18 @@ import math
 import time
 
 import redis as redis_lib
+from sqlalchemy.orm import Session
 
-from service import keys
+from service import indexlog, keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.metrics import LIVE_MAP, LIVE_NFR
 from service.queue import BackfillQueue
-from service.repositories import upgrades
+from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import TransitionError
-from service.upgrade import probes
+from service.states import ACTIVE, TransitionError
+from service.upgrade import chooser, plans, probes
+from service.upgrade.plans import ServingPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,37 @@ def measure_point(
         up = upgrades.get_upgrade(s, upgrade_id)
         if up is None or not up.baseline:
             return None
-        m = probes.measure(s, up.baseline, up.to_model, gallery)
         progress = progress_of(up)
+        current = serving_plan_of(s, up)
+        if current is None or not up.baseline.get("old_queries_b64") or not up.baseline.get("probe_ids"):
+            m = probes.measure(s, up.baseline, up.to_model, gallery)
+            return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
+                    "top1": m.top1, "at": time.time(), "quiesced": quiesced}
+        choice = chooser.choose_at_cut(s, settings, up, current, gallery or probes.load_gallery(s), step)
+    m = choice.measurement
     return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
-            "top1": m.top1, "at": time.time(), "quiesced": quiesced}
+            "top1": m.top1, "at": time.time(), "quiesced": quiesced, "plan": choice.plan.name,
+            "candidates": choice.candidates, "serving_plan": choice.plan.to_json()}
+
+
+def serving_plan_of(session: Session, up: Upgrade) -> ServingPlan | None:
+    """The plan replicas serve for this upgrade, if it has one."""
+    state = catalog.peek_serving_state(session)
+    plan = plans.parse(state.plan) if state is not None else None
+    return plan if plan is not None and plan.new_model == up.to_model else None
+
+
+def serve(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, plan_json: dict) -> bool:
+    """Make ``plan_json`` the plan every replica serves: SQL first (only while the upgrade still
+    owns the gallery: a rollback that got there first has cleared the plan for good), then the
+    index log's ``switch``. Returns whether it was served."""
+    with session_scope(settings.sqlalchemy_url) as s:
+        if upgrades.lock_state(s, upgrade_id) not in ACTIVE:
+            return False
+        catalog.set_plan(s, plan_json)
+        staged = indexlog.stage(s, "switch", plan_json["new_model"])
+    indexlog.publish(redis, settings, staged)
+    return True
 
 
 def record(
@@ -72,6 +101,9 @@ def record(
     point = measure_point(settings, upgrade_id, step, gallery, quiesced)
     if point is None:
         return None
+    plan_json = point.pop("serving_plan", None)
+    if plan_json is not None:
+        serve(settings, redis, upgrade_id, plan_json)
     with session_scope(settings.sqlalchemy_url) as s:
         up = upgrades.append_checkpoint(s, upgrade_id, point)
         guardrail = up.nfr_guardrail

@@ -19,6 +19,7 @@ from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
 from service.settings import Settings
 from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
+from service.upgrade import plans
 
 
 class UpgradeRequestError(BadRequest):
@@ -41,16 +42,27 @@ def start(
     strategy: str = "margin",
     batch_size: int | None = None,
     nfr_guardrail: float | None = None,
+    plan: str = "paper",
+    nfr_target: float | None = None,
 ) -> Upgrade:
     """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once
-    (the hot refresh): from this commit on, queries use the new model against the mixed index and
-    new inserts are encoded with it. Returns the row in state ``scoring``."""
+    (the hot refresh): from this commit on, queries follow the upgrade's query plan against the
+    mixed index and new inserts are encoded with the new model. Returns the row in state ``scoring``.
+
+    Only the paper's plan compares the new model's queries with old vectors, so only it needs a
+    backward-compatible model of the same dimension; ``dual``, ``transform`` and ``auto`` take any
+    new model. The uncertainty orders put old vectors through the new classifier, so they need
+    the same dimension; ``random`` does not."""
     if strategy not in STRATEGIES:
         raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
     if batch_size is not None and not 1 <= batch_size <= 4096:
         raise UpgradeRequestError("batch_size must be between 1 and 4096")
     if nfr_guardrail is not None and not 0.0 <= nfr_guardrail <= 1.0:
         raise UpgradeRequestError("nfr_guardrail is a ratio between 0 and 1")
+    if nfr_target is not None and not 0.0 <= nfr_target <= 1.0:
+        raise UpgradeRequestError("nfr_target is a ratio between 0 and 1")
+    if plan not in plans.REQUESTABLE:
+        raise UpgradeRequestError(f"unknown plan {plan!r}; expected one of {list(plans.REQUESTABLE)}")
     with session_scope(settings.sqlalchemy_url) as s:
         serving = catalog.lock_serving_state(s)  # concurrent starts queue here
         target = catalog.get_model(s, model)
@@ -65,23 +77,28 @@ def start(
             raise UpgradeRequestError("the service has no gallery model yet; register one and ingest first")
         if target.name == current.name:
             raise UpgradeRequestError(f"model {model!r} already is the gallery model")
-        if target.embedding_dim != current.embedding_dim:
+        if target.embedding_dim != current.embedding_dim and (plan == "paper" or strategy != "random"):
+            why = "the paper's plan compares the new query with old vectors" if plan == "paper" else (
+                f"the {strategy!r} order puts old vectors through the new classifier")
             raise UpgradeRequestError(
                 f"model {model!r} embeds in {target.embedding_dim} dimensions, the gallery model "
-                f"{current.name!r} in {current.embedding_dim}"
+                f"{current.name!r} in {current.embedding_dim}, and {why}; use plan dual, transform or auto"
+                + ("" if strategy == "random" else " with strategy random")
             )
-        if target.compatible_with != current.name:
+        if plan == "paper" and target.compatible_with != current.name:
             raise UpgradeRequestError(
                 f"model {model!r} is declared compatible with {target.compatible_with!r}, not with the "
-                f"gallery model {current.name!r}; a hot refresh needs backward-compatible embeddings"
+                f"gallery model {current.name!r}; the paper's plan needs backward-compatible embeddings "
+                "(plans dual, transform and auto do not)"
             )
         total = item_repo.count_on_model(s, current.name)
         row = upgrades.add_upgrade(s, Upgrade(
             from_model=current.name, to_model=target.name, strategy=strategy, state=SCORING,
             batch_size=batch_size or settings.batch_size, nfr_guardrail=nfr_guardrail, total=total,
-            done=0, failed=0, checkpoints=[],
+            done=0, failed=0, checkpoints=[], plan=plan, nfr_target=nfr_target,
         ))
         catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)
+        catalog.set_plan(s, plans.starting(plan, current.name, target.name).to_json())
         staged = indexlog.stage(s, "switch", target.name)
     indexlog.publish(redis, settings, staged)
     return row
@@ -97,6 +114,7 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         new_state = upgrades.transition(s, upgrade_id, action)
         item_repo.return_to_model(s, from_model=up.to_model, to_model=up.from_model)
         catalog.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
+        catalog.set_plan(s, None)  # the old system exactly: its query against its vectors
         staged = indexlog.stage(s, "rollback", up.from_model)
     indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()
@@ -119,6 +137,7 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
                 )
         new_state = upgrades.transition(s, upgrade_id, "commit")
         item_repo.delete_model_vectors(s, up.from_model)
+        catalog.set_plan(s, None)  # one segment left: the new model's query against it
         staged = indexlog.stage(s, "commit", up.from_model)
     indexlog.publish(redis, settings, staged)
     BackfillQueue(redis, settings, upgrade_id).clear()

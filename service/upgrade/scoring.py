@@ -26,7 +26,7 @@ from service.repositories import items as item_repo
 from service.repositories import upgrades
 from service.settings import Settings
 from service.states import SCORING, TransitionError
-from service.upgrade import probes
+from service.upgrade import checkpoints, chooser, probes
 from service.upgrade.images import load_images
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,23 @@ def run_scoring(
     queue = BackfillQueue(redis, settings, upgrade_id)
     queue.clear()
     queue.push(ids.tolist(), prio.tolist())
+    extra: dict = {}
     with read_scope(url) as s:
-        first = probes.measure(s, baseline, to_model)
+        current = checkpoints.serving_plan_of(s, up)
+        if current is not None and baseline.get("old_queries_b64") and baseline.get("probe_ids"):
+            # Fit the start plan (each space's calibration) and measure it: what users get now.
+            up.baseline = baseline  # the detached row, read by the chooser only
+            choice = chooser.choose_at_cut(s, settings, up, current, probes.load_gallery(s), step=0)
+            first, plan_json = choice.measurement, choice.plan.to_json()
+            extra = {"plan": choice.plan.name, "candidates": choice.candidates}
+        else:
+            first, plan_json = probes.measure(s, baseline, to_model), None
+    if plan_json is not None:
+        checkpoints.serve(settings, redis, upgrade_id, plan_json)
     baseline["running_since"] = time.time()
     baseline["scoring_seconds"] = time.perf_counter() - t0
     checkpoint = {"step": 0, "fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,
-                  "top1": first.top1, "at": time.time()}
+                  "top1": first.top1, "at": time.time(), **extra}
     try:
         with session_scope(url) as s:
             upgrades.transition(s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint],

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from service.db.schema import BackfillFailure, Upgrade
 from service.queue import BackfillQueue
-from service.repositories import upgrades
+from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import COMMITTED, COMPLETED, RUNNING
+from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING
 from service.timestamps import UtcDatetime
 from service.upgrade.progress import moved_fraction
 
@@ -29,6 +29,9 @@ class Checkpoint(BaseModel):
     map: float | None = None
     top1: float | None = None
     at: float = Field(description="Unix time of the measurement.")
+    plan: str | None = Field(None, description="The serving plan measured (and, under auto, chosen) here.")
+    candidates: dict[str, dict[str, float | None]] | None = Field(
+        None, description="auto: every candidate plan's probe map and nfr at this cut.")
 
 
 class Failure(BaseModel):
@@ -65,8 +68,21 @@ class UpgradeView(BaseModel):
     error: str | None
     batch_size: int
     nfr_guardrail: float | None
+    plan: str = Field(description="The plan asked for: paper, dual, transform or auto.")
+    nfr_target: float | None = Field(description="auto: the probe NFR@1 the serving plan stays within.")
+    serving_plan: dict | None = Field(
+        description="The plan replicas serve now (name, version); null outside an active upgrade.")
     created_at: UtcDatetime
     completed_at: UtcDatetime | None
+
+
+def _serving_plan(session: Session, up: Upgrade) -> dict | None:
+    state = catalog.peek_serving_state(session)
+    plan = state.plan if state is not None else None
+    if not plan or plan.get("new_model") != up.to_model or up.state not in ACTIVE:
+        return None
+    return {"name": plan["name"], "version": plan["version"],
+            "transform_pairs": (plan.get("transform") or {}).get("pairs")}
 
 
 def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings,
@@ -99,6 +115,8 @@ def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings:
         queue_depth=depth, leased=leased, baseline=summary if base else None,
         checkpoints=[Checkpoint.model_validate(p) for p in up.checkpoints or []],
         failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
-        error=up.error, batch_size=up.batch_size, nfr_guardrail=up.nfr_guardrail,
+        error=up.error, batch_size=up.batch_size, nfr_guardrail=up.nfr_guardrail, plan=up.plan,
+        nfr_target=up.nfr_target if up.nfr_target is not None else settings.nfr_target,
+        serving_plan=_serving_plan(session, up),
         created_at=up.created_at, completed_at=up.completed_at,
     )

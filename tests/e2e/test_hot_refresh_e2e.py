@@ -1,7 +1,9 @@
 """Issue 4, end to end through HTTP only: ingest a Fashion-MNIST gallery with an old model,
 register a RACT-trained new model, POST /upgrade, two Celery worker processes drain it; the live
 NFR and mAP the service reported at its checkpoints agree within 1 point with the offline
-evaluator's curve (``models.evaluate.backfill_curve``) for the same ordering on the same gallery.
+evaluator's for the same ordering on the same gallery: the paper's plan against
+``models.evaluate.backfill_curve``, and ``auto`` (the live chooser) against the offline maths of
+the plan it chose at each checkpoint (``models.plans``), fitted from the same cut.
 
 The offline side uses only the checkpoint files and the images we uploaded: it re-derives the
 margin ordering from the old vectors and the new classifier, exactly as the paper's evaluation
@@ -25,7 +27,7 @@ from PIL import Image
 from cli.launcher import System
 from models.checkpoint import load_checkpoint
 from models.evaluate import backfill_curve
-from models.metrics import evaluate_scores
+from models.metrics import evaluate_scores, negative_flip_rate
 from models.uncertainty import backfill_order, score_uncertainty
 from service.settings import Settings
 from tests.workers.system import ADMIN, FAST_ENV, get_upgrade, ingest, logs_of, register, wait_for
@@ -36,6 +38,23 @@ N = 300
 TOLERANCE = 0.01  # one point
 
 
+def _offline_point(live: dict, order: np.ndarray, g_old: torch.Tensor, g_new: torch.Tensor, labels: np.ndarray,
+                   old_top1: np.ndarray) -> dict:
+    """The plan the service chose at this checkpoint, fitted and measured offline at the same cut."""
+    from models.plans import build_spec, mixed_scores
+
+    n = int(round(live["fraction"] * len(order)))
+    moved = np.asarray(order[:n])
+    mask = torch.zeros(len(order), dtype=torch.bool)
+    mask[torch.as_tensor(moved, dtype=torch.long)] = True
+    old_np, new_np = g_old.numpy(), g_new.numpy()
+    spec = build_spec(live.get("plan") or "paper", old_space=old_np[~mask.numpy()],
+                      new_space=np.concatenate([new_np, new_np[moved]]), pairs=(old_np[moved], new_np[moved]))
+    r = evaluate_scores(mixed_scores(spec, g_old, g_new, g_old, g_new, mask), labels, labels,
+                        exclude=np.arange(len(order)))  # fmt: skip
+    return {"map": r.map, "nfr": negative_flip_rate(old_top1, r.top1_correct)}
+
+
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,10 +63,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
+@pytest.mark.parametrize("plan", ["paper", "auto"])
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_http_only_hot_refresh_live_metrics_match_offline_curve(
     settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
-    tmp_path: Path,
+    tmp_path: Path, plan: str,
 ) -> None:
     images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
     settings_env.models_path.mkdir(parents=True, exist_ok=True)
@@ -60,8 +80,8 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
         ingest(api.url, images, labels)
         workers = [system.start_worker(name=f"w{i}") for i in (1, 2)]
         logs = logs_of(api, *workers)
-        r = httpx.post(f"{api.url}/upgrade", json={"model": new_name, "strategy": "margin", "batch_size": 4},
-                       headers=ADMIN, timeout=30)
+        body = {"model": new_name, "strategy": "margin", "batch_size": 4, "plan": plan}
+        r = httpx.post(f"{api.url}/upgrade", json=body, headers=ADMIN, timeout=30)
         assert r.status_code == 202, r.text
         uid = r.json()["id"]
         final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
@@ -103,8 +123,13 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
     old_top1 = evaluate_scores(g_old @ g_old.T, labels, labels, exclude=self_cols).top1_correct
     w, b = new.classifier_weights()
     order = backfill_order(score_uncertainty(g_old_np, w, b, "margin"))
-    offline = backfill_curve(g_new, g_old, g_new, labels, labels, order, [p["fraction"] for p in points],
-                             old_top1, exclude=self_cols)
+    if plan == "paper":
+        offline = backfill_curve(g_new, g_old, g_new, labels, labels, order, [p["fraction"] for p in points],
+                                 old_top1, exclude=self_cols)
+    else:
+        offline = [_offline_point(p, order, g_old, g_new, labels, old_top1) for p in points]
+        assert points[0]["plan"] == "dual" and all(set(p["candidates"]) == {"paper", "dual", "transform"}
+                                                   for p in points[:-1])  # fmt: skip
     assert final["baseline"]["old_top1_rate"] == pytest.approx(float(old_top1.mean()), abs=1e-9)
     report = []
     for live, ref in zip(points, offline, strict=True):

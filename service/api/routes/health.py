@@ -24,4 +24,5 @@ def readyz(serving: ServingDep) -> ReadyOut:
     return ReadyOut(
         query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id,
         loaded_from=serving.loaded_from,
+        plan=None if serving.plan is None else {"name": serving.plan.name, "version": serving.plan.version},
     )

@@ -40,6 +40,15 @@ class UpgradeIn(BaseModel):
     nfr_guardrail: float | None = Field(
         None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
+    plan: Literal["paper", "dual", "transform", "auto"] = Field(
+        "paper", description="Query plan during the upgrade: paper (the new query against every vector), dual "
+        "(old query on old vectors, new on new), transform (new query, old vectors mapped by a map fitted on "
+        "the backfilled pairs), auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
+    )
+    nfr_target: float | None = Field(
+        None, ge=0.0, le=1.0, description="auto: the probe NFR@1 a plan must stay within "
+        "(default HOTREFRESH_NFR_TARGET).",
+    )
 
 
 class UpgradeCreated(BaseModel):
@@ -69,8 +78,8 @@ def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: 
     responses=error_responses(401, 403, 404, 409, 422),
 )
 def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> UpgradeCreated:
-    up = control.start(settings, redis, model=body.model, strategy=body.strategy,
-                       batch_size=body.batch_size, nfr_guardrail=body.nfr_guardrail)
+    up = control.start(settings, redis, model=body.model, strategy=body.strategy, batch_size=body.batch_size,
+                       nfr_guardrail=body.nfr_guardrail, plan=body.plan, nfr_target=body.nfr_target)
     dispatch.try_send("scoring", dispatch.send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
 

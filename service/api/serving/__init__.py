@@ -80,8 +80,8 @@ class Serving(ReplicaState):
     def encoder(self, model: str) -> LoadedModel:
         return query.encoder(self, model)
 
-    def encode_query(self, image: Image.Image) -> tuple[str, np.ndarray]:
+    def encode_query(self, image: Image.Image) -> tuple[str, query.Embeddings]:
         return query.encode_query(self, image)
 
-    def search_vector(self, query_vector: np.ndarray, k: int) -> list[tuple[str, float, str]]:
-        return query.search_vector(self, query_vector, k)
+    def search_vector(self, embeddings: query.Embeddings | np.ndarray, k: int) -> list[tuple[str, float, str]]:
+        return query.search_vector(self, embeddings, k)

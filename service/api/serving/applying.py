@@ -110,6 +110,7 @@ def commit(replica: ReplicaState, dropped_model: str | None) -> None:
             replica.index.drop_segment(dropped_model)
         replica.update_gauges()
     refresh_query_model(replica)
+    replica.encoders.release(dropped_model)  # no plan needs the old encoder any more
 
 
 

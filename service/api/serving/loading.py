@@ -16,6 +16,7 @@ from service.db.session import read_scope, session_scope
 from service.index import factory_from_settings
 from service.repositories import catalog
 from service.repositories import items as item_repo
+from service.upgrade import plans
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ def load_from_sql(replica: ReplicaState) -> None:
         with read_scope(replica.url) as s:
             state = catalog.peek_serving_state(s)
             query_model = state.query_model if state is not None else None
+            plan = plans.parse(state.plan) if state is not None else None
             for chunk in item_repo.iter_active_vectors(s):
                 index.add(chunk.model, chunk.ids, chunk.vectors)
                 external.update(zip(chunk.ids.tolist(), chunk.external_ids, strict=True))
         replica.index, replica.external_ids, replica.query_model = index, external, query_model
+        replica.plan = plan
         replica.last_id, replica.ordinal, replica.epoch = info.last_id, info.entries_added or 0, epoch
         replica.reloads += 1
         replica.loaded_from = "sql"
@@ -105,4 +108,5 @@ def save_snapshot(replica: ReplicaState) -> Path | None:
 
 def refresh_query_model(replica: ReplicaState) -> None:
     with session_scope(replica.url) as s:
-        replica.query_model = catalog.get_serving_state(s).query_model
+        state = catalog.get_serving_state(s)
+        replica.query_model, replica.plan = state.query_model, plans.parse(state.plan)

@@ -15,6 +15,9 @@ from service.api.serving.state import ReplicaState
 from service.db.session import read_scope
 from service.errors import Conflict, Unavailable
 from service.index import QueryPlan
+from service.upgrade import plans
+
+Embeddings = dict[str, np.ndarray]  # model -> (m, D) query embeddings
 
 if TYPE_CHECKING:
     from models.checkpoint import LoadedModel
@@ -41,20 +44,46 @@ def encoder(replica: ReplicaState, model: str) -> LoadedModel:
         return replica.encoders.get(s, model)
 
 
-def encode_query(replica: ReplicaState, image: Image.Image) -> tuple[str, np.ndarray]:
+def encode_query(replica: ReplicaState, images: Image.Image | list[Image.Image]) -> tuple[str, Embeddings]:
+    """The query model's name and the embeddings the serving plan needs: one batched call per
+    model (during an upgrade under ``dual``, the old and the new encoder)."""
     require_ready(replica)
-    model = replica.query_model
+    model, plan = replica.query_model, replica.plan
     if model is None:
         raise NoModel("no model is registered yet; POST /models first")
-    return model, encoder(replica, model).embed_images([image])
+    batch = images if isinstance(images, list) else [images]
+    needed = plan.query_models() if plan is not None else [model]
+    return model, {m: encoder(replica, m).embed_images(batch) for m in needed}
 
 
-def search_vector(replica: ReplicaState, query: np.ndarray, k: int) -> list[tuple[str, float, str]]:
-    """(external_id, score, model) of the top ``k``, with the paper's plan over every segment."""
-    index = replica.index
-    if not index.counts():
+def plan_for(replica: ReplicaState, embeddings: Embeddings, query_model: str) -> QueryPlan | None:
+    """The index's plan for these embeddings: the serving plan over the segments present, else the
+    query model's embedding against every segment. None when there is nothing to search."""
+    index, plan = replica.index, replica.plan
+    present = {m for m, n in index.counts().items() if n}
+    if not present:
+        return None
+    if plan is None or plan.new_model not in embeddings:
+        # No plan: the query model against every segment of its own dimension (after a rollback
+        # an emptied segment of the new model's dimension may linger until commit or reload).
+        q = embeddings[query_model]
+        same = [m for m in sorted(present) if index.dim(m) == q.shape[1]]
+        return QueryPlan.single(q, same) if same else None
+    return plans.query_plan(plan, embeddings, present)
+
+
+def search_vector(
+    replica: ReplicaState, embeddings: Embeddings | np.ndarray, k: int, query_model: str | None = None
+) -> list[tuple[str, float, str]]:
+    """(external_id, score, model) of the top ``k`` for the first query, merged over segments as
+    the serving plan says. A bare array is the query model's embedding (no plan)."""
+    model = query_model or replica.query_model or ""
+    if isinstance(embeddings, np.ndarray):
+        embeddings = {model: embeddings}
+    query_plan = plan_for(replica, embeddings, model)
+    if query_plan is None:
         return []
-    hits = index.search(QueryPlan.single(query), k)[0]
+    hits = replica.index.search(query_plan, k)[0]
     external = replica.external_ids
     out = []
     for hit in hits:

@@ -16,6 +16,7 @@ from service.index import MixedIndex
 from service.metrics import GALLERY_VECTORS
 from service.registry import EncoderCache
 from service.settings import Settings
+from service.upgrade.plans import ServingPlan
 
 
 def new_index(settings: Settings) -> MixedIndex:
@@ -30,6 +31,7 @@ class ReplicaState:
         self.index = new_index(settings)
         self.external_ids: dict[int, str] = {}
         self.query_model: str | None = None
+        self.plan: ServingPlan | None = None  # the upgrade's query plan (service.upgrade.plans); None: none
         self.ready = threading.Event()
         self.last_id = "0-0"  # last index-log entry reflected in this replica
         self.ordinal = 0  # how many entries had ever been appended up to and including last_id

@@ -1,0 +1,89 @@
+"""Fitting the query plans of a live upgrade at a checkpoint, and choosing the one to serve.
+
+At a consistent cut (``service.upgrade.checkpoints``) every candidate plan is fitted from what
+SQL holds then (``models.plans.build_spec``: each space's calibration from the gallery's old
+vectors and the new-model vectors there are, ``transform``'s map from the old and new vectors of
+the items backfilled so far) and measured on the probes. A fixed plan is refitted and measured
+alone; ``auto`` serves the candidate with the highest probe mAP whose probe NFR@1 is within the
+upgrade's ``nfr_target`` (``models.plans.choose``, the rule the offline evaluator applies too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from models.plans import PLANS, Candidate, PlanSpec, build_spec, choose
+from service.db.schema import Upgrade
+from service.repositories import catalog
+from service.repositories import items as item_repo
+from service.settings import Settings
+from service.upgrade import probes
+from service.upgrade.plans import START_PLAN, ServingPlan
+
+
+def candidates(session: Session, up: Upgrade) -> list[str]:
+    """The plans this upgrade may serve: a fixed plan alone; under ``auto`` every plan, ``paper``
+    only for a new model declared compatible with the old one, of the same dimension."""
+    if up.plan != "auto":
+        return [up.plan]
+    old, new = catalog.get_model(session, up.from_model), catalog.get_model(session, up.to_model)
+    compatible = (old is not None and new is not None and new.compatible_with == old.name
+                  and new.embedding_dim == old.embedding_dim)  # fmt: skip
+    return [p for p in PLANS if p != "paper" or compatible]
+
+
+def fit(
+    session: Session, settings: Settings, up: Upgrade, name: str, gallery: probes.Gallery, probe_set: probes.ProbeSet,
+) -> PlanSpec:
+    """One plan fitted at this cut."""
+    if name == "paper":
+        return PlanSpec("paper")
+    on_new = gallery.on(up.to_model)
+    old_dim = probe_set.old_queries.shape[1] if probe_set.old_queries is not None else gallery.dim(up.from_model)
+    old_space = gallery.parts.get(up.from_model)
+    new_space = np.concatenate([probe_set.queries, gallery.parts.get(up.to_model, probe_set.queries[:0])])
+    pairs = None
+    if name == "transform" and on_new.any():
+        moved = gallery.ids[on_new]
+        if len(moved) > settings.plan_fit_pairs:  # a seeded sample bounds the refit at any gallery size
+            moved = np.sort(np.random.default_rng(int(up.id)).choice(moved, settings.plan_fit_pairs, replace=False))
+        got, old_vecs = item_repo.get_vectors(session, up.from_model, moved.tolist())
+        row = {int(i): r for r, i in enumerate(gallery.ids.tolist())}
+        new_part = gallery.dense(up.to_model, probe_set.queries.shape[1])
+        if len(got) and old_vecs.shape[1] == old_dim:
+            pairs = (old_vecs, new_part[[row[int(i)] for i in got]])
+    return build_spec(name, calibration=settings.plan_calibration, old_space=old_space, new_space=new_space,
+                      pairs=pairs, transform=settings.plan_transform, seed=int(up.id))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Choice:
+    plan: ServingPlan  # what replicas serve from this checkpoint on
+    measurement: probes.Measurement  # the chosen plan's, at this cut
+    candidates: dict[str, dict[str, float | None]]  # every candidate's probe map and nfr
+
+
+def choose_at_cut(
+    session: Session, settings: Settings, up: Upgrade, current: ServingPlan, gallery: probes.Gallery, step: int,
+) -> Choice:
+    """Fit and measure every candidate at this cut; the serving plan from here on. The scoring
+    run's step 0 serves the start plan whatever the measurements say: nothing has moved yet."""
+    baseline = up.baseline or {}
+    probe_set = probes.ProbeSet.from_json(baseline)
+    measured: dict[str, tuple[ServingPlan, probes.Measurement]] = {}
+    for name in candidates(session, up):
+        plan = current.bumped(fit(session, settings, up, name, gallery, probe_set))
+        measured[name] = (plan, probes.measure(session, baseline, up.to_model, gallery, plan=plan))
+    table = {name: {"map": m.map, "nfr": m.nfr} for name, (_, m) in measured.items()}
+    if up.plan != "auto":
+        chosen = up.plan
+    elif step == 0 and START_PLAN in measured:
+        chosen = START_PLAN
+    else:
+        target = up.nfr_target if up.nfr_target is not None else settings.nfr_target
+        chosen = choose([Candidate(n, m.map, m.nfr) for n, (_, m) in measured.items()], target, safe=START_PLAN)
+    plan, measurement = measured[chosen]
+    return Choice(plan, measurement, table)

@@ -1,0 +1,151 @@
+"""Query plans live: the plan is data in SQL that replicas follow through the index log, dual
+finds every item's own image first whichever segment holds it, an upgrade between models of
+different dimensions completes, and a rollback answers exactly as the old system did.
+Real SQLite/PostgreSQL, Redis, images and (tiny) encoders, in one process."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.api.serving import Serving
+from service.db.session import session_scope
+from service.repositories import catalog, upgrades
+from service.upgrade import control
+from service.upgrade.scoring import run_scoring
+from tests.utils.checkpoints import make_tiny_checkpoint
+from workers.context import WorkerContext
+from workers.drain import drain
+
+pytestmark = pytest.mark.integration
+
+
+def _start(g, **kw) -> tuple[WorkerContext, int]:  # noqa: ANN001
+    ctx = WorkerContext.from_settings(g.settings)
+    up = control.start(g.settings, ctx.redis, model=g.new, **kw)
+    with session_scope(ctx.url) as s:
+        model = ctx.encoders.get(s, g.new)
+    assert run_scoring(g.settings, ctx.redis, up.id, model, ctx.images)
+    return ctx, up.id
+
+
+def _finish(ctx: WorkerContext, uid: int) -> None:
+    for _ in range(500):
+        outcome = drain(ctx, uid, budget_s=5.0)
+        if outcome == "stop":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the upgrade never stopped")
+
+
+def _images(g, ctx: WorkerContext) -> dict[str, Image.Image]:  # noqa: ANN001
+    from service.repositories import items as item_repo
+
+    with session_scope(ctx.url) as s:
+        keys = item_repo.image_keys(s, g.ids)
+    import io
+
+    return {ext: Image.open(io.BytesIO(ctx.images.get(keys[i]))) for i, ext in zip(g.ids, g.external_ids, strict=True)}
+
+
+def _top(replica: Serving, image: Image.Image, k: int = 5) -> list[str]:
+    _, emb = replica.encode_query(image)
+    return [e for e, _, _ in replica.search_vector(emb, k)]
+
+
+def test_a_plan_travels_through_sql_and_the_log_and_replicas_switch_together(make_gallery, redis_client) -> None:  # noqa: ANN001
+    g = make_gallery(n=40)
+    a, b = Serving(g.settings, redis_client), Serving(g.settings, redis_client)
+    a.load_from_sql()
+    b.load_from_sql()
+    assert a.plan is None and b.plan is None  # outside an upgrade: no plan
+    ctx, uid = _start(g, strategy="random", plan="dual")
+    a.step()
+    b.step()
+    with session_scope(ctx.url) as s:
+        stored = catalog.get_serving_state(s).plan
+    assert stored is not None and stored["name"] == "dual" and stored["old_model"] == g.old
+    assert a.plan is not None and b.plan is not None
+    assert a.plan.to_json() == b.plan.to_json() == stored  # fitted at scoring, the same on every replica
+    assert a.plan.version >= 2  # the start plan, then its fitted calibration
+    control.act(g.settings, ctx.redis, uid, "rollback")
+    a.step()
+    b.step()
+    assert a.plan is None and b.plan is None
+
+
+@pytest.mark.parametrize("plan", ["dual", "auto"])
+def test_dual_finds_each_items_own_image_first_backfilled_or_not(make_gallery, redis_client, plan: str) -> None:  # noqa: ANN001
+    g = make_gallery(n=48)
+    g.settings.__dict__["batch_size"] = 16
+    ctx, uid = _start(g, strategy="margin", batch_size=16, plan=plan)
+    drain(ctx, uid, budget_s=0.0)  # one batch: a third of the gallery moves
+    replica = Serving(g.settings, redis_client)
+    replica.load_from_sql()
+    assert replica.plan is not None and replica.plan.name == "dual"
+    counts = replica.index.counts()
+    assert counts.get(g.new, 0) == 16 and counts.get(g.old, 0) == 32
+    images = _images(g, ctx)
+    for ext, image in images.items():
+        assert _top(replica, image)[0] == ext
+
+
+def test_an_upgrade_between_models_of_different_dimensions_completes(make_gallery, redis_client) -> None:  # noqa: ANN001
+    g = make_gallery(n=40)
+    wide = g.settings.models_path / "wide.pt"
+    make_tiny_checkpoint(wide, "wide", arch="conv4", embedding_dim=48, seed=3, trained_with="independent")
+    with session_scope(g.settings.sqlalchemy_url) as s:
+        from service.registry import EncoderCache, register
+
+        register(s, g.settings, EncoderCache("cpu"), wide, uploaded=False)
+    g.new = "wide"
+    ctx = WorkerContext.from_settings(g.settings)
+    for refused in ({"plan": "paper"}, {"plan": "dual", "strategy": "margin"}):
+        with pytest.raises(control.UpgradeRequestError, match="dimensions"):
+            control.start(g.settings, ctx.redis, model="wide", **{"strategy": "random", **refused})
+    ctx, uid = _start(g, strategy="random", plan="auto")
+    replica = Serving(g.settings, redis_client)
+    replica.load_from_sql()
+    images = _images(g, ctx)
+    for ext, image in list(images.items())[:10]:
+        assert _top(replica, image)[0] == ext  # all old still: the old system, exactly
+    _finish(ctx, uid)
+    replica.step()
+    with session_scope(ctx.url) as s:
+        up = upgrades.get_upgrade(s, uid)
+        assert up.state == "completed" and up.done == 40
+        assert {p.get("plan") for p in up.checkpoints} <= {"dual", "transform"}  # never the paper's
+    assert replica.index.counts() == {g.old: 0, "wide": 40} or replica.index.counts() == {"wide": 40}
+    assert replica.index.dim("wide") == 48
+    for ext, image in list(images.items())[:10]:
+        assert _top(replica, image)[0] == ext
+    control.commit(g.settings, ctx.redis, uid)
+    replica.step()
+    assert replica.plan is None and g.old not in replica.encoders.loaded()
+    for ext, image in list(images.items())[:10]:
+        assert _top(replica, image)[0] == ext
+
+
+@pytest.mark.parametrize("plan", ["paper", "dual", "transform"])
+def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_gallery, redis_client, plan: str) -> None:  # noqa: ANN001
+    g = make_gallery(n=40)
+    g.settings.__dict__["batch_size"] = 8
+    before = Serving(g.settings, redis_client)
+    before.load_from_sql()
+    images = _images(g, WorkerContext.from_settings(g.settings))
+    answers = {ext: before.search_vector(before.encode_query(im)[1], 10) for ext, im in images.items()}
+    ctx, uid = _start(g, strategy="margin", batch_size=8, plan=plan)
+    drain(ctx, uid, budget_s=0.0)
+    drain(ctx, uid, budget_s=0.0)
+    replica = Serving(g.settings, redis_client)
+    replica.load_from_sql()
+    assert replica.index.counts()[g.new] > 0
+    control.act(g.settings, ctx.redis, uid, "rollback")
+    replica.step()
+    for ext, image in images.items():
+        got = replica.search_vector(replica.encode_query(image)[1], 10)
+        assert [e for e, _, _ in got] == [e for e, _, _ in answers[ext]]
+        np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in answers[ext]], rtol=1e-5)
