@@ -17,6 +17,18 @@ def _fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _fmt_plan(u: dict) -> str:
+    """The plan asked for, the one served now, and (auto) each candidate's last probe NFR/mAP."""
+    serving = (u.get("serving_plan") or {}).get("name")
+    last = (u.get("checkpoints") or [{}])[-1]
+    text = u.get("plan", "paper") + (f" → serving {serving}" if serving and serving != u.get("plan") else "")
+    cands = last.get("candidates") or {}
+    if cands:
+        text += "  (" + ", ".join(f"{p} {_fmt_ratio(c.get('nfr'))}/{_fmt_ratio(c.get('map'))}"
+                                  for p, c in cands.items()) + " NFR/mAP)"
+    return text
+
+
 def _render(u: dict) -> Any:
     from rich.table import Table
 
@@ -29,6 +41,7 @@ def _render(u: dict) -> Any:
         ("progress", f"{u['done']}/{u['total']}  ({100 * u['fraction']:.1f}%)  failed {u['failed']}"),
         ("items/s", "-" if rate is None else f"{rate:.1f}"),
         ("ETA", "-" if eta is None else f"{eta:.0f} s"),
+        ("plan", _fmt_plan(u)),
         ("live NFR@1", _fmt_ratio(u.get("nfr"))),
         ("live mAP", _fmt_ratio(u.get("map"))),
         ("queue / leased", f"{u.get('queue_depth')} / {u.get('leased')}"),
@@ -66,6 +79,9 @@ def start(
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
     nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")]
     = None,
+    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform.")] = "auto",
+    nfr_target: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")]
+    = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -76,6 +92,9 @@ def start(
         body["batch_size"] = batch_size
     if nfr_guardrail is not None:
         body["nfr_guardrail"] = nfr_guardrail
+    body["plan"] = plan
+    if nfr_target is not None:
+        body["nfr_target"] = nfr_target
     u = call(api, token, "POST", "/upgrade", json=body)
     typer.echo(f"upgrade {u['id']} started ({u['state']}, {u['total']} items)")
     if watch:

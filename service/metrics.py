@@ -41,13 +41,19 @@ BACKFILL_BATCH_SECONDS = Histogram(
     "backfill_batch_seconds", "Wall time to lease, encode, store and log one backfill batch.",
     namespace=NAMESPACE, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# One series per query plan measured at the upgrade's checkpoints (under "auto": every candidate,
+# all written at each checkpoint, so none goes stale); SERVING_PLAN says which one replicas serve.
 LIVE_NFR = Gauge(
-    "live_nfr_ratio", "Negative-flip rate at top-1 of the probe set against the live mixed index.", ["upgrade"],
-    namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "live_nfr_ratio", "Negative-flip rate at top-1 of the probe set against the live mixed index, per query plan.",
+    ["upgrade", "plan"], namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
 )
 LIVE_MAP = Gauge(
-    "live_map_ratio", "mAP of the probe set against the live mixed index.", ["upgrade"],
+    "live_map_ratio", "mAP of the probe set against the live mixed index, per query plan.", ["upgrade", "plan"],
     namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+)
+SERVING_PLAN = Gauge(
+    "serving_plan", "1 for the query plan replicas serve during the upgrade, 0 for the other candidates.",
+    ["upgrade", "plan"], namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
 )
 GALLERY_VECTORS = Gauge(
     "gallery_vectors", "Live vectors in this process's index, per model segment.", ["model"],

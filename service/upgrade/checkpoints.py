@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from service import indexlog, keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
-from service.metrics import LIVE_MAP, LIVE_NFR
+from service.metrics import LIVE_MAP, LIVE_NFR, SERVING_PLAN
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.settings import Settings
@@ -42,12 +42,19 @@ def progress_of(up: Upgrade) -> float:
     return 1.0 if up.total <= 0 else min(1.0, up.done / up.total)
 
 
-def set_live_gauges(upgrade_id: int, nfr: float | None, map_: float | None) -> None:
-    # No labels, no probes: the gauge is left unset ("unavailable"), never written as 0.
-    if nfr is not None:
-        LIVE_NFR.labels(str(upgrade_id)).set(nfr)
-    if map_ is not None:
-        LIVE_MAP.labels(str(upgrade_id)).set(map_)
+def set_live_gauges(upgrade_id: int, point: dict) -> None:
+    """Every plan measured at this point, and which one is served. No labels, no probes: the
+    gauges are left unset ("unavailable"), never written as 0."""
+    serving = point.get("plan") or "paper"
+    measured = point.get("candidates") or {serving: {"nfr": point["nfr"], "map": point["map"]}}
+    label = str(upgrade_id)
+    for plan, m in measured.items():
+        if m.get("nfr") is not None:
+            LIVE_NFR.labels(label, plan).set(m["nfr"])
+        if m.get("map") is not None:
+            LIVE_MAP.labels(label, plan).set(m["map"])
+        if point["nfr"] is not None or point["map"] is not None:
+            SERVING_PLAN.labels(label, plan).set(1.0 if plan == serving else 0.0)
 
 
 def measure_point(
@@ -108,7 +115,7 @@ def record(
         up = upgrades.append_checkpoint(s, upgrade_id, point)
         guardrail = up.nfr_guardrail
     nfr = point["nfr"]
-    set_live_gauges(upgrade_id, nfr, point["map"])
+    set_live_gauges(upgrade_id, point)
     if guardrail is not None and nfr is not None and nfr > guardrail:
         try:
             with session_scope(settings.sqlalchemy_url) as s:

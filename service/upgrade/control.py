@@ -42,7 +42,7 @@ def start(
     strategy: str = "margin",
     batch_size: int | None = None,
     nfr_guardrail: float | None = None,
-    plan: str = "paper",
+    plan: str = "auto",
     nfr_target: float | None = None,
 ) -> Upgrade:
     """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once

@@ -60,7 +60,7 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     # The same fraction GET /upgrade reports: items that failed are not on the new model.
     BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts))
     if point is not None:
-        checkpoints.set_live_gauges(upgrade_id, point["nfr"], point["map"])
+        checkpoints.set_live_gauges(upgrade_id, point)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
              point and point["nfr"], point and point["map"])
     return "completed"

@@ -120,7 +120,7 @@ def test_dashboard_and_alerts_name_only_exported_metrics() -> None:
     exprs = [e for _, e in dashboard_queries()] + [r["expr"] for r in alert_rules()]
     used = {s.split("{")[0] for e in exprs for s in selectors(e)}
     assert used <= exported, sorted(used - exported)
-    # the panels and rules cover every metric of DESIGN.md
+    # the panels and rules cover every metric the service exports (docs/design.md)
     assert {n for n in exported if n.startswith("hotrefresh_") and not n.endswith(("_sum", "_count"))} <= used
 
 

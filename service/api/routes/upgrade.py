@@ -41,7 +41,7 @@ class UpgradeIn(BaseModel):
         None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
     plan: Literal["paper", "dual", "transform", "auto"] = Field(
-        "paper", description="Query plan during the upgrade: paper (the new query against every vector), dual "
+        "auto", description="Query plan during the upgrade: paper (the new query against every vector), dual "
         "(old query on old vectors, new on new), transform (new query, old vectors mapped by a map fitted on "
         "the backfilled pairs), auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
     )
