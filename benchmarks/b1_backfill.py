@@ -96,9 +96,9 @@ def raw_items_per_s(path: Path, images: np.ndarray, batch: int, procs: int, thre
     return {"sync": n / max(r[0] for r in results), "pipelined": n / max(r[1] for r in results)}
 
 
-def build(settings, images, labels, old_path, new_path):  # noqa: ANN001, ANN201
+def build(settings, images, labels, old_path, new_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.workers.conftest import build_gallery
+    from tests.utils.gallery import build_gallery
 
     return build_gallery(settings, images, labels, old_path, new_path)
 
@@ -163,7 +163,7 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
             time.sleep(0.2)
         raw_after = raw()
 
-    def ts(d):  # noqa: ANN001, ANN202 - SQLite hands datetimes back naive (they are UTC)
+    def ts(d):
         return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
     with session_scope(settings.sqlalchemy_url) as s:

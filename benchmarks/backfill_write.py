@@ -53,7 +53,7 @@ def scored_gallery(work: Path, n: int, batch: int, database_url: str | None = No
     from service.upgrade import control
     from service.upgrade.scoring import run_scoring
     from tests.utils.checkpoints import make_tiny_checkpoint
-    from tests.workers.conftest import build_gallery
+    from tests.utils.gallery import build_gallery
 
     prefix = f"bw-{uuid.uuid4().hex[:8]}"
     os.environ.update({

@@ -23,7 +23,7 @@ from models.data import load_fashion_mnist
 from models.preprocess import pil_to_uint8
 from service.imagestore import LocalImageStore
 from service.upgrade.images import load_images, load_pixels
-from tests.workers.conftest import png
+from tests.utils.gallery import png
 
 
 def pil_path(store: LocalImageStore, keys: list[str], meta: SimpleNamespace) -> np.ndarray:

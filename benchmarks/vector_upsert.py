@@ -39,8 +39,8 @@ from service.repositories import items as item_repo
 HEADER = ["database", "statements", "client us/item", "server us/item", "wall us/item", "every round (client+server)"]
 
 
-def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_ids: Sequence[int],  # noqa: ANN001
-                                 vectors: np.ndarray):  # noqa: ANN201
+def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_ids: Sequence[int],
+                                 vectors: np.ndarray):
     """``upgrades.record_encoded`` as it was before the upsert (commit e1bdb17), kept to compare."""
     from sqlalchemy import bindparam, delete, select, update
 

@@ -201,10 +201,10 @@ class LoadedModel:
                     if self.device.type == "cpu":
                         try:
                             self._launcher = make_launcher(graph)
-                        except Exception:  # noqa: BLE001 - background encoding is optional too
+                        except Exception:  # background encoding is optional too
                             log.warning("could not script the launcher of %s; encoding in the caller's thread",
                                         self.meta.name, exc_info=True)
-                except Exception:  # noqa: BLE001 - tracing is an optimisation, never a requirement
+                except Exception:  # tracing is an optimisation, never a requirement
                     log.warning("could not trace %s; encoding with the eager forward", self.meta.name,
                                 exc_info=True)
                     self._graph_failed = True

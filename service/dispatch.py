@@ -82,7 +82,7 @@ def try_send(what: str, send: Callable[..., None], *args: object) -> bool:
     stands and the workers' watchdog sends the work later, so a failure is logged, not raised."""
     try:
         send(*args)
-    except Exception:  # noqa: BLE001 - the SQL change stands; the watchdog re-sends
+    except Exception:  # the SQL change stands; the watchdog re-sends
         log.exception("could not dispatch %s; the worker watchdog will", what)
         return False
     return True

@@ -3,36 +3,21 @@ Redis key prefix per test on the real Redis, and settings built from the environ
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis as redis_lib
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from service.db.migrate import upgrade_head
 from service.settings import Settings, get_settings
-
-PG_ADMIN_URL = os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_TEST_URL = os.environ.get("HOTREFRESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ADMIN_TOKEN = "test-admin-token"
-
-
-def _pg_url(dbname: str) -> str:
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
-
-
-def isolated_env(tmp_path: Path, database_url: str, redis_prefix: str) -> dict[str, str]:
-    """The HOTREFRESH_* variables that give one test its own database, Redis prefix and data."""
-    return {
-        "HOTREFRESH_ENV": "test",
-        "HOTREFRESH_ADMIN_TOKEN": ADMIN_TOKEN,
-        "HOTREFRESH_DATA_DIR": str(tmp_path / "data"),
-        "HOTREFRESH_DATABASE_URL": database_url,
-        "HOTREFRESH_REDIS_URL": REDIS_TEST_URL,
-        "HOTREFRESH_REDIS_PREFIX": redis_prefix,
-    }
+from tests.utils.env import ADMIN_TOKEN, PG_ADMIN_URL, REDIS_TEST_URL, _pg_url, isolated_env
+from tests.utils.gallery import Gallery, build_gallery, cached_tiny_pair
+from tests.utils.wait import wait_ready
 
 
 @pytest.fixture
@@ -99,3 +84,101 @@ def settings_env(
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+# --- galleries and models (service/upgrade, service/api and workers tests) ---------------------
+
+
+@pytest.fixture(scope="session")
+def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
+    from models.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    return images[:600].copy(), labels[:600].copy()
+
+
+@pytest.fixture(scope="session")
+def trained_pair() -> tuple[Path, Path]:
+    """A small old model and a RACT-compatible new one (trained once; seconds)."""
+    return cached_tiny_pair()
+
+
+@pytest.fixture
+def tiny_checkpoints(settings_env: Settings) -> tuple[Path, Path]:
+    """Untrained but real checkpoints: ``old`` (conv2) and ``new`` (conv4, compatible with old)."""
+    from tests.utils.checkpoints import make_tiny_checkpoint
+
+    root = settings_env.models_path
+    root.mkdir(parents=True, exist_ok=True)
+    make_tiny_checkpoint(root / "old.pt", "old", seed=0)
+    make_tiny_checkpoint(
+        root / "new.pt", "new", seed=1, arch="conv4", compatible_with="old", trained_with="ract"
+    )
+    return root / "old.pt", root / "new.pt"
+
+
+@pytest.fixture
+def make_gallery(
+    settings_env: Settings, tiny_checkpoints: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray]
+) -> Callable[..., Gallery]:
+    def make(n: int = 80, corrupt: int = 0, labeled: bool = True) -> Gallery:
+        images, labels = fmnist_test
+        return build_gallery(settings_env, images[:n], labels[:n] if labeled else None, *tiny_checkpoints,
+                             corrupt=corrupt)
+
+    return make
+
+
+# --- the service: a migrated database, checkpoints, the app, Redis -------------------------------
+
+
+@pytest.fixture
+def service_settings(settings_env: Settings) -> Settings:
+    """Settings of one test with the database migrated and the model directory created."""
+    upgrade_head(settings_env.sqlalchemy_url)
+    settings_env.models_path.mkdir(parents=True, exist_ok=True)
+    return settings_env
+
+
+@pytest.fixture
+def checkpoints(service_settings: Settings) -> dict[str, Path]:
+    """Real checkpoints in the model directory: ``old``; ``new`` (compatible with old, same D);
+    ``wide`` (declares compatibility with old but has another D); ``orphan`` (compatible with a
+    model that is not registered)."""
+    from tests.utils.checkpoints import make_tiny_checkpoint
+
+    root = service_settings.models_path
+    specs = {
+        "old": dict(seed=0),
+        "new": dict(seed=1, compatible_with="old", arch="conv4", trained_with="ract"),
+        "wide": dict(seed=2, compatible_with="old", embedding_dim=64),
+        "orphan": dict(seed=3, compatible_with="nobody"),
+    }
+    out = {}
+    for name, kw in specs.items():
+        make_tiny_checkpoint(root / f"{name}.pt", name, **kw)
+        out[name] = root / f"{name}.pt"
+    return out
+
+
+@pytest.fixture
+def r(service_settings: Settings, redis_client: redis_lib.Redis) -> redis_lib.Redis:
+    """The real Redis the service under test uses (its keys under the test's prefix), migrated DB."""
+    return redis_client
+
+
+@pytest.fixture
+def client(service_settings: Settings) -> Iterator[TestClient]:
+    from service.api.app import create_app
+
+    with TestClient(create_app(service_settings)) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def fmnist(fmnist_test: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The first 400 Fashion-MNIST test images and labels (of the one read in tests/conftest.py)."""
+    return fmnist_test[0][:400], fmnist_test[1][:400]
+
+

@@ -72,7 +72,7 @@ def lease_and_load(
         # batch's failure: the encoder thread then encodes it itself and records any error.
         try:
             job = model.submit_tensor(pixels)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("upgrade batch: could not start encoding in the background", exc_info=True)
     return Leased(ids=ok_ids, pixels=pixels, errors=errors, all_ids=present, job=job)
 
@@ -111,7 +111,7 @@ def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leas
                     with read_scope(ctx.url) as s:
                         model = ctx.encoders.get(s, to_model)
                 vectors = model.embed_tensor(batch.pixels)
-        except Exception as exc:  # noqa: BLE001 - the whole batch failed to encode
+        except Exception as exc:  # the whole batch failed to encode
             log.exception("upgrade %s: encoding a batch of %d failed", upgrade_id, len(batch.ids))
             errors.update({i: f"encode failed: {type(exc).__name__}: {exc}" for i in batch.ids})
     return Encoded(batch, vectors, errors)

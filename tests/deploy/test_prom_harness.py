@@ -36,7 +36,7 @@ def endpoint() -> Iterator[str]:
     counter = itertools.count(1)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             body = _exposition(next(counter)) if self.path == "/metrics" else b""
             self.send_response(200 if body else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")

@@ -22,7 +22,6 @@ import pytest
 from cli.launcher import System
 from models.data import encode_png as _png
 from service.imagestore import LocalImageStore, content_key
-from tests.conftest import ADMIN_TOKEN, isolated_env
 from tests.deploy.prom import (
     alert_rules,
     dashboard_queries,
@@ -31,6 +30,7 @@ from tests.deploy.prom import (
     run_prometheus,
     selectors,
 )
+from tests.utils.env import ADMIN_TOKEN, isolated_env
 
 pytestmark = [
     pytest.mark.integration,

@@ -30,7 +30,7 @@ from models.evaluate import backfill_curve
 from models.metrics import evaluate_scores, negative_flip_rate
 from models.uncertainty import backfill_order, score_uncertainty
 from service.settings import Settings
-from tests.workers.system import ADMIN, FAST_ENV, get_upgrade, ingest, logs_of, register, wait_for
+from tests.utils.system import ADMIN, FAST_ENV, get_upgrade, ingest, logs_of, register, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ GREY = SimpleNamespace(input_channels=1, input_size=(28, 28), mean=0.0, std=1.0)
 COLOUR = SimpleNamespace(input_channels=3, input_size=(28, 28), mean=0.0, std=1.0)
 
 
-def _png(img: Image.Image, **kw) -> bytes:  # noqa: ANN003
+def _png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", **kw)
     return buf.getvalue()

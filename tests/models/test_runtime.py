@@ -15,7 +15,7 @@ from tests.utils.checkpoints import make_tiny_checkpoint
 
 
 @pytest.fixture()
-def model(tmp_path: Path):  # noqa: ANN201
+def model(tmp_path: Path):
     make_tiny_checkpoint(tmp_path / "m.pt", "m", arch="conv4", embedding_dim=16, seed=3)
     loaded = load_checkpoint(tmp_path / "m.pt", device="cpu")
     loaded.batch_size = 8
@@ -23,7 +23,7 @@ def model(tmp_path: Path):  # noqa: ANN201
     return loaded
 
 
-def test_jobs_queued_back_to_back_give_the_synchronous_vectors_in_order(model) -> None:  # noqa: ANN001
+def test_jobs_queued_back_to_back_give_the_synchronous_vectors_in_order(model) -> None:
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8) for n in (21, 8, 3)]
     expect = [model.embed_tensor(b) for b in batches]
@@ -36,7 +36,7 @@ def test_jobs_queued_back_to_back_give_the_synchronous_vectors_in_order(model) -
         np.testing.assert_array_equal(got, want)
 
 
-def test_input_the_graph_does_not_take_is_encoded_at_once(model) -> None:  # noqa: ANN001
+def test_input_the_graph_does_not_take_is_encoded_at_once(model) -> None:
     x = torch.rand(5, 1, 28, 28)  # float input: the eager path, returned as a finished job
     job = model.submit_tensor(x)
     assert all(isinstance(p, np.ndarray) for p in job._parts)
@@ -58,7 +58,7 @@ def test_an_error_inside_a_background_job_is_raised_by_result() -> None:
         job.result()
 
 
-def test_a_forked_child_does_not_use_the_parents_pool(model) -> None:  # noqa: ANN001
+def test_a_forked_child_does_not_use_the_parents_pool(model) -> None:
     """torch's pool threads do not survive fork: a job queued there would wait forever. The
     child falls back to encoding in its own thread (here: one intra-op thread, as workers run)."""
     assert start_interop_pool()
@@ -72,7 +72,7 @@ def test_a_forked_child_does_not_use_the_parents_pool(model) -> None:  # noqa: A
     assert answer == b"ok"
 
 
-def _in_forked_child(model, x: np.ndarray, want: np.ndarray) -> bytes:  # noqa: ANN001
+def _in_forked_child(model, x: np.ndarray, want: np.ndarray) -> bytes:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -14,7 +14,7 @@ from service.db.session import session_scope
 from service.metrics import GALLERY_VECTORS
 from service.repositories import items as item_repo
 from service.settings import Settings
-from tests.service.writer import Writer, catch_up, replica_state, sql_truth
+from tests.utils.writer import Writer, catch_up, replica_state, sql_truth
 
 
 def replica(settings: Settings, r: redis_lib.Redis) -> Serving:
@@ -144,7 +144,7 @@ def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
 
 
 def test_follower_recovers_from_a_failed_apply_by_reloading(
-    service_settings: Settings, r, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    service_settings: Settings, r, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
 
@@ -157,7 +157,7 @@ def test_follower_recovers_from_a_failed_apply_by_reloading(
     original = applying.sync_ids
     calls = {"n": 0}
 
-    def flaky(replica, ids):  # noqa: ANN001, ANN202
+    def flaky(replica, ids):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected failure while applying an entry")

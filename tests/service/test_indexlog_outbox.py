@@ -22,7 +22,7 @@ from service.db.schema import GalleryItem, IndexLogOutbox
 from service.db.session import session_scope
 from service.repositories import items as item_repo
 from service.settings import Settings
-from tests.service.writer import Writer, catch_up, replica_state, sql_truth, unit
+from tests.utils.writer import Writer, catch_up, replica_state, sql_truth, unit
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,7 +50,7 @@ def add_in_sql(settings: Settings, n: int, prefix: str) -> tuple[list[int], inde
     return ids, staged
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"

@@ -23,7 +23,7 @@ from workers.drain import drain
 pytestmark = pytest.mark.integration
 
 
-def _start(g, **kw) -> tuple[WorkerContext, int]:  # noqa: ANN001
+def _start(g, **kw) -> tuple[WorkerContext, int]:
     ctx = WorkerContext.from_settings(g.settings)
     up = control.start(g.settings, ctx.redis, model=g.new, **kw)
     with session_scope(ctx.url) as s:
@@ -41,7 +41,7 @@ def _finish(ctx: WorkerContext, uid: int) -> None:
     raise AssertionError("the upgrade never stopped")
 
 
-def _images(g, ctx: WorkerContext) -> dict[str, Image.Image]:  # noqa: ANN001
+def _images(g, ctx: WorkerContext) -> dict[str, Image.Image]:
     from service.repositories import items as item_repo
 
     with session_scope(ctx.url) as s:
@@ -56,7 +56,7 @@ def _top(replica: Serving, image: Image.Image, k: int = 5) -> list[str]:
     return [e for e, _, _ in replica.search_vector(emb, k)]
 
 
-def test_a_plan_travels_through_sql_and_the_log_and_replicas_switch_together(make_gallery, redis_client) -> None:  # noqa: ANN001
+def test_a_plan_travels_through_sql_and_the_log_and_replicas_switch_together(make_gallery, redis_client) -> None:
     g = make_gallery(n=40)
     a, b = Serving(g.settings, redis_client), Serving(g.settings, redis_client)
     a.load_from_sql()
@@ -78,7 +78,7 @@ def test_a_plan_travels_through_sql_and_the_log_and_replicas_switch_together(mak
 
 
 @pytest.mark.parametrize("plan", ["dual", "auto"])
-def test_dual_finds_each_items_own_image_first_backfilled_or_not(make_gallery, redis_client, plan: str) -> None:  # noqa: ANN001
+def test_dual_finds_each_items_own_image_first_backfilled_or_not(make_gallery, redis_client, plan: str) -> None:
     g = make_gallery(n=48)
     g.settings.__dict__["batch_size"] = 16
     ctx, uid = _start(g, strategy="margin", batch_size=16, plan=plan)
@@ -93,7 +93,7 @@ def test_dual_finds_each_items_own_image_first_backfilled_or_not(make_gallery, r
         assert _top(replica, image)[0] == ext
 
 
-def test_an_upgrade_between_models_of_different_dimensions_completes(make_gallery, redis_client) -> None:  # noqa: ANN001
+def test_an_upgrade_between_models_of_different_dimensions_completes(make_gallery, redis_client) -> None:
     g = make_gallery(n=40)
     wide = g.settings.models_path / "wide.pt"
     make_tiny_checkpoint(wide, "wide", arch="conv4", embedding_dim=48, seed=3, trained_with="independent")
@@ -130,7 +130,7 @@ def test_an_upgrade_between_models_of_different_dimensions_completes(make_galler
 
 
 @pytest.mark.parametrize("plan", ["paper", "dual", "transform"])
-def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_gallery, redis_client, plan: str) -> None:  # noqa: ANN001
+def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_gallery, redis_client, plan: str) -> None:
     g = make_gallery(n=40)
     g.settings.__dict__["batch_size"] = 8
     before = Serving(g.settings, redis_client)

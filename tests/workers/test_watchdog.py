@@ -28,7 +28,7 @@ def broker_messages(ctx: WorkerContext) -> int:
     return int(ctx.redis.llen(keys.celery_prefix(ctx.settings) + queue_name(ctx.settings)))
 
 
-def test_kicks_lost_chains_once_and_auto_commits(make_gallery) -> None:  # noqa: ANN001
+def test_kicks_lost_chains_once_and_auto_commits(make_gallery) -> None:
     g = make_gallery(n=24)
     ctx = WorkerContext.from_settings(g.settings)
     g.settings.__dict__["drain_chains"] = 3

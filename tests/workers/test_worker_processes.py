@@ -21,8 +21,7 @@ from service import keys
 from service.db.schema import BackfillTask, Embedding, GalleryItem, Upgrade
 from service.db.session import read_scope, session_scope
 from service.settings import Settings
-from tests.service.conftest import wait_caught_up
-from tests.workers.system import (
+from tests.utils.system import (
     ADMIN,
     FAST_ENV,
     SearchProbe,
@@ -33,6 +32,7 @@ from tests.workers.system import (
     search,
     wait_for,
 )
+from tests.utils.wait import wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

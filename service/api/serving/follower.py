@@ -67,7 +67,7 @@ def relay_staged(replica: ReplicaState) -> int:
     relay_s = replica.settings.index_log_relay_s
     try:
         return indexlog.relay(replica.redis, replica.settings, relay_s)
-    except Exception:  # noqa: BLE001 - logged; the rows stay staged for the next round
+    except Exception:  # logged; the rows stay staged for the next round
         log.exception("could not publish staged index-log entries; retrying in %.1fs", relay_s)
         return 0
 

@@ -5,52 +5,31 @@ real (tiny) encoders; Celery and multiple processes are in test_worker_processes
 from __future__ import annotations
 
 import contextlib
-import time
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from service import indexlog
-from service.db.schema import BackfillTask, Embedding, GalleryItem
+from service.db.schema import BackfillTask, Embedding
 from service.db.session import session_scope
 from service.queue import BackfillQueue
 from service.repositories import catalog, common, upgrades
 from service.states import TransitionError
 from service.upgrade import control
-from service.upgrade.scoring import run_scoring
-from workers.context import WorkerContext
+from tests.utils.upgrade import models_of, run_to_end, start_and_score
 from workers.drain import drain
 
 pytestmark = pytest.mark.integration
 
 
-def start_and_score(g, **kw) -> tuple[WorkerContext, int]:  # noqa: ANN001
-    ctx = WorkerContext.from_settings(g.settings)
-    up = control.start(g.settings, ctx.redis, model=g.new, **kw)
-    with session_scope(ctx.url) as s:
-        model = ctx.encoders.get(s, g.new)
-    assert run_scoring(g.settings, ctx.redis, up.id, model, ctx.images)
-    return ctx, up.id
 
 
-def run_to_end(ctx: WorkerContext, upgrade_id: int, rounds: int = 500) -> None:
-    for _ in range(rounds):
-        outcome = drain(ctx, upgrade_id, budget_s=5.0)
-        if outcome == "stop":
-            return
-        if outcome == "wait":
-            time.sleep(0.05)
-    raise AssertionError("the upgrade never stopped")
 
 
-def models_of(url: str) -> dict[str, int]:
-    with session_scope(url) as s:
-        rows = s.execute(select(GalleryItem.active_model, func.count()).group_by(GalleryItem.active_model))
-        return {m: int(n) for m, n in rows}
 
 
-def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:  # noqa: ANN001
+def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
     g = make_gallery(n=80)
     g.settings.__dict__["batch_size"] = 16
     ctx, uid = start_and_score(g, strategy="margin", batch_size=16)
@@ -117,7 +96,7 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None: 
         control.act(g.settings, ctx.redis, uid, "rollback")
 
 
-def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gallery) -> None:  # noqa: ANN001
+def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gallery) -> None:
     g = make_gallery(n=40, corrupt=3)
     ctx, uid = start_and_score(g, strategy="entropy", batch_size=8)
     run_to_end(ctx, uid)
@@ -133,47 +112,9 @@ def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gall
         control.act(g.settings, ctx.redis, uid, "commit")
 
 
-def test_transitions_and_instant_rollback(make_gallery) -> None:  # noqa: ANN001
-    g = make_gallery(n=40)
-    ctx, uid = start_and_score(g, strategy="random", batch_size=8)
-    with pytest.raises(control.UpgradeConflict):  # one upgrade at a time
-        control.start(g.settings, ctx.redis, model=g.new)
-    for bad in ("resume", "commit"):
-        with pytest.raises(TransitionError):
-            control.act(g.settings, ctx.redis, uid, bad)
-    assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
-    assert drain(ctx, uid, budget_s=1.0) == "stop"  # paused upgrades do not lease
-    assert BackfillQueue(ctx.redis, g.settings, uid).depth() == 40
-    with pytest.raises(TransitionError):
-        control.act(g.settings, ctx.redis, uid, "pause")
-    assert control.act(g.settings, ctx.redis, uid, "resume") == "running"
-    drain(ctx, uid, budget_s=0.01)  # at least one batch of 8 lands
-    on_new = models_of(ctx.url).get(g.new, 0)
-    assert 8 <= on_new < 40
-
-    assert control.act(g.settings, ctx.redis, uid, "rollback") == "rolled_back"
-    assert models_of(ctx.url) == {g.old: 40}
-    with session_scope(ctx.url) as s:
-        serving = catalog.get_serving_state(s)
-        assert (serving.query_model, serving.gallery_model) == (g.old, g.old)
-        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.new)) == 0
-        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 40
-    assert BackfillQueue(ctx.redis, g.settings, uid).is_empty()
-    log_ops = [e.op for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000)]
-    assert log_ops[0] == "switch" and log_ops[-1] == "rollback"
-    assert drain(ctx, uid, budget_s=1.0) == "stop"
-    for bad in ("pause", "resume", "cancel", "rollback", "commit"):
-        with pytest.raises(TransitionError):
-            control.act(g.settings, ctx.redis, uid, bad)
-
-    # a new upgrade may start after a rollback; cancel returns to the old model too
-    ctx2, uid2 = start_and_score(g, strategy="least", batch_size=8)
-    drain(ctx2, uid2, budget_s=0.01)
-    assert control.act(g.settings, ctx.redis, uid2, "cancel") == "cancelled"
-    assert models_of(ctx.url) == {g.old: 40}
 
 
-def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:  # noqa: ANN001
+def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:
     g = make_gallery(n=48)
     ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
     drain(ctx, uid, budget_s=0.01)
@@ -188,7 +129,7 @@ def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:  # noqa: AN
     assert models_of(ctx.url) == {g.new: 48}
 
 
-def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:  # noqa: ANN001
+def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:
     g = make_gallery(n=100)
     g.settings.__dict__["nfr_checkpoint_every"] = 0.2
     # untrained "compatible" models flip many probes: any guardrail below that NFR trips
@@ -201,13 +142,14 @@ def test_nfr_guardrail_pauses_the_upgrade(make_gallery) -> None:  # noqa: ANN001
         assert 0 < up.done < 100
 
 
-def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None:  # noqa: ANN001
+def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None:
     from service.metrics import LIVE_NFR
 
     g = make_gallery(n=30, labeled=False)
     ctx, uid = start_and_score(g, strategy="margin", batch_size=10)
-    with contextlib.suppress(KeyError):  # the registry is per process; an earlier test's upgrade 1
-        LIVE_NFR.remove(str(uid))
+    for plan in ("paper", "dual", "transform"):  # the registry is per process; an earlier test's upgrade 1
+        with contextlib.suppress(KeyError):
+            LIVE_NFR.remove(str(uid), plan)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
         up = upgrades.get_upgrade(s, uid)
@@ -218,7 +160,7 @@ def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None: 
     assert samples == []  # the gauge is never written as 0
 
 
-def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_gallery) -> None:  # noqa: ANN001
+def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_gallery) -> None:
     """SIGKILL between a batch's SQL commit and its index-log append: SQL has moved the items
     but no replica heard of it. The lease is still out; pausing logs those items again."""
     g = make_gallery(n=24)
@@ -242,7 +184,7 @@ def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_galler
     assert moved() == set(leased)
 
 
-def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_gallery) -> None:  # noqa: ANN001
+def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_gallery) -> None:
     """No labeled probes: each checkpoint records progress only, and neither stalls the pipeline
     nor ends the drain call (each end costs a Celery round trip and a pipeline refill)."""
     g = make_gallery(n=64)
@@ -260,25 +202,9 @@ def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_galler
     assert [p["step"] for p in points[1:-1]] == [1, 2, 3]
 
 
-def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -> None:  # noqa: ANN001
-    """Scoring reads the gallery in a read-only transaction and writes the tasks afterwards: an
-    item deleted in between gets no task (and no foreign-key error sinks the scoring)."""
-    g = make_gallery(n=20)
-    ctx = WorkerContext.from_settings(g.settings)
-    up = control.start(g.settings, ctx.redis, model=g.new, strategy="margin", batch_size=4)
-    with session_scope(ctx.url) as s:
-        s.delete(s.get(GalleryItem, g.ids[3]))
-    scored = np.array(g.ids, np.int64)
-    with session_scope(ctx.url) as s:
-        kept, prio = upgrades.replace_tasks(s, up.id, scored, np.arange(20, dtype=np.float32))
-    # Kept in the queue's order, highest priority first.
-    assert kept.tolist() == [i for i in reversed(g.ids) if i != g.ids[3]]
-    assert prio.tolist() == [float(k) for k in reversed(range(20)) if k != 3]
-    with session_scope(ctx.url) as s:
-        assert upgrades.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
 
 
-def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkeypatch) -> None:  # noqa: ANN001
+def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkeypatch) -> None:
     """The encoding is started by the loader thread and collected by the encoder thread: an error
     raised there is the batch's failed attempt (items back to the queue), not a lost batch."""
     from models.checkpoint import LoadedModel
@@ -292,7 +218,7 @@ def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkey
         def result(self) -> np.ndarray:
             raise RuntimeError("the encoder broke")
 
-    def first_fails(self, x):  # noqa: ANN001, ANN202
+    def first_fails(self, x):
         if not failed_ids:
             failed_ids.append(len(x))
             return Broken()
@@ -333,7 +259,7 @@ def test_helper_threads_are_made_nicer_without_renicing_the_process() -> None:
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_before == os.getpriority(os.PRIO_PROCESS, os.getpid())
 
 
-def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery, fmnist_test) -> None:  # noqa: ANN001
+def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery, fmnist_test) -> None:
     """Whichever decoder the loader took (libpng for these PNGs), the stored vectors are the new
     model's embedding of the image as uploaded, as ``POST /gallery`` would have computed it."""
     from PIL import Image
@@ -352,31 +278,3 @@ def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, fmnist_test) -> None:  # noqa: ANN001
-    import io
-
-    from PIL import Image
-
-    from models.preprocess import pil_to_chw
-    from service.imagestore import LocalImageStore
-    from service.upgrade.images import load_images, load_pixels
-    from tests.workers.conftest import png
-
-    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0})()
-    a = fmnist_test[0]
-    rgb = io.BytesIO()
-    Image.fromarray(np.stack([a[2], a[3], a[4]], -1), "RGB").save(rgb, format="PNG")
-    jpeg = io.BytesIO()
-    Image.fromarray(a[5]).save(jpeg, format="JPEG")
-    st = LocalImageStore(tmp_path / "images")
-    keys = [st.put(png(a[0])), st.put(b"not an image"), st.put(rgb.getvalue()), st.put(png(a[1])),
-            "ab" * 32, st.put(png(a[6])[:60]), st.put(jpeg.getvalue())]
-    pixels, ok, errors = load_pixels(st, keys, meta)
-    assert ok == [0, 2, 3, 6]
-    assert sorted(errors) == [1, 4, 5]
-    assert "ImageNotFound" in errors[4]
-    images, load_errors = load_images(st, keys)
-    assert [e is not None for e in load_errors] == [k in errors for k in range(len(keys))]
-    expected = np.stack([pil_to_chw(images[k], meta) for k in ok])
-    np.testing.assert_array_equal(pixels, expected)
-    assert pixels.flags.c_contiguous

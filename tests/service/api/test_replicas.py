@@ -16,9 +16,10 @@ import redis as redis_lib
 
 from cli.launcher import System
 from service.settings import Settings
-from tests.conftest import ADMIN_TOKEN
-from tests.service.conftest import synthetic_png, wait_caught_up
-from tests.service.writer import Writer, sql_truth
+from tests.utils.env import ADMIN_TOKEN
+from tests.utils.images import synthetic_png
+from tests.utils.wait import wait_caught_up
+from tests.utils.writer import Writer, sql_truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -24,7 +24,7 @@ from service.index.flat import FlatBackend
 from service.index.ivf import IVFBackend
 from service.index.torch_backend import TorchBackend
 from service.index.validation import MAX_K
-from tests.service.index_helpers import assert_matches_brute, unit_vectors
+from tests.utils.index import assert_matches_brute, unit_vectors
 
 D = 16
 FACTORIES: dict[str, Callable[[int], VectorBackend]] = {

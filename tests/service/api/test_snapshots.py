@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 from service import indexlog
 from service.api.serving import Serving
 from service.settings import Settings
-from tests.service.conftest import synthetic_png, wait_caught_up, wait_ready
-from tests.service.writer import Writer, catch_up, replica_state, sql_truth
+from tests.utils.images import synthetic_png
+from tests.utils.wait import wait_caught_up, wait_ready
+from tests.utils.writer import Writer, catch_up, replica_state, sql_truth
 
 
 def test_restart_from_snapshot_plus_log(service_settings: Settings, r) -> None:

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from cli.launcher import System
 from cli.main import app
 from service.settings import Settings
-from tests.conftest import ADMIN_TOKEN
-from tests.service.conftest import synthetic_png
+from tests.utils.env import ADMIN_TOKEN
+from tests.utils.images import synthetic_png
 
 
 @pytest.mark.integration

@@ -10,7 +10,7 @@ import redis as redis_lib
 
 from service.queue import BackfillQueue
 from service.settings import Settings
-from tests.conftest import REDIS_TEST_URL
+from tests.utils.env import REDIS_TEST_URL
 
 pytestmark = pytest.mark.integration
 

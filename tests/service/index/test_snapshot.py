@@ -13,7 +13,7 @@ from service.index import MixedIndex, QueryPlan, SnapshotError
 from service.index.flat import FlatBackend
 from service.index.ivf import IVFBackend
 from service.index.torch_backend import TorchBackend
-from tests.service.index_helpers import unit_vectors
+from tests.utils.index import unit_vectors
 
 D = 12
 

@@ -18,7 +18,8 @@ from service.db.schema import Embedding, GalleryItem, IndexLogOutbox, ModelRow, 
 from service.db.session import session_scope
 from service.repositories import catalog
 from service.settings import Settings
-from tests.service.conftest import png_bytes, synthetic_png, wait_caught_up, wait_ready
+from tests.utils.images import png_bytes, synthetic_png
+from tests.utils.wait import wait_caught_up, wait_ready
 
 
 def snapshot(client: TestClient, settings: Settings) -> dict:

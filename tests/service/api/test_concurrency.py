@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
-from tests.service.conftest import synthetic_png, wait_caught_up
+from tests.utils.images import synthetic_png
+from tests.utils.wait import wait_caught_up
 
 
 def _post(client: TestClient, headers: dict, ids: list[str], seed: int) -> int:

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from cli.launcher import Proc
-from tests.workers.conftest import png
+from tests.utils.gallery import png
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 

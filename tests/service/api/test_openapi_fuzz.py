@@ -21,8 +21,8 @@ from schemathesis.checks import (
 
 from cli.launcher import System
 from service.settings import Settings
-from tests.conftest import ADMIN_TOKEN
-from tests.service.conftest import synthetic_png
+from tests.utils.env import ADMIN_TOKEN
+from tests.utils.images import synthetic_png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

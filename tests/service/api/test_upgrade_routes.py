@@ -1,4 +1,4 @@
-"""``/upgrade`` over HTTP (the app in-process, its real lifespan): every refusal of DESIGN.md with
+"""``/upgrade`` over HTTP (the app in-process, its real lifespan): every refusal of docs/design.md (invariant 5) with
 its status and nothing changed; the state rules' 409s; rollback through the API."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.registry import EncoderCache, register
 from service.repositories import catalog
-from tests.conftest import ADMIN_TOKEN
+from tests.utils.env import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -24,7 +24,7 @@ def upgrades(url: str) -> int:
         return int(s.scalar(select(func.count()).select_from(Upgrade)) or 0)
 
 
-def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa: ANN001
+def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:
     from service.api.app import create_app
     from tests.utils.checkpoints import make_tiny_checkpoint
 
@@ -45,7 +45,7 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:  # noqa
             ({"model": "new"}, {"Authorization": "Bearer wrong"}, 403),
             ({"model": "nope"}, ADMIN, 404),
             ({"model": "old"}, ADMIN, 422),  # already the gallery model
-            ({"model": "newer"}, ADMIN, 422),  # declared compatible with another model
+            ({"model": "newer", "plan": "paper"}, ADMIN, 422),  # the paper's plan needs a compatible model
             ({"model": "new", "strategy": "best"}, ADMIN, 422),
             ({"model": "new", "batch_size": 0}, ADMIN, 422),
             ({"model": "new", "nfr_guardrail": 1.5}, ADMIN, 422),

@@ -11,7 +11,7 @@ import numpy as np
 
 from service.index import MixedIndex, RWLock
 from service.index.flat import FlatBackend
-from tests.service.index_helpers import unit_vectors
+from tests.utils.index import unit_vectors
 
 WAIT_S = 10.0  # a deadline for something that must happen; never a speed requirement
 

@@ -1,5 +1,5 @@
 """A stand-in for every writer of the system (API, backfill workers, upgrade control) in the
-replica tests: commits to SQL first, then appends to the index log, as DESIGN.md requires."""
+replica tests: commits to SQL first, then appends to the index log, as docs/design.md requires."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from service.index import (
 from service.index.flat import FlatBackend
 from service.index.ivf import IVFBackend
 from service.index.torch_backend import TorchBackend
-from tests.service.index_helpers import brute_topk_scores, unit_vectors
+from tests.utils.index import brute_topk_scores, unit_vectors
 
 DIM = 16
 

@@ -1,0 +1,60 @@
+"""Upgrade transitions and the instant rollback, on SQLite and PostgreSQL with real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from service import indexlog
+from service.db.schema import Embedding
+from service.db.session import session_scope
+from service.queue import BackfillQueue
+from service.repositories import catalog
+from service.states import TransitionError
+from service.upgrade import control
+from tests.utils.upgrade import models_of, start_and_score
+from workers.drain import drain
+
+pytestmark = pytest.mark.integration
+
+
+
+
+def test_transitions_and_instant_rollback(make_gallery) -> None:
+    g = make_gallery(n=40)
+    ctx, uid = start_and_score(g, strategy="random", batch_size=8)
+    with pytest.raises(control.UpgradeConflict):  # one upgrade at a time
+        control.start(g.settings, ctx.redis, model=g.new)
+    for bad in ("resume", "commit"):
+        with pytest.raises(TransitionError):
+            control.act(g.settings, ctx.redis, uid, bad)
+    assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
+    assert drain(ctx, uid, budget_s=1.0) == "stop"  # paused upgrades do not lease
+    assert BackfillQueue(ctx.redis, g.settings, uid).depth() == 40
+    with pytest.raises(TransitionError):
+        control.act(g.settings, ctx.redis, uid, "pause")
+    assert control.act(g.settings, ctx.redis, uid, "resume") == "running"
+    drain(ctx, uid, budget_s=0.01)  # at least one batch of 8 lands
+    on_new = models_of(ctx.url).get(g.new, 0)
+    assert 8 <= on_new < 40
+
+    assert control.act(g.settings, ctx.redis, uid, "rollback") == "rolled_back"
+    assert models_of(ctx.url) == {g.old: 40}
+    with session_scope(ctx.url) as s:
+        serving = catalog.get_serving_state(s)
+        assert (serving.query_model, serving.gallery_model) == (g.old, g.old)
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.new)) == 0
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == g.old)) == 40
+    assert BackfillQueue(ctx.redis, g.settings, uid).is_empty()
+    log_ops = [e.op for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000)]
+    assert log_ops[0] == "switch" and log_ops[-1] == "rollback"
+    assert drain(ctx, uid, budget_s=1.0) == "stop"
+    for bad in ("pause", "resume", "cancel", "rollback", "commit"):
+        with pytest.raises(TransitionError):
+            control.act(g.settings, ctx.redis, uid, bad)
+
+    # a new upgrade may start after a rollback; cancel returns to the old model too
+    ctx2, uid2 = start_and_score(g, strategy="least", batch_size=8)
+    drain(ctx2, uid2, budget_s=0.01)
+    assert control.act(g.settings, ctx.redis, uid2, "cancel") == "cancelled"
+    assert models_of(ctx.url) == {g.old: 40}

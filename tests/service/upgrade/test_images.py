@@ -1,0 +1,40 @@
+"""Reading gallery images back for re-encoding (service.upgrade.images): the fast path's pixels equal PIL's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+
+
+def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, fmnist_test) -> None:
+    import io
+
+    from PIL import Image
+
+    from models.preprocess import pil_to_chw
+    from service.imagestore import LocalImageStore
+    from service.upgrade.images import load_images, load_pixels
+    from tests.utils.gallery import png
+
+    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0})()
+    a = fmnist_test[0]
+    rgb = io.BytesIO()
+    Image.fromarray(np.stack([a[2], a[3], a[4]], -1), "RGB").save(rgb, format="PNG")
+    jpeg = io.BytesIO()
+    Image.fromarray(a[5]).save(jpeg, format="JPEG")
+    st = LocalImageStore(tmp_path / "images")
+    keys = [st.put(png(a[0])), st.put(b"not an image"), st.put(rgb.getvalue()), st.put(png(a[1])),
+            "ab" * 32, st.put(png(a[6])[:60]), st.put(jpeg.getvalue())]
+    pixels, ok, errors = load_pixels(st, keys, meta)
+    assert ok == [0, 2, 3, 6]
+    assert sorted(errors) == [1, 4, 5]
+    assert "ImageNotFound" in errors[4]
+    images, load_errors = load_images(st, keys)
+    assert [e is not None for e in load_errors] == [k in errors for k in range(len(keys))]
+    expected = np.stack([pil_to_chw(images[k], meta) for k in ok])
+    np.testing.assert_array_equal(pixels, expected)
+    assert pixels.flags.c_contiguous
