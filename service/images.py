@@ -12,8 +12,10 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import BadRequest, TooLarge
 
-# Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas.
-MAX_PIXELS = 40_000_000
+# Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas. 25 million pixels
+# takes a 24-megapixel camera photo (6000 x 4000) and refuses the rest before any decoding;
+# Pillow's own default (179 million) lets a few hundred KB cost hundreds of MB per request.
+DEFAULT_MAX_PIXELS = 25_000_000
 # Modes the encoders' preprocessing converts to L and RGB; anything else (LAB, HSV, 16-bit
 # variants, ...) is converted to RGB here or refused, never left to fail inside an encoder.
 ENCODABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"})
@@ -27,6 +29,20 @@ class BadImage(BadRequest):
     pass
 
 
+class ImageTooLarge(TooLarge):
+    pass
+
+
+def check_pixels(img: Image.Image, max_pixels: int, what: str) -> None:
+    """Refuse an opened (header read, nothing decoded) image above the pixel limit with a 413."""
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise BadImage(f"{what} has unsupported dimensions {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} "
+                            "(HOTREFRESH_MAX_IMAGE_PIXELS)")  # fmt: skip
+
+
 def read_limited(stream: BinaryIO, max_bytes: int, what: str = "upload") -> bytes:
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -36,20 +52,25 @@ def read_limited(stream: BinaryIO, max_bytes: int, what: str = "upload") -> byte
     return data
 
 
-def decode_image(data: bytes, what: str = "image") -> Image.Image:
+def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if not data:
         raise BadImage(f"{what} is empty")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our limit is the one that applies (checked below, on the header); Pillow's warning
+            # fires at open, before we could name it, and its hard error only above 179 million.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w < 1 or h < 1 or w * h > MAX_PIXELS:
-                raise BadImage(f"{what} has unsupported dimensions {w}x{h} (at most {MAX_PIXELS} pixels)")
+        check_pixels(img, max_pixels, what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
-    except BadImage:
+    except (BadImage, ImageTooLarge):
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{what} declares more pixels than the limit of {max_pixels} "
+                            f"(HOTREFRESH_MAX_IMAGE_PIXELS): {e}") from e  # fmt: skip
+    except UnidentifiedImageError as e:
         raise BadImage(f"{what} is not a decodable image: {e}") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:
         # PIL reports truncated and corrupt data through these.

@@ -71,6 +71,15 @@ INDEX_LOG_LAG = Gauge(
     namespace=NAMESPACE, multiprocess_mode="max",
 )
 
+# Requests answered 503 because the database or Redis was unreachable (service.api.app), by
+# dependency; both series exist at 0 from the start, so increase() sees the first outage.
+DEPENDENCY_UNAVAILABLE = Counter(
+    "dependency_unavailable", "API requests answered 503 because a dependency was unreachable.", ["dependency"],
+    namespace=NAMESPACE,
+)
+for _dependency in ("database", "redis"):
+    DEPENDENCY_UNAVAILABLE.labels(_dependency)
+
 # No labels: the series exists at 0 from the start, so increase() sees the first relayed entry
 # (a series born at 3 has no increase); which ops were relayed is in the replica's log.
 INDEX_LOG_RELAYED = Counter(

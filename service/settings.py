@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None  # default: data_dir / "models"
     snapshot_dir: Path | None = None  # default: data_dir / "snapshots"
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Decoded size limit (width x height), checked on the header before decoding: uploads,
+    # searches and the backfill's loader alike (service.images.DEFAULT_MAX_PIXELS says why).
+    max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_images_per_request: int = Field(default=256, ge=1)
 
     index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
     # (an upgrade's own nfr_target overrides it), how dual and transform calibrate each space's
     # scores, the old->new map of transform, and at most how many backfilled pairs a refit reads.
     nfr_target: float = Field(default=0.05, ge=0, le=1)
-    plan_calibration: Literal["raw", "zscore", "spread"] = "raw"
+    plan_calibration: Literal["raw", "zscore", "spread", "prob"] = "raw"
     plan_transform: Literal["lstsq", "procrustes"] = "lstsq"
     plan_fit_pairs: int = Field(default=20_000, ge=32)
     # Backfill workers (workers/): parallel self-re-enqueueing drain chains per upgrade, how long one

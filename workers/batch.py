@@ -62,7 +62,7 @@ def lease_and_load(
     if gone:
         queue.remove(gone)
     present = [i for i in ids if i in keys]
-    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta)
+    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta, ctx.settings.max_image_pixels)
     ok_ids = [present[k] for k in ok]
     errors = {present[k]: err for k, err in load_errors.items()}
     job = None

@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
-from service.errors import ServiceError
+from service.errors import DEPENDENCY_ERRORS, ServiceError, dependency_down
 from service.imagestore import image_store_for
+from service.metrics import DEPENDENCY_UNAVAILABLE
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
         # The one place a refusal becomes HTTP (service.errors): status and headers travel with it.
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=exc.headers)
+
+    async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+        down = dependency_down(exc)
+        if down is None:  # a DBAPIError that is not a lost connection: a bug, the 500 below
+            return await _unexpected(request, exc)
+        # The database or Redis went away: 503 naming it, never a 500.
+        DEPENDENCY_UNAVAILABLE.labels(down.dependency).inc()
+        log.warning("%s %s: %s", request.method, request.url.path, down)
+        return await _refused(request, down)
+
+    for cls in DEPENDENCY_ERRORS:
+        app.add_exception_handler(cls, _dependency)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

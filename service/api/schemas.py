@@ -3,9 +3,31 @@ changes only when we mean it to."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from service.timestamps import UtcDatetime
+
+MAX_TEXT_LEN = 256  # external ids and labels: what the columns hold on both databases
+
+
+def storable(value: str) -> str:
+    """One input rule for both databases: refuse what PostgreSQL's text cannot hold (NUL) and
+    what cannot be encoded at all (lone surrogates), so SQLite, which would store either, does
+    not accept what PostgreSQL would answer with a 500."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(storable)]
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_LEN), AfterValidator(storable)]
+Label = Annotated[str, StringConstraints(max_length=MAX_TEXT_LEN), AfterValidator(storable)]
 
 
 class ErrorOut(BaseModel):

@@ -55,7 +55,8 @@ def get_engine(url: str, readonly: bool = False) -> Engine:
         return engine
     if readonly:
         return get_engine(url)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # connect_timeout: an unreachable server is a prompt 503 (service.errors), not a hung request.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
 
 
 def _disable_pysqlite_autobegin(engine: Engine) -> None:

@@ -15,7 +15,7 @@ from service.metrics import BACKFILL_PROGRESS
 from service.queue import BackfillQueue
 from service.repositories import upgrades
 from service.settings import Settings
-from service.states import RUNNING, TransitionError
+from service.states import RUNNING, SCORING, TransitionError
 from service.timestamps import utcnow
 from service.upgrade import checkpoints
 
@@ -58,7 +58,7 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     except TransitionError:
         return "wait"
     # The same fraction GET /upgrade reports: items that failed are not on the new model.
-    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts))
+    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts) or 0.0)
     if point is not None:
         checkpoints.set_live_gauges(upgrade_id, point)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
@@ -66,8 +66,11 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     return "completed"
 
 
-def moved_fraction(counts: dict[str, int]) -> float:
+def moved_fraction(counts: dict[str, int], state: str | None = None) -> float | None:
     """Share of the upgrade's items on the new model. Items deleted from the gallery mid-upgrade
-    drop out of the denominator with their task; failed items count as not moved."""
+    drop out of the denominator with their task; failed items count as not moved. None while
+    scoring: the tasks do not exist yet, and "no tasks" must not read as "everything moved"."""
+    if state == SCORING:
+        return None
     denominator = counts["pending"] + counts["done"] + counts["failed"]
     return 1.0 if denominator == 0 else counts["done"] / denominator

@@ -21,6 +21,7 @@ from models.uncertainty import score_uncertainty
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
+from service.metrics import BACKFILL_PROGRESS
 from service.queue import BackfillQueue
 from service.repositories import items as item_repo
 from service.repositories import upgrades
@@ -49,11 +50,11 @@ def compute_priorities(
 
 
 def build_probes(
-    session: Session, upgrade: Upgrade, new_model: LoadedModel, images: ImageStore, size: int
+    session: Session, upgrade: Upgrade, new_model: LoadedModel, images: ImageStore, size: int, max_pixels: int
 ) -> probes.ProbeSet:
     ids, labels = probes.choose_probes(session, upgrade.from_model, size, seed=int(upgrade.id))
     keys = item_repo.image_keys(session, ids.tolist())
-    imgs, errs = load_images(images, [keys[int(i)] for i in ids])
+    imgs, errs = load_images(images, [keys[int(i)] for i in ids], max_pixels)
     ok = [k for k, e in enumerate(errs) if e is None]  # a probe whose image is unreadable is dropped
     ok_imgs = [img for k in ok if (img := imgs[k]) is not None]  # all of them: no error means an image
     dim = new_model.meta.embedding_dim
@@ -66,6 +67,7 @@ def run_scoring(
 ) -> bool:
     """Score, fill the queue, take the baseline; True when this run moved the upgrade to running."""
     url = settings.sqlalchemy_url
+    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(0.0)  # nothing moved: GET /upgrade says null
     # Read-only: scoring a large gallery takes a while, and must not hold SQLite's write lock
     # (API inserts and deletes) for that long.
     with read_scope(url) as s:
@@ -74,7 +76,7 @@ def run_scoring(
             return False
         t0 = time.perf_counter()
         ids, prio = compute_priorities(s, up, new_model)
-        probe_set = build_probes(s, up, new_model, images, settings.probe_size)
+        probe_set = build_probes(s, up, new_model, images, settings.probe_size, settings.max_image_pixels)
         baseline = probes.take_baseline(s, probe_set, up.from_model)
     to_model = up.to_model
     with session_scope(url) as s:

@@ -55,7 +55,8 @@ class UpgradeView(BaseModel):
     done: int
     failed: int
     pending: int
-    fraction: float = Field(description="done / (done + pending + failed).")
+    fraction: float | None = Field(
+        description="done / (done + pending + failed); null while scoring, before any task exists.")
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None
@@ -111,7 +112,7 @@ def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings:
     return UpgradeView(
         id=up.id, from_model=up.from_model, to_model=up.to_model, strategy=up.strategy, state=up.state,
         total=up.total, done=counts["done"], failed=counts["failed"], pending=counts["pending"],
-        fraction=moved_fraction(counts), nfr=up.nfr, map=up.map, eta_s=eta, items_per_s=items_per_s,
+        fraction=moved_fraction(counts, up.state), nfr=up.nfr, map=up.map, eta_s=eta, items_per_s=items_per_s,
         queue_depth=depth, leased=leased, baseline=summary if base else None,
         checkpoints=[Checkpoint.model_validate(p) for p in up.checkpoints or []],
         failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],

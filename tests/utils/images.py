@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 
 from models.data import encode_png as png_bytes
 
-__all__ = ["png_bytes", "synthetic_png"]
+__all__ = ["pixel_flood_png", "png_bytes", "synthetic_png"]
+
+
+def pixel_flood_png(width: int = 13_000, height: int = 13_000) -> bytes:
+    """A PNG of a few hundred bytes whose header declares ``width x height`` grey pixels: what a
+    decompression bomb looks like to the header. Its data stream is one zero row, so a decoder
+    that trusted the header would try to allocate the full canvas before finding it short."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def synthetic_png(seed: int, size: tuple[int, int] = (40, 32), mode: str = "RGB") -> bytes:

@@ -15,7 +15,15 @@ from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
-from service.api.schemas import GalleryCreateOut, GalleryItemCreated, GalleryItemOut, error_responses
+from service.api.schemas import (
+    MAX_TEXT_LEN,
+    GalleryCreateOut,
+    GalleryItemCreated,
+    GalleryItemOut,
+    ItemId,
+    Label,
+    error_responses,
+)
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, TooLarge
 from service.images import decode_image, read_limited
@@ -24,8 +32,6 @@ from service.repositories import items as item_repo
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gallery", tags=["gallery"])
-
-MAX_ID_LEN = 256
 
 
 @router.post(
@@ -41,8 +47,8 @@ def add_items(
     redis: RedisDep,
     store: ImageStoreDep,
     image: list[UploadFile] = File(..., description="One file per item (PNG, JPEG, ...)."),
-    external_id: list[str] = Form(..., description="The caller's id of each image, in the same order."),
-    label: list[str] | None = Form(None, description="Optional class label of each image, same order."),
+    external_id: list[ItemId] = Form(..., description="The caller's id of each image, in the same order."),
+    label: list[Label] | None = Form(None, description="Optional class label of each image, same order."),
 ) -> GalleryCreateOut:
     n = len(image)
     if n > settings.max_images_per_request:
@@ -57,12 +63,8 @@ def add_items(
         raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none"
         )
     for ext in external_id:
-        if not ext.strip() or len(ext) > MAX_ID_LEN:
-            raise BadRequest(f"external_id must be 1 to {MAX_ID_LEN} characters, not blank: {ext!r}"
-            )
-    for lab in labels:
-        if lab is not None and len(lab) > MAX_ID_LEN:
-            raise BadRequest(f"label longer than {MAX_ID_LEN} characters")
+        if not ext.strip():
+            raise BadRequest(f"external_id must be 1 to {MAX_TEXT_LEN} characters, not blank: {ext!r}")
     repeated = [e for e, c in Counter(external_id).items() if c > 1]
     if repeated:
         raise Conflict(f"external_id repeated within the request: {repeated[:10]}")
@@ -73,7 +75,7 @@ def add_items(
     for i, (upload, ext) in enumerate(zip(image, external_id, strict=True)):
         what = f"image {i} (external_id {ext!r})"
         data = read_limited(upload.file, settings.max_upload_bytes, what)
-        images.append(decode_image(data, what))
+        images.append(decode_image(data, what, settings.max_image_pixels))
         blobs.append(data)
 
     # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
@@ -116,7 +118,7 @@ def add_items(
 
 
 @router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))
-def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
+def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
     item = item_repo.get_item(session, external_id)
     if item is None:
         raise NotFound(f"no gallery item with external_id {external_id!r}")
@@ -136,7 +138,7 @@ def get_item(external_id: str, session: SessionDep, serving: ServingDep) -> Gall
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404),
 )
-def delete_item(external_id: str, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
+def delete_item(external_id: ItemId, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
     with session_scope(settings.sqlalchemy_url) as s:
         item = item_repo.get_item(s, external_id)
         if item is None:

@@ -1,11 +1,14 @@
 """Liveness and readiness: alive as soon as the process serves HTTP, ready once its index replica
-has been loaded from SQL (a load balancer must not send searches to an empty replica)."""
+has been loaded from SQL (a load balancer must not send searches to an empty replica) and while
+the database and Redis answer: 503 naming the one that does not (``service.errors``), 200 again
+by itself when it is back. Searches keep being answered from the replica meanwhile."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy import text
 
-from service.api.deps import ServingDep
+from service.api.deps import RedisDep, ServingDep, SessionDep
 from service.api.schemas import HealthOut, ReadyOut, error_responses
 from service.errors import Unavailable
 
@@ -18,9 +21,11 @@ def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
-def readyz(serving: ServingDep) -> ReadyOut:
+def readyz(serving: ServingDep, session: SessionDep, redis: RedisDep) -> ReadyOut:
     if not serving.ready.is_set():
         raise Unavailable("the index is still loading")
+    session.execute(text("SELECT 1"))  # a lost connection is a 503 "database unavailable"
+    redis.ping()  # ... and "redis unavailable"
     return ReadyOut(
         query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id,
         loaded_from=serving.loaded_from,

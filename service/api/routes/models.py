@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
 from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
-from service.api.schemas import ModelOut, ModelsOut, error_responses
+from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict
@@ -58,7 +58,7 @@ def register_model(
     serving: ServingDep,
     redis: RedisDep,
     file: UploadFile | None = File(None, description="A checkpoint file to upload."),
-    path: str | None = Form(
+    path: StoredText | None = Form(
         None, description="Or: a checkpoint already in the model directory (HOTREFRESH_MODEL_DIR)."
     ),
 ) -> ModelOut:

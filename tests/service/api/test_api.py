@@ -18,7 +18,7 @@ from service.db.schema import Embedding, GalleryItem, IndexLogOutbox, ModelRow, 
 from service.db.session import session_scope
 from service.repositories import catalog
 from service.settings import Settings
-from tests.utils.images import png_bytes, synthetic_png
+from tests.utils.images import pixel_flood_png, png_bytes, synthetic_png
 from tests.utils.wait import wait_caught_up, wait_ready
 
 
@@ -212,6 +212,8 @@ GALLERY_CASES = {
     "corrupt (truncated) png": (lambda: ([_truncated_png()], ["bad"]), {}, 422, "decod"),
     "not an image": (lambda: ([b"hello, I am text" * 10], ["txt"]), {}, 422, "not a decodable image"),
     "empty file": (lambda: ([b""], ["empty"]), {}, 422, "empty"),
+    "pixel flood (13000 x 13000 declared)": (lambda: ([pixel_flood_png()], ["flood"]), {}, 413,
+                                             "HOTREFRESH_MAX_IMAGE_PIXELS"),
     "one bad among good": (
         lambda: ([synthetic_png(1), b"\x89PNG\r\n\x1a\nbroken", synthetic_png(2)], ["g1", "b", "g2"]),
         {},
@@ -265,6 +267,42 @@ def test_label_count_mismatch_changes_nothing(
     assert snapshot(client, service_settings) == before
 
 
+TEXT_CASES = {
+    "NUL in external_id": (["a\x00b"], None, "NUL"),
+    "NUL in label": (["fine"], ["shirt\x00"], "NUL"),
+    "external_id over 256 characters": (["x" * 257], None, "at most 256"),
+    "label over 256 characters": (["fine"], ["y" * 257], "at most 256"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT_CASES))
+def test_text_postgresql_cannot_hold_is_refused_on_either_database(
+    client: TestClient, gallery: list[str], admin_headers: dict, service_settings: Settings, case: str
+) -> None:
+    """One input rule on SQLite and PostgreSQL (the fixture runs both): 422, nothing written."""
+    ids, labels, words = TEXT_CASES[case]
+    before = snapshot(client, service_settings)
+    r = upload(client, admin_headers, [synthetic_png(8)], ids, labels)
+    assert r.status_code == 422, r.text
+    assert words in r.json()["detail"]
+    assert snapshot(client, service_settings) == before
+
+
+def test_reads_and_deletes_by_an_id_no_database_can_hold_are_422(
+    client: TestClient, gallery: list[str], admin_headers: dict, service_settings: Settings
+) -> None:
+    before = snapshot(client, service_settings)
+    assert client.get("/gallery/a%00b").status_code == 422
+    assert client.delete("/gallery/a%00b", headers=admin_headers).status_code == 422
+    # a lone surrogate arrives through JSON escapes, which Python decodes to an unencodable str
+    r = client.post("/upgrade", content=b'{"model": "m\\ud800"}', headers={**admin_headers,
+                    "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 422 and "unicode" in r.json()["detail"], r.text
+    r = client.post("/models", data={"path": "a\x00.pt"}, headers=admin_headers)
+    assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text
+    assert snapshot(client, service_settings) == before
+
+
 @pytest.mark.parametrize(
     "params, files, status",
     [
@@ -293,6 +331,18 @@ def test_search_with_undecodable_image_is_422(client: TestClient, gallery: list[
     r = client.post("/search", files={"image": ("q.png", blob, "image/png")})
     assert r.status_code == 422
     assert 'hotrefresh_search_requests_total{status="422"}' in client.get("/metrics").text
+
+
+def test_a_pixel_flood_is_refused_with_413_before_decoding(client: TestClient, gallery: list[str]) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    r = client.post("/search", files={"image": ("q.png", pixel_flood_png(), "image/png")})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r.status_code == 413, r.text
+    assert "13000x13000" in r.json()["detail"] and "HOTREFRESH_MAX_IMAGE_PIXELS" in r.json()["detail"]
+    assert peak < 20 * 1024 * 1024  # the 169 MB canvas was never allocated
 
 
 def test_search_k_above_gallery_size_returns_everything_once(client: TestClient, gallery: list[str]) -> None:

@@ -71,6 +71,7 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:
 
         u = client.get(f"/upgrade/{uid}").json()
         assert u["state"] == "scoring" and u["nfr"] is None and u["failures"] == []
+        assert u["fraction"] is None and u["done"] == 0  # nothing moved; not "no tasks, so 100%"
         assert client.get("/upgrade").json()["id"] == uid
         assert client.get("/upgrade/999").status_code == 404
         for action in ("pause", "resume", "commit"):
