@@ -7,6 +7,11 @@ same checkpoint. Each query image is timed once over HTTP (keep-alive client, mu
 JSON answer) and once in-process, alternating, so both see the same machine noise. The headline is
 p50 and p99 of HTTP minus in-process, per request.
 
+Then the same measurement during an upgrade, paused with half the gallery on a second model, once
+per query plan (``--plans``, default ``paper,dual``): ``paper`` encodes each query once (the new
+model) and ``dual`` twice (old and new), so the two phases put the price of the second encode
+next to the paper's, in the same run. Each phase's upgrade is cancelled before the next starts.
+
     nice .venv/bin/python benchmarks/b4_search_http.py   # -> benchmarks/results/b4_search_http.json
 """
 
@@ -37,6 +42,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=400, help="timed queries (Fashion-MNIST test images)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--arch", default="conv4")
+    ap.add_argument("--plans", default="paper,dual", help="plans measured mid-upgrade ('' for none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "b4_search_http.json")
     args = ap.parse_args()
     # The same thread setting as `hotrefresh serve` (which sets it for the API process), so the
@@ -65,6 +71,8 @@ def main() -> None:
     upgrade_head(settings.sqlalchemy_url)
     settings.models_path.mkdir(parents=True, exist_ok=True)
     make_tiny_checkpoint(settings.models_path / "m.pt", "bench", arch=args.arch, embedding_dim=64)
+    make_tiny_checkpoint(settings.models_path / "m2.pt", "bench-2", arch=args.arch, embedding_dim=64,
+                         compatible_with="bench", seed=1)  # fmt: skip
 
     train, _ = load_fashion_mnist("train")
     test, _ = load_fashion_mnist("test")
@@ -84,17 +92,13 @@ def main() -> None:
                 res = c.post("/gallery", files=files, data={"external_id": [f"g{i}" for i in idx]})
                 assert res.status_code == 201, res.text
 
-        local = Serving(settings, r)
-        local.load()
-        assert sum(local.index.counts().values()) == args.gallery
+        def measure(c: httpx.Client, local: Serving) -> tuple[list[float], list[float]]:
+            def in_process(data: bytes) -> None:
+                _, q = local.encode_query(decode_image(data))
+                local.search_vector(q, args.k)
 
-        def in_process(data: bytes) -> None:
-            _, q = local.encode_query(decode_image(data))
-            local.search_vector(q, args.k)
-
-        http_s: list[float] = []
-        local_s: list[float] = []
-        with httpx.Client(base_url=api.url, timeout=60) as c:
+            http_s: list[float] = []
+            local_s: list[float] = []
             for n, data in enumerate(queries):
                 order = ("http", "local") if n % 2 == 0 else ("local", "http")
                 for which in order:
@@ -107,6 +111,13 @@ def main() -> None:
                     dt = time.perf_counter() - t0
                     if n >= 20:  # warm-up
                         (http_s if which == "http" else local_s).append(dt)
+            return http_s, local_s
+
+        local = Serving(settings, r)
+        local.load()
+        assert sum(local.index.counts().values()) == args.gallery
+        with httpx.Client(base_url=api.url, timeout=60) as c:
+            http_s, local_s = measure(c, local)
             # The floor of any request on this stack: a GET with no body and no work; and the
             # same multipart upload refused after parsing (k=0), i.e. HTTP + form parsing only.
             floor_s, parse_s = [], []
@@ -118,6 +129,15 @@ def main() -> None:
                 res = c.post("/search", files={"image": ("q.png", data, "image/png")}, params={"k": 0})
                 assert res.status_code == 422
                 parse_s.append(time.perf_counter() - t0)
+        plans = [p.strip() for p in args.plans.split(",") if p.strip()]
+        during: dict[str, dict] = {}
+        if plans:
+            with httpx.Client(base_url=api.url, headers=auth, timeout=300) as c:
+                assert c.post("/models", data={"path": "m2.pt"}).status_code == 201
+                worker = system.start_worker(name="worker")
+                for plan in plans:
+                    during[plan] = mid_upgrade(c, settings, r, plan, measure, system, worker)
+    r.close()
     r.close()
 
     overhead = [h - lo for h, lo in zip(http_s, local_s, strict=True)]
@@ -141,8 +161,13 @@ def main() -> None:
         "healthz_round_trip_ms": {"p50": pct(floor_s, 0.5) * 1e3, "p99": pct(floor_s, 0.99) * 1e3},
         "upload_refused_k0_ms": {"p50": pct(parse_s, 0.5) * 1e3, "p99": pct(parse_s, 0.99) * 1e3},
         "overhead_p50_over_http_p50": pct(overhead, 0.5) / pct(http_s, 0.5),
+        "during_upgrade": during,
         "machine": machine(),
     }
+    if "paper" in during and "dual" in during:
+        result["dual_over_paper"] = {
+            k: during["dual"][k]["p50"] / during["paper"][k]["p50"] for k in ("http_ms", "in_process_ms")
+        }
     print(table(
         ["", "p50 ms", "p99 ms"],
         [["HTTP POST /search", result["http_ms"]["p50"], result["http_ms"]["p99"]],
@@ -151,10 +176,52 @@ def main() -> None:
          ["GET /healthz round trip (floor)", result["healthz_round_trip_ms"]["p50"],
           result["healthz_round_trip_ms"]["p99"]],
          ["same upload refused with k=0 (422)", result["upload_refused_k0_ms"]["p50"],
-          result["upload_refused_k0_ms"]["p99"]]],
+          result["upload_refused_k0_ms"]["p99"]]]
+        + [[f"mid-upgrade, {p} plan: {what}", v[key]["p50"], v[key]["p99"]]
+           for p, v in during.items() for what, key in (("HTTP", "http_ms"), ("in-process", "in_process_ms"))],
     ))
     write_json(args.out, result)
     print(f"wrote {args.out}")
+
+
+def mid_upgrade(c, settings, r, plan: str, measure, system, worker) -> dict:
+    """Start an upgrade serving ``plan``, pause it with about half the gallery moved, measure,
+    cancel it (every item back on the first model) and wait until the API serves that again."""
+    from service.api.serving import Serving
+
+    res = c.post("/upgrade", json={"model": "bench-2", "plan": plan, "batch_size": 64})
+    assert res.status_code == 202, res.text
+    uid = res.json()["id"]
+    deadline = time.monotonic() + 600
+    while True:
+        view = c.get(f"/upgrade/{uid}").json()
+        if view["state"] == "running" and (view.get("fraction") or 0) >= 0.5:
+            break
+        assert view["state"] in ("scoring", "running"), view
+        assert time.monotonic() < deadline, f"upgrade {uid} stuck: {view}"
+        time.sleep(0.1)
+    assert c.post(f"/upgrade/{uid}/pause").status_code == 200
+    last = None
+    while True:  # the batches in flight land
+        time.sleep(1.0)
+        view = c.get(f"/upgrade/{uid}").json()
+        if view.get("fraction") == last:
+            break
+        last = view.get("fraction")
+    local = Serving(settings, r)
+    local.load()
+    http_s, local_s = measure(c, local)
+    assert c.post(f"/upgrade/{uid}/cancel").status_code == 200
+    while c.get(f"/upgrade/{uid}").json()["state"] != "cancelled":
+        time.sleep(0.2)
+    time.sleep(2.0)  # the API's follower applies the cancel's log entries
+    return {
+        "upgrade": uid,
+        "fraction": last,
+        "serving_plan": view.get("serving_plan") or view.get("plan"),
+        "http_ms": {"p50": pct(http_s, 0.5) * 1e3, "p99": pct(http_s, 0.99) * 1e3},
+        "in_process_ms": {"p50": pct(local_s, 0.5) * 1e3, "p99": pct(local_s, 0.99) * 1e3},
+    }
 
 
 if __name__ == "__main__":

@@ -45,8 +45,13 @@ def _train_models(cache: Path, train_size: int, epochs: int, seed: int) -> tuple
     return old_path, new_path
 
 
+PLAN_COLOURS = {"paper": "tab:blue", "dual": "tab:green", "transform": "tab:purple", "blend": "tab:orange"}
+
+
 def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
-    """The backfill curve as the service measured it live: probe mAP and NFR@1 per checkpoint."""
+    """The backfill curve as the service measured it live: probe mAP and NFR@1 per checkpoint of
+    the plan served (solid, each point coloured by the plan served there) and, under ``auto``,
+    every candidate plan measured at the same cut (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,18 +60,33 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     pts = sorted((c for c in upgrade["checkpoints"] if c.get("map") is not None), key=lambda c: c["fraction"])
     x = [100 * c["fraction"] for c in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(x, [100 * c["map"] for c in pts], marker=".", color="tab:red", label=f"{upgrade['to_model']} (live)")
+    names = sorted({n for c in pts for n in (c.get("candidates") or {})}, key=lambda n: list(PLAN_COLOURS).index(n)
+                   if n in PLAN_COLOURS else len(PLAN_COLOURS))  # fmt: skip
+    for name in names:
+        cx = [100 * c["fraction"] for c in pts if name in (c.get("candidates") or {})]
+        cand = [c["candidates"][name] for c in pts if name in (c.get("candidates") or {})]
+        style = {"linestyle": "--", "linewidth": 1, "color": PLAN_COLOURS.get(name, "gray"), "alpha": 0.8}
+        ax1.plot(cx, [100 * v["map"] if v.get("map") is not None else float("nan") for v in cand], **style,
+                 label=f"candidate: {name}")  # fmt: skip
+        ax2.plot(cx, [100 * v["nfr"] if v.get("nfr") is not None else float("nan") for v in cand], **style)
+    served = f"{upgrade['to_model']}, served ({upgrade.get('plan', 'paper')})"
+    ax1.plot(x, [100 * c["map"] for c in pts], color="tab:red", linewidth=2, label=served)
+    ax2.plot(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], color="tab:red",
+             linewidth=2)  # fmt: skip
+    colours = [PLAN_COLOURS.get(c.get("plan") or "paper", "tab:red") for c in pts]
+    ax1.scatter(x, [100 * c["map"] for c in pts], c=colours, s=18, zorder=3)
+    ax2.scatter(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], c=colours, s=18,
+                zorder=3)  # fmt: skip
     base = upgrade.get("baseline") or {}
     if base.get("old_map") is not None:
         ax1.axhline(100 * base["old_map"], color="black", linewidth=1, label="old-to-old")
-    ax2.plot(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts],
-             marker=".", color="tab:red")
     ax1.set(xlabel="gallery backfilled (%)", ylabel="probe mAP (%)", title="live mAP, mixed index")
     ax2.set(xlabel="gallery backfilled (%)", ylabel="NFR@1 (%)", title="live negative-flip rate")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
-    fig.suptitle(f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order")
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order, "
+                 f"plan {upgrade.get('plan', 'paper')} (dots: the plan served at each checkpoint)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -78,7 +98,10 @@ def demo(
     gallery: Annotated[int, typer.Option(min=100, max=10000, help="Fashion-MNIST test images to ingest.")] = 4000,
     train_size: Annotated[int, typer.Option(min=1000, max=60000, help="Training images for the models.")] = 30000,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of each model.")] = 2,
-    strategy: Annotated[str, typer.Option(help="Backfill order: margin | least | entropy | random.")] = "margin",
+    strategy: Annotated[str, typer.Option(help="Backfill order: margin | least | entropy | random | mixed.")] = (
+        "margin"
+    ),
+    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path("var/demo"),
@@ -129,7 +152,7 @@ def demo(
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
             typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
             t0 = time.monotonic()
-            r = client.post("/upgrade", json={"model": "fmnist-new-ract", "strategy": strategy})
+            r = client.post("/upgrade", json={"model": "fmnist-new-ract", "strategy": strategy, "plan": plan})
             if r.status_code != 202:
                 raise typer.Exit(_fail("POST /upgrade", r))
             final = watch_upgrade(api.url, token, r.json()["id"], 0.5)

@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 
 PlansOpt = Annotated[str, typer.Option(
-    help="comma-separated query plans: paper (the paper's), dual, transform, auto (the live chooser); "
+    help="comma-separated query plans: paper (the paper's), dual, transform, blend, auto (the live chooser); "
          "each adds one curve per method x ordering")]
-CalibrationOpt = Annotated[str, typer.Option(help="score calibration of dual/transform: raw, zscore or spread")]
+CalibrationOpt = Annotated[str, typer.Option(
+    help="score calibration of dual/transform: raw, zscore, spread or prob (labelled pairs)")]
 TransformOpt = Annotated[str, typer.Option(help="the old->new map of transform: lstsq or procrustes")]
 NfrTargetOpt = Annotated[float | None, typer.Option(
     min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within (default: models.plan_curves')",
@@ -28,6 +29,15 @@ def _nfr_target(value: float | None) -> float:
 
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _dataset(name: str) -> str:
+    from models.data import DATASETS
+
+    if name not in DATASETS:
+        raise typer.BadParameter(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}",
+                                 param_hint="--dataset")
+    return name
 
 
 def _logging() -> None:
@@ -55,6 +65,7 @@ def train(
     ] = None,
     part: Annotated[str, typer.Option(help="old|new: which part of --allocation")] = "new",
     folder: Annotated[Path | None, typer.Option(help="labeled image folder root/<class>/<image>")] = None,
+    dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist or digits")] = "fashion-mnist",
     limit: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -62,7 +73,7 @@ def train(
     _logging()
     import numpy as np
 
-    from models.data import allocate, load_fashion_mnist, load_image_folder
+    from models.data import allocate, load_dataset, load_image_folder
     from models.train import TrainConfig, train_and_save
 
     if loss is not None and old is None:
@@ -74,7 +85,7 @@ def train(
         images, labels, names = load_image_folder(folder)
         classes = len(names)
     else:
-        images, labels = load_fashion_mnist("train")
+        images, labels = load_dataset(_dataset(dataset), "train")
     if limit:
         images, labels = images[:limit], labels[:limit]
     old_classes = None
@@ -102,7 +113,14 @@ def experiment(
         "expansion"
     ],
     quick: Annotated[bool, typer.Option(help="< 10 min: RACT+vanilla, random+margin, one seed")] = False,
-    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds; default 0,1,2 (--quick: 0)",
+                                              show_default=False)] = None,
+    orderings: Annotated[str | None, typer.Option(
+        help="comma-separated backfill orders: random,margin,least,entropy; default all four (--quick: random,margin)",
+        show_default=False)] = None,
+    dataset: Annotated[str, typer.Option(help="fashion-mnist, or digits (scikit-learn's bundled 8 x 8 digits)")] = (
+        "fashion-mnist"
+    ),
     methods: Annotated[str | None, typer.Option(
         help="comma-separated new-model methods: ract, vanilla, bct, ract+bct (RACT's term on top of BCT's, "
              "the paper's App. A.5), independent; default: ract,vanilla,bct,independent "
@@ -149,8 +167,11 @@ def experiment(
         typer.echo(f"tuned on training data: {json.dumps(overrides)}")
     for alloc in allocation:
         cfg = ExperimentConfig.quick(alloc) if quick else ExperimentConfig(allocation=alloc)
-        if not quick:
+        if seeds:
             cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+        if orderings:
+            cfg.orderings = _csv(orderings)
+        cfg.dataset = _dataset(dataset)
         if methods:
             from models.experiment import LOSS_OF_METHOD
 
@@ -188,6 +209,9 @@ def evaluate(
     k: Annotated[int | None, typer.Option(help="mAP@k instead of full-ranking mAP")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     folder: Annotated[Path | None, typer.Option(help="labeled image folder to evaluate on")] = None,
+    dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist or digits (its test split)")] = (
+        "fashion-mnist"
+    ),
     plans: PlansOpt = "paper",
     calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
@@ -196,7 +220,7 @@ def evaluate(
     """Evaluate backfill curves of new models against an old one on held-out images."""
     _logging()
     from models.checkpoint import load_checkpoint
-    from models.data import eval_split, load_fashion_mnist, load_image_folder
+    from models.data import eval_split, load_dataset, load_image_folder
     from models.evaluate import evaluate_backfill, parse_fractions, write_outputs
 
     pairs = {}
@@ -209,8 +233,7 @@ def evaluate(
         images, labels, _ = load_image_folder(folder)
         dataset = str(folder)
     else:
-        images, labels = load_fashion_mnist("test")
-        dataset = "fashion-mnist"
+        images, labels = load_dataset(_dataset(dataset), "test")
     q, g = eval_split(labels, n_queries=queries, n_gallery=gallery, seed=seed)
     doc = evaluate_backfill(
         load_checkpoint(old), pairs, images, labels, q, g,

@@ -17,6 +17,10 @@ def _fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _percent(fraction: float | None) -> str:
+    return "scoring" if fraction is None else f"{100 * fraction:.1f}%"
+
+
 def _fmt_plan(u: dict) -> str:
     """The plan asked for, the one served now, and (auto) each candidate's last probe NFR/mAP."""
     serving = (u.get("serving_plan") or {}).get("name")
@@ -38,7 +42,7 @@ def _render(u: dict) -> Any:
     eta = u.get("eta_s")
     rows = [
         ("state", u["state"]),
-        ("progress", f"{u['done']}/{u['total']}  ({100 * u['fraction']:.1f}%)  failed {u['failed']}"),
+        ("progress", f"{u['done']}/{u['total']}  ({_percent(u['fraction'])})  failed {u['failed']}"),
         ("items/s", "-" if rate is None else f"{rate:.1f}"),
         ("ETA", "-" if eta is None else f"{eta:.0f} s"),
         ("plan", _fmt_plan(u)),
@@ -64,7 +68,7 @@ def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, in
     u = call(api, token, "GET", path)
     with Live(Group(bar, _render(u)), refresh_per_second=4) as live:
         while True:
-            bar.update(task, completed=u["fraction"])
+            bar.update(task, completed=u["fraction"] or 0.0)
             live.update(Group(bar, _render(u)))
             if u["state"] not in ("scoring", "running"):
                 return u
@@ -75,11 +79,12 @@ def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, in
 @upgrade_app.command("start")
 def start(
     model: Annotated[str, typer.Argument(help="Registered model to upgrade the gallery to.")],
-    strategy: Annotated[str, typer.Option(help="margin | least | entropy | random")] = "margin",
+    strategy: Annotated[str, typer.Option(
+        help="margin | least | entropy | random | mixed (margin's order, every other slot random)")] = "margin",
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
     nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")]
     = None,
-    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform.")] = "auto",
+    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
     nfr_target: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")]
     = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,

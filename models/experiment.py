@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.data import allocate, eval_split, load_fashion_mnist
+from models.data import allocate, eval_split, load_dataset
 from models.encoders import default_device
 from models.evaluate import DEFAULT_FRACTIONS, evaluate_backfill, write_outputs
 from models.plan_curves import DEFAULT_NFR_TARGET
@@ -62,6 +62,7 @@ class ExperimentConfig:
     n_gallery: int = 8000
     k: int | None = None  # None: full-ranking mAP
     data_root: str | None = None
+    dataset: str = "fashion-mnist"  # models.data.DATASETS
     # Tuning mode: hold out ``validation_size`` TRAINING images as queries+gallery and train on the
     # rest; the test split is never read.
     validation_size: int | None = None
@@ -82,8 +83,7 @@ class ExperimentConfig:
 
 
 def _train_subset(cfg: ExperimentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    kw = {"root": cfg.data_root} if cfg.data_root else {}
-    x, y = load_fashion_mnist("train", **kw)
+    x, y = load_dataset(cfg.dataset, "train", cfg.data_root)
     if cfg.validation_size:
         x, y = x[_validation_idx(cfg, len(y)) :], y[_validation_idx(cfg, len(y)) :]
     if cfg.train_limit and cfg.train_limit < len(y):
@@ -101,12 +101,11 @@ def _validation_idx(cfg: ExperimentConfig, n: int) -> int:
 
 
 def _eval_images(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
-    kw = {"root": cfg.data_root} if cfg.data_root else {}
     if cfg.validation_size:
-        x, y = load_fashion_mnist("train", **kw)
+        x, y = load_dataset(cfg.dataset, "train", cfg.data_root)
         v = _validation_idx(cfg, len(y))
         return x[:v], y[:v]
-    return load_fashion_mnist("test", **kw)
+    return load_dataset(cfg.dataset, "test", cfg.data_root)
 
 
 def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, progress: bool) -> dict[str, Any]:
@@ -148,7 +147,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
         load_checkpoint(old_path, device=device),
         {m: load_checkpoint(p, device=device) for m, p in new_paths.items()},
         xt, yt, q, g, orderings=cfg.orderings, fractions=cfg.fractions, k=cfg.k, seed=seed,
-        meta={"dataset": "fashion-mnist", "allocation": cfg.allocation}, plans=cfg.plans,
+        meta={"dataset": cfg.dataset, "allocation": cfg.allocation}, plans=cfg.plans,
         calibration=cfg.calibration, transform=cfg.transform, nfr_target=cfg.nfr_target,
     )  # fmt: skip
     timings["evaluate"] = time.perf_counter() - t0
@@ -169,6 +168,8 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std over seeds, in the same schema (``*_std`` fields added, ``seeds`` listed)."""
     first = docs[0]
     out: dict[str, Any] = {k: first[k] for k in ("dataset", "allocation", "metric", "n_queries", "n_gallery")}
+    if "plan_settings" in first:
+        out["plan_settings"] = first["plan_settings"]
     out["seed"] = None
     out["seeds"] = [d["seed"] for d in docs]
 
@@ -188,16 +189,49 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
             pt: dict[str, Any] = {"fraction": p["fraction"]}
             for key in ("map", "top1", "nfr"):
                 pt[key], pt[f"{key}_std"] = _mean_std([d["curves"][ci]["points"][pi][key] for d in docs])
+            if "plan" in p:  # auto: which plan each seed served at this step
+                pt["plans"] = [d["curves"][ci]["points"][pi]["plan"] for d in docs]
             points.append(pt)
-        out["curves"].append({"method": c["method"], "ordering": c["ordering"], "points": points})
+        curve = {"method": c["method"], "ordering": c["ordering"], "points": points}
+        if "plan" in c:
+            curve["plan"] = c["plan"]
+        out["curves"].append(curve)
     return out
 
 
-def _curve(doc: dict[str, Any], method: str, ordering: str) -> list[dict[str, Any]] | None:
+def _curve(doc: dict[str, Any], method: str, ordering: str, plan: str = "paper") -> list[dict[str, Any]] | None:
+    """The points of one (method, ordering, plan) curve; a curve without a plan field is ``paper``'s."""
     for c in doc["curves"]:
-        if c["method"] == method and c["ordering"] == ordering:
+        if c["method"] == method and c["ordering"] == ordering and c.get("plan", "paper") == plan:
             return c["points"]
     return None
+
+
+def check_plans(doc: dict[str, Any], plan: str = "auto", baseline: tuple[str, str] = ("ract", "margin"),
+                min_gain_pts: float = 4.0, nfr_slack_pts: float = 1.0) -> dict[str, Any]:
+    """Checks (e)-(g) of the query-plan issue for every (method, ordering) curve of ``plan``:
+    (e) mAP at every step >= old-to-old; (f) NFR@1 at every step <= the finished upgrade's + 1
+    point; (g) mean mAP over the steps >= the paper's method (RACT, ``paper`` plan, margin) + 4."""
+    o2o = doc["old_to_old"]["map"]
+    ref = _curve(doc, baseline[0], baseline[1], "paper")
+    ref_mean = float(np.mean([p["map"] for p in ref])) if ref else None
+    out: dict[str, Any] = {}
+    for c in doc["curves"]:
+        if c.get("plan", "paper") != plan:
+            continue
+        pts = c["points"]
+        maps = [p["map"] for p in pts]
+        nfrs = [p["nfr"] or 0.0 for p in pts]
+        mean = float(np.mean(maps))
+        res = {
+            "e_map_never_below_old": {"holds": min(maps) >= o2o - 1e-9, "lowest_map": min(maps), "old_to_old": o2o},
+            "f_nfr_within_final_plus_1pt": {"holds": max(nfrs) <= nfrs[-1] + nfr_slack_pts / 100 + 1e-9,
+                                            "highest_nfr": max(nfrs), "final_nfr": nfrs[-1]},
+            "g_mean_map_4pt_above_paper": {"holds": ref_mean is not None and mean >= ref_mean + min_gain_pts / 100,
+                                           "mean_map": mean, "paper_ract_margin_mean_map": ref_mean},
+        }  # fmt: skip
+        out[f"{c['method']}, {c['ordering']}"] = res
+    return out
 
 
 def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
@@ -261,6 +295,15 @@ def run_experiment(
     summary["config"] = asdict(cfg)
     summary["checks"] = check_claims(summary)
     summary["checks_per_seed"] = {str(d["seed"]): {k: v["holds"] for k, v in check_claims(d).items()} for d in docs}
+    if "auto" in cfg.plans:
+        summary["plan_checks"] = check_plans(summary)
+        summary["plan_checks_per_seed"] = {
+            str(d["seed"]): {curve: {k: v["holds"] for k, v in res.items()} for curve, res in check_plans(d).items()}
+            for d in docs
+        }
     write_outputs(summary, out)
     (out / "checks.json").write_text(json.dumps(summary["checks"], indent=1) + "\n")
+    if "plan_checks" in summary:
+        plan_checks = {"mean": summary["plan_checks"], "per_seed": summary["plan_checks_per_seed"]}
+        (out / "plan_checks.json").write_text(json.dumps(plan_checks, indent=1) + "\n")
     return summary

@@ -93,9 +93,11 @@ def plan_curves(
         mask[order_t[:n]] = True
         moved = np.asarray(order[:n])
         new_space = np.concatenate([g_new_np[probes], g_new_np[moved]])
+        new_labels = np.concatenate([s.g_labels[probes], s.g_labels[moved]])
         specs = {
             p: build_spec(p, calibration=calibration, old_space=g_old_np, new_space=new_space,
-                          pairs=(g_old_np[moved], g_new_np[moved]), transform=transform, seed=seed)
+                          pairs=(g_old_np[moved], g_new_np[moved]), transform=transform, seed=seed,
+                          old_labels=s.g_labels, new_labels=new_labels)
             for p in wanted
         }  # fmt: skip
         held_out = {}

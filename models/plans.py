@@ -10,7 +10,11 @@ kind, so that one merged ranking comes out:
   vectors, each space's scores calibrated onto one scale; flips nothing at the switch, and needs
   no compatibility at all (the spaces may differ in dimension);
 - ``transform``: the new query against old vectors mapped into the new space by a linear map T
-  fitted on the (old, new) vector pairs of the items already backfilled, new vectors as they are.
+  fitted on the (old, new) vector pairs of the items already backfilled, new vectors as they are;
+- ``blend``: an item not yet backfilled scores the mean of what ``dual`` and ``transform`` give it
+  (the old query's calibrated score and the transformed new query's), new vectors as they are.
+  Both terms are linear in the old vector, so the old segment is still searched with one query,
+  ``q_old / scale_old + (q_new W^T) / scale_T`` (halved), and one shift: no extra search.
 
 T is applied on the query side: ``<q_new, g_old W> = <q_new W^T, g_old>``, so scoring old vectors
 through T is one more query embedding against the old segment, not a transformed copy of the
@@ -21,7 +25,10 @@ Calibration maps a raw dot product s of one space to ``(s - shift) / scale``: ``
 ``zscore`` takes the mean and standard deviation of that space's scores between gallery items;
 ``spread`` keeps the exact match (s = 1 for unit vectors) at 0 in every space and divides by
 that standard deviation, ``(s - 1) / std``: each space's ranking is spread alike, and an item's
-own image still scores highest whichever space holds it.
+own image still scores highest whichever space holds it; ``prob`` maps a score to the log-odds
+that the two items share a label, a logistic curve fitted on labelled pairs of that space
+(class-balanced, so the spaces' different label mixes do not shift it). The logistic is
+monotone, so ranking by probability is ranking by its logit ``a * s + b``: an affine map again.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PLANS = ("paper", "dual", "transform")
-CALIBRATIONS = ("raw", "zscore", "spread")
+PLANS = ("paper", "dual", "transform", "blend")
+CALIBRATIONS = ("raw", "zscore", "spread", "prob")
 TRANSFORMS = ("lstsq", "procrustes")
 DEFAULT_RIDGE = 1e-3
 MIN_PAIRS = 32  # fewer pairs than this fit no transform: the plan stays on ``dual``'s scoring
@@ -67,7 +74,44 @@ def fit_zscore(vectors: np.ndarray, *, sample: int = 2000, seed: int = 0) -> Cal
     return Calibration(float(off.mean()), std if std > 1e-8 else 1.0)
 
 
-def fit_calibration(kind: str, vectors: np.ndarray, *, seed: int = 0) -> Calibration:
+def fit_match_probability(
+    vectors: np.ndarray, labels: np.ndarray | None, *, sample: int = 2000, seed: int = 0, iters: int = 30
+) -> Calibration | None:
+    """``logit P(same label | s) = a * s + b`` by Newton's method on the labelled pairs of a seeded
+    sample (labels < 0 are unlabelled); None when the pairs cannot fit it (no labels, one class,
+    or a curve that does not rise with the score)."""
+    if labels is None or len(vectors) < 2:
+        return None
+    v, lab = np.asarray(vectors, np.float32), np.asarray(labels)
+    keep = np.flatnonzero(lab >= 0)
+    if len(keep) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(keep, size=min(sample, len(keep)), replace=False)
+    s = v[pick] @ v[pick].T
+    iu = np.triu_indices(len(pick), k=1)
+    x, y = s[iu].astype(np.float64), (lab[pick][:, None] == lab[pick][None, :])[iu].astype(np.float64)
+    n_pos = y.sum()
+    if n_pos == 0 or n_pos == len(y):
+        return None
+    wt = np.where(y > 0, 0.5 / n_pos, 0.5 / (len(y) - n_pos))  # each class weighs one half
+    a, b = 1.0, 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        r, h = wt * (p - y), wt * p * (1.0 - p)
+        grad = np.array([(r * x).sum(), r.sum()])
+        hess = np.array([[(h * x * x).sum(), (h * x).sum()], [(h * x).sum(), h.sum()]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 1e-6:
+        return None
+    return Calibration(float(-b / a), float(1.0 / a))
+
+
+def fit_calibration(kind: str, vectors: np.ndarray, *, labels: np.ndarray | None = None, seed: int = 0) -> Calibration:
+    """One space's calibration; ``prob`` without labels to fit on falls back to ``zscore``."""
     if kind == "raw":
         return RAW
     if kind == "zscore":
@@ -75,6 +119,9 @@ def fit_calibration(kind: str, vectors: np.ndarray, *, seed: int = 0) -> Calibra
     if kind == "spread":
         z = fit_zscore(vectors, seed=seed)
         return RAW if z == RAW else Calibration(1.0, z.scale)
+    if kind == "prob":
+        fitted = fit_match_probability(vectors, labels, seed=seed)
+        return fitted if fitted is not None else fit_zscore(vectors, seed=seed)
     raise ValueError(f"unknown calibration {kind!r}; choose from {', '.join(CALIBRATIONS)}")
 
 
@@ -119,12 +166,28 @@ def fit_transform(old: np.ndarray, new: np.ndarray, kind: str = "lstsq", ridge: 
 
 @dataclass(frozen=True)
 class PlanSpec:
-    """One plan, fitted: its name, each space's calibration, and T for ``transform``."""
+    """One plan, fitted: its name, each space's calibration, and T for ``transform`` and ``blend``."""
 
     name: str
-    old: Calibration = RAW  # calibration of scores against old vectors
+    old: Calibration = RAW  # calibration of scores against old vectors (transform: of the T-query's)
     new: Calibration = RAW  # ... against new vectors
     transform: LinearMap | None = None
+    mapped: Calibration = RAW  # blend: calibration of the T-query's scores (``old`` is the old query's)
+
+    def old_queries(self, q_old: np.ndarray | None, q_new: np.ndarray) -> tuple[np.ndarray, Calibration]:
+        """The one query that scores old vectors under this plan, and its calibration, as numpy:
+        what a replica sends to the old segment (``mixed_scores`` is the same in torch)."""
+        if self.name == "paper":
+            return np.asarray(q_new, np.float32), self.old
+        if self.name == "transform" and self.transform is not None:
+            return self.transform.query_side(q_new), self.old
+        if q_old is None:
+            raise ValueError(f"plan {self.name!r} scores old vectors with the old model's query")
+        if self.name == "blend" and self.transform is not None:
+            a, b = self.old, self.mapped
+            q = 0.5 * (np.asarray(q_old, np.float32) / a.scale + self.transform.query_side(q_new) / b.scale)
+            return q.astype(np.float32), Calibration(0.5 * (a.shift / a.scale + b.shift / b.scale), 1.0)
+        return np.asarray(q_old, np.float32), self.old
 
     def __post_init__(self) -> None:
         if self.name not in PLANS:
@@ -150,6 +213,13 @@ def mixed_scores(
     elif spec.name == "transform" and spec.transform is not None:
         w = torch.as_tensor(spec.transform.weight, device=q_new.device)
         s_old = (q_new @ w.T) @ g_old.T
+    elif spec.name == "blend" and spec.transform is not None:
+        if q_old is None:
+            raise ValueError("plan 'blend' scores old vectors with the old model's query too")
+        w = torch.as_tensor(spec.transform.weight, device=q_new.device)
+        s_t = spec.mapped.apply((q_new @ w.T) @ g_old.T)
+        s_new = spec.new.apply(q_new @ g_new.T)
+        return torch.where(backfilled[None, :], s_new, 0.5 * (spec.old.apply(q_old @ g_old.T) + s_t))
     else:
         if q_old is None:
             raise ValueError(f"plan {spec.name!r} scores old vectors with the old model's query")
@@ -192,25 +262,34 @@ def build_spec(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     transform: str = "lstsq",
     seed: int = 0,
+    old_labels: np.ndarray | None = None,
+    new_labels: np.ndarray | None = None,
 ) -> PlanSpec:
     """Fit one plan from what a live upgrade has at a checkpoint: a sample of old vectors
     (``old_space``), new-model vectors (``new_space``: the probes' new embeddings, and the items
-    backfilled so far), and the (old, new) pairs of backfilled items (``pairs``).
+    backfilled so far), and the (old, new) pairs of backfilled items (``pairs``). The label codes
+    of each space's rows (``old_labels``, ``new_labels``; -1 unlabelled) serve ``prob`` only.
 
-    ``paper`` is raw by definition. ``transform`` without ``MIN_PAIRS`` pairs scores old vectors as
-    ``dual`` does; with T, the transformed old vectors are calibrated as new-space vectors are
-    (they are meant to live there)."""
+    ``paper`` is raw by definition. ``transform`` and ``blend`` without ``MIN_PAIRS`` pairs score
+    old vectors as ``dual`` does; with T, the transformed old vectors are calibrated as a space
+    of their own (their scores are spread unlike the new vectors' they approximate)."""
     if plan == "paper":
         return PlanSpec("paper")
     empty = np.zeros((0, 1), np.float32)
-    old_cal = fit_calibration(calibration, old_space if old_space is not None else empty, seed=seed)
-    new_cal = fit_calibration(calibration, new_space if new_space is not None else empty, seed=seed)
+    old_cal = fit_calibration(calibration, old_space if old_space is not None else empty, labels=old_labels, seed=seed)
+    new_cal = fit_calibration(calibration, new_space if new_space is not None else empty, labels=new_labels, seed=seed)
     if plan == "dual":
         return PlanSpec("dual", old_cal, new_cal)
-    if plan != "transform":
+    if plan not in ("transform", "blend"):
         raise ValueError(f"unknown plan {plan!r}; choose from {', '.join(PLANS)}")
     if pairs is None or len(pairs[0]) < MIN_PAIRS:
-        return PlanSpec("transform", old_cal, new_cal)
+        return PlanSpec(plan, old_cal, new_cal)
     t = fit_transform(pairs[0], pairs[1], transform)
-    mapped = t.apply(old_space) if old_space is not None and len(old_space) else t.apply(pairs[0])
-    return PlanSpec("transform", fit_calibration(calibration, mapped, seed=seed), new_cal, t)
+    if old_space is not None and len(old_space):
+        mapped, mapped_labels = t.apply(old_space), old_labels
+    else:
+        mapped, mapped_labels = t.apply(pairs[0]), None
+    mapped_cal = fit_calibration(calibration, mapped, labels=mapped_labels, seed=seed)
+    if plan == "blend":
+        return PlanSpec("blend", old_cal, new_cal, t, mapped_cal)
+    return PlanSpec("transform", mapped_cal, new_cal, t)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-STRATEGIES = ("margin", "least", "entropy", "random")
+STRATEGIES = ("margin", "least", "entropy", "random", "mixed")
+MIXED_RANDOM_SHARE = 0.5  # of ``mixed``'s slots, those that take a uniformly drawn item
 
 
 def _check(old_vectors: np.ndarray, w: np.ndarray, b: np.ndarray, strategy: str, chunk: int) -> None:
@@ -58,11 +59,15 @@ def score_uncertainty(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """float32 (N,) priorities; ``random`` is a seeded uniform draw (the baseline order)."""
+    """float32 (N,) priorities; ``random`` is a seeded uniform draw (the baseline order);
+    ``mixed`` interleaves margin's order with a random one (:func:`interleave_random`)."""
     _check(old_vectors, w, b, strategy, chunk)
     n: int = old_vectors.shape[0]
     if strategy == "random":
         return np.random.default_rng(seed).random(n, dtype=np.float32)
+    if strategy == "mixed":
+        margin = score_uncertainty(old_vectors, w, b, "margin", chunk=chunk, seed=seed, device=device)
+        return interleave_random(margin, MIXED_RANDOM_SHARE, seed=seed)
     out = np.empty(n, dtype=np.float32)
     wt = torch.as_tensor(np.asarray(w, dtype=np.float32), device=device).T.contiguous()
     bt = torch.as_tensor(np.asarray(b, dtype=np.float32), device=device)
@@ -72,6 +77,38 @@ def score_uncertainty(
             logits = torch.addmm(bt, v, wt)
             out[i : i + len(v)] = scores_from_logits(logits, strategy).float().cpu().numpy()
     return out
+
+
+def interleave_random(priorities: np.ndarray, share: float, *, seed: int = 0) -> np.ndarray:
+    """Priorities whose order takes, at evenly spaced slots (``share`` of them), the next item of a
+    seeded random permutation and elsewhere the next item of ``priorities``' own order.
+
+    Why: the uncertainty orders were made for the paper's plan, which only needs the hardest items
+    moved first. The ``transform`` plan fits T on the items moved so far, and a fit on the hardest
+    items alone extrapolates badly to the rest; with half the slots random, every prefix of the
+    backfill holds an unbiased sample of the gallery to fit on, and still half the hardest items.
+    Returned as float32 ranks in (0, 1], highest first, so the queue's ZSET serves this order."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must lie in [0, 1], got {share}")
+    n = len(priorities)
+    by_score, by_chance = backfill_order(priorities), np.random.default_rng(seed).permutation(n)
+    taken = np.zeros(n, bool)
+    order = np.empty(n, np.int64)
+    i = j = 0
+    for pos in range(n):
+        random_slot = int((pos + 1) * share) > int(pos * share)
+        src, k = (by_chance, j) if random_slot else (by_score, i)
+        while taken[src[k]]:
+            k += 1
+        order[pos] = src[k]
+        taken[src[k]] = True
+        if random_slot:
+            j = k + 1
+        else:
+            i = k + 1
+    rank = np.empty(n, np.float64)
+    rank[order] = 1.0 - np.arange(n) / max(n, 1)
+    return rank.astype(np.float32)
 
 
 def backfill_order(priorities: np.ndarray) -> np.ndarray:

@@ -42,11 +42,14 @@ def fit(
     if name == "paper":
         return PlanSpec("paper")
     on_new = gallery.on(up.to_model)
+    codes = _label_codes(gallery.labels, probe_set.labels)
+    old_labels = codes[: len(gallery.ids)][gallery.on(up.from_model)]
+    new_labels = np.concatenate([codes[len(gallery.ids) :], codes[: len(gallery.ids)][on_new]])
     old_dim = probe_set.old_queries.shape[1] if probe_set.old_queries is not None else gallery.dim(up.from_model)
     old_space = gallery.parts.get(up.from_model)
     new_space = np.concatenate([probe_set.queries, gallery.parts.get(up.to_model, probe_set.queries[:0])])
     pairs = None
-    if name == "transform" and on_new.any():
+    if name in ("transform", "blend") and on_new.any():
         moved = gallery.ids[on_new]
         if len(moved) > settings.plan_fit_pairs:  # a seeded sample bounds the refit at any gallery size
             moved = np.sort(np.random.default_rng(int(up.id)).choice(moved, settings.plan_fit_pairs, replace=False))
@@ -56,7 +59,16 @@ def fit(
         if len(got) and old_vecs.shape[1] == old_dim:
             pairs = (old_vecs, new_part[[row[int(i)] for i in got]])
     return build_spec(name, calibration=settings.plan_calibration, old_space=old_space, new_space=new_space,
-                      pairs=pairs, transform=settings.plan_transform, seed=int(up.id))  # fmt: skip
+                      pairs=pairs, transform=settings.plan_transform, seed=int(up.id), old_labels=old_labels,
+                      new_labels=new_labels)  # fmt: skip
+
+
+def _label_codes(gallery_labels: list[str | None], probe_labels: list[str]) -> np.ndarray:
+    """One integer per label (gallery rows, then probes), -1 for an unlabelled item: what the
+    ``prob`` calibration fits on."""
+    names = sorted({str(x) for x in gallery_labels if x is not None} | {str(x) for x in probe_labels})
+    code = {n: i for i, n in enumerate(names)}
+    return np.asarray([code[str(x)] if x is not None else -1 for x in [*gallery_labels, *probe_labels]], np.int64)
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ class ServingPlan:
 
     def query_models(self) -> list[str]:
         """The encoders a query needs under this plan, each run once per search."""
-        if self.name == "dual" or (self.name == "transform" and self.spec.transform is None):
-            return [self.old_model, self.new_model]
-        return [self.new_model]
+        if self.name == "paper" or (self.name == "transform" and self.spec.transform is not None):
+            return [self.new_model]
+        return [self.old_model, self.new_model]
 
     def bumped(self, spec: PlanSpec) -> ServingPlan:
         return replace(self, spec=spec, version=self.version + 1)
@@ -48,7 +48,7 @@ class ServingPlan:
         t = self.spec.transform
         return {
             "name": self.name, "version": self.version, "old_model": self.old_model, "new_model": self.new_model,
-            "old": self.spec.old.to_json(), "new": self.spec.new.to_json(),
+            "old": self.spec.old.to_json(), "new": self.spec.new.to_json(), "mapped": self.spec.mapped.to_json(),
             "transform": None if t is None else {
                 "kind": t.kind, "pairs": t.pairs, "shape": list(t.weight.shape),
                 "weight_b64": base64.b64encode(np.ascontiguousarray(t.weight, "<f4").tobytes()).decode(),
@@ -62,7 +62,8 @@ class ServingPlan:
         if t:
             weight = np.frombuffer(base64.b64decode(t["weight_b64"]), "<f4").astype(np.float32).reshape(t["shape"])
             transform = LinearMap(weight, str(t["kind"]), int(t["pairs"]))
-        spec = PlanSpec(str(d["name"]), Calibration(**d["old"]), Calibration(**d["new"]), transform)
+        mapped = Calibration(**d["mapped"]) if d.get("mapped") else Calibration()
+        spec = PlanSpec(str(d["name"]), Calibration(**d["old"]), Calibration(**d["new"]), transform, mapped)
         return cls(spec, str(d["old_model"]), str(d["new_model"]), int(d.get("version", 1)))
 
 
@@ -89,12 +90,10 @@ def query_plan(plan: ServingPlan, embeddings: dict[str, np.ndarray], segments: s
     spec, q_new = plan.spec, embeddings[plan.new_model]
     parts = []
     if plan.old_model in segments:
-        if spec.name == "paper":
-            parts.append(_segment(plan.old_model, q_new, spec.old))
-        elif spec.name == "transform" and spec.transform is not None:
-            parts.append(_segment(plan.old_model, spec.transform.query_side(q_new), spec.old))
-        else:
-            parts.append(_segment(plan.old_model, embeddings[plan.old_model], spec.old))
+        # One query per segment whatever the plan (``PlanSpec.old_queries``: blend's two terms
+        # are folded into one query and one affine calibration).
+        queries, cal = spec.old_queries(embeddings.get(plan.old_model), q_new)
+        parts.append(_segment(plan.old_model, queries, cal))
     if plan.new_model in segments:
         parts.append(_segment(plan.new_model, q_new, spec.new))
     return QueryPlan.of(parts)

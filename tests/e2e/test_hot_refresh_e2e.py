@@ -128,7 +128,7 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
                                  old_top1, exclude=self_cols)
     else:
         offline = [_offline_point(p, order, g_old, g_new, labels, old_top1) for p in points]
-        assert points[0]["plan"] == "dual" and all(set(p["candidates"]) == {"paper", "dual", "transform"}
+        assert points[0]["plan"] == "dual" and all(set(p["candidates"]) == {"paper", "dual", "transform", "blend"}
                                                    for p in points[:-1])  # fmt: skip
     assert final["baseline"]["old_top1_rate"] == pytest.approx(float(old_top1.mean()), abs=1e-9)
     report = []

@@ -16,6 +16,8 @@ from models.plans import (
     PlanSpec,
     build_spec,
     choose,
+    fit_calibration,
+    fit_match_probability,
     fit_transform,
     fit_zscore,
     mixed_scores,
@@ -81,6 +83,57 @@ def test_zscore_is_the_mean_and_spread_of_scores_between_distinct_items() -> Non
     assert c.shift == pytest.approx(off.mean(), abs=1e-6) and c.scale == pytest.approx(off.std(), abs=1e-6)
     assert float(c.apply(torch.tensor(c.shift + 2 * c.scale))) == pytest.approx(2.0)
     assert fit_zscore(v[:1]) == RAW
+
+
+def test_prob_calibration_is_the_balanced_logistic_fit_of_same_label_pairs() -> None:
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, 120)
+    centres = _unit(rng, 5, 8)
+    v = centres[labels] + 0.6 * rng.standard_normal((120, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    c = fit_match_probability(v, labels, sample=120)
+    assert c is not None
+    iu = np.triu_indices(120, k=1)
+    x, y = (v @ v.T)[iu][:, None], (labels[:, None] == labels[None, :])[iu]
+    ref = sklearn.LogisticRegression(penalty=None, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(x, y)
+    a, b = float(ref.coef_[0, 0]), float(ref.intercept_[0])
+    assert 1 / c.scale == pytest.approx(a, rel=1e-3) and -c.shift / c.scale == pytest.approx(b, rel=1e-3, abs=1e-3)
+    # ranking by the calibrated score is ranking by the fitted probability of a match
+    s = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(torch.sigmoid(c.apply(s)), torch.sigmoid(a * s + b), atol=1e-4)
+
+
+def test_prob_calibration_without_labels_falls_back_to_zscores() -> None:
+    v = _unit(np.random.default_rng(5), 40, 4)
+    assert fit_match_probability(v, None) is None
+    assert fit_match_probability(v, np.full(40, -1)) is None  # all unlabelled
+    assert fit_match_probability(v, np.zeros(40, np.int64)) is None  # one class: no negative pairs
+    assert fit_calibration("prob", v, labels=None, seed=0) == fit_zscore(v, seed=0)
+
+
+@pytest.mark.parametrize("calibration", ["raw", "zscore"])
+def test_blend_is_the_mean_of_dual_and_transform_and_one_query_on_the_old_segment(calibration: str) -> None:
+    rng = np.random.default_rng(6)
+    g_old, g_new = _unit(rng, 80, 6), _unit(rng, 80, 5)
+    q_old, q_new = _unit(rng, 7, 6), _unit(rng, 7, 5)
+    moved = np.arange(40)
+    fit = {"calibration": calibration, "old_space": g_old, "new_space": g_new[moved],
+           "pairs": (g_old[moved], g_new[moved])}
+    blend, dual, transform = (build_spec(p, **fit) for p in ("blend", "dual", "transform"))
+    assert blend.transform is not None and np.allclose(blend.transform.weight, transform.transform.weight)
+    t = [torch.from_numpy(x) for x in (q_old, q_new, g_old, g_new)]
+    none_moved = torch.zeros(80, dtype=torch.bool)
+    expected = 0.5 * (mixed_scores(dual, *t, none_moved) + mixed_scores(transform, *t, none_moved))
+    if calibration == "raw":  # transform's old-side calibration is the mapped one: blend's ``mapped``
+        assert blend.mapped == transform.old and blend.old == dual.old
+    assert torch.allclose(mixed_scores(blend, *t, none_moved), expected, atol=1e-5)
+    # what a replica sends to the old segment: one query and one affine calibration
+    q, cal = blend.old_queries(q_old, q_new)
+    assert torch.allclose(cal.apply(torch.from_numpy(q @ g_old.T)), expected, atol=1e-5)
+    # moved items are scored in the new space alone, as under every plan
+    all_moved = torch.ones(80, dtype=torch.bool)
+    assert torch.allclose(mixed_scores(blend, *t, all_moved), mixed_scores(dual, *t, all_moved))
 
 
 def test_mixed_scores_take_each_item_from_its_own_space() -> None:
@@ -154,23 +207,23 @@ def _spaces(seed: int = 0, d_old: int = 8, d_new: int = 8) -> Spaces:
 def test_plan_curves_start_as_the_old_system_and_end_as_the_new_one() -> None:
     s = _spaces()
     order = np.random.default_rng(0).permutation(120)
-    curves = plan_curves(s, order, [0.0, 0.5, 1.0], ["paper", "dual", "transform", "auto"], probe_size=40)
+    curves = plan_curves(s, order, [0.0, 0.5, 1.0], ["paper", "dual", "transform", "blend", "auto"], probe_size=40)
     old = evaluate_scores(s.q_old @ s.g_old.T, s.q_labels, s.g_labels)
     new = evaluate_scores(s.q_new @ s.g_new.T, s.q_labels, s.g_labels)
-    for plan in ("dual", "transform", "auto"):
+    for plan in ("dual", "transform", "blend", "auto"):
         start, end = curves[plan][0], curves[plan][-1]
         assert start["map"] == pytest.approx(old.map) and start["nfr"] == 0.0
         assert end["map"] == pytest.approx(new.map)
     assert curves["auto"][0]["plan"] == "dual"
-    assert set(curves["auto"][1]["candidates"]) == {"paper", "dual", "transform"}
-    assert curves["auto"][1]["plan"] in {"paper", "dual", "transform"}
+    assert set(curves["auto"][1]["candidates"]) == {"paper", "dual", "transform", "blend"}
+    assert curves["auto"][1]["plan"] in {"paper", "dual", "transform", "blend"}
 
 
 def test_plan_curves_across_dimensions_offer_no_paper_plan() -> None:
     s = _spaces(d_old=6, d_new=10)
     order = np.arange(120)
     curves = plan_curves(s, order, [0.0, 0.5, 1.0], ["dual", "transform", "auto"], probe_size=40)
-    assert set(curves["auto"][1]["candidates"]) == {"dual", "transform"}
+    assert set(curves["auto"][1]["candidates"]) == {"dual", "transform", "blend"}
     with pytest.raises(ValueError, match="same dimension"):
         plan_curves(s, order, [0.5], ["paper"])
     with pytest.raises(ValueError, match="unknown plan"):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty, scores_from_logits
+from models.uncertainty import STRATEGIES, backfill_order, interleave_random, score_uncertainty, scores_from_logits
 
 
 def _logits_for(probs: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_bad_input_is_refused() -> None:
         score_uncertainty(v, np.zeros((3, 4)), np.zeros(3), "bogus")
     with pytest.raises(ValueError, match="shape mismatch"):
         score_uncertainty(v, np.zeros((3, 5)), np.zeros(3), "margin")
-    assert set(STRATEGIES) == {"margin", "least", "entropy", "random"}
+    assert set(STRATEGIES) == {"margin", "least", "entropy", "random", "mixed"}
 
 
 def test_memmap_input_streams(tmp_path) -> None:
@@ -91,3 +91,32 @@ def test_large_gallery_is_streamed_in_bounded_chunks() -> None:
     out = score_uncertainty(v, w, b, "margin", chunk=4096)
     assert out.shape == (100_000,) and out.dtype == np.float32 and np.isfinite(out).all()
     assert v.max_rows == 4096  # never more than one chunk of vectors (and logits) at once
+
+
+def test_mixed_takes_every_other_slot_from_a_random_order() -> None:
+    n = 400
+    pri = np.arange(n, dtype=np.float32)  # its own order: n-1, n-2, ..., 0
+    order = backfill_order(interleave_random(pri, 0.5, seed=3))
+    assert sorted(order.tolist()) == list(range(n))  # a permutation: nothing lost, nothing twice
+    chance = np.random.default_rng(3).permutation(n)
+    # the even slots follow the score order, skipping what the random slots took already
+    taken: set[int] = set()
+    for pos, item in enumerate(order.tolist()):
+        if pos % 2 == 1:
+            assert item == next(int(c) for c in chance if int(c) not in taken)
+        else:
+            assert item == max(set(range(n)) - taken)
+        taken.add(item)
+    # share 0 is the score order itself, share 1 the random permutation
+    assert backfill_order(interleave_random(pri, 0.0)).tolist() == list(range(n - 1, -1, -1))
+    assert backfill_order(interleave_random(pri, 1.0, seed=3)).tolist() == chance.tolist()
+    with pytest.raises(ValueError):
+        interleave_random(pri, 1.5)
+
+
+def test_mixed_strategy_is_margin_interleaved_with_random() -> None:
+    rng = np.random.default_rng(0)
+    v, w, b = rng.standard_normal((300, 8)).astype(np.float32), rng.standard_normal((5, 8)), np.zeros(5)
+    margin = score_uncertainty(v, w, b, "margin")
+    mixed = score_uncertainty(v, w, b, "mixed", seed=7)
+    assert np.array_equal(backfill_order(mixed), backfill_order(interleave_random(margin, 0.5, seed=7)))

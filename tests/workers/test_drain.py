@@ -147,7 +147,7 @@ def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None:
 
     g = make_gallery(n=30, labeled=False)
     ctx, uid = start_and_score(g, strategy="margin", batch_size=10)
-    for plan in ("paper", "dual", "transform"):  # the registry is per process; an earlier test's upgrade 1
+    for plan in ("paper", "dual", "transform", "blend"):  # the registry is per process; an earlier test's upgrade 1
         with contextlib.suppress(KeyError):
             LIVE_NFR.remove(str(uid), plan)
     run_to_end(ctx, uid)

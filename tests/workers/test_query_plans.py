@@ -117,7 +117,7 @@ def test_an_upgrade_between_models_of_different_dimensions_completes(make_galler
     with session_scope(ctx.url) as s:
         up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 40
-        assert {p.get("plan") for p in up.checkpoints} <= {"dual", "transform"}  # never the paper's
+        assert {p.get("plan") for p in up.checkpoints} <= {"dual", "transform", "blend"}  # never the paper's
     assert replica.index.counts() == {g.old: 0, "wide": 40} or replica.index.counts() == {"wide": 40}
     assert replica.index.dim("wide") == 48
     for ext, image in list(images.items())[:10]:
@@ -129,7 +129,7 @@ def test_an_upgrade_between_models_of_different_dimensions_completes(make_galler
         assert _top(replica, image)[0] == ext
 
 
-@pytest.mark.parametrize("plan", ["paper", "dual", "transform"])
+@pytest.mark.parametrize("plan", ["paper", "dual", "transform", "blend"])
 def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_gallery, redis_client, plan: str) -> None:
     g = make_gallery(n=40)
     g.settings.__dict__["batch_size"] = 8
@@ -149,3 +149,37 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
         got = replica.search_vector(replica.encode_query(image)[1], 10)
         assert [e for e, _, _ in got] == [e for e, _, _ in answers[ext]]
         np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in answers[ext]], rtol=1e-5)
+
+
+def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery, redis_client) -> None:
+    """``blend`` folds its two old-side terms into one query on the old segment: the replica's
+    answer equals ``models.plans.mixed_scores`` of the served plan over the vectors in SQL."""
+    import torch
+
+    from models.plans import mixed_scores
+    from service.upgrade import probes
+
+    g = make_gallery(n=80)
+    g.settings.__dict__["batch_size"] = 40
+    ctx, uid = _start(g, strategy="mixed", batch_size=40, plan="blend")
+    drain(ctx, uid, budget_s=0.0)  # one batch: half the gallery, enough pairs to fit T
+    replica = Serving(g.settings, redis_client)
+    replica.load_from_sql()
+    plan = replica.plan
+    assert plan is not None and plan.name == "blend" and plan.version > 1
+    assert plan.spec.transform is not None and plan.spec.transform.pairs == 40
+    assert plan.query_models() == [g.old, g.new]
+    with session_scope(ctx.url) as s:
+        gallery = probes.load_gallery(s)
+    on_new = torch.from_numpy(gallery.on(g.new).astype(bool))
+    assert 0 < int(on_new.sum()) < 80
+    g_old, g_new = (torch.from_numpy(gallery.dense(m, gallery.dim(m))) for m in (g.old, g.new))
+    for image in list(_images(g, ctx).values())[:8]:
+        _, emb = replica.encode_query(image)
+        got = replica.search_vector(emb, 10)
+        scores = mixed_scores(plan.spec, torch.from_numpy(emb[g.old]), torch.from_numpy(emb[g.new]), g_old, g_new,
+                              on_new)[0]  # fmt: skip
+        top = torch.argsort(scores, descending=True)[:10].tolist()
+        expected = [replica.external_ids[int(gallery.ids[j])] for j in top]
+        assert [e for e, _, _ in got] == expected
+        np.testing.assert_allclose([s for _, s, _ in got], scores[top].numpy(), rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from service import dispatch
 from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
-from service.api.schemas import error_responses
+from service.api.schemas import StoredText, error_responses
 from service.errors import NotFound
 from service.repositories import upgrades
 from service.settings import Settings
@@ -30,20 +30,21 @@ UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class UpgradeIn(BaseModel):
-    model: str = Field(
+    model: StoredText = Field(
         min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
     )
-    strategy: Literal["margin", "least", "entropy", "random"] = Field(
+    strategy: Literal["margin", "least", "entropy", "random", "mixed"] = Field(
         "margin", description="Backfill order: uncertainty of the old vector under the new classifier."
     )
     batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
     nfr_guardrail: float | None = Field(
         None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
-    plan: Literal["paper", "dual", "transform", "auto"] = Field(
+    plan: Literal["paper", "dual", "transform", "blend", "auto"] = Field(
         "auto", description="Query plan during the upgrade: paper (the new query against every vector), dual "
         "(old query on old vectors, new on new), transform (new query, old vectors mapped by a map fitted on "
-        "the backfilled pairs), auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
+        "the backfilled pairs), blend (old vectors scored by the mean of dual's and transform's calibrated scores), "
+        "auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
     )
     nfr_target: float | None = Field(
         None, ge=0.0, le=1.0, description="auto: the probe NFR@1 a plan must stay within "
