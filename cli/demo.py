@@ -98,9 +98,9 @@ def demo(
     gallery: Annotated[int, typer.Option(min=100, max=10000, help="Fashion-MNIST test images to ingest.")] = 4000,
     train_size: Annotated[int, typer.Option(min=1000, max=60000, help="Training images for the models.")] = 30000,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of each model.")] = 2,
-    strategy: Annotated[str, typer.Option(help="Backfill order: margin | least | entropy | random | mixed.")] = (
-        "margin"
-    ),
+    strategy: Annotated[str | None, typer.Option(
+        help="Backfill order: margin | least | entropy | random | mixed; default: the plan's (POST /upgrade)",
+        show_default=False)] = None,
     plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
@@ -152,7 +152,8 @@ def demo(
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
             typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
             t0 = time.monotonic()
-            r = client.post("/upgrade", json={"model": "fmnist-new-ract", "strategy": strategy, "plan": plan})
+            body = {"model": "fmnist-new-ract", "plan": plan, **({"strategy": strategy} if strategy else {})}
+            r = client.post("/upgrade", json=body)
             if r.status_code != 202:
                 raise typer.Exit(_fail("POST /upgrade", r))
             final = watch_upgrade(api.url, token, r.json()["id"], 0.5)

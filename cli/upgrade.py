@@ -79,8 +79,9 @@ def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, in
 @upgrade_app.command("start")
 def start(
     model: Annotated[str, typer.Argument(help="Registered model to upgrade the gallery to.")],
-    strategy: Annotated[str, typer.Option(
-        help="margin | least | entropy | random | mixed (margin's order, every other slot random)")] = "margin",
+    strategy: Annotated[str | None, typer.Option(
+        help="margin | least | entropy | random | mixed (margin's order, every other slot random); "
+             "default: margin for the paper's plan, mixed otherwise", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
     nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")]
     = None,
@@ -92,7 +93,9 @@ def start(
     token: TokenOpt = None,
 ) -> None:
     """Start a hot refresh: queries switch to MODEL at once, workers backfill the gallery."""
-    body: dict[str, Any] = {"model": model, "strategy": strategy}
+    body: dict[str, Any] = {"model": model}
+    if strategy is not None:
+        body["strategy"] = strategy
     if batch_size is not None:
         body["batch_size"] = batch_size
     if nfr_guardrail is not None:

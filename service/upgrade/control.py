@@ -39,7 +39,7 @@ def start(
     redis: redis_lib.Redis,
     *,
     model: str,
-    strategy: str = "margin",
+    strategy: str | None = None,
     batch_size: int | None = None,
     nfr_guardrail: float | None = None,
     plan: str = "auto",
@@ -52,8 +52,8 @@ def start(
     Only the paper's plan compares the new model's queries with old vectors, so only it needs a
     backward-compatible model of the same dimension; ``dual``, ``transform`` and ``auto`` take any
     new model. The uncertainty orders put old vectors through the new classifier, so they need
-    the same dimension; ``random`` does not."""
-    if strategy not in STRATEGIES:
+    the same dimension; ``random`` does not. Without a ``strategy``: :func:`default_strategy`."""
+    if strategy is not None and strategy not in STRATEGIES:
         raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
     if batch_size is not None and not 1 <= batch_size <= 4096:
         raise UpgradeRequestError("batch_size must be between 1 and 4096")
@@ -77,6 +77,8 @@ def start(
             raise UpgradeRequestError("the service has no gallery model yet; register one and ingest first")
         if target.name == current.name:
             raise UpgradeRequestError(f"model {model!r} already is the gallery model")
+        if strategy is None:
+            strategy = default_strategy(plan, target.embedding_dim == current.embedding_dim)
         if target.embedding_dim != current.embedding_dim and (plan == "paper" or strategy != "random"):
             why = "the paper's plan compares the new query with old vectors" if plan == "paper" else (
                 f"the {strategy!r} order puts old vectors through the new classifier")
@@ -102,6 +104,17 @@ def start(
         staged = indexlog.stage(s, "switch", target.name)
     indexlog.publish(redis, settings, staged)
     return row
+
+
+def default_strategy(plan: str, same_dimension: bool) -> str:
+    """The backfill order an upgrade takes when none is asked for, as measured (README, "Query
+    plans"): ``margin`` (the paper's) for the paper's plan, which only needs the hardest items
+    moved first; ``mixed`` for the plans that fit T on the items moved so far, where half the
+    slots drawn at random keep that fit unbiased and lower the NFR at every step; ``random``
+    when the new model's classifier cannot score old vectors (another dimension)."""
+    if not same_dimension:
+        return "random"
+    return "margin" if plan == "paper" else "mixed"
 
 
 def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str) -> str:

@@ -33,8 +33,10 @@ class UpgradeIn(BaseModel):
     model: StoredText = Field(
         min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
     )
-    strategy: Literal["margin", "least", "entropy", "random", "mixed"] = Field(
-        "margin", description="Backfill order: uncertainty of the old vector under the new classifier."
+    strategy: Literal["margin", "least", "entropy", "random", "mixed"] | None = Field(
+        None, description="Backfill order: uncertainty of the old vector under the new classifier (mixed: "
+        "margin's order with every other slot random). Default: margin under the paper's plan, mixed under the "
+        "others, random for a new model of another dimension.",
     )
     batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
     nfr_guardrail: float | None = Field(

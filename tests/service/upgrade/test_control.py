@@ -58,3 +58,14 @@ def test_transitions_and_instant_rollback(make_gallery) -> None:
     drain(ctx2, uid2, budget_s=0.01)
     assert control.act(g.settings, ctx.redis, uid2, "cancel") == "cancelled"
     assert models_of(ctx.url) == {g.old: 40}
+
+
+@pytest.mark.parametrize("plan, expected", [("auto", "mixed"), ("blend", "mixed"), ("paper", "margin")])
+def test_an_upgrade_without_a_strategy_takes_its_plans_measured_order(make_gallery, plan: str, expected: str) -> None:
+    g = make_gallery(n=12)
+    ctx, uid = start_and_score(g, plan=plan)
+    from service.repositories import upgrades
+
+    with session_scope(ctx.url) as s:
+        assert upgrades.get_upgrade(s, uid).strategy == expected
+    assert control.default_strategy("dual", same_dimension=False) == "random"  # no classifier to score with
