@@ -17,14 +17,14 @@ CalibrationOpt = Annotated[str, typer.Option(
     help="score calibration of dual/transform: raw, zscore, spread or prob (labelled pairs)")]
 TransformOpt = Annotated[str, typer.Option(help="the old->new map of transform: lstsq or procrustes")]
 NfrTargetOpt = Annotated[float | None, typer.Option(
-    min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within (default: models.plan_curves')",
+    min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within; default: relative, the finished "
+    "upgrade's NFR@1 estimated at each checkpoint plus one point",
     show_default=False)]
 
 
-def _nfr_target(value: float | None) -> float:
-    from models.plan_curves import DEFAULT_NFR_TARGET
-
-    return DEFAULT_NFR_TARGET if value is None else value
+def _nfr_target(value: float | None) -> float | None:
+    """None: the relative bound (the estimated final NFR@1 + 1 point), as a live upgrade's default."""
+    return value
 
 
 def _csv(text: str) -> list[str]:

@@ -93,7 +93,7 @@ def evaluate_backfill(
     plans: Sequence[str] = ("paper",),
     calibration: str = "raw",
     transform: str = "lstsq",
-    nfr_target: float = DEFAULT_NFR_TARGET,
+    nfr_target: float | None = DEFAULT_NFR_TARGET,
     probe_size: int = DEFAULT_PROBES,
 ) -> dict[str, Any]:
     """Evaluates every new model x ordering x plan; returns the ``curve.json`` document

@@ -71,7 +71,7 @@ class ExperimentConfig:
     plans: list[str] = field(default_factory=lambda: ["paper"])
     calibration: str = "raw"
     transform: str = "lstsq"
-    nfr_target: float = DEFAULT_NFR_TARGET
+    nfr_target: float | None = DEFAULT_NFR_TARGET
 
     @classmethod
     def quick(cls, allocation: str = "expansion") -> ExperimentConfig:

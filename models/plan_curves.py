@@ -7,7 +7,10 @@ upgrade's start), and the (old, new) pairs of the backfilled items for ``transfo
 
 ``auto`` follows the live chooser: a seeded probe subset of the gallery, used as leave-one-out
 queries, scores every candidate plan at the cut; the plan with the highest probe mAP whose probe
-NFR@1 is within ``nfr_target`` is the one evaluated on the held-out queries. At 0% nothing has
+NFR@1 is within the bound is the one evaluated on the held-out queries. The bound is the
+user's ``nfr_target`` when given, else relative (``models.plans.nfr_bound``): the finished
+upgrade's NFR@1 estimated at that cut from the probes and the items backfilled so far, plus one
+point. At 0% nothing has
 moved and the start plan is ``dual``, safe by construction (it is the old system exactly).
 """
 
@@ -21,11 +24,11 @@ import numpy as np
 import torch
 
 from models.metrics import evaluate_scores, negative_flip_rate
-from models.plans import PLANS, Candidate, build_spec, choose, mixed_scores
+from models.plans import PLANS, Candidate, build_spec, choose, estimate_final_nfr, mixed_scores, nfr_bound
 
 AUTO = "auto"
 START_PLAN = "dual"
-DEFAULT_NFR_TARGET = 0.05
+DEFAULT_NFR_TARGET: float | None = None  # relative: the estimated final NFR@1 + 1 point
 DEFAULT_PROBES = 1000
 
 
@@ -63,7 +66,7 @@ def plan_curves(
     compatible: bool = True,
     calibration: str = "raw",
     transform: str = "lstsq",
-    nfr_target: float = DEFAULT_NFR_TARGET,
+    nfr_target: float | None = DEFAULT_NFR_TARGET,
     probe_size: int = DEFAULT_PROBES,
     k: int | None = None,
     seed: int = 0,
@@ -114,7 +117,11 @@ def plan_curves(
                 r = evaluate_scores(mixed_scores(specs[p], p_old, p_new, s.g_old, s.g_new, mask), p_labels,
                                     s.g_labels, k=k, exclude=exclude)  # fmt: skip
                 measured.append(Candidate(p, r.map, negative_flip_rate(p_base.top1_correct, r.top1_correct)))
-            chosen = START_PLAN if n == 0 else choose(measured, nfr_target, safe=START_PLAN)
-            out[AUTO].append({**held_out[chosen], "plan": chosen,
+            rest = np.setdiff1d(moved, probes)
+            estimate = estimate_final_nfr(g_old_np[probes], g_new_np[probes], p_labels, g_old_np[rest],
+                                          g_new_np[rest], s.g_labels[rest], k=k)  # fmt: skip
+            bound = nfr_bound(nfr_target, estimate)
+            chosen = START_PLAN if n == 0 else choose(measured, bound, safe=START_PLAN)
+            out[AUTO].append({**held_out[chosen], "plan": chosen, "nfr_bound": bound,
                               "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured}})  # fmt: skip
     return out

@@ -236,6 +236,43 @@ class Candidate:
     nfr: float | None
 
 
+NFR_SLACK = 0.01  # the relative target: the finished upgrade's NFR@1 (estimated) plus one point
+
+
+def estimate_final_nfr(
+    p_old: np.ndarray, p_new: np.ndarray, p_labels: np.ndarray,
+    s_old: np.ndarray, s_new: np.ndarray, s_labels: np.ndarray, *, k: int | None = None,
+) -> float | None:
+    """NFR@1 the finished upgrade will have, estimated from what exists at a checkpoint: the
+    probes (old and new embeddings of gallery items, ``p_*``) and items already backfilled (their
+    old and new vectors, ``s_*``, probes excluded). The probes search that sub-gallery leave-one-
+    out once in the old space and once in the new; their flips are the estimate (the sub-gallery
+    grows to the whole gallery at 100%, where it is exact). None without labelled probes."""
+    from models.metrics import evaluate_scores, negative_flip_rate
+
+    labels = np.asarray(p_labels)
+    if len(labels) < 2 or not (labels >= 0).any():
+        return None
+    g_labels = np.concatenate([labels, np.asarray(s_labels)])
+    exclude = np.arange(len(labels), dtype=np.int64)
+    results = []
+    for q, s_part in ((p_old, s_old), (p_new, s_new)):
+        q = np.asarray(q, np.float32)
+        g = np.concatenate([q, np.asarray(s_part, np.float32).reshape(-1, q.shape[1])])
+        results.append(evaluate_scores(torch.from_numpy(q @ g.T), labels, g_labels, k=k, exclude=exclude))
+    return negative_flip_rate(results[0].top1_correct, results[1].top1_correct)
+
+
+def nfr_bound(nfr_target: float | None, estimated_final: float | None) -> float:
+    """The probe NFR@1 a plan may reach under ``auto``: the user's absolute ``nfr_target`` when
+    one is set; else the finished upgrade's estimated NFR plus one point (``NFR_SLACK``), i.e.
+    flip no more of the old system's answers mid-way than the finished upgrade will. Without
+    an estimate, 5%."""
+    if nfr_target is not None:
+        return nfr_target
+    return 0.05 if estimated_final is None else estimated_final + NFR_SLACK
+
+
 def choose(candidates: list[Candidate], nfr_target: float, safe: str = "dual") -> str:
     """The live chooser's rule: the candidate with the highest probe mAP whose probe NFR is within
     ``nfr_target``; when none is, the one with the lowest NFR (ties: the safe plan, then mAP).

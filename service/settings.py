@@ -59,9 +59,10 @@ class Settings(BaseSettings):
     nfr_checkpoint_every: float = Field(default=0.05, gt=0, le=1)
     commit_grace_seconds: float | None = None  # auto-commit a completed upgrade after this long
     # Query plans (service.upgrade.plans): the probe NFR@1 "auto" keeps the serving plan within
-    # (an upgrade's own nfr_target overrides it), how dual and transform calibrate each space's
+    # (unset: the finished upgrade's NFR@1 estimated at each checkpoint plus one point; an upgrade's
+    # own nfr_target overrides it), how dual and transform calibrate each space's
     # scores, the old->new map of transform, and at most how many backfilled pairs a refit reads.
-    nfr_target: float = Field(default=0.05, ge=0, le=1)
+    nfr_target: float | None = Field(default=None, ge=0, le=1)
     plan_calibration: Literal["raw", "zscore", "spread", "prob"] = "raw"
     plan_transform: Literal["lstsq", "procrustes"] = "lstsq"
     plan_fit_pairs: int = Field(default=20_000, ge=32)

@@ -77,7 +77,7 @@ def measure_point(
     m = choice.measurement
     return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
             "top1": m.top1, "at": time.time(), "quiesced": quiesced, "plan": choice.plan.name,
-            "candidates": choice.candidates, "serving_plan": choice.plan.to_json()}
+            "candidates": choice.candidates, "nfr_bound": choice.nfr_bound, "serving_plan": choice.plan.to_json()}
 
 
 def serving_plan_of(session: Session, up: Upgrade) -> ServingPlan | None:

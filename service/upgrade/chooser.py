@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from models.plans import PLANS, Candidate, PlanSpec, build_spec, choose
+from models.plans import PLANS, Candidate, PlanSpec, build_spec, choose, estimate_final_nfr, nfr_bound
 from service.db.schema import Upgrade
 from service.repositories import catalog
 from service.repositories import items as item_repo
@@ -35,8 +35,36 @@ def candidates(session: Session, up: Upgrade) -> list[str]:
     return [p for p in PLANS if p != "paper" or compatible]
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """The (old vector, new vector) pairs of backfilled items at this cut (a seeded sample of at
+    most ``HOTREFRESH_PLAN_FIT_PAIRS``): what T is fitted on and the final NFR is estimated from."""
+
+    ids: np.ndarray
+    old: np.ndarray
+    new: np.ndarray
+
+
+def moved_pairs(session: Session, settings: Settings, up: Upgrade, gallery: probes.Gallery,
+                probe_set: probes.ProbeSet) -> Pairs | None:  # fmt: skip
+    on_new = gallery.on(up.to_model)
+    if not on_new.any():
+        return None
+    old_dim = probe_set.old_queries.shape[1] if probe_set.old_queries is not None else gallery.dim(up.from_model)
+    moved = gallery.ids[on_new]
+    if len(moved) > settings.plan_fit_pairs:  # a seeded sample bounds the refit at any gallery size
+        moved = np.sort(np.random.default_rng(int(up.id)).choice(moved, settings.plan_fit_pairs, replace=False))
+    got, old_vecs = item_repo.get_vectors(session, up.from_model, moved.tolist())
+    if not len(got) or old_vecs.shape[1] != old_dim:
+        return None
+    row = {int(i): r for r, i in enumerate(gallery.ids.tolist())}
+    new_part = gallery.dense(up.to_model, probe_set.queries.shape[1])
+    return Pairs(np.asarray(got, np.int64), old_vecs, new_part[[row[int(i)] for i in got]])
+
+
 def fit(
-    session: Session, settings: Settings, up: Upgrade, name: str, gallery: probes.Gallery, probe_set: probes.ProbeSet,
+    settings: Settings, up: Upgrade, name: str, gallery: probes.Gallery, probe_set: probes.ProbeSet,
+    pairs: Pairs | None,
 ) -> PlanSpec:
     """One plan fitted at this cut."""
     if name == "paper":
@@ -45,22 +73,30 @@ def fit(
     codes = _label_codes(gallery.labels, probe_set.labels)
     old_labels = codes[: len(gallery.ids)][gallery.on(up.from_model)]
     new_labels = np.concatenate([codes[len(gallery.ids) :], codes[: len(gallery.ids)][on_new]])
-    old_dim = probe_set.old_queries.shape[1] if probe_set.old_queries is not None else gallery.dim(up.from_model)
     old_space = gallery.parts.get(up.from_model)
     new_space = np.concatenate([probe_set.queries, gallery.parts.get(up.to_model, probe_set.queries[:0])])
-    pairs = None
-    if name in ("transform", "blend") and on_new.any():
-        moved = gallery.ids[on_new]
-        if len(moved) > settings.plan_fit_pairs:  # a seeded sample bounds the refit at any gallery size
-            moved = np.sort(np.random.default_rng(int(up.id)).choice(moved, settings.plan_fit_pairs, replace=False))
-        got, old_vecs = item_repo.get_vectors(session, up.from_model, moved.tolist())
-        row = {int(i): r for r, i in enumerate(gallery.ids.tolist())}
-        new_part = gallery.dense(up.to_model, probe_set.queries.shape[1])
-        if len(got) and old_vecs.shape[1] == old_dim:
-            pairs = (old_vecs, new_part[[row[int(i)] for i in got]])
     return build_spec(name, calibration=settings.plan_calibration, old_space=old_space, new_space=new_space,
-                      pairs=pairs, transform=settings.plan_transform, seed=int(up.id), old_labels=old_labels,
-                      new_labels=new_labels)  # fmt: skip
+                      pairs=None if pairs is None else (pairs.old, pairs.new), transform=settings.plan_transform,
+                      seed=int(up.id), old_labels=old_labels, new_labels=new_labels)  # fmt: skip
+
+
+def estimated_final_nfr(gallery: probes.Gallery, probe_set: probes.ProbeSet, pairs: Pairs | None) -> float | None:
+    """``models.plans.estimate_final_nfr`` on the probes and the moved items' pairs (probes left out)."""
+    if probe_set.old_queries is None or not len(probe_set.ids):
+        return None
+    codes = _label_codes(gallery.labels, probe_set.labels)
+    by_id = dict(zip(gallery.ids.tolist(), codes[: len(gallery.ids)].tolist(), strict=True))
+    p_labels = codes[len(gallery.ids) :]
+    if pairs is None:
+        keep = np.zeros(0, bool)
+        s_old = np.zeros((0, probe_set.old_queries.shape[1]), np.float32)
+        s_new = np.zeros((0, probe_set.queries.shape[1]), np.float32)
+        s_labels = np.zeros(0, np.int64)
+    else:
+        keep = ~np.isin(pairs.ids, probe_set.ids)
+        s_old, s_new = pairs.old[keep], pairs.new[keep]
+        s_labels = np.asarray([by_id.get(int(i), -1) for i in pairs.ids[keep]], np.int64)
+    return estimate_final_nfr(probe_set.old_queries, probe_set.queries, p_labels, s_old, s_new, s_labels)
 
 
 def _label_codes(gallery_labels: list[str | None], probe_labels: list[str]) -> np.ndarray:
@@ -76,6 +112,7 @@ class Choice:
     plan: ServingPlan  # what replicas serve from this checkpoint on
     measurement: probes.Measurement  # the chosen plan's, at this cut
     candidates: dict[str, dict[str, float | None]]  # every candidate's probe map and nfr
+    nfr_bound: float | None = None  # auto: the probe NFR@1 the choice stayed within
 
 
 def choose_at_cut(
@@ -85,17 +122,23 @@ def choose_at_cut(
     run's step 0 serves the start plan whatever the measurements say: nothing has moved yet."""
     baseline = up.baseline or {}
     probe_set = probes.ProbeSet.from_json(baseline)
+    names = candidates(session, up)
+    pairs = moved_pairs(session, settings, up, gallery, probe_set) if set(names) & {"transform", "blend"} or (
+        up.plan == "auto") else None  # fmt: skip
     measured: dict[str, tuple[ServingPlan, probes.Measurement]] = {}
-    for name in candidates(session, up):
-        plan = current.bumped(fit(session, settings, up, name, gallery, probe_set))
+    for name in names:
+        plan = current.bumped(fit(settings, up, name, gallery, probe_set, pairs))
         measured[name] = (plan, probes.measure(session, baseline, up.to_model, gallery, plan=plan))
     table = {name: {"map": m.map, "nfr": m.nfr} for name, (_, m) in measured.items()}
+    bound = None
     if up.plan != "auto":
         chosen = up.plan
-    elif step == 0 and START_PLAN in measured:
-        chosen = START_PLAN
     else:
         target = up.nfr_target if up.nfr_target is not None else settings.nfr_target
-        chosen = choose([Candidate(n, m.map, m.nfr) for n, (_, m) in measured.items()], target, safe=START_PLAN)
+        bound = nfr_bound(target, None if target is not None else estimated_final_nfr(gallery, probe_set, pairs))
+        if step == 0 and START_PLAN in measured:
+            chosen = START_PLAN
+        else:
+            chosen = choose([Candidate(n, m.map, m.nfr) for n, (_, m) in measured.items()], bound, safe=START_PLAN)
     plan, measurement = measured[chosen]
-    return Choice(plan, measurement, table)
+    return Choice(plan, measurement, table, bound)

@@ -30,6 +30,9 @@ class Checkpoint(BaseModel):
     top1: float | None = None
     at: float = Field(description="Unix time of the measurement.")
     plan: str | None = Field(None, description="The serving plan measured (and, under auto, chosen) here.")
+    nfr_bound: float | None = Field(
+        None, description="auto: the probe NFR@1 the chosen plan had to stay within at this cut (nfr_target, or "
+        "the finished upgrade's NFR@1 estimated here plus one point).")
     candidates: dict[str, dict[str, float | None]] | None = Field(
         None, description="auto: every candidate plan's probe map and nfr at this cut.")
 
@@ -70,7 +73,8 @@ class UpgradeView(BaseModel):
     batch_size: int
     nfr_guardrail: float | None
     plan: str = Field(description="The plan asked for: paper, dual, transform or auto.")
-    nfr_target: float | None = Field(description="auto: the probe NFR@1 the serving plan stays within.")
+    nfr_target: float | None = Field(description="auto: the probe NFR@1 the serving plan stays within; null: "
+                                     "relative, the finished upgrade's estimated NFR@1 plus one point.")
     serving_plan: dict | None = Field(
         description="The plan replicas serve now (name, version); null outside an active upgrade.")
     created_at: UtcDatetime

@@ -16,11 +16,13 @@ from models.plans import (
     PlanSpec,
     build_spec,
     choose,
+    estimate_final_nfr,
     fit_calibration,
     fit_match_probability,
     fit_transform,
     fit_zscore,
     mixed_scores,
+    nfr_bound,
 )
 
 
@@ -228,3 +230,27 @@ def test_plan_curves_across_dimensions_offer_no_paper_plan() -> None:
         plan_curves(s, order, [0.5], ["paper"])
     with pytest.raises(ValueError, match="unknown plan"):
         plan_curves(s, order, [0.5], ["best"])
+
+
+def test_the_final_nfr_estimate_is_exact_once_everything_is_backfilled() -> None:
+    from models.metrics import negative_flip_rate
+
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 4, 90)
+    g_old, g_new = _unit(rng, 90, 6), _unit(rng, 90, 5)
+    probes, rest = np.arange(30), np.arange(30, 90)
+    exclude = probes.astype(np.int64)
+    old = evaluate_scores(torch.from_numpy(g_old[probes] @ g_old.T), labels[probes], labels, exclude=exclude)
+    new = evaluate_scores(torch.from_numpy(g_new[probes] @ g_new.T), labels[probes], labels, exclude=exclude)
+    truth = negative_flip_rate(old.top1_correct, new.top1_correct)
+    est = estimate_final_nfr(g_old[probes], g_new[probes], labels[probes], g_old[rest], g_new[rest], labels[rest])
+    assert est == pytest.approx(truth)
+    # mid-way only the probes and what moved are searched; without labels there is no estimate
+    part = estimate_final_nfr(g_old[probes], g_new[probes], labels[probes], g_old[rest[:10]], g_new[rest[:10]],
+                              labels[rest[:10]])  # fmt: skip
+    assert part is not None and 0.0 <= part <= 1.0
+    unlabelled = np.full(30, -1)
+    assert estimate_final_nfr(g_old[probes], g_new[probes], unlabelled, g_old[rest], g_new[rest], labels[rest]) is None
+    # the bound: the user's target when set, else the estimate plus one point, else 5%
+    assert nfr_bound(0.2, 0.03) == 0.2 and nfr_bound(None, 0.03) == pytest.approx(0.04)
+    assert nfr_bound(None, None) == 0.05
