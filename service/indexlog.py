@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterable
@@ -109,6 +111,8 @@ def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | Non
     Never raises: SQL already holds the change, so a Redis failure must not turn a successful
     write into an error. The entry stays staged and a follower publishes it (:func:`relay`); if
     only the delete fails, the entry is published twice, which replicas take idempotently."""
+    if settings.failpoint == "before_publish" and settings.env == "test":
+        os.kill(os.getpid(), signal.SIGKILL)  # the crash the outbox exists for (tests/e2e/test_outages.py)
     try:
         entry_id = append(r, settings, staged.op, staged.model, staged.ids)
     except redis_lib.RedisError:

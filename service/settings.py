@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # A staged index-log entry older than this is taken as left behind by its writer, and a
     # replica's follower publishes it; also how often followers look (service.indexlog.relay).
     index_log_relay_s: float = Field(default=5.0, gt=0)
+    # Fault injection for the process tests, honoured only with HOTREFRESH_ENV=test:
+    # "before_publish" SIGKILLs this process between a write's SQL commit and its index-log append.
+    failpoint: Literal["", "before_publish"] = ""
 
     batch_size: int = Field(default=64, ge=1, le=4096)
     lease_seconds: float = Field(default=60.0, gt=0)
