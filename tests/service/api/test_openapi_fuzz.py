@@ -1,5 +1,6 @@
 """Property-based fuzzing of the whole HTTP API from its own OpenAPI document (schemathesis),
-against a real uvicorn process with a model and a gallery: no request, valid or not, with or
+against a real uvicorn process with a model and a gallery, on SQLite and on PostgreSQL (one input
+rule for both: service.api.schemas.storable): no request, valid or not, with or
 without the admin token, gets a 5xx, an undocumented status code, or a body that breaks the
 declared schema."""
 
@@ -42,7 +43,7 @@ def _fuzz(operation: schemathesis.APIOperation, headers: dict[str, str]) -> None
     fuzz()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_no_5xx_and_no_schema_violation(service_settings: Settings, checkpoints: dict[str, Path],
                                         tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
