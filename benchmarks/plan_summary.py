@@ -1,0 +1,94 @@
+"""The query-plan results table of the README, from the experiment folders under
+``benchmarks/results/plans/<dataset>/<allocation>/`` (``curve.json``, mean over seeds, and
+``plan_checks.json``): per data set, allocation and new model, the paper's method next to each
+plan, and checks (e)-(g) of ``auto`` on the mean curve and on each seed.
+
+    .venv/bin/python benchmarks/plan_summary.py   # -> benchmarks/results/plans/summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from index_bench import RESULTS
+
+ORDER = "mixed"  # the default order of every plan but the paper's
+PAPER_ORDER = "margin"
+
+
+def _curve(doc: dict, method: str, ordering: str, plan: str) -> list[dict] | None:
+    for c in doc["curves"]:
+        if c["method"] == method and c["ordering"] == ordering and c.get("plan", "paper") == plan:
+            return c["points"]
+    return None
+
+
+def _row(label: str, pts: list[dict], ref: float) -> str:
+    maps = [100 * p["map"] for p in pts]
+    nfrs = [100 * (p["nfr"] or 0.0) for p in pts]
+    return (f"| {label} | {min(maps):.2f} | {np.mean(maps):.2f} | {np.mean(maps) - ref:+.2f} | {nfrs[0]:.2f} | "
+            f"{max(nfrs):.2f} | {nfrs[-1]:.2f} |")  # fmt: skip
+
+
+def summarise(root: Path) -> str:
+    out = []
+    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "calibration"):
+        for alloc_dir in sorted(p for p in dataset_dir.iterdir() if (p / "curve.json").exists()):
+            doc = json.loads((alloc_dir / "curve.json").read_text())
+            checks = json.loads((alloc_dir / "plan_checks.json").read_text())
+            ref_pts = _curve(doc, "ract", PAPER_ORDER, "paper")
+            ref = float(np.mean([100 * p["map"] for p in ref_pts])) if ref_pts else float("nan")
+            size = f"{doc['n_queries']} queries x {doc['n_gallery']} gallery"
+            out.append(f"#### {dataset_dir.name}, {alloc_dir.name} (seeds {doc.get('seeds')}; old-to-old mAP "
+                       f"{100 * doc['old_to_old']['map']:.2f}; {size})\n")  # fmt: skip
+            out.append("| new model, plan (order) | lowest mAP | mean mAP | vs paper's method | NFR@1 at 0% | "
+                       "highest NFR@1 | NFR@1 at 100% |")  # fmt: skip
+            out.append("| --- | --- | --- | --- | --- | --- | --- |")
+            for method in ("ract", "bct", "ract+bct", "independent"):
+                rows = [("paper", PAPER_ORDER)] + [(p, ORDER) for p in ("dual", "transform", "blend", "auto")]
+                for plan, order in rows:
+                    pts = _curve(doc, method, order, plan)
+                    if pts is None or (method == "independent" and plan == "paper"):
+                        continue
+                    label = f"{method}, **{plan}** ({order})" if plan == "auto" else f"{method}, {plan} ({order})"
+                    out.append(_row(label, pts, ref))
+            out.append("")
+            out.append("| `auto` (mixed order), checks | (e) mAP never below old | (f) NFR ≤ final + 1 pt | "
+                       "(g) mean ≥ paper's + 4 pts | seeds where all three hold |")  # fmt: skip
+            out.append("| --- | --- | --- | --- | --- |")
+            for method in ("ract", "bct", "ract+bct", "independent"):
+                key = f"{method}, {ORDER}"
+                if key not in checks["mean"]:
+                    continue
+                c = checks["mean"][key]
+                per_seed = [all(v.values()) for s in checks["per_seed"].values() for k, v in s.items() if k == key]
+
+                def cell(name: str, detail: str, c: dict = c) -> str:
+                    return f"{'**holds**' if c[name]['holds'] else 'does not hold'} ({detail})"
+
+                e = cell("e_map_never_below_old", f"lowest {100 * c['e_map_never_below_old']['lowest_map']:.2f}")
+                f = c["f_nfr_within_final_plus_1pt"]
+                f_detail = f"{100 * f['highest_nfr']:.2f} vs {100 * f['final_nfr']:.2f}"
+                f_cell = cell("f_nfr_within_final_plus_1pt", f_detail)
+                g = c["g_mean_map_4pt_above_paper"]
+                gain = 100 * (g["mean_map"] - (g["paper_ract_margin_mean_map"] or 0.0))
+                g_cell = cell("g_mean_map_4pt_above_paper", f"{gain:+.2f}")
+                out.append(f"| {method} | {e} | {f_cell} | {g_cell} | {sum(per_seed)} of {len(per_seed)} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=RESULTS / "plans")
+    args = ap.parse_args()
+    text = summarise(args.root)
+    (args.root / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
