@@ -11,11 +11,11 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import BadRequest, TooLarge
+from service.settings import Settings
 
-# Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas. 25 million pixels
-# takes a 24-megapixel camera photo (6000 x 4000) and refuses the rest before any decoding;
-# Pillow's own default (179 million) lets a few hundred KB cost hundreds of MB per request.
-DEFAULT_MAX_PIXELS = 25_000_000
+# Decompression-bomb guard: a tiny PNG can declare a 100k x 100k canvas (the limit's why is at
+# its setting). The default of callers that are not handed the configured value.
+DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 # Modes the encoders' preprocessing converts to L and RGB; anything else (LAB, HSV, 16-bit
 # variants, ...) is converted to RGB here or refused, never left to fail inside an encoder.
 ENCODABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"})

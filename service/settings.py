@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     snapshot_dir: Path | None = None  # default: data_dir / "snapshots"
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Decoded size limit (width x height), checked on the header before decoding: uploads,
-    # searches and the backfill's loader alike (service.images.DEFAULT_MAX_PIXELS says why).
+    # searches and the backfill's loader alike. 25 million pixels takes a 24-megapixel camera
+    # photo (6000 x 4000) and refuses the rest; Pillow's own default (179 million) lets a PNG of
+    # a few hundred KB cost hundreds of MB per request.
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_images_per_request: int = Field(default=256, ge=1)
 
