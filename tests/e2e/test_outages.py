@@ -15,7 +15,8 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from cli.launcher import System, free_port
+from cli.launcher import Proc, System, free_port
 from service.db.migrate import upgrade_head
 from service.db.schema import Embedding, GalleryItem, Upgrade
 from service.db.session import read_scope
@@ -85,6 +86,49 @@ def _hold_mid_way(system: System, workers: list, url: str, uid: int, at: int, lo
         signal_all(signal.SIGCONT)
 
 
+@dataclass
+class MidUpgrade:
+    api: Proc
+    new: str
+    uid: int
+    probe: SearchProbe
+    logs: Callable[[], str]
+
+
+def _upgrade_held_mid_way(system: System, settings: Settings, trained_pair: tuple[Path, Path],
+                          fmnist_test: tuple[np.ndarray, np.ndarray]) -> MidUpgrade:  # fmt: skip
+    """An API, a worker, a gallery of N Fashion-MNIST items, searches running, and an upgrade a
+    quarter of the way through."""
+    images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
+    old_path, new_path = install_models(settings, trained_pair)
+    api = system.start_api(name="api")
+    register(api.url, old_path)
+    new = register(api.url, new_path)["name"]
+    ext = ingest(api.url, images, labels)
+    worker = system.start_worker(name="w1")
+    logs = logs_of(api, worker)
+    probe = SearchProbe(lambda: api.url, images, ext, k=N).start()
+    res = httpx.post(f"{api.url}/upgrade", json={"model": new, "batch_size": 4}, headers=ADMIN)
+    assert res.status_code == 202, res.text
+    uid = res.json()["id"]
+    _hold_mid_way(system, [worker], settings.sqlalchemy_url, uid, N // 4, logs)
+    return MidUpgrade(api, new, uid, probe, logs)
+
+
+def _completes_after_the_outage(m: MidUpgrade, settings: Settings) -> None:
+    wait_for(lambda: httpx.get(f"{m.api.url}/readyz", timeout=30).status_code == 200, 60,
+             "/readyz to turn 200 again", m.logs)  # fmt: skip
+    if get_upgrade(m.api.url, m.uid)["state"] == "paused":
+        httpx.post(f"{m.api.url}/upgrade/{m.uid}/resume", headers=ADMIN, timeout=30)
+    final = wait_for(lambda: (u := get_upgrade(m.api.url, m.uid))["state"] == "completed" and u, 240,
+                     "the upgrade to complete after the outage", m.logs)  # fmt: skip
+    m.probe.stop()
+    assert final["done"] == N and final["failed"] == 0
+    assert m.probe.errors == 0, f"{m.probe.errors} searches failed"
+    assert m.probe.violations == [], m.probe.violations[:5]
+    _assert_completed_once(settings.sqlalchemy_url, m.new)
+
+
 def _assert_completed_once(url: str, new: str) -> None:
     with read_scope(url) as s:
         on_new = s.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.active_model == new))
@@ -98,25 +142,13 @@ def test_postgresql_stopped_longer_than_a_lease_mid_upgrade(
 ) -> None:
     settings = _settings(monkeypatch, tmp_path, own_postgres.url, redis_prefix)
     upgrade_head(settings.sqlalchemy_url)
-    images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
-    old_path, new_path = install_models(settings, trained_pair)
     with System(tmp_path / "sys", env=dict(FAST_ENV)) as system:
-        api = system.start_api(name="api")
-        register(api.url, old_path)
-        new = register(api.url, new_path)["name"]
-        ext = ingest(api.url, images, labels)
-        worker = system.start_worker(name="w1")
-        logs = logs_of(api, worker)
-        probe = SearchProbe(lambda: api.url, images, ext, k=N).start()
-        res = httpx.post(f"{api.url}/upgrade", json={"model": new, "batch_size": 4}, headers=ADMIN)
-        assert res.status_code == 202, res.text
-        uid = res.json()["id"]
-        _hold_mid_way(system, [worker], settings.sqlalchemy_url, uid, N // 4, logs)
-
+        m = _upgrade_held_mid_way(system, settings, trained_pair, fmnist_test)
+        api, probe = m.api, m.probe
         own_postgres.stop()
         searches_before = probe.searches
         outage_started = time.monotonic()
-        r = httpx.get(f"{api.url}/upgrade/{uid}", timeout=30)
+        r = httpx.get(f"{api.url}/upgrade/{m.uid}", timeout=30)
         assert r.status_code == 503 and "database unavailable" in r.json()["detail"], r.text
         r = httpx.get(f"{api.url}/readyz", timeout=30)
         assert r.status_code == 503 and "database" in r.json()["detail"], r.text
@@ -129,15 +161,7 @@ def test_postgresql_stopped_longer_than_a_lease_mid_upgrade(
         assert _outage_count(api.url, "database") >= 2
 
         own_postgres.start()
-        wait_for(lambda: httpx.get(f"{api.url}/readyz", timeout=30).status_code == 200, 60,
-                 "/readyz to turn 200 again", logs)  # fmt: skip
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
-                         "the upgrade to complete after the outage", logs)  # fmt: skip
-        probe.stop()
-        assert final["done"] == N and final["failed"] == 0
-        assert probe.errors == 0, f"{probe.errors} searches failed"
-        assert probe.violations == [], probe.violations[:5]
-        _assert_completed_once(settings.sqlalchemy_url, new)
+        _completes_after_the_outage(m, settings)
 
 
 def test_redis_stopped_mid_upgrade_and_started_again(
@@ -145,50 +169,28 @@ def test_redis_stopped_mid_upgrade_and_started_again(
     trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
     settings = _settings(monkeypatch, tmp_path, sqlite_url, redis_prefix)
-    images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
-    old_path, new_path = install_models(settings, trained_pair)
     port = free_port()
     with System(tmp_path / "sys", env=dict(FAST_ENV)) as system:
         system.start_redis(port)
         redis_proc = system.procs[-1]
-        api = system.start_api(name="api")
-        register(api.url, old_path)
-        new = register(api.url, new_path)["name"]
-        ext = ingest(api.url, images, labels)
-        worker = system.start_worker(name="w1")
-        logs = logs_of(api, worker)
-        probe = SearchProbe(lambda: api.url, images, ext, k=N).start()
-        res = httpx.post(f"{api.url}/upgrade", json={"model": new, "batch_size": 4}, headers=ADMIN)
-        assert res.status_code == 202, res.text
-        uid = res.json()["id"]
-        _hold_mid_way(system, [worker], settings.sqlalchemy_url, uid, N // 4, logs)
-
+        m = _upgrade_held_mid_way(system, settings, trained_pair, fmnist_test)
+        api, probe = m.api, m.probe
         system.kill(redis_proc, signal.SIGKILL)
         searches_before = probe.searches
         t0 = time.monotonic()
         r = httpx.get(f"{api.url}/readyz", timeout=30)
         assert r.status_code == 503 and "redis unavailable" in r.json()["detail"], r.text
-        r = httpx.post(f"{api.url}/upgrade/{uid}/pause", headers=ADMIN, timeout=30)
+        r = httpx.post(f"{api.url}/upgrade/{m.uid}/pause", headers=ADMIN, timeout=30)
         assert r.status_code in (200, 503), r.text  # SQL decides; the queue's Redis may refuse: never a 500
         if r.status_code == 200:
-            assert httpx.post(f"{api.url}/upgrade/{uid}/resume", headers=ADMIN, timeout=30).status_code in (200, 503)
+            assert httpx.post(f"{api.url}/upgrade/{m.uid}/resume", headers=ADMIN, timeout=30).status_code in (200, 503)
         while time.monotonic() - t0 < 3 * float(FAST_ENV["HOTREFRESH_LEASE_SECONDS"]):
             time.sleep(0.5)
         assert probe.searches > searches_before
         assert _outage_count(api.url, "redis") >= 1
 
         system.start_redis(port)  # the same address, empty: it keeps nothing on disk
-        wait_for(lambda: httpx.get(f"{api.url}/readyz", timeout=30).status_code == 200, 60,
-                 "/readyz to turn 200 again", logs)  # fmt: skip
-        if get_upgrade(api.url, uid)["state"] == "paused":
-            httpx.post(f"{api.url}/upgrade/{uid}/resume", headers=ADMIN, timeout=30)
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
-                         "the upgrade to complete after the outage", logs)  # fmt: skip
-        probe.stop()
-        assert final["done"] == N and final["failed"] == 0
-        assert probe.errors == 0, f"{probe.errors} searches failed"
-        assert probe.violations == [], probe.violations[:5]
-        _assert_completed_once(settings.sqlalchemy_url, new)
+        _completes_after_the_outage(m, settings)
 
 
 def test_api_sigkilled_between_its_sql_commit_and_its_index_log_publish(
