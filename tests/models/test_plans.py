@@ -98,7 +98,7 @@ def test_prob_calibration_is_the_balanced_logistic_fit_of_same_label_pairs() -> 
     assert c is not None
     iu = np.triu_indices(120, k=1)
     x, y = (v @ v.T)[iu][:, None], (labels[:, None] == labels[None, :])[iu]
-    ref = sklearn.LogisticRegression(penalty=None, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(x, y)
+    ref = sklearn.LogisticRegression(C=np.inf, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(x, y)
     a, b = float(ref.coef_[0, 0]), float(ref.intercept_[0])
     assert 1 / c.scale == pytest.approx(a, rel=1e-3) and -c.shift / c.scale == pytest.approx(b, rel=1e-3, abs=1e-3)
     # ranking by the calibrated score is ranking by the fitted probability of a match
