@@ -81,11 +81,38 @@ def summarise(root: Path) -> str:
     return "\n".join(out)
 
 
+def calibrations(root: Path) -> str:
+    """Mean mAP and highest NFR@1 per calibration (``calibration/<dataset>-<cal>/expansion``)."""
+    folders = sorted(p for p in (root / "calibration").glob("*-*") if (p / "expansion" / "curve.json").exists())
+    if not folders:
+        return ""
+    out = ["| data set, calibration | " + " | ".join(f"{m}, {p}: mean mAP / highest NFR@1" for m in ("bct", "ract")
+                                                  for p in ("dual", "blend", "auto")) + " |"]  # fmt: skip
+    out.append("| --- " * 7 + "|")
+    for folder in folders:
+        doc = json.loads((folder / "expansion" / "curve.json").read_text())
+        cells = []
+        for method in ("bct", "ract"):
+            for plan in ("dual", "blend", "auto"):
+                pts = _curve(doc, method, ORDER, plan)
+                if pts is None:
+                    cells.append("–")
+                    continue
+                cells.append(f"{100 * np.mean([p['map'] for p in pts]):.2f} / "
+                             f"{100 * max(p['nfr'] or 0.0 for p in pts):.2f}")  # fmt: skip
+        dataset, cal = folder.name.rsplit("-", 1)
+        out.append(f"| {dataset}, {cal} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=RESULTS / "plans")
     args = ap.parse_args()
     text = summarise(args.root)
+    cal = calibrations(args.root)
+    if cal:
+        text += "\n#### Calibration (expansion, mixed order)\n\n" + cal
     (args.root / "summary.md").write_text(text + "\n")
     print(text)
 

@@ -89,6 +89,10 @@ class ModelOut(BaseModel):
     created_at: UtcDatetime
     is_gallery_model: bool
     is_query_model: bool
+    lineage: list[str] = Field(description="This model, the model it declares compatibility with, and so on "
+                               "back to the first: the generations of a sequence of upgrades.")
+    replaced: str | None = Field(None, description="The model a committed upgrade moved the gallery from onto "
+                                 "this one; null if none did.")
 
 
 class ModelsOut(BaseModel):

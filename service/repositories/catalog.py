@@ -19,6 +19,18 @@ def list_models(session: Session) -> list[ModelRow]:
     return list(session.scalars(select(ModelRow).order_by(ModelRow.id)))
 
 
+def lineage(models: dict[str, ModelRow], name: str) -> list[str]:
+    """``name``, the model it declares compatibility with, that one's, ... back to the first
+    (registration refuses a ``compatible_with`` that is not registered, so the chain is closed;
+    a cycle, which registration cannot make, would stop at its first repeat)."""
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None and current not in chain and current in models:
+        chain.append(current)
+        current = models[current].compatible_with
+    return chain
+
+
 def add_model(session: Session, row: ModelRow) -> ModelRow:
     session.add(row)
     session.flush()

@@ -271,6 +271,12 @@ def active_upgrade(session: Session) -> Upgrade | None:
     return session.scalar(select(Upgrade).where(Upgrade.state.in_(ACTIVE)).order_by(Upgrade.id.desc()).limit(1))
 
 
+def committed_sources(session: Session) -> dict[str, str]:
+    """model -> the model a committed upgrade moved the gallery from onto it."""
+    rows = session.execute(select(Upgrade.to_model, Upgrade.from_model).where(Upgrade.state == "committed"))
+    return {to: src for to, src in rows}
+
+
 def add_upgrade(session: Session, row: Upgrade) -> Upgrade:
     session.add(row)
     session.flush()

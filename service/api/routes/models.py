@@ -13,7 +13,7 @@ from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict
 from service.registry import register, resolve_model_path, save_upload
-from service.repositories import catalog
+from service.repositories import catalog, upgrades
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -21,8 +21,11 @@ router = APIRouter(prefix="/models", tags=["models"])
 MAX_CHECKPOINT_BYTES = 1 << 30
 
 
-def _out(row: ModelRow, state: ServingState) -> ModelOut:
+def _out(row: ModelRow, state: ServingState, models: dict[str, ModelRow],
+         replaced: dict[str, str] | None = None) -> ModelOut:  # fmt: skip
     return ModelOut(
+        lineage=catalog.lineage(models, row.name),
+        replaced=(replaced or {}).get(row.name),
         name=row.name,
         arch=row.arch,
         embedding_dim=row.embedding_dim,
@@ -39,10 +42,13 @@ def _out(row: ModelRow, state: ServingState) -> ModelOut:
 @router.get("", response_model=ModelsOut)
 def list_models(session: SessionDep) -> ModelsOut:
     state = catalog.get_serving_state(session)
+    rows = catalog.list_models(session)
+    by_name = {row.name: row for row in rows}
+    replaced = upgrades.committed_sources(session)
     return ModelsOut(
         gallery_model=state.gallery_model,
         query_model=state.query_model,
-        models=[_out(row, state) for row in catalog.list_models(session)],
+        models=[_out(row, state, by_name, replaced) for row in rows],
     )
 
 
@@ -72,7 +78,7 @@ def register_model(
             ckpt, uploaded = resolve_model_path(settings, path or ""), False
         with session_scope(settings.sqlalchemy_url) as s:
             row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
-            out = _out(row, catalog.get_serving_state(s))
+            out = _out(row, catalog.get_serving_state(s), {m.name: m for m in catalog.list_models(s)})
             # The query model changed from none to this one: every replica must hear of it.
             staged = indexlog.stage(s, "switch", out.name) if first else None
     except IntegrityError:

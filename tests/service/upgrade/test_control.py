@@ -69,3 +69,36 @@ def test_an_upgrade_without_a_strategy_takes_its_plans_measured_order(make_galle
     with session_scope(ctx.url) as s:
         assert upgrades.get_upgrade(s, uid).strategy == expected
     assert control.default_strategy("dual", same_dimension=False) == "random"  # no classifier to score with
+
+
+def test_sequential_upgrades_v1_v2_committed_then_v3_and_the_lineage(make_gallery, client) -> None:
+    """Three generations, each compatible with its predecessor: v1 -> v2 (committed) -> v3
+    (committed), every item re-encoded each time, and GET /models tells the lineage."""
+    from service.registry import EncoderCache, register
+    from tests.utils.checkpoints import make_tiny_checkpoint
+    from tests.utils.upgrade import run_to_end
+
+    g = make_gallery(n=30)
+    v1, v2 = g.old, g.new
+    ctx, uid = start_and_score(g)
+    run_to_end(ctx, uid)
+    assert control.act(g.settings, ctx.redis, uid, "commit") == "committed"
+    with session_scope(ctx.url) as s:
+        row = catalog.get_model(s, v2)
+        spec = {"arch": row.arch, "embedding_dim": row.embedding_dim, "num_classes": row.num_classes}
+    path = g.settings.models_path / "v3.pt"
+    make_tiny_checkpoint(path, "v3", compatible_with=v2, trained_with="ract", seed=5, **spec)
+    with session_scope(ctx.url) as s:
+        register(s, g.settings, EncoderCache("cpu"), path, uploaded=False)
+    g.new = "v3"
+    ctx, uid3 = start_and_score(g)
+    run_to_end(ctx, uid3)
+    assert control.act(g.settings, ctx.redis, uid3, "commit") == "committed"
+    assert models_of(ctx.url) == {"v3": 30}
+    with session_scope(ctx.url) as s:  # only the newest generation's vectors are left
+        assert set(s.scalars(select(Embedding.model).distinct())) == {"v3"}
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["v3"]["lineage"] == ["v3", v2, v1] and models[v2]["lineage"] == [v2, v1]
+    assert models[v1]["lineage"] == [v1] and models[v1]["replaced"] is None
+    assert models[v2]["replaced"] == v1 and models["v3"]["replaced"] == v2
+    assert models["v3"]["is_gallery_model"] and models["v3"]["is_query_model"]
