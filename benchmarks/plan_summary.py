@@ -3,7 +3,7 @@
 ``plan_checks.json``): per data set, allocation and new model, the paper's method next to each
 plan, and checks (e)-(g) of ``auto`` on the mean curve and on each seed.
 
-    .venv/bin/python benchmarks/plan_summary.py   # -> benchmarks/results/plans/summary.md
+    .venv/bin/python benchmarks/plan_summary.py   # -> benchmarks/results/plans/summary.md, *-expansion.png
 """
 
 from __future__ import annotations
@@ -81,28 +81,61 @@ def summarise(root: Path) -> str:
     return "\n".join(out)
 
 
-def calibrations(root: Path) -> str:
-    """Mean mAP and highest NFR@1 per calibration (``calibration/<dataset>-<cal>/expansion``)."""
-    folders = sorted(p for p in (root / "calibration").glob("*-*") if (p / "expansion" / "curve.json").exists())
+def variants(root: Path, sub: str, plans: tuple[str, ...]) -> str:
+    """Mean mAP and highest NFR@1 per variant (``<sub>/<dataset>-<variant>/expansion``): the
+    calibration and transform comparisons."""
+    folders = sorted(p for p in (root / sub).glob("*-*") if (p / "expansion" / "curve.json").exists())
     if not folders:
         return ""
-    out = ["| data set, calibration | " + " | ".join(f"{m}, {p}: mean mAP / highest NFR@1" for m in ("bct", "ract")
-                                                  for p in ("dual", "blend", "auto")) + " |"]  # fmt: skip
-    out.append("| --- " * 7 + "|")
+    head = " | ".join(f"{m}, {p}: mean mAP / highest NFR@1" for m in ("bct", "ract") for p in plans)
+    out = [f"| data set, {sub} | {head} |", "| --- " * (1 + 2 * len(plans)) + "|"]
     for folder in folders:
         doc = json.loads((folder / "expansion" / "curve.json").read_text())
         cells = []
         for method in ("bct", "ract"):
-            for plan in ("dual", "blend", "auto"):
+            for plan in plans:
                 pts = _curve(doc, method, ORDER, plan)
-                if pts is None:
-                    cells.append("–")
-                    continue
-                cells.append(f"{100 * np.mean([p['map'] for p in pts]):.2f} / "
+                cells.append("–" if pts is None else f"{100 * np.mean([p['map'] for p in pts]):.2f} / "
                              f"{100 * max(p['nfr'] or 0.0 for p in pts):.2f}")  # fmt: skip
-        dataset, cal = folder.name.rsplit("-", 1)
-        out.append(f"| {dataset}, {cal} | " + " | ".join(cells) + " |")
+        dataset, variant = folder.name.rsplit("-", 1)
+        out.append(f"| {dataset}, {variant} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+COLOURS = {"paper": "tab:blue", "dual": "tab:green", "transform": "tab:purple", "blend": "tab:orange",
+           "auto": "tab:red"}
+
+
+def plot(doc: dict, path: Path, method: str = "bct") -> None:
+    """The README's figure: the paper's method and each plan with one new model, mAP and NFR@1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = [("ract", PAPER_ORDER, "paper", "the paper's method (RACT, paper, margin)", "black", "--")]
+    rows += [(method, PAPER_ORDER if p == "paper" else ORDER, p, f"{method}, {p}", COLOURS[p], "-")
+             for p in ("paper", "dual", "transform", "blend", "auto")]  # fmt: skip
+    for m, order, plan, label, colour, style in rows:
+        pts = _curve(doc, m, order, plan)
+        if pts is None:
+            continue
+        x = [100 * p["fraction"] for p in pts]
+        width = 2.5 if plan == "auto" else 1.2
+        ax1.plot(x, [100 * p["map"] for p in pts], style, color=colour, linewidth=width, label=label)
+        ax2.plot(x, [100 * (p["nfr"] or 0.0) for p in pts], style, color=colour, linewidth=width)
+    ax1.axhline(100 * doc["old_to_old"]["map"], color="gray", linewidth=1, label="old-to-old")
+    ax1.set(xlabel="gallery backfilled (%)", ylabel="mAP (%)", title="mAP")
+    ax2.set(xlabel="gallery backfilled (%)", ylabel="NFR@1 (%)", title="negative-flip rate")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"{doc.get('dataset')} {doc.get('allocation')}: query plans (mean of seeds {doc.get('seeds')}; "
+                 f"plans other than the paper's on the mixed order)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -110,9 +143,14 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=RESULTS / "plans")
     args = ap.parse_args()
     text = summarise(args.root)
-    cal = calibrations(args.root)
-    if cal:
-        text += "\n#### Calibration (expansion, mixed order)\n\n" + cal
+    for dataset in ("fashion-mnist", "digits"):
+        curve = args.root / dataset / "expansion" / "curve.json"
+        if curve.exists():
+            plot(json.loads(curve.read_text()), args.root / f"{dataset}-expansion.png")
+    for sub, plans in (("calibration", ("dual", "blend", "auto")), ("transform", ("transform", "blend"))):
+        table = variants(args.root, sub, plans)
+        if table:
+            text += f"\n#### {sub.capitalize()} (expansion, mixed order)\n\n" + table
     (args.root / "summary.md").write_text(text + "\n")
     print(text)
 
