@@ -147,7 +147,7 @@ def main() -> None:
         curve = args.root / dataset / "expansion" / "curve.json"
         if curve.exists():
             plot(json.loads(curve.read_text()), args.root / f"{dataset}-expansion.png")
-    for sub, plans in (("calibration", ("dual", "blend", "auto")), ("transform", ("transform", "blend"))):
+    for sub, plans in (("calibration", ("dual", "blend", "auto")), ("transform", ("transform", "blend", "auto"))):
         table = variants(args.root, sub, plans)
         if table:
             text += f"\n#### {sub.capitalize()} (expansion, mixed order)\n\n" + table
