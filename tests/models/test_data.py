@@ -72,3 +72,23 @@ def test_image_folder_loader(tmp_path: Path) -> None:
         load_image_folder(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_image_folder(tmp_path / "missing")
+
+
+def test_digits_are_the_second_data_set_with_a_fixed_disjoint_split() -> None:
+    pytest.importorskip("sklearn")
+    from models.data import load_dataset, load_digits
+
+    x, y = load_digits("train")
+    xt, yt = load_digits("test")
+    assert x.shape[1:] == (28, 28) and x.dtype == np.uint8 and len(x) + len(xt) == 1797
+    assert set(np.unique(y)) == set(np.unique(yt)) == set(range(10))
+    for c in range(10):  # 30% of each class held out
+        n = (y == c).sum() + (yt == c).sum()
+        assert (yt == c).sum() == round(0.3 * n)
+    # no test image is a training image, whatever the seed of an experiment
+    train_rows = {im.tobytes() for im in x}
+    assert not any(im.tobytes() in train_rows for im in xt)
+    again, _ = load_dataset("digits", "test")
+    assert np.array_equal(again, xt)
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_dataset("mnist", "train")
