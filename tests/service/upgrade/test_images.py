@@ -40,6 +40,7 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
     assert pixels.flags.c_contiguous
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, at open; ours refuses
 def test_the_backfill_loader_refuses_images_above_the_pixel_limit_per_item(tmp_path, fmnist_test) -> None:
     from service.imagestore import LocalImageStore
     from service.upgrade.images import load_images, load_pixels
