@@ -91,6 +91,31 @@ def evaluate_scores(
     return RetrievalResult(float(ap_all.mean()), float(t1.mean()), ap_all, t1)
 
 
+def top1_correct(
+    scores: np.ndarray | torch.Tensor,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    *,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per query, whether the top-ranked gallery item shares its label: ``evaluate_scores``'s
+    ``top1_correct`` (the same tie rule: the first column among equal scores) from one argmax per
+    row instead of a full ranking, for callers that need only NFR@1 (the chooser's estimate)."""
+    s = torch.as_tensor(scores)
+    ql = torch.as_tensor(np.asarray(query_labels), device=s.device)
+    gl = torch.as_tensor(np.asarray(gallery_labels), device=s.device)
+    if s.ndim != 2 or s.shape != (len(ql), len(gl)):
+        raise ValueError(f"scores shaped {tuple(s.shape)} do not match {len(ql)} queries x {len(gl)} gallery")
+    if exclude is not None:
+        ex = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=s.device)
+        s = s.clone().float()
+        rows = torch.nonzero(ex >= 0).flatten()
+        s[rows, ex[rows]] = float("-inf")
+    if s.shape[1] == 0:
+        return np.zeros(len(ql), bool)
+    return (gl[s.argmax(dim=1)] == ql).cpu().numpy()
+
+
 def negative_flip_rate(old_top1_correct: np.ndarray, new_top1_correct: np.ndarray) -> float | None:
     """Eq. 12: |Q+ ∩ Q-| / |Q+|; None when the old system got no query right (NFR undefined)."""
     old = np.asarray(old_top1_correct, dtype=bool)

@@ -119,7 +119,7 @@ def plan_curves(
                 measured.append(Candidate(p, r.map, negative_flip_rate(p_base.top1_correct, r.top1_correct)))
             rest = np.setdiff1d(moved, probes)
             estimate = estimate_final_nfr(g_old_np[probes], g_new_np[probes], p_labels, g_old_np[rest],
-                                          g_new_np[rest], s.g_labels[rest], k=k)  # fmt: skip
+                                          g_new_np[rest], s.g_labels[rest])  # fmt: skip
             bound = nfr_bound(nfr_target, estimate)
             chosen = START_PLAN if n == 0 else choose(measured, bound, safe=START_PLAN)
             out[AUTO].append({**held_out[chosen], "plan": chosen, "nfr_bound": bound,

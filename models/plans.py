@@ -241,26 +241,26 @@ NFR_SLACK = 0.01  # the relative target: the finished upgrade's NFR@1 (estimated
 
 def estimate_final_nfr(
     p_old: np.ndarray, p_new: np.ndarray, p_labels: np.ndarray,
-    s_old: np.ndarray, s_new: np.ndarray, s_labels: np.ndarray, *, k: int | None = None,
+    s_old: np.ndarray, s_new: np.ndarray, s_labels: np.ndarray,
 ) -> float | None:
     """NFR@1 the finished upgrade will have, estimated from what exists at a checkpoint: the
     probes (old and new embeddings of gallery items, ``p_*``) and items already backfilled (their
     old and new vectors, ``s_*``, probes excluded). The probes search that sub-gallery leave-one-
     out once in the old space and once in the new; their flips are the estimate (the sub-gallery
     grows to the whole gallery at 100%, where it is exact). None without labelled probes."""
-    from models.metrics import evaluate_scores, negative_flip_rate
+    from models.metrics import negative_flip_rate, top1_correct
 
     labels = np.asarray(p_labels)
     if len(labels) < 2 or not (labels >= 0).any():
         return None
     g_labels = np.concatenate([labels, np.asarray(s_labels)])
     exclude = np.arange(len(labels), dtype=np.int64)
-    results = []
+    hits = []
     for q, s_part in ((p_old, s_old), (p_new, s_new)):
         q = np.asarray(q, np.float32)
         g = np.concatenate([q, np.asarray(s_part, np.float32).reshape(-1, q.shape[1])])
-        results.append(evaluate_scores(torch.from_numpy(q @ g.T), labels, g_labels, k=k, exclude=exclude))
-    return negative_flip_rate(results[0].top1_correct, results[1].top1_correct)
+        hits.append(top1_correct(torch.from_numpy(q @ g.T), labels, g_labels, exclude=exclude))
+    return negative_flip_rate(hits[0], hits[1])
 
 
 def nfr_bound(nfr_target: float | None, estimated_final: float | None) -> float:

@@ -49,3 +49,17 @@ def test_negative_flip_rate_eq12() -> None:
     assert negative_flip_rate(np.zeros(3, bool), np.ones(3, bool)) is None
     with pytest.raises(ValueError):
         negative_flip_rate(old, new[:3])
+
+
+def test_top1_correct_is_evaluate_scores_top1_without_the_ranking() -> None:
+    import torch
+
+    from models.metrics import evaluate_scores, top1_correct
+
+    rng = np.random.default_rng(11)
+    scores = torch.from_numpy(rng.integers(0, 5, (60, 40)).astype(np.float32))  # many ties
+    ql, gl = rng.integers(0, 3, 60), rng.integers(0, 3, 40)
+    exclude = np.where(rng.random(60) < 0.5, rng.integers(0, 40, 60), -1)
+    for ex in (None, exclude):
+        ref = evaluate_scores(scores, ql, gl, exclude=ex).top1_correct
+        assert np.array_equal(top1_correct(scores, ql, gl, exclude=ex), ref)
