@@ -8,7 +8,7 @@ from models.losses import CompatibilityLoss, bct_loss, extend_old_classifier
 
 
 def _naive(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, tau: float, kind: str, topk=None) -> float:
-    """Eq. 5 / Eq. 6 written one sample at a time, as in paper-notes.md."""
+    """Eq. 5 / Eq. 6 written one sample at a time, as docs/models.md ("The compatibility losses") states them."""
     total = 0.0
     b = len(labels)
     for x in range(b):
