@@ -38,20 +38,12 @@ class RetrievalResult:
     top1_correct: np.ndarray  # bool per query
 
 
-def evaluate_scores(
-    scores: np.ndarray | torch.Tensor,
-    query_labels: np.ndarray,
-    gallery_labels: np.ndarray,
-    *,
-    k: int | None = None,
-    chunk: int = 512,
-    exclude: np.ndarray | None = None,
-) -> RetrievalResult:
-    """mAP (full ranking, or @k) and top-1 accuracy of a (Q, G) similarity matrix (higher = closer).
-
-    ``exclude[q]`` (a gallery column, or -1) leaves that column out of query q's ranking: the
-    leave-one-out protocol when the queries are gallery items themselves (the service's probes).
-    """
+def _scored(
+    scores: np.ndarray | torch.Tensor, query_labels: np.ndarray, gallery_labels: np.ndarray,
+    exclude: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Scores and labels as tensors on one device, checked; each query's ``exclude`` column ranked
+    last (-inf): what ``evaluate_scores`` and ``top1_correct`` share."""
     s = torch.as_tensor(scores)
     ql = torch.as_tensor(np.asarray(query_labels), device=s.device)
     gl = torch.as_tensor(np.asarray(gallery_labels), device=s.device)
@@ -66,6 +58,24 @@ def evaluate_scores(
         s = s.clone().float()
         rows = torch.nonzero(ex >= 0).flatten()
         s[rows, ex[rows]] = float("-inf")
+    return s, ql, gl, ex
+
+
+def evaluate_scores(
+    scores: np.ndarray | torch.Tensor,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    *,
+    k: int | None = None,
+    chunk: int = 512,
+    exclude: np.ndarray | None = None,
+) -> RetrievalResult:
+    """mAP (full ranking, or @k) and top-1 accuracy of a (Q, G) similarity matrix (higher = closer).
+
+    ``exclude[q]`` (a gallery column, or -1) leaves that column out of query q's ranking: the
+    leave-one-out protocol when the queries are gallery items themselves (the service's probes).
+    """
+    s, ql, gl, ex = _scored(scores, query_labels, gallery_labels, exclude)
     aps, top1 = [], []
     for i in range(0, s.shape[0], chunk):
         sc = s[i : i + chunk]
@@ -101,16 +111,7 @@ def top1_correct(
     """Per query, whether the top-ranked gallery item shares its label: ``evaluate_scores``'s
     ``top1_correct`` (the same tie rule: the first column among equal scores) from one argmax per
     row instead of a full ranking, for callers that need only NFR@1 (the chooser's estimate)."""
-    s = torch.as_tensor(scores)
-    ql = torch.as_tensor(np.asarray(query_labels), device=s.device)
-    gl = torch.as_tensor(np.asarray(gallery_labels), device=s.device)
-    if s.ndim != 2 or s.shape != (len(ql), len(gl)):
-        raise ValueError(f"scores shaped {tuple(s.shape)} do not match {len(ql)} queries x {len(gl)} gallery")
-    if exclude is not None:
-        ex = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=s.device)
-        s = s.clone().float()
-        rows = torch.nonzero(ex >= 0).flatten()
-        s[rows, ex[rows]] = float("-inf")
+    s, ql, gl, _ = _scored(scores, query_labels, gallery_labels, exclude)
     if s.shape[1] == 0:
         return np.zeros(len(ql), bool)
     return (gl[s.argmax(dim=1)] == ql).cpu().numpy()
