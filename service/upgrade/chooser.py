@@ -64,15 +64,15 @@ def moved_pairs(session: Session, settings: Settings, up: Upgrade, gallery: prob
 
 def fit(
     settings: Settings, up: Upgrade, name: str, gallery: probes.Gallery, probe_set: probes.ProbeSet,
-    pairs: Pairs | None,
+    pairs: Pairs | None, codes: tuple[np.ndarray, np.ndarray],
 ) -> PlanSpec:
-    """One plan fitted at this cut."""
+    """One plan fitted at this cut (``codes``: ``probes.label_codes`` of the probes and gallery)."""
     if name == "paper":
         return PlanSpec("paper")
     on_new = gallery.on(up.to_model)
-    codes = _label_codes(gallery.labels, probe_set.labels)
-    old_labels = codes[: len(gallery.ids)][gallery.on(up.from_model)]
-    new_labels = np.concatenate([codes[len(gallery.ids) :], codes[: len(gallery.ids)][on_new]])
+    g_codes, p_codes = codes
+    old_labels = g_codes[gallery.on(up.from_model)]
+    new_labels = np.concatenate([p_codes, g_codes[on_new]])
     old_space = gallery.parts.get(up.from_model)
     new_space = np.concatenate([probe_set.queries, gallery.parts.get(up.to_model, probe_set.queries[:0])])
     return build_spec(name, calibration=settings.plan_calibration, old_space=old_space, new_space=new_space,
@@ -80,31 +80,23 @@ def fit(
                       seed=int(up.id), old_labels=old_labels, new_labels=new_labels)  # fmt: skip
 
 
-def estimated_final_nfr(gallery: probes.Gallery, probe_set: probes.ProbeSet, pairs: Pairs | None) -> float | None:
+def estimated_final_nfr(
+    gallery: probes.Gallery, probe_set: probes.ProbeSet, pairs: Pairs | None, codes: tuple[np.ndarray, np.ndarray]
+) -> float | None:
     """``models.plans.estimate_final_nfr`` on the probes and the moved items' pairs (probes left out)."""
     if probe_set.old_queries is None or not len(probe_set.ids):
         return None
-    codes = _label_codes(gallery.labels, probe_set.labels)
-    by_id = dict(zip(gallery.ids.tolist(), codes[: len(gallery.ids)].tolist(), strict=True))
-    p_labels = codes[len(gallery.ids) :]
+    g_codes, p_codes = codes
     if pairs is None:
-        keep = np.zeros(0, bool)
         s_old = np.zeros((0, probe_set.old_queries.shape[1]), np.float32)
         s_new = np.zeros((0, probe_set.queries.shape[1]), np.float32)
         s_labels = np.zeros(0, np.int64)
     else:
+        by_id = dict(zip(gallery.ids.tolist(), g_codes.tolist(), strict=True))
         keep = ~np.isin(pairs.ids, probe_set.ids)
         s_old, s_new = pairs.old[keep], pairs.new[keep]
-        s_labels = np.asarray([by_id.get(int(i), -1) for i in pairs.ids[keep]], np.int64)
-    return estimate_final_nfr(probe_set.old_queries, probe_set.queries, p_labels, s_old, s_new, s_labels)
-
-
-def _label_codes(gallery_labels: list[str | None], probe_labels: list[str]) -> np.ndarray:
-    """One integer per label (gallery rows, then probes), -1 for an unlabelled item: what the
-    ``prob`` calibration fits on."""
-    names = sorted({str(x) for x in gallery_labels if x is not None} | {str(x) for x in probe_labels})
-    code = {n: i for i, n in enumerate(names)}
-    return np.asarray([code[str(x)] if x is not None else -1 for x in [*gallery_labels, *probe_labels]], np.int64)
+        s_labels = np.asarray([by_id.get(int(i), probes.UNLABELED) for i in pairs.ids[keep]], np.int64)
+    return estimate_final_nfr(probe_set.old_queries, probe_set.queries, p_codes, s_old, s_new, s_labels)
 
 
 @dataclass(frozen=True)
@@ -123,11 +115,13 @@ def choose_at_cut(
     baseline = up.baseline or {}
     probe_set = probes.ProbeSet.from_json(baseline)
     names = candidates(session, up)
-    pairs = moved_pairs(session, settings, up, gallery, probe_set) if set(names) & {"transform", "blend"} or (
-        up.plan == "auto") else None  # fmt: skip
+    # Read once per cut: the pairs T is fitted on (auto's candidates always include transform),
+    # and the label codes every fit and the final-NFR estimate share.
+    pairs = moved_pairs(session, settings, up, gallery, probe_set) if {"transform", "blend"} & set(names) else None
+    codes = probes.label_codes(probe_set.labels, gallery)
     measured: dict[str, tuple[ServingPlan, probes.Measurement]] = {}
     for name in names:
-        plan = current.bumped(fit(settings, up, name, gallery, probe_set, pairs))
+        plan = current.bumped(fit(settings, up, name, gallery, probe_set, pairs, codes))
         measured[name] = (plan, probes.measure(session, baseline, up.to_model, gallery, plan=plan))
     table = {name: {"map": m.map, "nfr": m.nfr} for name, (_, m) in measured.items()}
     bound = None
@@ -135,7 +129,7 @@ def choose_at_cut(
         chosen = up.plan
     else:
         target = up.nfr_target if up.nfr_target is not None else settings.nfr_target
-        bound = nfr_bound(target, None if target is not None else estimated_final_nfr(gallery, probe_set, pairs))
+        bound = nfr_bound(target, None if target is not None else estimated_final_nfr(gallery, probe_set, pairs, codes))
         if step == 0 and START_PLAN in measured:
             chosen = START_PLAN
         else:

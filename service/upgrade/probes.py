@@ -130,10 +130,17 @@ def load_gallery(session: Session) -> Gallery:
     return Gallery(all_ids, vectors, [label_of.get(int(i)) for i in all_ids], models, by_model)
 
 
-def _coded(query_ids: np.ndarray, query_labels: list[str], gallery: Gallery) -> tuple[np.ndarray, ...]:
+def label_codes(query_labels: list[str], gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery codes, query codes): one integer per gallery label, ``UNLABELED`` for an item
+    without one, a code below that for a query label no gallery item has (it matches nothing)."""
     codes = {lab: c for c, lab in enumerate(sorted({str(x) for x in gallery.labels if x is not None}))}
     gl = np.asarray([codes[str(x)] if x is not None else UNLABELED for x in gallery.labels], np.int64)
     ql = np.asarray([codes.get(lab, UNLABELED - 1) for lab in query_labels], np.int64)
+    return gl, ql
+
+
+def _coded(query_ids: np.ndarray, query_labels: list[str], gallery: Gallery) -> tuple[np.ndarray, ...]:
+    gl, ql = label_codes(query_labels, gallery)
     pos = {int(i): p for p, i in enumerate(gallery.ids.tolist())}
     exclude = np.asarray([pos.get(int(i), -1) for i in query_ids], np.int64)
     return gl, ql, exclude
