@@ -15,15 +15,10 @@ from pathlib import Path
 import numpy as np
 from index_bench import RESULTS
 
+from models.experiment import find_curve
+
 ORDER = "mixed"  # the default order of every plan but the paper's
 PAPER_ORDER = "margin"
-
-
-def _curve(doc: dict, method: str, ordering: str, plan: str) -> list[dict] | None:
-    for c in doc["curves"]:
-        if c["method"] == method and c["ordering"] == ordering and c.get("plan", "paper") == plan:
-            return c["points"]
-    return None
 
 
 def _row(label: str, pts: list[dict], ref: float) -> str:
@@ -39,7 +34,7 @@ def summarise(root: Path) -> str:
         for alloc_dir in sorted(p for p in dataset_dir.iterdir() if (p / "curve.json").exists()):
             doc = json.loads((alloc_dir / "curve.json").read_text())
             checks = json.loads((alloc_dir / "plan_checks.json").read_text())
-            ref_pts = _curve(doc, "ract", PAPER_ORDER, "paper")
+            ref_pts = find_curve(doc, "ract", PAPER_ORDER, "paper")
             ref = float(np.mean([100 * p["map"] for p in ref_pts])) if ref_pts else float("nan")
             size = f"{doc['n_queries']} queries x {doc['n_gallery']} gallery"
             out.append(f"#### {dataset_dir.name}, {alloc_dir.name} (seeds {doc.get('seeds')}; old-to-old mAP "
@@ -50,7 +45,7 @@ def summarise(root: Path) -> str:
             for method in ("ract", "bct", "ract+bct", "independent"):
                 rows = [("paper", PAPER_ORDER)] + [(p, ORDER) for p in ("dual", "transform", "blend", "auto")]
                 for plan, order in rows:
-                    pts = _curve(doc, method, order, plan)
+                    pts = find_curve(doc, method, order, plan)
                     if pts is None or (method == "independent" and plan == "paper"):
                         continue
                     label = f"{method}, **{plan}** ({order})" if plan == "auto" else f"{method}, {plan} ({order})"
@@ -94,7 +89,7 @@ def variants(root: Path, sub: str, plans: tuple[str, ...]) -> str:
         cells = []
         for method in ("bct", "ract"):
             for plan in plans:
-                pts = _curve(doc, method, ORDER, plan)
+                pts = find_curve(doc, method, ORDER, plan)
                 cells.append("–" if pts is None else f"{100 * np.mean([p['map'] for p in pts]):.2f} / "
                              f"{100 * max(p['nfr'] or 0.0 for p in pts):.2f}")  # fmt: skip
         dataset, variant = folder.name.rsplit("-", 1)
@@ -118,7 +113,7 @@ def plot(doc: dict, path: Path, method: str = "bct") -> None:
     rows += [(method, PAPER_ORDER if p == "paper" else ORDER, p, f"{method}, {p}", COLOURS[p], "-")
              for p in ("paper", "dual", "transform", "blend", "auto")]  # fmt: skip
     for m, order, plan, label, colour, style in rows:
-        pts = _curve(doc, m, order, plan)
+        pts = find_curve(doc, m, order, plan)
         if pts is None:
             continue
         x = [100 * p["fraction"] for p in pts]

@@ -22,11 +22,6 @@ NfrTargetOpt = Annotated[float | None, typer.Option(
     show_default=False)]
 
 
-def _nfr_target(value: float | None) -> float | None:
-    """None: the relative bound (the estimated final NFR@1 + 1 point), as a live upgrade's default."""
-    return value
-
-
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -189,7 +184,7 @@ def experiment(
             cfg.n_gallery = gallery
         cfg.overrides, cfg.k = overrides, k
         cfg.plans, cfg.calibration, cfg.transform = _csv(plans), calibration, transform
-        cfg.nfr_target = _nfr_target(nfr_target)
+        cfg.nfr_target = nfr_target  # None: the relative bound, as a live upgrade's default
         cfg.data_root = str(data_root) if data_root else None
         summary = run_experiment(cfg, out, models_dir=models_dir, progress=progress)
         typer.echo(f"{alloc}: wrote {out / alloc}/curve.json, curve.md, curve.png")
@@ -239,7 +234,7 @@ def evaluate(
         load_checkpoint(old), pairs, images, labels, q, g,
         orderings=[o.strip() for o in orderings.split(",") if o.strip()],
         fractions=parse_fractions(fractions), k=k, seed=seed, meta={"dataset": dataset, "allocation": None},
-        plans=_csv(plans), calibration=calibration, transform=transform, nfr_target=_nfr_target(nfr_target),
+        plans=_csv(plans), calibration=calibration, transform=transform, nfr_target=nfr_target,
     )  # fmt: skip
     paths = write_outputs(doc, out)
     typer.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")

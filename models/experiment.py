@@ -199,7 +199,7 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _curve(doc: dict[str, Any], method: str, ordering: str, plan: str = "paper") -> list[dict[str, Any]] | None:
+def find_curve(doc: dict[str, Any], method: str, ordering: str, plan: str = "paper") -> list[dict[str, Any]] | None:
     """The points of one (method, ordering, plan) curve; a curve without a plan field is ``paper``'s."""
     for c in doc["curves"]:
         if c["method"] == method and c["ordering"] == ordering and c.get("plan", "paper") == plan:
@@ -213,7 +213,7 @@ def check_plans(doc: dict[str, Any], plan: str = "auto", baseline: tuple[str, st
     (e) mAP at every step >= old-to-old; (f) NFR@1 at every step <= the finished upgrade's + 1
     point; (g) mean mAP over the steps >= the paper's method (RACT, ``paper`` plan, margin) + 4."""
     o2o = doc["old_to_old"]["map"]
-    ref = _curve(doc, baseline[0], baseline[1], "paper")
+    ref = find_curve(doc, baseline[0], baseline[1], "paper")
     ref_mean = float(np.mean([p["map"] for p in ref])) if ref else None
     out: dict[str, Any] = {}
     for c in doc["curves"]:
@@ -238,8 +238,8 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
     """The issue's checks (a)-(d) on one curve document (a seed or the mean over seeds)."""
     res: dict[str, Any] = {}
     o2o = doc["old_to_old"]["map"]
-    ract_r = _curve(doc, "ract", "random")
-    van_r = _curve(doc, "vanilla", "random")
+    ract_r = find_curve(doc, "ract", "random")
+    van_r = find_curve(doc, "vanilla", "random")
     if ract_r:
         at0 = ract_r[0]["map"]
         res["a_ract_compatible"] = {"holds": at0 >= o2o, "ract_map_at_0": at0, "old_to_old_map": o2o}
@@ -264,7 +264,7 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
         }
     means = {}
     for m in ("ract", "vanilla", "bct", "ract+bct", "independent"):
-        r, mg = _curve(doc, m, "random"), _curve(doc, m, "margin")
+        r, mg = find_curve(doc, m, "random"), find_curve(doc, m, "margin")
         if r and mg:
             means[m] = {
                 "margin": float(np.mean([p["map"] for p in mg])),
