@@ -39,7 +39,8 @@ def main() -> None:
     args = ap.parse_args()
 
     images = load_fashion_mnist("test")[0][: args.n]
-    meta = SimpleNamespace(input_channels=1, input_size=(28, 28), mean=0.0, std=1.0)
+    meta = SimpleNamespace(input_channels=1, input_size=(28, 28), mean=0.0, std=1.0, resize="center_crop",
+                           crop_ratio=1.0)
     with tempfile.TemporaryDirectory(prefix="loading-") as tmp:
         store = LocalImageStore(Path(tmp))
         keys = [store.put(png(a)) for a in images]

@@ -46,7 +46,19 @@ def train(
         str | None, typer.Option(help="new model: ract|vanilla|bct|ract+bct|none; omit for an old (CE) model")
     ] = None,
     old: Annotated[Path | None, typer.Option(help="old model checkpoint (required with --loss)")] = None,
-    arch: Annotated[str, typer.Option(help="encoder architecture (conv2, conv4)")] = "conv2",
+    arch: Annotated[str, typer.Option(
+        help="encoder architecture: conv2, conv4, resnet18, resnet34, resnet50")] = "conv2",
+    size: Annotated[int, typer.Option(min=8, max=1024, help="input size (square) of the model")] = 28,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="input channels: 1 (grey) or 3 (RGB)")] = 1,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--shift", help="the paper's random resized crop and flip, or a small shift and flip")] = False,
+    width: Annotated[int | None, typer.Option(min=1, help="ResNets: channels of the first stage (default 64)",
+                                              show_default=False)] = None,
+    blocks: Annotated[str | None, typer.Option(help="ResNets: residual blocks per stage, e.g. 1,1,1,1",
+                                               show_default=False)] = None,
+    stem: Annotated[str | None, typer.Option(
+        help="ResNets: imagenet (7x7 stride 2 + max-pool, for 224) or small (3x3, for 28-64 pixels); "
+        "default small below 96 pixels", show_default=False)] = None,
     embedding_dim: Annotated[int, typer.Option(min=1)] = 64,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=2)] = 256,
@@ -60,7 +72,8 @@ def train(
     ] = None,
     part: Annotated[str, typer.Option(help="old|new: which part of --allocation")] = "new",
     folder: Annotated[Path | None, typer.Option(help="labeled image folder root/<class>/<image>")] = None,
-    dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist or digits")] = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist, digits or fashion-colour")] = (
+        "fashion-mnist"),
     limit: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -75,9 +88,24 @@ def train(
         raise typer.BadParameter("--loss trains a new model and needs --old", param_hint="--old")
     if part not in ("old", "new"):
         raise typer.BadParameter("must be old or new", param_hint="--part")
-    channels, size, classes = 1, (28, 28), 10
+    if channels == 2:
+        raise typer.BadParameter("must be 1 or 3", param_hint="--channels")
+    options: dict[str, object] = {}
+    if arch.startswith("resnet"):
+        options["stem"] = stem or ("small" if size < 96 else "imagenet")
+        if width is not None:
+            options["width"] = width
+        if blocks is not None:
+            try:
+                options["blocks"] = [int(b) for b in _csv(blocks)]
+            except ValueError:
+                raise typer.BadParameter("comma-separated integers", param_hint="--blocks") from None
+    elif width is not None or blocks is not None or stem is not None:
+        raise typer.BadParameter(f"{arch} takes no --width, --blocks or --stem", param_hint="--arch")
+    classes = 10
     if folder is not None:
-        images, labels, names = load_image_folder(folder)
+        # stored at the model's size (short side resized, centre crop: what serving does)
+        images, labels, names = load_image_folder(folder, size=(size, size), channels=channels)
         classes = len(names)
     else:
         images, labels = load_dataset(_dataset(dataset), "train")
@@ -91,13 +119,36 @@ def train(
     cfg = TrainConfig(
         arch=arch, embedding_dim=embedding_dim, num_classes=int(max(classes, int(np.max(labels)) + 1)),
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, tau=tau, lam=lam, topk=topk, seed=seed,
-        input_channels=channels, input_size=size,
+        input_channels=channels, input_size=(size, size), augment="crop" if augment else "shift",
+        arch_options=options,
     )  # fmt: skip
-    meta, history = train_and_save(
-        images, labels, cfg, out, name, old_path=old, old_classes=old_classes, progress=progress
-    )
+    try:
+        meta, history = train_and_save(
+            images, labels, cfg, out, name, old_path=old, old_classes=old_classes, progress=progress
+        )
+    except ValueError as e:  # bad architecture options, sizes, or an old model of another dimension
+        raise typer.BadParameter(str(e)) from None
     typer.echo(f"wrote {out} ({meta.arch}, {meta.trained_with}, compatible_with={meta.compatible_with}, "
                f"train acc {history[-1]['train_acc']:.3f})")  # fmt: skip
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a hotrefresh checkpoint (hotrefresh train's output)")],
+    out: Annotated[Path, typer.Option(help="the TorchScript file to write; its metadata goes beside it as .json")],
+    name: Annotated[str | None, typer.Option(help="register under another name", show_default=False)] = None,
+) -> None:
+    """Export a checkpoint as a bring-your-own encoder: a TorchScript archive (metadata inside
+    and beside it), checked to give the checkpoint's embeddings."""
+    import json
+
+    from models.checkpoint import CheckpointError
+    from models.torchscript import export_torchscript
+
+    try:
+        doc = export_torchscript(checkpoint, out, name=name)
+    except CheckpointError as e:
+        raise typer.BadParameter(str(e), param_hint="CHECKPOINT") from None
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {json.dumps(doc)}")
 
 
 def experiment(

@@ -25,13 +25,20 @@ import torch
 from PIL import Image
 
 from models.encoders import Encoder, create_model
-from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, normalize_uint8, pil_to_tensor
+from models.preprocess import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    check_input_spec,
+    normalize_uint8,
+    pil_to_tensor,
+)
 from models.runtime import EncodeJob, make_launcher, start_interop_pool
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hotrefresh-checkpoint/1"
-TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "ract+bct", "independent")
+# "external": a bring-your-own encoder whose recipe the service does not know (models/torchscript.py).
+TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "ract+bct", "independent", "external")
 
 
 class CheckpointError(ValueError):
@@ -48,8 +55,16 @@ class ModelMeta:
     compatible_with: str | None = None
     input_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
-    mean: float = FASHION_MNIST_MEAN
-    std: float = FASHION_MNIST_STD
+    # One value for every channel, or one per channel (ImageNet-style RGB statistics).
+    mean: float | list[float] = FASHION_MNIST_MEAN
+    std: float | list[float] = FASHION_MNIST_STD
+    # How an image of another shape reaches input_size (models/preprocess.py): "center_crop"
+    # (short side resized, centre crop of crop_ratio of it, as retrieval models are evaluated) or
+    # "stretch" (resized to input_size, aspect ratio lost; what checkpoints before it did).
+    resize: str = "center_crop"
+    crop_ratio: float = 1.0
+    # Constructor options of the architecture (width, blocks, stem of the ResNets).
+    arch_options: dict[str, Any] = field(default_factory=dict)
     # Named embedding heads; v1 models have one. A later model may add a "native" head beside the
     # backward-compatible "embedding" one for per-segment query plans.
     heads: list[str] = field(default_factory=lambda: ["embedding"])
@@ -67,6 +82,7 @@ class ModelMeta:
         missing = {"name", "arch", "embedding_dim", "num_classes"} - set(d)
         if missing:
             raise CheckpointError(f"checkpoint metadata lacks {sorted(missing)}")
+        d = {"resize": "stretch", **d}  # written before the field existed: they stretched
         meta = cls(**{k: v for k, v in d.items() if k in names})
         meta.input_size = (int(meta.input_size[0]), int(meta.input_size[1]))
         meta.validate()
@@ -77,14 +93,20 @@ class ModelMeta:
             raise CheckpointError("checkpoint metadata: name must be a non-empty string")
         if self.trained_with not in TRAINED_WITH:
             raise CheckpointError(f"checkpoint metadata: trained_with {self.trained_with!r} not in {TRAINED_WITH}")
-        for k in ("embedding_dim", "num_classes"):
+        for k, least in (("embedding_dim", 1), ("num_classes", 0)):  # 0 classes: no classifier head
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
-                raise CheckpointError(f"checkpoint metadata: {k} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise CheckpointError(f"checkpoint metadata: {k} must be an integer >= {least}, got {v!r}")
         if self.input_channels not in (1, 3):
             raise CheckpointError(f"checkpoint metadata: input_channels must be 1 or 3, got {self.input_channels!r}")
         if not self.heads or not all(isinstance(h, str) for h in self.heads):
             raise CheckpointError("checkpoint metadata: heads must be a non-empty list of names")
+        try:
+            check_input_spec(self)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint metadata: {e}") from e
+        if not isinstance(self.arch_options, dict):
+            raise CheckpointError("checkpoint metadata: arch_options must be an object")
 
 
 def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -265,8 +287,15 @@ class LoadedModel:
             out.append(self.model.embedding(xb).float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out))
 
+    @property
+    def has_classifier(self) -> bool:
+        """False for a bring-your-own encoder registered without its head."""
+        return self.meta.num_classes > 0 and getattr(self.model, "classifier", None) is not None
+
     def classifier_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(W (C, D), b (C,)) float32 with the logit scale folded in: ``logits = v @ W.T + b``."""
+        if not self.has_classifier:
+            raise CheckpointError(f"model {self.meta.name!r} has no classifier head")
         w, b = self.model.classifier.effective_weights()
         return w.float().cpu().numpy(), b.float().cpu().numpy()
 
@@ -276,7 +305,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> Lo
     path = Path(path)
     meta, state = _read(path)
     try:
-        model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels)
+        model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels,
+                             **meta.arch_options)  # fmt: skip
     except ValueError as e:
         raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from e
     try:

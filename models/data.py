@@ -10,16 +10,20 @@ import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from models.preprocess import draft_jpeg, pil_to_chw
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 ALLOCATIONS = ("expansion", "open-data", "open-class")
-DATASETS = ("fashion-mnist", "digits")
+DATASETS = ("fashion-mnist", "digits", "fashion-colour")
+COLOUR_TRAIN_SIZE = 32  # side of "fashion-colour" as load_dataset returns it (memory: 3 KB per image)
 DIGITS_TEST_FRACTION = 0.3
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -79,19 +83,72 @@ def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     return images[keep], labels[keep]
 
 
+def colourize(grey: np.ndarray, size: int, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """Colour photographs made from Fashion-MNIST with nothing downloaded: each garment (its grey
+    value as the alpha) is tinted with a random colour and laid over a random crop of one of
+    scikit-learn's two bundled photos (``load_sample_images``: a temple, a flower), dimmed.
+    uint8 (N, 3, size, size); the colours and crops are a seeded function of the row.
+
+    Why: the service's colour path (RGB decode, JPEG, 3-channel models) needs colour images
+    with real-photo statistics, and a label must not be readable from the colour: tint and
+    background are drawn independently of the class, so a model has to see the shape."""
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError as exc:
+        raise ImportError("the fashion-colour data set needs scikit-learn: pip install -e '.[datasets]'") from exc
+    photos = torch.from_numpy(np.stack(load_sample_images().images)).permute(0, 3, 1, 2).float() / 255.0
+    photos = F.interpolate(photos, size=(214, 320), mode="bilinear", antialias=True, align_corners=False)
+    rng = np.random.default_rng([seed, len(grey)])
+    n = len(grey)
+    hue = rng.random(n)
+    sat = rng.uniform(0.4, 1.0, n)
+    # HSV (value 1) -> RGB, vectorised
+    k = (np.stack([5.0, 3.0, 1.0])[None] + hue[:, None] * 6) % 6
+    tint = 1 - sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+    which = rng.integers(0, len(photos), n)
+    side = rng.uniform(0.2, 0.6, n)  # crop side as a fraction of the photo's height
+    cx, cy = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(0, n, chunk):
+        sl = slice(i, min(n, i + chunk))
+        m = sl.stop - sl.start
+        g = torch.from_numpy(np.ascontiguousarray(grey[sl])).float().unsqueeze(1) / 255.0
+        alpha = F.interpolate(g, size=(size, size), mode="bilinear", align_corners=False)
+        theta = torch.zeros(m, 2, 3)
+        sx = torch.from_numpy(side[sl] * 214 / 320).float()
+        sy = torch.from_numpy(side[sl]).float()
+        theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+        theta[:, 0, 2] = torch.from_numpy(cx[sl]).float() * (1 - sx)
+        theta[:, 1, 2] = torch.from_numpy(cy[sl]).float() * (1 - sy)
+        grid = F.affine_grid(theta, [m, 3, size, size], align_corners=False)
+        bg = F.grid_sample(photos[torch.from_numpy(which[sl])], grid, mode="bilinear", align_corners=False)
+        fg = alpha * torch.from_numpy(tint[sl]).float().view(m, 3, 1, 1)
+        rgb = alpha * fg + (1 - alpha) * 0.6 * bg
+        out[sl] = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    return out
+
+
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28), labels) of one of ``DATASETS``; ``root`` is Fashion-MNIST's folder."""
+    """(images uint8, labels) of one of ``DATASETS``: (N, 28, 28) grey, or for ``fashion-colour``
+    (N, 3, 32, 32) colour (:func:`colourize`, seeded by the split); ``root`` is Fashion-MNIST's folder."""
     if name == "fashion-mnist":
         return load_fashion_mnist(split, root) if root else load_fashion_mnist(split)
     if name == "digits":
         return load_digits(split)
+    if name == "fashion-colour":
+        grey, labels = load_fashion_mnist(split, root) if root else load_fashion_mnist(split)
+        return colourize(grey, COLOUR_TRAIN_SIZE, seed=0 if split == "train" else 1), labels
     raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
 
 
 def load_image_folder(
     root: str | Path, *, size: tuple[int, int] = (28, 28), channels: int = 1
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``root/<class>/<image>`` -> (uint8 (N,H,W) or (N,3,H,W), labels, class names sorted).
+    """``root/<class>/<image>`` -> (uint8 (N,H,W) or (N,3,H,W), labels, class names sorted), each
+    image resized and centre-cropped to ``size`` as the service's preprocessing does.
 
     Unreadable files are an error naming the file, not silently skipped: a training set that
     quietly loses images is worse than one that refuses to load.
@@ -102,6 +159,7 @@ def load_image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    spec = SimpleNamespace(input_channels=channels, input_size=size, resize="center_crop", crop_ratio=1.0)
     arrays, labels = [], []
     for ci, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
@@ -109,11 +167,11 @@ def load_image_folder(
                 continue
             try:
                 with Image.open(f) as src:
-                    img = src.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.Resampling.BILINEAR)
-                    a = np.asarray(img, dtype=np.uint8)
+                    draft_jpeg(src, spec)
+                    a = pil_to_chw(src, spec)
             except (UnidentifiedImageError, OSError) as e:
                 raise ValueError(f"cannot read image {f}: {e}") from e
-            arrays.append(a if channels == 1 else a.transpose(2, 0, 1))
+            arrays.append(a[0] if channels == 1 else a)
             labels.append(ci)
     if not arrays:
         raise ValueError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")

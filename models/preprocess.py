@@ -3,6 +3,16 @@
 Training feeds uint8 arrays through :func:`normalize_uint8`; serving feeds PIL images through
 :func:`pil_to_tensor`, which converts mode and size first and then calls the same normalisation.
 :func:`png_to_chw` is a shortcut to :func:`pil_to_chw` for stored PNGs that need no conversion.
+
+The geometry (:func:`source_box`) is the one retrieval models are evaluated with: the short side
+is resized to the model's input size (divided by ``crop_ratio``, e.g. 256 for a 224 crop at
+0.875) and the centre is cropped, in one antialiased resize of the source region, so a photo
+is never squashed. ``resize="stretch"`` keeps the older behaviour (the whole image resized to
+the input size). Square images at ``crop_ratio`` 1 come out the same either way. JPEG bytes
+are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop
+(:func:`draft_jpeg`): the decoder then does a fraction of the work, and every path that starts
+from bytes (uploads, queries, the backfill) goes through the same call, so all of them see the
+same pixels.
 """
 
 from __future__ import annotations
@@ -20,6 +30,9 @@ FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 
 
+RESIZE_POLICIES = ("center_crop", "stretch")
+
+
 class InputSpec(Protocol):
     """What preprocessing needs to know of a model (``ModelMeta`` satisfies it). Read-only, so a
     ``tuple[int, int]`` input size fits ``Sequence[int]``."""
@@ -29,9 +42,62 @@ class InputSpec(Protocol):
     @property
     def input_size(self) -> Sequence[int]: ...
     @property
-    def mean(self) -> float: ...
+    def mean(self) -> float | Sequence[float]: ...
     @property
-    def std(self) -> float: ...
+    def std(self) -> float | Sequence[float]: ...
+    @property
+    def resize(self) -> str: ...
+    @property
+    def crop_ratio(self) -> float: ...
+
+
+def check_input_spec(meta: InputSpec) -> None:
+    """ValueError naming the first field a model's preprocessing could not honour."""
+    if meta.input_channels not in (1, 3):
+        raise ValueError(f"input_channels must be 1 or 3, got {meta.input_channels!r}")
+    size = list(meta.input_size)
+    if len(size) != 2 or not all(isinstance(v, int) and 1 <= v <= 4096 for v in size):
+        raise ValueError(f"input_size must be [height, width] of 1 to 4096 pixels, got {size!r}")
+    for name in ("mean", "std"):
+        v = getattr(meta, name)
+        values = [v] if isinstance(v, int | float) else list(v)
+        if len(values) not in (1, meta.input_channels) or not all(
+            isinstance(x, int | float) and np.isfinite(x) for x in values
+        ):
+            raise ValueError(f"{name} must be a number or one number per input channel, got {v!r}")
+        if name == "std" and not all(x > 0 for x in values):
+            raise ValueError(f"std must be positive, got {v!r}")
+    if meta.resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {meta.resize!r}")
+    if not isinstance(meta.crop_ratio, int | float) or not 0.1 <= meta.crop_ratio <= 1.0:
+        raise ValueError(f"crop_ratio must be in [0.1, 1], got {meta.crop_ratio!r}")
+
+
+def source_box(width: int, height: int, meta: InputSpec) -> tuple[float, float, float, float]:
+    """The region of a ``width`` x ``height`` image that becomes the model's input: all of it
+    under ``stretch``; under ``center_crop`` the centred region with the input's aspect ratio,
+    ``crop_ratio`` of the short side's extent."""
+    if meta.resize == "stretch":
+        return 0.0, 0.0, float(width), float(height)
+    h, w = int(meta.input_size[0]), int(meta.input_size[1])
+    scale = max(w / width, h / height) / meta.crop_ratio  # source pixel -> resized pixel
+    cw, ch = min(width, w / scale), min(height, h / scale)
+    left, top = (width - cw) / 2, (height - ch) / 2
+    return left, top, left + cw, top + ch
+
+
+def draft_jpeg(img: Image.Image, meta: InputSpec) -> None:
+    """Before ``load()``: have libjpeg decode an opened JPEG at the smallest DCT scale whose
+    crop still has at least the model's input size, in the model's mode (grey straight from
+    the luma plane). Anything but a not-yet-loaded JPEG is left alone."""
+    if img.format != "JPEG":  # a loaded JPEG has no tiles left, and draft() then does nothing
+        return
+    width, height = img.size
+    left, top, right, bottom = source_box(width, height, meta)
+    h, w = int(meta.input_size[0]), int(meta.input_size[1])
+    # The whole image at the size where the crop is exactly the input size (draft keeps >= it).
+    need = (max(1, int(np.ceil(width * w / (right - left)))), max(1, int(np.ceil(height * h / (bottom - top)))))
+    img.draft("L" if meta.input_channels == 1 else "RGB", need)
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -67,8 +133,9 @@ def pil_to_chw(img: Image.Image, meta: InputSpec) -> np.ndarray:
         raise TypeError(f"expected a PIL image, got {type(img).__name__}")
     h, w = int(meta.input_size[0]), int(meta.input_size[1])
     img = _to_mode(img, meta.input_channels)
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    box = source_box(img.size[0], img.size[1], meta)
+    if img.size != (w, h) or box != (0.0, 0.0, float(img.size[0]), float(img.size[1])):
+        img = img.resize((w, h), Image.Resampling.BILINEAR, box=box)
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -97,6 +164,8 @@ def png_to_chw(data: bytes, meta: InputSpec) -> np.ndarray | None:
     c, h, w = meta.input_channels, int(meta.input_size[0]), int(meta.input_size[1])
     if depth != 8 or color_type != _PNG_COLOR_TYPE.get(c) or (height, width) != (h, w):
         return None
+    if source_box(width, height, meta) != (0.0, 0.0, float(width), float(height)):
+        return None  # a centre crop smaller than the image: PIL resamples it
     try:
         a = imagecodecs.png_decode(data)
     except Exception:  # noqa: BLE001 - corrupt or unusual: PIL decides, and names the error
@@ -108,6 +177,12 @@ def png_to_chw(data: bytes, meta: InputSpec) -> np.ndarray | None:
 
 def normalize_uint8(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:
     """uint8 (n,H,W) or (n,C,H,W), or float in [0,1] -> normalised float (n,C,H,W) at the model's size."""
+    return standardize(to_model_input(x, meta), meta)
+
+
+def to_model_input(x: torch.Tensor, meta: InputSpec, *, resize: bool = True) -> torch.Tensor:
+    """uint8 or [0,1] float images -> float [0,1] (n,C,H,W) in the model's channels (grey
+    repeated, or colour to luma) and, with ``resize``, at its input size (antialiased)."""
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:
@@ -123,6 +198,19 @@ def normalize_uint8(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:
         else:
             raise ValueError(f"cannot map {x.shape[1]} input channels to the model's {c}")
     size = (int(meta.input_size[0]), int(meta.input_size[1]))
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return (x - meta.mean) / meta.std
+    if resize and tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def standardize(x: torch.Tensor, meta: InputSpec) -> torch.Tensor:
+    """float [0,1] (n,C,H,W) -> (x - mean) / std with the model's (per-channel) statistics."""
+    c = x.shape[1]
+    return (x - channel_stat(meta.mean, c, x)) / channel_stat(meta.std, c, x)
+
+
+def channel_stat(value: float | Sequence[float], channels: int, like: torch.Tensor) -> torch.Tensor:
+    """A mean or std as a (1, C, 1, 1) tensor on ``like``'s device, for per-channel statistics."""
+    values = [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+    t = torch.tensor(values if len(values) == channels else values * channels, dtype=like.dtype, device=like.device)
+    return t.view(1, channels, 1, 1)

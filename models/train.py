@@ -1,8 +1,10 @@
 """Training of the old model (cross-entropy) and of new models (CE + a compatibility term).
 
-Everything stays in memory as uint8 tensors on the training device; augmentation is a batched
-affine warp (random shift and horizontal flip), so a small CNN trains at hundreds of images per
-second on two CPU cores without a data-loader process. The old model is frozen: eval mode,
+Everything stays in memory as uint8 tensors (at the data's own size and channels) on the
+training device; augmentation is one batched affine warp per view that also resamples to the
+model's input size: a random shift and horizontal flip by default, or the paper's random
+resized crop and flip (``augment="crop"``). A small CNN trains at hundreds of images per second
+on two CPU cores without a data-loader process. The old model is frozen: eval mode,
 ``requires_grad=False``, and its features computed under ``torch.no_grad`` from a second,
 independent augmentation of the same images.
 """
@@ -24,7 +26,14 @@ from tqdm import tqdm
 from models.checkpoint import LoadedModel, ModelMeta, load_checkpoint, save_checkpoint
 from models.encoders import Encoder, create_model, default_device
 from models.losses import DEFAULT_LAMBDA, DEFAULT_TAU, CompatibilityLoss, bct_loss, extend_old_classifier
-from models.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from models.preprocess import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    InputSpec,
+    normalize_uint8,
+    standardize,
+    to_model_input,
+)
 
 log = logging.getLogger("hotrefresh.train")
 
@@ -49,12 +58,17 @@ class TrainConfig:
     lam: float = DEFAULT_LAMBDA
     topk: int | None = None
     seed: int = 0
-    max_shift: float = 1.0  # pixels (at 28x28)
+    max_shift: float = 1.0  # pixels of the source image (augment="shift")
     flip: bool = True
+    # "shift": random shift + flip; "crop": random resized crop (area crop_scale, aspect 3/4-4/3)
+    # + flip, the paper's augmentation.
+    augment: str = "shift"
+    crop_scale: tuple[float, float] = (0.25, 1.0)
     input_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
-    mean: float = FASHION_MNIST_MEAN
-    std: float = FASHION_MNIST_STD
+    mean: float | list[float] = FASHION_MNIST_MEAN
+    std: float | list[float] = FASHION_MNIST_STD
+    arch_options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -62,34 +76,59 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, max_shift: float, flip: bool) -> torch.Tensor:
-    """Float [0,1] (n,C,H,W) -> randomly shifted (zero fill) and horizontally flipped copy."""
-    n, _, h, w = x.shape
+AUGMENTATIONS = ("shift", "crop")
+
+
+def augment(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    max_shift: float,
+    flip: bool,
+    *,
+    out_size: tuple[int, int] | None = None,
+    crop_scale: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Float [0,1] (n,C,H,W) -> a randomly warped copy at ``out_size`` (default: the input's):
+    shifted by up to ``max_shift`` source pixels (zero fill), or with ``crop_scale`` a random
+    resized crop (area fraction in the range, aspect ratio 3/4 to 4/3, inside the image); then
+    flipped left-right with probability 1/2 if ``flip``. One ``grid_sample`` does all of it."""
+    n, c, h, w = x.shape
     dev = x.device
-    shift = (torch.rand(n, 2, generator=gen, device=dev) * 2 - 1) * max_shift
-    sx = torch.ones(n, device=dev)
+    oh, ow = out_size or (h, w)
+    sx, sy = torch.ones(n, device=dev), torch.ones(n, device=dev)
+    if crop_scale is not None:
+        lo, hi = crop_scale
+        area = lo + (hi - lo) * torch.rand(n, generator=gen, device=dev)
+        log_r = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * math.log(4 / 3)
+        sx = torch.sqrt(area * log_r.exp()).clamp(max=1.0)  # crop width / image width
+        sy = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
+        cx = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * (1 - sx)  # centre, in [-1, 1] units
+        cy = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * (1 - sy)
+    else:
+        shift = (torch.rand(n, 2, generator=gen, device=dev) * 2 - 1) * max_shift
+        cx, cy = shift[:, 0] * 2 / w, shift[:, 1] * 2 / h
     if flip:
         sx = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -sx, sx)
     theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0] = sx
-    theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = shift[:, 0] * 2 / w
-    theta[:, 1, 2] = shift[:, 1] * 2 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+    theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+    grid = F.affine_grid(theta, [n, c, oh, ow], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _to_input(xb: torch.Tensor) -> torch.Tensor:
-    x = xb.float() / 255.0
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    return x
-
-
-def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x - mean) / std
+def _view(xb: torch.Tensor, spec: InputSpec, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """One augmented, normalised view of a uint8 batch as ``spec``'s model takes it."""
+    x = to_model_input(xb, spec, resize=False)
+    size = (int(spec.input_size[0]), int(spec.input_size[1]))
+    crop = cfg.crop_scale if cfg.augment == "crop" else None
+    return standardize(augment(x, gen, cfg.max_shift, cfg.flip, out_size=size, crop_scale=crop), spec)
 
 
 @torch.no_grad()
@@ -110,12 +149,15 @@ def _bct_head(
         if c in seen:
             continue
         idx = torch.nonzero(y_all == c).flatten()[:2048]
-        feats = [
-            old_net.embedding(_normalise(_to_input(x_all[idx[i : i + 512]]), old.meta.mean, old.meta.std))
-            for i in range(0, len(idx), 512)
-        ]
+        feats = [old_net.embedding(normalize_uint8(x_all[idx[i : i + 512]], old.meta)) for i in range(0, len(idx), 512)]
         means[c] = torch.cat(feats).mean(0)
     return extend_old_classifier(w, b, torch.as_tensor(sorted(seen), device=w.device), means)
+
+
+def _spec(cfg: TrainConfig) -> ModelMeta:
+    """The input side of the model being trained, as its checkpoint will describe it."""
+    return ModelMeta(name="training", arch=cfg.arch, embedding_dim=cfg.embedding_dim, num_classes=cfg.num_classes,
+                     input_channels=cfg.input_channels, input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)
 
 
 def train_encoder(
@@ -140,7 +182,8 @@ def train_encoder(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
 
-    model = create_model(cfg.arch, cfg.embedding_dim, cfg.num_classes, cfg.input_channels).to(device)
+    model = create_model(cfg.arch, cfg.embedding_dim, cfg.num_classes, cfg.input_channels,
+                         **cfg.arch_options).to(device)  # fmt: skip
     x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     if old is not None:
@@ -152,6 +195,7 @@ def train_encoder(
         old_net = old.model.to(device).eval()
         for p in old_net.parameters():
             p.requires_grad_(False)
+    spec = _spec(cfg)
     kind = _CONTRASTIVE.get(cfg.loss or "")
     comp = CompatibilityLoss(kind, cfg.tau, cfg.topk) if kind is not None else None
     if cfg.loss in ("bct", "ract+bct"):
@@ -182,14 +226,14 @@ def train_encoder(
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:
                 continue
-            xb, yb = _to_input(x_all[idx]), y_all[idx]
-            x_new = _normalise(augment(xb, gen, cfg.max_shift, cfg.flip), cfg.mean, cfg.std)
+            xb, yb = x_all[idx], y_all[idx]
+            x_new = _view(xb, spec, cfg, gen)
             emb, logits = model(x_new)
             ce = F.cross_entropy(logits, yb)
             comp_loss = torch.zeros((), device=device)
             if comp is not None:
                 assert old is not None  # checked above: every cfg.loss needs the old model
-                x_old = _normalise(augment(xb, gen, cfg.max_shift, cfg.flip), old.meta.mean, old.meta.std)
+                x_old = _view(xb, old.meta, cfg, gen)
                 with torch.no_grad():
                     old_emb = old_net.embedding(x_old)
                 comp_loss = comp_loss + comp(emb, old_emb, yb)
@@ -248,7 +292,7 @@ def train_and_save(
     model, history = train_encoder(
         images, labels, cfg, old=old, old_classes=old_classes, device=device, progress=progress, desc=name
     )
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("extra", "input_size")}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("extra", "input_size", "arch_options")}
     meta = ModelMeta(
         name=name,
         arch=cfg.arch,
@@ -260,6 +304,7 @@ def train_and_save(
         input_size=cfg.input_size,
         mean=cfg.mean,
         std=cfg.std,
+        arch_options=dict(cfg.arch_options),
         extra={"recipe": recipe, "n_train": len(images), "history": history, **cfg.extra},
     )
     return save_checkpoint(model, meta, out), history

@@ -8,13 +8,14 @@ errors about) any file on the machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -72,12 +73,12 @@ class EncoderCache:
         return self.load(name, row.path)
 
     def load(self, name: str, path: str) -> LoadedModel:
-        from models.checkpoint import load_checkpoint
+        from models.torchscript import load_encoder
 
         with self._lock:  # one load per model even when many requests arrive at once
             model = self._models.get(name)
             if model is None:
-                model = load_checkpoint(path, device=self.device)
+                model = load_encoder(path, device=self.device)
                 if self.warm:
                     model.warm_up()
                 self._models[name] = model
@@ -127,19 +128,41 @@ def save_upload(settings: Settings, stream: BinaryIO, max_bytes: int) -> Path:
     return Path(tmp)
 
 
+def parse_metadata_upload(data: bytes) -> dict[str, Any]:
+    """A TorchScript encoder's metadata sent beside it: a JSON object, or a 422 that says why."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidCheckpoint(f"metadata is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidCheckpoint("metadata must be a JSON object")
+    return doc
+
+
 def register(
-    session: Session, settings: Settings, cache: EncoderCache, path: Path, *, uploaded: bool
-) -> tuple[ModelRow, bool]:
-    """Validate the checkpoint at ``path`` and add it to the registry (not committed).
+    session: Session, settings: Settings, cache: EncoderCache, path: Path, *, uploaded: bool,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[ModelRow, bool]:  # fmt: skip
+    """Validate the encoder at ``path`` (a checkpoint, or a TorchScript encoder with ``metadata``
+    or the metadata it carries) and add it to the registry (not committed).
 
     Returns the row and whether it became the serving model (the first one registered).
-    An uploaded file is moved to a permanent name on success and deleted on failure.
+    An uploaded file is moved to a permanent name on success and deleted on failure; metadata
+    sent beside a TorchScript file is kept as the file's sidecar, where every process reads it.
     """
     from models.checkpoint import CheckpointError, load_checkpoint
+    from models.torchscript import is_torchscript, load_torchscript, sidecar
 
+    scripted = is_torchscript(path)
+    if metadata is not None and not scripted:
+        if uploaded:
+            path.unlink(missing_ok=True)
+        raise InvalidCheckpoint("metadata is only taken beside a TorchScript encoder; a hotrefresh checkpoint "
+                                "carries its own")  # fmt: skip
     try:
         try:
-            loaded = load_checkpoint(path, device=cache.device)
+            loaded = (load_torchscript(path, cache.device, metadata) if scripted
+                      else load_checkpoint(path, device=cache.device))  # fmt: skip
         except CheckpointError as e:
             raise InvalidCheckpoint(str(e).replace(str(path), path.name)) from e
         meta = loaded.meta
@@ -159,6 +182,8 @@ def register(
                 )
         if uploaded:
             final = settings.models_path / f"{_SAFE_NAME.sub('_', meta.name)}-{meta.content_hash[:12]}.pt"
+            if metadata is not None:
+                sidecar(final).write_text(json.dumps(metadata, indent=2) + "\n")
             os.replace(path, final)
             path = final
         row = catalog.add_model(

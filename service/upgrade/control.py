@@ -78,7 +78,13 @@ def start(
         if target.name == current.name:
             raise UpgradeRequestError(f"model {model!r} already is the gallery model")
         if strategy is None:
-            strategy = default_strategy(plan, target.embedding_dim == current.embedding_dim)
+            strategy = default_strategy(plan, target.embedding_dim == current.embedding_dim,
+                                        has_classifier=target.num_classes > 0)  # fmt: skip
+        if target.num_classes == 0 and strategy != "random":
+            raise UpgradeRequestError(
+                f"model {model!r} has no classifier head, and the {strategy!r} order scores old vectors "
+                "with the new classifier; use strategy random (or register the model with its head)"
+            )
         if target.embedding_dim != current.embedding_dim and (plan == "paper" or strategy != "random"):
             why = "the paper's plan compares the new query with old vectors" if plan == "paper" else (
                 f"the {strategy!r} order puts old vectors through the new classifier")
@@ -106,13 +112,13 @@ def start(
     return row
 
 
-def default_strategy(plan: str, same_dimension: bool) -> str:
+def default_strategy(plan: str, same_dimension: bool, *, has_classifier: bool = True) -> str:
     """The backfill order an upgrade takes when none is asked for, as measured (README, "Query
     plans"): ``margin`` (the paper's) for the paper's plan, which only needs the hardest items
     moved first; ``mixed`` for the plans that fit T on the items moved so far, where half the
     slots drawn at random keep that fit unbiased and lower the NFR at every step; ``random``
-    when the new model's classifier cannot score old vectors (another dimension)."""
-    if not same_dimension:
+    when the new model's classifier cannot score old vectors (another dimension, or no head)."""
+    if not same_dimension or not has_classifier:
         return "random"
     return "margin" if plan == "paper" else "mixed"
 

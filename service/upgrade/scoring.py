@@ -28,7 +28,7 @@ from service.repositories import upgrades
 from service.settings import Settings
 from service.states import SCORING, TransitionError
 from service.upgrade import checkpoints, chooser, probes
-from service.upgrade.images import load_images
+from service.upgrade.images import load_pixels
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ SCORE_CHUNK = 65_536
 def compute_priorities(
     session: Session, upgrade: Upgrade, new_model: LoadedModel
 ) -> tuple[np.ndarray, np.ndarray]:
-    w, b = new_model.classifier_weights()
+    # random never uses the classifier, and a model registered without one has none
+    dim = new_model.meta.embedding_dim
+    w, b = (new_model.classifier_weights() if upgrade.strategy != "random"
+            else (np.zeros((0, dim), np.float32), np.zeros(0, np.float32)))  # fmt: skip
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     chunks = (c for c in item_repo.iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
@@ -54,11 +57,9 @@ def build_probes(
 ) -> probes.ProbeSet:
     ids, labels = probes.choose_probes(session, upgrade.from_model, size, seed=int(upgrade.id))
     keys = item_repo.image_keys(session, ids.tolist())
-    imgs, errs = load_images(images, [keys[int(i)] for i in ids], max_pixels)
-    ok = [k for k, e in enumerate(errs) if e is None]  # a probe whose image is unreadable is dropped
-    ok_imgs = [img for k in ok if (img := imgs[k]) is not None]  # all of them: no error means an image
-    dim = new_model.meta.embedding_dim
-    queries = new_model.embed_images(ok_imgs) if ok else np.zeros((0, dim), np.float32)
+    pixels, ok, _ = load_pixels(images, [keys[int(i)] for i in ids], new_model.meta, max_pixels)
+    # a probe whose image is unreadable is dropped
+    queries = new_model.embed_tensor(pixels) if ok else np.zeros((0, new_model.meta.embedding_dim), np.float32)
     return probes.ProbeSet(ids[ok], [labels[k] for k in ok], queries)
 
 

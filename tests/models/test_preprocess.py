@@ -13,8 +13,8 @@ from PIL import Image, PngImagePlugin
 
 from models.preprocess import pil_to_chw, png_to_chw
 
-GREY = SimpleNamespace(input_channels=1, input_size=(28, 28), mean=0.0, std=1.0)
-COLOUR = SimpleNamespace(input_channels=3, input_size=(28, 28), mean=0.0, std=1.0)
+GREY = SimpleNamespace(input_channels=1, input_size=(28, 28), mean=0.0, std=1.0, resize="center_crop", crop_ratio=1.0)
+COLOUR = SimpleNamespace(input_channels=3, input_size=(28, 28), mean=0.0, std=1.0, resize="center_crop", crop_ratio=1.0)
 
 
 def _png(img: Image.Image, **kw) -> bytes:

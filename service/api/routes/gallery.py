@@ -26,7 +26,7 @@ from service.api.schemas import (
 )
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, TooLarge
-from service.images import decode_image, read_limited
+from service.images import decode_image, pixel_batch, read_limited
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
 
@@ -71,11 +71,10 @@ def add_items(
     serving.require_ready()
 
     blobs: list[bytes] = []
-    images = []
     for i, (upload, ext) in enumerate(zip(image, external_id, strict=True)):
         what = f"image {i} (external_id {ext!r})"
         data = read_limited(upload.file, settings.max_upload_bytes, what)
-        images.append(decode_image(data, what, settings.max_image_pixels))
+        decode_image(data, what, settings.max_image_pixels)  # all of it, or a clear 4xx before any write
         blobs.append(data)
 
     # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
@@ -95,7 +94,8 @@ def add_items(
             models.append(upgrade.from_model)
         encoders = {m: serving.encoders.get(s, m) for m in models}
 
-    vectors = {m: enc.embed_images(images) for m, enc in encoders.items()}
+    limit = settings.max_image_pixels
+    vectors = {m: enc.embed_tensor(pixel_batch(blobs, enc.meta, limit)) for m, enc in encoders.items()}
     keys = [store.put(data) for data in blobs]
     new = [
         item_repo.NewItem(external_id=ext, label=lab, image_key=key, vectors={m: v[i] for m, v in vectors.items()})

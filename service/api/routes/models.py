@@ -12,18 +12,26 @@ from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses
 from service.db.schema import ModelRow, ServingState
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict
-from service.registry import register, resolve_model_path, save_upload
+from service.images import read_limited
+from service.registry import parse_metadata_upload, register, resolve_model_path, save_upload
 from service.repositories import catalog, upgrades
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 # Checkpoints are far larger than images; this bounds one upload, not the model directory.
 MAX_CHECKPOINT_BYTES = 1 << 30
+MAX_METADATA_BYTES = 1 << 20
 
 
 def _out(row: ModelRow, state: ServingState, models: dict[str, ModelRow],
          replaced: dict[str, str] | None = None) -> ModelOut:  # fmt: skip
+    meta = row.meta or {}
     return ModelOut(
+        format=str((meta.get("extra") or {}).get("format", "checkpoint")),
+        input_channels=int(meta.get("input_channels", 1)),
+        input_size=[int(v) for v in meta.get("input_size", [28, 28])],
+        resize=str(meta.get("resize", "stretch")),
+        has_classifier=row.num_classes > 0,
         lineage=catalog.lineage(models, row.name),
         replaced=(replaced or {}).get(row.name),
         name=row.name,
@@ -63,21 +71,29 @@ def register_model(
     settings: SettingsDep,
     serving: ServingDep,
     redis: RedisDep,
-    file: UploadFile | None = File(None, description="A checkpoint file to upload."),
+    file: UploadFile | None = File(
+        None, description="An encoder file to upload: a hotrefresh checkpoint or a TorchScript encoder."),
+    metadata: UploadFile | None = File(
+        None, description="With a TorchScript `file`: its metadata (JSON), unless the archive carries it."),
     path: StoredText | None = Form(
-        None, description="Or: a checkpoint already in the model directory (HOTREFRESH_MODEL_DIR)."
+        None, description="Or: an encoder already in the model directory (HOTREFRESH_MODEL_DIR); a "
+        "TorchScript encoder's metadata beside it as <name>.json or inside the archive."
     ),
 ) -> ModelOut:
     if (file is None) == (path is None or path == ""):
-        raise BadRequest("send exactly one of: a checkpoint `file`, or a `path` in the model directory"
+        raise BadRequest("send exactly one of: an encoder `file`, or a `path` in the model directory"
         )
+    if metadata is not None and file is None:
+        raise BadRequest("`metadata` goes with an uploaded `file`; beside a `path`, put it in the model "
+                         "directory as the file's .json")  # fmt: skip
+    doc = parse_metadata_upload(read_limited(metadata.file, MAX_METADATA_BYTES, "metadata")) if metadata else None
     try:
         if file is not None:
             ckpt, uploaded = save_upload(settings, file.file, MAX_CHECKPOINT_BYTES), True
         else:
             ckpt, uploaded = resolve_model_path(settings, path or ""), False
         with session_scope(settings.sqlalchemy_url) as s:
-            row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded)
+            row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded, metadata=doc)
             out = _out(row, catalog.get_serving_state(s), {m.name: m for m in catalog.list_models(s)})
             # The query model changed from none to this one: every replica must hear of it.
             staged = indexlog.stage(s, "switch", out.name) if first else None

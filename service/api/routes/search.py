@@ -29,7 +29,8 @@ def search(
     code = 500
     try:
         data = read_limited(image.file, settings.max_upload_bytes, "query image")
-        model, query = serving.encode_query(decode_image(data, "query image", settings.max_image_pixels))
+        decode_image(data, "query image", settings.max_image_pixels)  # a clear 4xx for bad bytes
+        model, query = serving.encode_query(data, settings.max_image_pixels)
         hits = serving.search_vector(query, k)
         code = 200
         return SearchOut(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import redis as redis_lib
-from PIL import Image
 
 from service import indexlog
 from service.api.serving import applying, follower, loading, query
@@ -80,8 +79,8 @@ class Serving(ReplicaState):
     def encoder(self, model: str) -> LoadedModel:
         return query.encoder(self, model)
 
-    def encode_query(self, image: Image.Image) -> tuple[str, query.Embeddings]:
-        return query.encode_query(self, image)
+    def encode_query(self, data: bytes, max_pixels: int) -> tuple[str, query.Embeddings]:
+        return query.encode_query(self, data, max_pixels)
 
     def search_vector(self, embeddings: query.Embeddings | np.ndarray, k: int) -> list[tuple[str, float, str]]:
         return query.search_vector(self, embeddings, k)

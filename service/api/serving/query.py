@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from service.api.serving.state import ReplicaState
 from service.db.session import read_scope
 from service.errors import Conflict, Unavailable
+from service.images import pixels_of
 from service.index import QueryPlan
 from service.upgrade import plans
 
@@ -44,16 +44,20 @@ def encoder(replica: ReplicaState, model: str) -> LoadedModel:
         return replica.encoders.get(s, model)
 
 
-def encode_query(replica: ReplicaState, images: Image.Image | list[Image.Image]) -> tuple[str, Embeddings]:
-    """The query model's name and the embeddings the serving plan needs: one batched call per
-    model (during an upgrade under ``dual``, the old and the new encoder)."""
+def encode_query(replica: ReplicaState, data: bytes, max_pixels: int) -> tuple[str, Embeddings]:
+    """The query model's name and the embeddings the serving plan needs for one image's bytes
+    (validated by the caller): one call per model (during an upgrade under ``dual``, the old and
+    the new encoder), each on the pixels its own input size and mode give."""
     require_ready(replica)
     model, plan = replica.query_model, replica.plan
     if model is None:
         raise NoModel("no model is registered yet; POST /models first")
-    batch = images if isinstance(images, list) else [images]
     needed = plan.query_models() if plan is not None else [model]
-    return model, {m: encoder(replica, m).embed_images(batch) for m in needed}
+    out = {}
+    for m in needed:
+        enc = encoder(replica, m)
+        out[m] = enc.embed_tensor(pixels_of(data, enc.meta, max_pixels, "query image")[None])
+    return model, out
 
 
 def plan_for(replica: ReplicaState, embeddings: Embeddings, query_model: str) -> QueryPlan | None:

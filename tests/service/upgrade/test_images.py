@@ -17,10 +17,11 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
 
     from models.preprocess import pil_to_chw
     from service.imagestore import LocalImageStore
-    from service.upgrade.images import load_images, load_pixels
+    from service.upgrade.images import load_pixels
     from tests.utils.gallery import png
 
-    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0})()
+    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0,
+                             "resize": "center_crop", "crop_ratio": 1.0})()
     a = fmnist_test[0]
     rgb = io.BytesIO()
     Image.fromarray(np.stack([a[2], a[3], a[4]], -1), "RGB").save(rgb, format="PNG")
@@ -33,9 +34,7 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
     assert ok == [0, 2, 3, 6]
     assert sorted(errors) == [1, 4, 5]
     assert "ImageNotFound" in errors[4]
-    images, load_errors = load_images(st, keys)
-    assert [e is not None for e in load_errors] == [k in errors for k in range(len(keys))]
-    expected = np.stack([pil_to_chw(images[k], meta) for k in ok])
+    expected = np.stack([pil_to_chw(Image.open(io.BytesIO(st.get(keys[k]))), meta) for k in ok])
     np.testing.assert_array_equal(pixels, expected)
     assert pixels.flags.c_contiguous
 
@@ -43,18 +42,17 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, at open; ours refuses
 def test_the_backfill_loader_refuses_images_above_the_pixel_limit_per_item(tmp_path, fmnist_test) -> None:
     from service.imagestore import LocalImageStore
-    from service.upgrade.images import load_images, load_pixels
+    from service.upgrade.images import load_pixels
     from tests.utils.gallery import png
     from tests.utils.images import pixel_flood_png
 
-    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0})()
+    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0,
+                             "resize": "center_crop", "crop_ratio": 1.0})()
     st = LocalImageStore(tmp_path / "images")
     a = fmnist_test[0]
     keys = [st.put(png(a[0])), st.put(pixel_flood_png()), st.put(png(a[1]))]
     _, ok, errors = load_pixels(st, keys, meta)
     assert ok == [0, 2] and "ImageTooLarge" in errors[1] and "13000x13000" in errors[1]
-    _, load_errors = load_images(st, keys)
-    assert load_errors[0] is None and "ImageTooLarge" in (load_errors[1] or "")
     # the limit is the caller's: 28 x 28 passes 784, not 783
     _, ok, errors = load_pixels(st, keys[:1], meta, max_pixels=783)
     assert ok == [] and "ImageTooLarge" in errors[0]
