@@ -158,6 +158,11 @@ def checkpoints(service_settings: Settings) -> dict[str, Path]:
     for name, kw in specs.items():
         make_tiny_checkpoint(root / f"{name}.pt", name, **kw)
         out[name] = root / f"{name}.pt"
+    # bring-your-own encoders that registration must refuse: a wrong output size, no metadata
+    from tests.utils.encoders import save_user_encoder
+
+    save_user_encoder(root / "user-bad.pt", "user-bad", dim=16, bad="dim")
+    save_user_encoder(root / "user-nometa.pt", "user-nometa", sidecar=False)
     return out
 
 

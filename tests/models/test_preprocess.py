@@ -117,3 +117,65 @@ def test_corrupt_pngs_are_declined_so_pil_names_the_error(fashion: np.ndarray) -
         assert png_to_chw(data, GREY) is None
         with pytest.raises(Exception):  # noqa: B017 - whatever PIL raises is the item's recorded error
             _pil_path(data, GREY)
+
+
+def _meta(**kw):
+    base = {"input_channels": 3, "input_size": (32, 32), "mean": 0.0, "std": 1.0, "resize": "center_crop",
+            "crop_ratio": 1.0}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_centre_crop_takes_the_middle_of_the_short_side_and_stretch_the_whole_image() -> None:
+    from models.preprocess import source_box
+
+    assert source_box(200, 100, _meta()) == (50.0, 0.0, 150.0, 100.0)
+    assert source_box(100, 200, _meta(crop_ratio=0.5)) == (25.0, 75.0, 75.0, 125.0)
+    assert source_box(200, 100, _meta(resize="stretch")) == (0.0, 0.0, 200.0, 100.0)
+    # a wide model input from a tall image: the crop keeps the input's aspect ratio
+    assert source_box(100, 200, _meta(input_size=(16, 32))) == (0.0, 75.0, 100.0, 125.0)
+    # an image whose left half is red and right half blue, wider than tall: the crop keeps both
+    a = np.zeros((40, 120, 3), np.uint8)
+    a[:, :60, 0], a[:, 60:, 2] = 255, 255
+    chw = pil_to_chw(Image.fromarray(a), _meta())
+    assert chw.shape == (3, 32, 32) and chw[0, :, :8].min() == 255 and chw[2, :, -8:].min() == 255
+    stretched = pil_to_chw(Image.fromarray(a), _meta(resize="stretch"))
+    assert stretched[0, :, :15].min() == 255  # the whole red half, squashed into the left half
+
+
+def test_jpegs_decode_at_reduced_scale_close_to_the_full_decode() -> None:
+    from models.data import colourize, load_fashion_mnist
+    from models.preprocess import draft_jpeg
+
+    grey = load_fashion_mnist("test")[0][:6]
+    for k, a in enumerate(colourize(grey, 256, seed=0)):
+        buf = io.BytesIO()
+        Image.fromarray(a.transpose(1, 2, 0)).resize((320 + 40 * k, 256)).save(buf, format="JPEG", quality=92)
+        for channels in (1, 3):
+            meta = _meta(input_channels=channels, input_size=(56, 56))
+            img = Image.open(io.BytesIO(buf.getvalue()))
+            draft_jpeg(img, meta)
+            assert min(img.size) >= 56 and img.size[1] <= 128  # 256 -> 64 at 1/4: the DCT did the work
+            fast = pil_to_chw(img, meta).astype(np.int16)
+            full = pil_to_chw(Image.open(io.BytesIO(buf.getvalue())), meta).astype(np.int16)
+            assert fast.shape == full.shape == (channels, 56, 56)
+            assert np.abs(fast - full).mean() < 3.0  # a few grey levels: same picture, same crop
+    png_img = Image.open(io.BytesIO(_png(Image.fromarray(grey[0]))))
+    draft_jpeg(png_img, _meta())
+    assert png_img.size == (28, 28)  # anything but a JPEG is left alone
+
+
+def test_per_channel_statistics_normalise_each_channel() -> None:
+    import torch
+
+    from models.preprocess import normalize_uint8
+
+    x = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize_uint8(x, _meta(input_size=(4, 4), mean=[0.0, 0.5, 1.0], std=[1.0, 0.5, 0.25]))
+    assert out[0, :, 0, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_shortcut_declines_a_png_the_centre_crop_would_resample() -> None:
+    a = (np.arange(28 * 28) % 251).astype(np.uint8).reshape(28, 28)
+    data = _png(Image.fromarray(a))
+    assert png_to_chw(data, GREY) is not None
+    assert png_to_chw(data, SimpleNamespace(**{**vars(GREY), "crop_ratio": 0.875})) is None

@@ -173,6 +173,15 @@ MODEL_CASES = {
         422,
         "exactly one",
     ),
+    "torchscript encoder whose output has the wrong size": (
+        {"data": {"path": "user-bad.pt"}}, 422, "returned (2, 17), expected (2, 16)"),
+    "torchscript encoder without metadata": ({"data": {"path": "user-nometa.pt"}}, 422, "needs its metadata"),
+    "metadata beside a path": (
+        {"data": {"path": "user-nometa.pt"}, "files": {"metadata": ("m.json", b"{}")}}, 422, "goes with an uploaded"),
+    "metadata that is not JSON": (
+        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{nope")}}, 422, "not valid JSON"),
+    "metadata beside a checkpoint": (
+        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{}")}}, 422, "only taken beside a TorchScript"),
     "no token": ({"data": {"path": "new.pt"}, "headers": {}}, 401, "bearer token"),
     "wrong token": ({"data": {"path": "new.pt"}, "headers": {"Authorization": "Bearer nope"}}, 403, "wrong"),
 }
