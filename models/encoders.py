@@ -158,7 +158,8 @@ def _register_resnet(name: str) -> None:
 
     def factory(in_channels: int, *, width: int = 64, stem: str = "imagenet",
                 blocks: list[int] | None = None) -> tuple[nn.Module, int]:  # fmt: skip
-        return resnet(in_channels, block, tuple(blocks) if blocks is not None else default_blocks, width=width, stem=stem)
+        depth = tuple(blocks) if blocks is not None else default_blocks
+        return resnet(in_channels, block, depth, width=width, stem=stem)
 
     factory.__doc__ = f"{name}: {block.__name__} blocks {default_blocks} (``blocks`` overrides the depth)."
     register_backbone(name)(factory)
