@@ -151,6 +151,37 @@ def export(
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {json.dumps(doc)}")
 
 
+def _sequential(out: Path, dataset: str, seeds: str | None, methods: str | None, orderings: str | None,
+                plans: str, epochs: int | None, train_limit: int | None, queries: int | None,
+                gallery: int | None, quick: bool, models_dir: Path) -> None:  # fmt: skip
+    from models.experiment import LOSS_OF_METHOD
+    from models.sequential import SequentialConfig, run_sequential
+
+    cfg = SequentialConfig(dataset=_dataset(dataset))
+    if dataset == "digits":  # 539 test images
+        cfg.n_queries, cfg.n_gallery, cfg.train_limit, cfg.batch_size, cfg.epochs = 150, 389, None, 64, 6
+    if quick:
+        cfg.seeds, cfg.epochs = [0], 2
+    if seeds:
+        cfg.seeds = [int(x) for x in _csv(seeds)]
+    if methods:
+        cfg.methods = _csv(methods)
+        if unknown := [m for m in cfg.methods if m not in LOSS_OF_METHOD]:
+            raise typer.BadParameter(f"unknown method(s) {unknown}", param_hint="--methods")
+    if orderings:
+        cfg.ordering = _csv(orderings)[0]
+    ours = [p for p in _csv(plans) if p != "paper"]
+    cfg.plan = ours[0] if ours else cfg.plan
+    for name, value in (("epochs", epochs), ("train_limit", train_limit), ("n_queries", queries),
+                        ("n_gallery", gallery)):  # fmt: skip
+        if value:
+            setattr(cfg, name, value)
+    summary = run_sequential(cfg, out, models_dir / "sequential")
+    typer.echo((out / cfg.dataset / "sequential.md").read_text())
+    if not all(summary["checks"].values()):
+        typer.echo("some sequential checks do not hold (see sequential.json)", err=True)
+
+
 def experiment(
     out: Annotated[Path, typer.Option(help="results folder (one sub-folder per allocation)")] = Path(
         "benchmarks/results/experiment"
@@ -190,12 +221,21 @@ def experiment(
     calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
+    sequential: Annotated[bool, typer.Option(
+        help="the paper's Sec. 5.4 instead: generations on 30/60/80/100% of the data, each compatible with "
+        "the one before; hot refresh vs no refresh per generation, the paper's plan and ours (the first of "
+        "--plans that is not paper; default blend). Writes <out>/<dataset>/sequential.{json,md}")] = False,
 ) -> None:
     """Train old + RACT/vanilla/BCT/independent new models and write backfill curves and checks."""
     _logging()
     import json
 
     from models.experiment import ExperimentConfig, run_experiment
+
+    if sequential:
+        _sequential(out, dataset, seeds, methods, orderings, plans, epochs, train_limit, queries, gallery, quick,
+                    models_dir)  # fmt: skip
+        return
 
     overrides = {m: {"tau": tau, "lam": lam} for m in ("ract", "vanilla", "ract+bct")}
     if tune:
