@@ -21,26 +21,40 @@ import typer
 DEMO_TOKEN = "demo-admin-token"
 
 
-def _train_models(cache: Path, train_size: int, epochs: int, seed: int) -> tuple[Path, Path]:
-    """An old conv2 on 30% of the training slice (the paper's expansion allocation) and a
-    RACT-compatible conv4 on all of it; reused when already trained with the same recipe."""
-    from models.data import allocate, load_fashion_mnist
+# The colour demo's models: RGB, the new one a ResNet-18 layout (one block per stage, width 8, at
+# 48 x 48 with the paper's random resized crop) beside an old conv2 at 32 x 32.
+COLOUR_OLD = {"arch": "conv2", "input_channels": 3, "input_size": (32, 32)}
+COLOUR_NEW = {"arch": "resnet18", "input_channels": 3, "input_size": (48, 48), "augment": "crop",
+              "arch_options": {"width": 8, "blocks": [1, 1, 1, 1], "stem": "small"}}
+
+
+def _train_models(cache: Path, train_size: int, epochs: int, seed: int, colour: bool = False) -> tuple[Path, Path]:
+    """An old model on 30% of the training slice (the paper's expansion allocation) and a
+    RACT-compatible new one on all of it; reused when already trained with the same recipe.
+    Grey: conv2 then conv4 at 28 x 28. Colour (``fashion-colour``): COLOUR_OLD then COLOUR_NEW."""
+    from models.data import allocate, load_dataset
     from models.train import TrainConfig, train_and_save
 
     tag = f"n{train_size}-e{epochs}-s{seed}"
-    old_path, new_path = cache / f"fmnist-old-conv2-{tag}.pt", cache / f"fmnist-new-ract-conv4-{tag}.pt"
+    kind, (old_arch, new_arch) = ("colour", ("conv2", "resnet18")) if colour else ("", ("conv2", "conv4"))
+    prefix = "fmnist-colour" if colour else "fmnist"
+    old_path = cache / f"{prefix}-old-{old_arch}-{tag}.pt"
+    new_path = cache / f"{prefix}-new-ract-{new_arch}-{tag}.pt"
     if old_path.exists() and new_path.exists():
         typer.echo(f"models: reusing {old_path.name} and {new_path.name}")
         return old_path, new_path
     cache.mkdir(parents=True, exist_ok=True)
-    images, labels = load_fashion_mnist("train")
+    images, labels = load_dataset("fashion-colour" if colour else "fashion-mnist", "train")
     images, labels = images[:train_size], labels[:train_size]
     alloc = allocate("expansion", labels, seed)
-    typer.echo(f"models: training old conv2 on {len(alloc.old_idx)} images, new conv4 (RACT) on {len(alloc.new_idx)}")
-    old_cfg = TrainConfig(arch="conv2", embedding_dim=64, epochs=epochs, seed=seed)
-    train_and_save(images[alloc.old_idx], labels[alloc.old_idx], old_cfg, old_path, "fmnist-old")
-    new_cfg = TrainConfig(arch="conv4", loss="ract", embedding_dim=64, epochs=epochs, seed=seed)
-    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], new_cfg, new_path, "fmnist-new-ract",
+    typer.echo(f"models: training old {old_arch} on {len(alloc.old_idx)} {kind} images, new {new_arch} (RACT) "
+               f"on {len(alloc.new_idx)}")  # fmt: skip
+    old_kw: dict[str, Any] = COLOUR_OLD if colour else {"arch": "conv2"}
+    new_kw: dict[str, Any] = COLOUR_NEW if colour else {"arch": "conv4"}
+    old_cfg = TrainConfig(embedding_dim=64, epochs=epochs, seed=seed, **old_kw)
+    train_and_save(images[alloc.old_idx], labels[alloc.old_idx], old_cfg, old_path, f"{prefix}-old")
+    new_cfg = TrainConfig(loss="ract", embedding_dim=64, epochs=epochs, seed=seed, **new_kw)
+    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], new_cfg, new_path, f"{prefix}-new-ract",
                    old_path=old_path)
     return old_path, new_path
 
@@ -106,6 +120,9 @@ def demo(
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path("var/demo"),
     seed: Annotated[int, typer.Option(help="Seed of training and the probe set.")] = 0,
+    colour: Annotated[bool, typer.Option(
+        "--colour", help="Colour photos (64 x 64 JPEGs made from Fashion-MNIST) and RGB models: an old conv2 "
+        "at 32 x 32, a new ResNet-18 layout at 48 x 48.")] = False,
 ) -> None:
     """Train (or reuse) an old and a RACT-new model, ingest a gallery, hot-refresh it live."""
     import httpx
@@ -115,7 +132,8 @@ def demo(
     from service.settings import PLACEHOLDER_TOKEN, get_settings
 
     data_dir = data_dir.resolve()
-    old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed)
+    old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed, colour)
+    new_name = "fmnist-colour-new-ract" if colour else "fmnist-new-ract"
 
     run_dir = data_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh gallery each run; trained models are kept
@@ -148,11 +166,12 @@ def demo(
                     raise typer.Exit(_fail(f"POST /models {p.name}", r))
             from cli.ingest import ingest
 
-            ingest(None, fashion_mnist=True, split="test", limit=gallery, url=api.url, token=token)
+            ingest(None, fashion_mnist=True, colour=colour, split="test", limit=gallery, url=api.url,
+                   token=token)
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
             typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
             t0 = time.monotonic()
-            body = {"model": "fmnist-new-ract", "plan": plan, **({"strategy": strategy} if strategy else {})}
+            body = {"model": new_name, "plan": plan, **({"strategy": strategy} if strategy else {})}
             r = client.post("/upgrade", json=body)
             if r.status_code != 202:
                 raise typer.Exit(_fail("POST /upgrade", r))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.client import TokenOpt, resolve_client
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _batches(items: Iterator[tuple[str, str, bytes]], size: int) -> Iterator[list[tuple[str, str, bytes]]]:
@@ -38,9 +41,30 @@ def _folder_items(root: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
+COLOUR_SIZE = 64
+
+
+def _colour_jpegs(images: np.ndarray, indices: range, chunk: int = 512) -> Iterator[bytes]:
+    """Colour JPEGs of the images at ``indices``, made a chunk at a time (seeded per chunk start)."""
+    import io
+
+    from PIL import Image
+
+    from models.data import colourize
+
+    for start in range(indices.start, indices.stop, chunk):
+        block = colourize(images[start : min(indices.stop, start + chunk)], COLOUR_SIZE, seed=start)
+        for a in block:
+            buf = io.BytesIO()
+            Image.fromarray(a.transpose(1, 2, 0)).save(buf, format="JPEG", quality=90)
+            yield buf.getvalue()
+
+
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="A labeled folder: root/<class>/<image>.")] = None,
     fashion_mnist: Annotated[bool, typer.Option("--fashion-mnist", help="Ingest Fashion-MNIST.")] = False,
+    colour: Annotated[bool, typer.Option(
+        "--colour", help="With --fashion-mnist: as colour photos (models.data.colourize), 64 x 64 JPEGs.")] = False,
     split: Annotated[str, typer.Option(help="Fashion-MNIST split: train or test.")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many images.")] = None,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many images first.")] = 0,
@@ -55,6 +79,8 @@ def ingest(
 
     if (folder is None) == (not fashion_mnist):
         raise typer.BadParameter("give either a FOLDER or --fashion-mnist")
+    if colour and not fashion_mnist:
+        raise typer.BadParameter("--colour goes with --fashion-mnist")
     url, token = resolve_client(url, token)
     if not token:
         raise typer.BadParameter("no admin token: pass --token or set HOTREFRESH_ADMIN_TOKEN")
@@ -66,9 +92,10 @@ def ingest(
         stop = len(images) if limit is None else min(len(images), offset + limit)
         indices = range(offset, stop)
         total = len(indices)
+        blobs = _colour_jpegs(images, indices) if colour else map(encode_png, images[offset:stop])
         items: Iterator[tuple[str, str, bytes]] = (
-            (f"fmnist-{split}-{i:05d}", FASHION_MNIST_CLASSES[int(labels[i])], encode_png(images[i]))
-            for i in indices
+            (f"fmnist-{split}-{i:05d}", FASHION_MNIST_CLASSES[int(labels[i])], data)
+            for i, data in zip(indices, blobs, strict=True)
         )
     else:
         assert folder is not None
@@ -83,7 +110,7 @@ def ingest(
         total=total, unit="img", desc="ingest"
     ) as bar:
         for batch in _batches(items, batch_size):
-            files_part = [("image", (f"{ext.replace('/', '_')}.png", data, "application/octet-stream"))
+            files_part = [("image", (f"{ext.replace('/', '_')}.img", data, "application/octet-stream"))
                           for ext, _label, data in batch]
             form = {"external_id": [ext for ext, _, _ in batch], "label": [lab for _, lab, _ in batch]}
             r = client.post("/gallery", files=files_part, data=form)

@@ -46,12 +46,39 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         assert again.returncode == 1 and "409" in again.stderr and "already" in again.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ingest_colour_photos_into_a_colour_resnet(service_settings: Settings, tmp_path: Path) -> None:
+    from tests.utils.checkpoints import make_tiny_checkpoint
+
+    root = service_settings.models_path
+    root.mkdir(parents=True, exist_ok=True)
+    make_tiny_checkpoint(root / "rgb.pt", "rgb", arch="resnet18", input_channels=3, input_size=(48, 48),
+                         arch_options={"width": 4, "blocks": [1, 1, 1, 1], "stem": "small"})  # fmt: skip
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with System(tmp_path / "system") as system:
+        api = system.start_api()
+        r = httpx.post(f"{api.url}/models", data={"path": "rgb.pt"}, headers=auth)
+        assert r.status_code == 201 and r.json()["input_channels"] == 3, r.text
+        run = subprocess.run(
+            [sys.executable, "-m", "cli", "ingest", "--fashion-mnist", "--colour", "--limit", "20", "--offset", "5",
+             "--batch-size", "8", "--url", api.url], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        item = httpx.get(f"{api.url}/gallery/fmnist-test-00024").json()
+        assert item["model"] == "rgb" and item["index_model"] == "rgb"
+        assert httpx.get(f"{api.url}/gallery/fmnist-test-00025").status_code == 404
+    stored = [p for p in service_settings.images_path.rglob("*") if p.is_file()]
+    assert len(stored) == 20 and all(p.read_bytes()[:3] == b"\xff\xd8\xff" for p in stored)  # JPEG
+
+
 @pytest.mark.parametrize(
     "args, env, words",
     [
         (["--fashion-mnist", "somewhere"], {"HOTREFRESH_ADMIN_TOKEN": "t"}, "either a FOLDER or --fashion-mnist"),
         ([], {"HOTREFRESH_ADMIN_TOKEN": "t"}, "either a FOLDER or --fashion-mnist"),
         (["--fashion-mnist"], {"HOTREFRESH_ADMIN_TOKEN": ""}, "no admin token"),
+        (["somewhere", "--colour"], {"HOTREFRESH_ADMIN_TOKEN": "t"}, "--colour goes with --fashion-mnist"),
     ],
 )
 def test_ingest_refuses_bad_usage(args: list[str], env: dict, words: str) -> None:

@@ -20,11 +20,17 @@ def make_tiny_checkpoint(
     compatible_with: str | None = None,
     trained_with: str = "classification",
     seed: int = 0,
+    input_channels: int = 1,
+    input_size: tuple[int, int] = (28, 28),
+    arch_options: dict | None = None,
 ) -> ModelMeta:
     """A randomly initialised (untrained) but otherwise valid checkpoint; returns its metadata."""
     torch.manual_seed(seed)
-    model = create_model(arch, embedding_dim, num_classes)
+    model = create_model(arch, embedding_dim, num_classes, input_channels, **(arch_options or {}))
     meta = ModelMeta(
+        input_channels=input_channels,
+        input_size=input_size,
+        arch_options=dict(arch_options or {}),
         name=name,
         arch=arch,
         embedding_dim=embedding_dim,
