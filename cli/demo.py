@@ -111,7 +111,8 @@ def demo(
     = False,
     gallery: Annotated[int, typer.Option(min=100, max=10000, help="Fashion-MNIST test images to ingest.")] = 4000,
     train_size: Annotated[int, typer.Option(min=1000, max=60000, help="Training images for the models.")] = 30000,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of each model.")] = 2,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Training epochs of each model; default 2 (--colour: 6)", show_default=False)] = None,
     strategy: Annotated[str | None, typer.Option(
         help="Backfill order: margin | least | entropy | random | mixed; default: the plan's (POST /upgrade)",
         show_default=False)] = None,
@@ -132,6 +133,7 @@ def demo(
     from service.settings import PLACEHOLDER_TOKEN, get_settings
 
     data_dir = data_dir.resolve()
+    epochs = epochs or (6 if colour else 2)
     old_path, new_path = _train_models(data_dir / "model-cache", train_size, epochs, seed, colour)
     new_name = "fmnist-colour-new-ract" if colour else "fmnist-new-ract"
 

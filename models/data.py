@@ -131,6 +131,30 @@ def colourize(grey: np.ndarray, size: int, seed: int = 0, chunk: int = 256) -> n
     return out
 
 
+def augmented_copy(images: np.ndarray, copy: int, seed: int = 0) -> np.ndarray:
+    """Copy number ``copy`` of uint8 images (N, H, W) or (N, C, H, W): copy 0 is the images
+    themselves; every other copy a seeded shift (up to 2 pixels, edge values repeated), a
+    left-right flip of half the images and a brightness change of up to 20%: how a gallery of a
+    million real images is made from Fashion-MNIST's 70,000 without downloading anything."""
+    if copy == 0:
+        return images
+    rng = np.random.default_rng([seed, copy, len(images)])
+    n = len(images)
+    out = np.empty_like(images)
+    dy, dx = rng.integers(-2, 3, n), rng.integers(-2, 3, n)
+    flip = rng.random(n) < 0.5
+    gain = rng.uniform(0.8, 1.2, n)
+    h, w = images.shape[-2:]
+    for k in range(n):
+        rows = np.clip(np.arange(h) - dy[k], 0, h - 1)
+        cols = np.clip(np.arange(w) - dx[k], 0, w - 1)
+        a = images[k][..., rows, :][..., cols]
+        if flip[k]:
+            a = a[..., ::-1]
+        out[k] = np.clip(a.astype(np.float32) * gain[k] + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8, labels) of one of ``DATASETS``: (N, 28, 28) grey, or for ``fashion-colour``
     (N, 3, 32, 32) colour (:func:`colourize`, seeded by the split); ``root`` is Fashion-MNIST's folder."""

@@ -15,6 +15,7 @@ from cli.main import app
 from service.settings import Settings
 from tests.utils.env import ADMIN_TOKEN
 from tests.utils.images import synthetic_png
+from tests.utils.wait import wait_caught_up
 
 
 @pytest.mark.integration
@@ -85,3 +86,35 @@ def test_ingest_refuses_bad_usage(args: list[str], env: dict, words: str) -> Non
     result = CliRunner().invoke(app, ["ingest", *args], env=env)
     assert result.exit_code == 2
     assert words in " ".join(result.output.split())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_bulk_ingest_writes_straight_to_sql_and_a_running_api_sees_it(
+    settings_env: Settings, checkpoints: dict, tmp_path: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with System(tmp_path / "system") as system:
+        api = system.start_api()
+        assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
+        # 9,995 .. 10,014 of the test split twice over: the last five originals and the first fifteen copies
+        run = subprocess.run(
+            [sys.executable, "-m", "cli", "ingest", "--bulk", "--fashion-mnist", "--copies", "2", "--offset", "9995",
+             "--limit", "20", "--batch-size", "8"], capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "ingested 20 images" in run.stdout
+        assert wait_caught_up(api.url, settings_env)["counts"] == {"old": 20}  # it applied the bulk loader's log
+        for ext in ("fmnist-test-09999", "fmnist-test-00000-c1", "fmnist-test-00014-c1"):
+            assert httpx.get(f"{api.url}/gallery/{ext}").json()["index_model"] == "old"
+        assert httpx.get(f"{api.url}/gallery/fmnist-test-00015-c1").status_code == 404
+        # bad input: one corrupt image refuses its batch with a clear error, and writes nothing of it
+        root = tmp_path / "photos"
+        (root / "cats").mkdir(parents=True)
+        (root / "cats" / "good.png").write_bytes(synthetic_png(1))
+        (root / "cats" / "bad.png").write_bytes(b"\\x89PNG\\r\\n\\x1a\\nbroken")
+        bad = subprocess.run([sys.executable, "-m", "cli", "ingest", "--bulk", str(root)],
+                             capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert bad.returncode == 1 and "422" in bad.stderr and "decod" in bad.stderr, bad.stderr
+        assert httpx.get(f"{api.url}/gallery/cats/good.png").status_code == 404
+        assert wait_caught_up(api.url, settings_env)["counts"] == {"old": 20}

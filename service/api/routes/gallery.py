@@ -8,15 +8,12 @@ and apply the change to this replica. Any bad input is refused before the first 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
-from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import (
-    MAX_TEXT_LEN,
     GalleryCreateOut,
     GalleryItemCreated,
     GalleryItemOut,
@@ -25,10 +22,11 @@ from service.api.schemas import (
     error_responses,
 )
 from service.db.session import session_scope
-from service.errors import BadRequest, Conflict, NotFound, TooLarge
-from service.images import decode_image, pixel_batch, read_limited
-from service.repositories import catalog, upgrades
+from service.errors import BadRequest, NotFound, TooLarge
+from service.gallery import Upload, add_batch, check_ids
+from service.images import read_limited
 from service.repositories import items as item_repo
+from service.repositories import upgrades
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gallery", tags=["gallery"])
@@ -62,59 +60,16 @@ def add_items(
     if len(labels) != n:
         raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none"
         )
-    for ext in external_id:
-        if not ext.strip():
-            raise BadRequest(f"external_id must be 1 to {MAX_TEXT_LEN} characters, not blank: {ext!r}")
-    repeated = [e for e, c in Counter(external_id).items() if c > 1]
-    if repeated:
-        raise Conflict(f"external_id repeated within the request: {repeated[:10]}")
+    check_ids([Upload(ext, None, b"") for ext in external_id])  # before reading any image
     serving.require_ready()
-
-    blobs: list[bytes] = []
-    for i, (upload, ext) in enumerate(zip(image, external_id, strict=True)):
-        what = f"image {i} (external_id {ext!r})"
-        data = read_limited(upload.file, settings.max_upload_bytes, what)
-        decode_image(data, what, settings.max_image_pixels)  # all of it, or a clear 4xx before any write
-        blobs.append(data)
-
-    # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
-    with session_scope(settings.sqlalchemy_url) as s:
-        state = catalog.get_serving_state(s)
-        gallery_model = state.gallery_model
-        if gallery_model is None:
-            raise Conflict("no model is registered yet; POST /models first")
-        taken = item_repo.existing_external_ids(s, external_id)
-        if taken:
-            raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
-        upgrade = upgrades.active_upgrade(s)
-        # While an upgrade can still be rolled back, keep the old model's vector too, so a
-        # rollback never has to re-encode anything (invariant 6).
-        models = [gallery_model]
-        if upgrade is not None and upgrade.from_model != gallery_model:
-            models.append(upgrade.from_model)
-        encoders = {m: serving.encoders.get(s, m) for m in models}
-
-    limit = settings.max_image_pixels
-    vectors = {m: enc.embed_tensor(pixel_batch(blobs, enc.meta, limit)) for m, enc in encoders.items()}
-    keys = [store.put(data) for data in blobs]
-    new = [
-        item_repo.NewItem(external_id=ext, label=lab, image_key=key, vectors={m: v[i] for m, v in vectors.items()})
-        for i, (ext, lab, key) in enumerate(zip(external_id, labels, keys, strict=True))
+    uploads = [
+        Upload(ext, lab, read_limited(f.file, settings.max_upload_bytes, f"image {i} (external_id {ext!r})"))
+        for i, (f, ext, lab) in enumerate(zip(image, external_id, labels, strict=True))
     ]
-    try:
-        with session_scope(settings.sqlalchemy_url) as s:
-            rows = item_repo.add_items(s, new, active_model=gallery_model)
-            created = [
-                GalleryItemCreated(external_id=r.external_id, model=r.active_model, id=r.id) for r in rows
-            ]
-            staged = indexlog.stage(s, "add", gallery_model, [c.id for c in created])
-    except IntegrityError:
-        # Another request inserted one of these ids between our check and our commit.
-        raise Conflict("external_id already in the gallery (concurrent insert)") from None
-
-    indexlog.publish(redis, settings, staged)
-    serving.sync_ids(staged.ids)
-    return GalleryCreateOut(items=created)
+    added = add_batch(settings, redis, store, serving.encoders, uploads)
+    serving.sync_ids([a.id for a in added])
+    return GalleryCreateOut(items=[GalleryItemCreated(external_id=a.external_id, model=a.model, id=a.id)
+                                   for a in added])
 
 
 @router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))
