@@ -1,10 +1,12 @@
-"""The GPU backend: the segment's rows in a torch tensor on the device, searched with one matmul
-and ``topk``.
+"""The GPU backend: the segment's rows in a torch tensor on the device, searched with FAISS's
+GPU brute-force kNN (``faiss.knn_gpu`` over the device array, from the ``faiss-gpu`` wheels of the
+``gpu`` extra) where FAISS has a GPU, else with one matmul and ``topk``.
 
 FAISS's GPU flat index can neither take explicit ids nor remove, so the vectors live in a device
 tensor this class owns, compacted like the CPU buffer (``dense.DenseBackend``): a move touches
-B rows on the device and never copies the segment. Any torch device works, which is how the
-tests exercise this code on a machine without CUDA.
+B rows on the device and never copies the segment, and ``knn_gpu`` searches that same tensor in
+place. Any torch device works for the torch path, which is how the tests exercise this code on a
+machine without CUDA; the FAISS path is chosen only for rows on a CUDA device.
 """
 
 from __future__ import annotations
@@ -28,7 +30,23 @@ class TorchBackend(DenseBackend):
 
         self._torch = torch
         self.device = torch.device(device)
+        self._faiss: tuple[Any, Any] | None = self._faiss_gpu()
+        self.engine = "faiss" if self._faiss is not None else "torch"
         super().__init__(dim)
+
+    def _faiss_gpu(self) -> tuple[Any, Any] | None:
+        """(faiss, its GPU resources) when the rows live on CUDA and FAISS was built with GPU
+        support; None otherwise (faiss-cpu, no GPU visible to FAISS, another device)."""
+        if self.device.type != "cuda":
+            return None
+        try:
+            import faiss
+            import faiss.contrib.torch_utils  # lets knn_gpu take and return torch tensors
+        except ImportError:
+            return None
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            return None
+        return faiss, faiss.StandardGpuResources()
 
     def _alloc(self, capacity: int) -> Any:
         return self._torch.empty((capacity, self.dim), dtype=self._torch.float32, device=self.device)
@@ -54,6 +72,11 @@ class TorchBackend(DenseBackend):
         step = max(1, SCORE_BUDGET_BYTES // (4 * self._n))
         q = torch.from_numpy(queries).to(self.device)
         scores, idx = [], []
+        if self._faiss is not None:
+            faiss, res = self._faiss
+            d, i = faiss.knn_gpu(res, q.contiguous(), rows, k, metric=faiss.METRIC_INNER_PRODUCT,
+                                 device=self.device.index or 0)  # fmt: skip
+            return d.cpu().numpy(), i.cpu().numpy()
         with torch.inference_mode():
             for s in range(0, len(q), step):
                 top = torch.topk(q[s : s + step] @ rows.T, k, dim=1, largest=True, sorted=True)

@@ -1,0 +1,188 @@
+"""B6: the whole service at scale, end to end, on this machine: a gallery of N items loaded the
+way a user with that many would (``hotrefresh ingest --bulk``: Fashion-MNIST's training split and
+seeded augmented copies of it), an API replica started from SQL and then from its snapshot, a
+full upgrade by a real Celery worker with ``/search`` called throughout.
+
+Reported per N (default 100,000; run ``--n 100000,1000000`` for the issue's ratio): bulk ingest
+items/s; database bytes per item; API start-up seconds and peak RSS, from SQL and from a
+snapshot; scoring seconds and the worker's peak RSS; backfill items/s over the first and the
+last tenth; ``/search`` p50/p99 during the backfill; Redis's peak memory.
+
+    nice .venv/bin/python benchmarks/b6_scale.py --n 100000    # -> benchmarks/results/b6_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from index_bench import RESULTS, machine, table, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ADMIN = "b6-admin-token"
+
+
+def _proc_kib(pid: int, field: str) -> int:
+    """VmRSS / VmHWM of a process and its children, KiB."""
+    total = 0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True,
+                                                   text=True).stdout.split() if int(p) != pid]  # fmt: skip
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def _png(a: np.ndarray) -> bytes:
+    from models.data import encode_png
+
+    return encode_png(a)
+
+
+def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
+    import redis as redis_lib
+
+    from cli.launcher import System
+    from tests.utils.checkpoints import make_tiny_checkpoint
+
+    prefix = f"b6-{uuid.uuid4().hex[:8]}"
+    data = work / prefix
+    (data / "models").mkdir(parents=True)
+    make_tiny_checkpoint(data / "models" / "old.pt", "old", arch="conv2", embedding_dim=128, seed=0)
+    make_tiny_checkpoint(data / "models" / "new.pt", "new", arch=arch, embedding_dim=128, seed=1,
+                         compatible_with="old")  # fmt: skip
+    env = {"HOTREFRESH_DATA_DIR": str(data), "HOTREFRESH_REDIS_URL": redis_url, "HOTREFRESH_REDIS_PREFIX": prefix,
+           "HOTREFRESH_ADMIN_TOKEN": ADMIN, "HOTREFRESH_ENV": "test", "HOTREFRESH_DEVICE": "cpu",
+           "HOTREFRESH_PROBE_SIZE": "0"}  # fmt: skip
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    out: dict[str, Any] = {"items": n}
+    r = redis_lib.Redis.from_url(redis_url)
+    with System(work / f"{prefix}-sys", env=env) as system:
+        api = system.start_api(name="api-first")
+        assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth, timeout=60).status_code == 201
+        assert httpx.post(f"{api.url}/models", data={"path": "new.pt"}, headers=auth, timeout=60).status_code == 201
+        system.stop()
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "cli", "ingest", "--bulk", "--fashion-mnist", "--split", "train",
+                              "--copies", str(-(-n // 60000)), "--limit", str(n), "--batch-size", "1024"],
+                             env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+        if run.returncode != 0:
+            raise RuntimeError(run.stderr[-3000:])
+        out["ingest_s"] = time.perf_counter() - t0
+        out["ingest_items_per_s"] = n / out["ingest_s"]
+        db = data / "hotrefresh.db"
+        out["database_bytes_per_item"] = sum(p.stat().st_size for p in data.glob("hotrefresh.db*")) / n
+        out["image_store_bytes_per_item"] = sum(p.stat().st_size for p in (data / "images").rglob("*")
+                                                if p.is_file()) / n  # fmt: skip
+        assert db.exists()
+        for how in ("sql", "snapshot"):
+            t0 = time.perf_counter()
+            api = system.start_api(name=f"api-{how}", timeout=1800)
+            ready = httpx.get(f"{api.url}/readyz", timeout=30).json()
+            out[f"startup_from_{how}_s"] = time.perf_counter() - t0
+            out[f"startup_from_{how}_rss_mib"] = _proc_kib(api.popen.pid, "VmHWM") / 1024
+            out[f"startup_from_{how}_loaded_from"] = ready.get("loaded_from")
+            if how == "sql":
+                system.stop()  # a graceful stop writes the snapshot the second start loads
+        worker = system.start_worker(name="w1")
+        query = _png(__import__("models.data", fromlist=["load_fashion_mnist"]).load_fashion_mnist("test")[0][0])
+        lat: list[float] = []
+        samples: list[tuple[float, int]] = []
+        redis_peak = [int(r.info("memory")["used_memory"])]
+        stop = threading.Event()
+
+        def searcher() -> None:
+            with httpx.Client(base_url=api.url, timeout=30) as c:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    if c.post("/search", files={"image": ("q.png", query, "image/png")}).status_code == 200:
+                        lat.append(time.perf_counter() - t)
+                    stop.wait(0.05)
+
+        t_start = time.perf_counter()
+        res = httpx.post(f"{api.url}/upgrade", json={"model": "new", "plan": "paper", "strategy": "margin",
+                                                     "batch_size": 256}, headers=auth, timeout=60)  # fmt: skip
+        assert res.status_code == 202, res.text
+        uid = res.json()["id"]
+        th = threading.Thread(target=searcher, daemon=True)
+        th.start()
+        state, scored_at = "scoring", None
+        while state not in ("completed", "failed"):
+            u = httpx.get(f"{api.url}/upgrade/{uid}", timeout=30).json()
+            state = u["state"]
+            now = time.perf_counter()
+            if state == "running" and scored_at is None:
+                scored_at = now
+                out["scoring_s"] = (u.get("baseline") or {}).get("scoring_seconds") or now - t_start
+                out["worker_rss_after_scoring_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
+            if scored_at is not None:
+                samples.append((now, int(u["done"])))
+            redis_peak.append(int(r.info("memory")["used_memory"]))
+            time.sleep(0.5)
+        stop.set()
+        th.join()
+        if state != "completed":
+            raise RuntimeError(worker.log_tail())
+        out["worker_peak_rss_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
+        out["redis_peak_used_mib"] = max(redis_peak) / 2**20
+        out["backfill_s"] = samples[-1][0] - samples[0][0]
+        out["backfill_items_per_s"] = n / out["backfill_s"]
+
+        def rate(lo: float, hi: float) -> float:
+            pts = [(t, d) for t, d in samples if lo * n <= d <= hi * n]
+            return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]) if len(pts) > 1 and pts[-1][0] > pts[0][0] \
+                else float("nan")
+
+        out["backfill_items_per_s_first_tenth"] = rate(0.0, 0.1)
+        out["backfill_items_per_s_last_tenth"] = rate(0.9, 1.0)
+        out["search_during_backfill"] = {"requests": len(lat),
+                                         "p50_ms": 1e3 * statistics.median(lat) if lat else None,
+                                         "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None}  # fmt: skip
+    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="100000", help="comma-separated gallery sizes")
+    ap.add_argument("--arch", default="conv4", help="the new model's backbone")
+    ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "b6_scale.json")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.n.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="b6-") as tmp:
+        for n in sizes:
+            runs.append(one_size(n, Path(tmp), args.redis, args.arch))
+            print(runs[-1], flush=True)
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+    rows = [[k, *[run[k] for run in runs]] + ([runs[-1][k] / runs[0][k]] if len(runs) > 1 and runs[0][k] else [])
+            for k in keys]  # fmt: skip
+    print(table(["measure", *[f"N={n}" for n in sizes]] + (["ratio"] if len(runs) > 1 else []), rows))
+    write_json(args.out, {"benchmark": "B6: the service end to end at scale (bulk ingest, start-up, upgrade)",
+                          "machine": machine(), "runs": runs})  # fmt: skip
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
