@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,8 @@ def export_torchscript(checkpoint: str | Path, out: str | Path, *, name: str | N
     doc = export_metadata(meta)
     c, (h, w) = meta.input_channels, meta.input_size
     example = torch.rand(_CHECK_BATCH, c, h, w, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape checks: the graph has no data-dependent flow
         scripted = torch.jit.trace(_Exported(loaded.model).eval(), standardize(example, meta), check_trace=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

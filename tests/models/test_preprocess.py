@@ -179,3 +179,19 @@ def test_shortcut_declines_a_png_the_centre_crop_would_resample() -> None:
     data = _png(Image.fromarray(a))
     assert png_to_chw(data, GREY) is not None
     assert png_to_chw(data, SimpleNamespace(**{**vars(GREY), "crop_ratio": 0.875})) is None
+
+
+def test_webp_and_grey_jpeg_bytes_reach_a_colour_model() -> None:
+    from service.images import pixels_of
+
+    a = np.zeros((50, 70, 3), np.uint8)
+    a[:, :35] = (250, 10, 10)
+    for fmt, img in (("WEBP", Image.fromarray(a)), ("JPEG", Image.fromarray(a[..., 0]))):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, quality=95)
+        chw = pixels_of(buf.getvalue(), _meta(input_size=(20, 20)))
+        assert chw.shape == (3, 20, 20)
+        if fmt == "WEBP":  # the red left half survives the centre crop of the 70-pixel width
+            assert chw[0, :, :3].min() > 200 and chw[1, :, :3].max() < 60
+        else:  # grey repeated into three equal channels
+            assert (chw[0] == chw[1]).all() and (chw[1] == chw[2]).all()
