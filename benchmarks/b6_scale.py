@@ -50,16 +50,11 @@ def _proc_kib(pid: int, field: str) -> int:
     return total
 
 
-def _png(a: np.ndarray) -> bytes:
-    from models.data import encode_png
-
-    return encode_png(a)
-
-
 def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
     import redis as redis_lib
 
     from cli.launcher import System
+    from models.data import encode_png, load_fashion_mnist
     from tests.utils.checkpoints import make_tiny_checkpoint
 
     prefix = f"b6-{uuid.uuid4().hex[:8]}"
@@ -104,7 +99,7 @@ def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
             if how == "sql":
                 system.stop()  # a graceful stop writes the snapshot the second start loads
         worker = system.start_worker(name="w1")
-        query = _png(__import__("models.data", fromlist=["load_fashion_mnist"]).load_fashion_mnist("test")[0][0])
+        query = encode_png(load_fashion_mnist("test")[0][0])
         lat: list[float] = []
         samples: list[tuple[float, int]] = []
         redis_peak = [int(r.info("memory")["used_memory"])]

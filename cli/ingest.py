@@ -3,7 +3,7 @@ multipart requests, with a progress bar."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -61,10 +61,9 @@ def _colour_jpegs(images: np.ndarray, indices: range, chunk: int = 512, base: in
 
 
 def _fashion_items(images: np.ndarray, labels: np.ndarray, split: str, indices: range, colour: bool,
-                   classes: tuple[str, ...], encode_png: Callable[[np.ndarray], bytes],
                    chunk: int = 4096) -> Iterator[tuple[str, str, bytes]]:  # fmt: skip
     """(external id, label, bytes) of positions ``indices`` of the images repeated as copies."""
-    from models.data import augmented_copy
+    from models.data import FASHION_MNIST_CLASSES, augmented_copy, encode_png
 
     n = len(images)
     for start in range(indices.start, indices.stop, chunk):
@@ -75,7 +74,7 @@ def _fashion_items(images: np.ndarray, labels: np.ndarray, split: str, indices: 
             blobs = _colour_jpegs(block, range(lo, hi), base=lo) if colour else map(encode_png, block)
             suffix = f"-c{copy}" if copy else ""
             for i, data in zip(range(lo, hi), blobs, strict=True):
-                yield f"fmnist-{split}-{i:05d}{suffix}", classes[int(labels[i])], data
+                yield f"fmnist-{split}-{i:05d}{suffix}", FASHION_MNIST_CLASSES[int(labels[i])], data
 
 
 def _bulk(items: Iterator[tuple[str, str, bytes]], total: int, batch_size: int) -> None:
@@ -140,15 +139,14 @@ def ingest(
             raise typer.BadParameter("no admin token: pass --token or set HOTREFRESH_ADMIN_TOKEN")
 
     if fashion_mnist:
-        from models.data import FASHION_MNIST_CLASSES, encode_png, load_fashion_mnist
+        from models.data import load_fashion_mnist
 
         images, labels = load_fashion_mnist(split)
         n = len(images) * copies
         stop = n if limit is None else min(n, offset + limit)
         indices = range(offset, stop)
         total = len(indices)
-        items: Iterator[tuple[str, str, bytes]] = _fashion_items(images, labels, split, indices, colour,
-                                                                 FASHION_MNIST_CLASSES, encode_png)  # fmt: skip
+        items: Iterator[tuple[str, str, bytes]] = _fashion_items(images, labels, split, indices, colour)
     else:
         assert folder is not None
         files = _folder_items(folder)[offset:]

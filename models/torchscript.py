@@ -179,8 +179,6 @@ def load_torchscript(
             resize=doc.get("resize", "center_crop"), crop_ratio=doc.get("crop_ratio", 1.0),
             content_hash=file_hash(path, doc), extra={"format": "torchscript", "metadata": doc},
         )  # fmt: skip
-        if not (isinstance(meta.input_size, tuple) and len(meta.input_size) == 2):
-            raise CheckpointError("input_size must be [height, width]")
         meta.validate()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path.name}: bad metadata: {e}") from e

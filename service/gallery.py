@@ -43,12 +43,12 @@ class Added:
     id: int
 
 
-def check_ids(uploads: Sequence[Upload]) -> None:
+def check_ids(external_ids: Sequence[str]) -> None:
     """The request-level checks: ids not blank, not repeated within the batch."""
-    for u in uploads:
-        if not u.external_id.strip():
-            raise BadRequest(f"external_id must not be blank: {u.external_id!r}")
-    repeated = [e for e, c in Counter(u.external_id for u in uploads).items() if c > 1]
+    for ext in external_ids:
+        if not ext.strip():
+            raise BadRequest(f"external_id must not be blank: {ext!r}")
+    repeated = [e for e, c in Counter(external_ids).items() if c > 1]
     if repeated:
         raise Conflict(f"external_id repeated within the request: {repeated[:10]}")
 
@@ -59,10 +59,10 @@ def add_batch(
 ) -> list[Added]:  # fmt: skip
     """Validate, encode, store, commit and log one batch; returns the rows added, in order.
     Raises BadRequest / TooLarge / Conflict (nothing written) as ``POST /gallery`` answers them."""
-    check_ids(uploads)
+    ext_ids = [u.external_id for u in uploads]
+    check_ids(ext_ids)
     for i, u in enumerate(uploads):
         decode_image(u.data, f"{what} {i} (external_id {u.external_id!r})", settings.max_image_pixels)
-    ext_ids = [u.external_id for u in uploads]
     # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
     with session_scope(settings.sqlalchemy_url) as s:
         state = catalog.get_serving_state(s)

@@ -60,7 +60,7 @@ def add_items(
     if len(labels) != n:
         raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none"
         )
-    check_ids([Upload(ext, None, b"") for ext in external_id])  # before reading any image
+    check_ids(external_id)  # before reading any image
     serving.require_ready()
     uploads = [
         Upload(ext, lab, read_limited(f.file, settings.max_upload_bytes, f"image {i} (external_id {ext!r})"))
