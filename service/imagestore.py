@@ -60,6 +60,7 @@ class LocalImageStore(ImageStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self._root = str(self.root)
+        self._plain: set[str] = set()  # fan-out directories seen to be real directories (at most 65,792)
 
     def path_for(self, key: str) -> Path:
         validate_key(key)
@@ -92,14 +93,13 @@ class LocalImageStore(ImageStore):
         validate_key(key)
         # Fast path (the backfill reads every image; ``Path.resolve`` is most of a read's cost):
         # the key's shape keeps the path beneath the (resolved) root unless a component is a
-        # symlink, so check that none is: the two fan-out directories by lstat, the file by
-        # O_NOFOLLOW. Anything symlinked takes the resolving path, which refuses what leads out.
-        d1 = os.path.join(self._root, key[:2])
-        d2 = os.path.join(d1, key[2:4])
+        # symlink, so check that neither fan-out directory is one (by lstat, once per directory
+        # and process: there are at most 65,536 of them) and open the file with O_NOFOLLOW.
+        # Anything symlinked takes the resolving path, which refuses what leads out.
+        fanout = f"{self._root}/{key[:2]}/{key[2:4]}"
         try:
-            plain = not (stat.S_ISLNK(os.lstat(d1).st_mode) or stat.S_ISLNK(os.lstat(d2).st_mode))
-            if plain:
-                return _read_all(os.open(os.path.join(d2, key), os.O_RDONLY | os.O_NOFOLLOW))
+            if fanout in self._plain or self._is_plain(fanout):
+                return _read_all(os.open(f"{fanout}/{key}", os.O_RDONLY | os.O_NOFOLLOW))
         except FileNotFoundError:
             raise ImageNotFound(key) from None
         except OSError as exc:
@@ -109,6 +109,17 @@ class LocalImageStore(ImageStore):
             return self.path_for(key).read_bytes()
         except FileNotFoundError:
             raise ImageNotFound(key) from None
+
+    def _is_plain(self, fanout: str) -> bool:
+        """Whether neither of ``fanout``'s two levels is a symlink; each level remembered once it
+        was seen to be a real directory. (One swapped for a symlink later is not seen: doing that
+        takes write access to the store, which could as well replace the images themselves.)"""
+        for level in (fanout[:-3], fanout):
+            if level not in self._plain:
+                if stat.S_ISLNK(os.lstat(level).st_mode):
+                    return False
+                self._plain.add(level)
+        return True
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Extra niceness of a drain's loader and writer threads (Linux): the encoder thread is the
     # pipeline's bottleneck, so it should win a core whenever the stages beside it contend for one.
     helper_nice: int = Field(default=10, ge=0, le=19)
+    # Threads that read and decode a backfill batch's images in each worker pool process (the
+    # loader and decode_threads - 1 more). 1 suits a CPU-only host, where the encoder needs the
+    # cores; a GPU host, where decoding is the bound, wants about its cores per worker process.
+    decode_threads: int = Field(default=1, ge=1, le=64)
     # Torch threads of each worker pool process; default: the machine's cores shared out.
     torch_threads: int | None = Field(default=None, ge=1)
     # Port of a worker's Prometheus /metrics (its pool processes summed); 0 = off.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,10 @@ BLOCKED = "blocked"  # lease_and_load's answer while a checkpoint barrier is up
 
 
 def lease_and_load(
-    ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str
+    ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str, decoders: Executor | None = None
 ) -> Leased | str | None:
+    """Lease a batch and load its pixels (with ``decoders``, the pool of ``decode_threads - 1``
+    threads, when the settings ask for more than one)."""
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
     if not ids:
         return BLOCKED if queue.blocked else None
@@ -62,7 +65,8 @@ def lease_and_load(
     if gone:
         queue.remove(gone)
     present = [i for i in ids if i in keys]
-    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta, ctx.settings.max_image_pixels)
+    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta, ctx.settings.max_image_pixels,
+                                          decoders, ctx.settings.decode_threads)
     ok_ids = [present[k] for k in ok]
     errors = {present[k]: err for k, err in load_errors.items()}
     job = None

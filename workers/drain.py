@@ -1,8 +1,9 @@
 """The drain: what one drain task does with its budget. It backfills batches until the budget
 is spent and says what the task should do next (:class:`Outcome`).
 
-Three stages overlap: a loader thread leases and decodes batch k+1, the drain's own thread
-encodes batch k, a writer thread lands batch k-1 (``workers.batch``). Loading the next batch
+Three stages overlap: a loader thread leases and decodes batch k+1 (with ``decode_threads - 1``
+more threads beside it, when set), the drain's own thread encodes batch k, a writer thread
+lands batch k-1 (``workers.batch``). Loading the next batch
 overlaps encoding the current one because image reads and decoding are pure overhead next to
 the encoder (benchmark B1). Writes stay in lease order, one at a time, so the items on the new
 model are always a prefix of the backfill order plus what is in flight.
@@ -83,6 +84,7 @@ class Drain:
         self.writing: Future[BatchResult] | None = None  # the batch the writer lands
         self._loader: ThreadPoolExecutor | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._decoders: ThreadPoolExecutor | None = None  # decode_threads - 1 of them, when more than one
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -95,8 +97,12 @@ class Drain:
         self.ctx.heartbeat(self.upgrade_id)
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
+        extra = self.ctx.settings.decode_threads - 1
         with ThreadPoolExecutor(1, "load", initializer=lower_thread_priority, initargs=nice) as self._loader, \
-                ThreadPoolExecutor(1, "write", initializer=lower_thread_priority, initargs=nice) as self._writer:
+                ThreadPoolExecutor(1, "write", initializer=lower_thread_priority, initargs=nice) as self._writer, \
+                ThreadPoolExecutor(max(1, extra), "decode", initializer=lower_thread_priority,
+                                   initargs=nice) as decoders:  # fmt: skip
+            self._decoders = decoders if extra > 0 else None
             self._lease_next()
             try:
                 return self._loop()
@@ -157,7 +163,8 @@ class Drain:
 
     def _lease_next(self) -> None:
         assert self._loader is not None
-        self.pending = self._loader.submit(lease_and_load, self.ctx, self.queue, self.batch_size, self.to_model)
+        self.pending = self._loader.submit(lease_and_load, self.ctx, self.queue, self.batch_size, self.to_model,
+                                           self._decoders)
 
     def _submit_write(self, enc: Encoded) -> Future[BatchResult]:
         assert self._writer is not None

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, defer
 
 from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade
-from service.repositories.common import IDS, id_chunks, table
+from service.repositories.common import id_chunks, in_ids, table
 from service.repositories.items import external_ids_of, lock_items, set_active_model, upsert_embeddings
 from service.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
 from service.timestamps import utcnow
@@ -165,8 +165,16 @@ def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
 _tasks = table(BackfillTask)
 _TASKS_DONE = (
     update(_tasks)
-    .where(_tasks.c.upgrade_id == bindparam("b_upgrade"), _tasks.c.item_id.in_(IDS), _tasks.c.status == "pending")
+    .where(_tasks.c.upgrade_id == bindparam("b_upgrade"), in_ids(_tasks.c.item_id), _tasks.c.status == "pending")
     .values(status="done", updated_at=bindparam("now"))
+)
+
+
+_upgrades = table(Upgrade)
+# Counts a batch's newly done tasks and reads the counts back in the same statement.
+_COUNT_DONE = (
+    update(_upgrades).where(_upgrades.c.id == bindparam("b_upgrade"))
+    .values(done=_upgrades.c.done + bindparam("n")).returning(_upgrades.c.done, _upgrades.c.total)
 )
 
 
@@ -196,21 +204,16 @@ def record_encoded(
     by_id = {int(i): k for k, i in enumerate(item_ids)}
     conn = session.connection()
     now = utcnow()
-    present: list[int] = []
-    done = 0
-    for chunk in id_chunks(sorted(by_id)):
-        landed = set_active_model(conn, to_model, chunk)
-        if not landed:
-            continue
-        present.extend(landed)
-        upsert_embeddings(session, to_model, landed, vectors[[by_id[i] for i in landed]], now)
-        res = conn.execute(_TASKS_DONE, {"b_upgrade": upgrade_id, "ids": landed, "now": now})
-        done += int(res.rowcount or 0)
+    # One statement each, whatever the batch's size (ids bound as one array: in_ids).
+    present = set_active_model(conn, to_model, sorted(by_id))
     if not present:
         return BatchOutcome([], 0, state)
+    upsert_embeddings(session, to_model, present, vectors[[by_id[i] for i in present]], now)
+    done = int(conn.execute(_TASKS_DONE, {"b_upgrade": upgrade_id, "ids": present, "now": now}).rowcount or 0)
     if done:
-        session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(done=Upgrade.done + done))
-    counts = session.execute(select(Upgrade.done, Upgrade.total).where(Upgrade.id == upgrade_id)).one()
+        counts = conn.execute(_COUNT_DONE, {"b_upgrade": upgrade_id, "n": done}).one()
+    else:  # a replay: nothing counted, the counts as they are
+        counts = session.execute(select(Upgrade.done, Upgrade.total).where(Upgrade.id == upgrade_id)).one()
     return BatchOutcome(present, done, state, (int(counts[0]), int(counts[1])))
 
 

@@ -96,8 +96,10 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
         control.act(g.settings, ctx.redis, uid, "rollback")
 
 
-def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gallery) -> None:
+@pytest.mark.parametrize("decode_threads", [1, 3])
+def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gallery, decode_threads) -> None:
     g = make_gallery(n=40, corrupt=3)
+    g.settings.decode_threads = decode_threads  # 3: each batch's images cut across the loader and two more
     ctx, uid = start_and_score(g, strategy="entropy", batch_size=8)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
@@ -259,14 +261,17 @@ def test_helper_threads_are_made_nicer_without_renicing_the_process() -> None:
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_before == os.getpriority(os.PRIO_PROCESS, os.getpid())
 
 
-def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery, fmnist_test) -> None:
-    """Whichever decoder the loader took (libpng for these PNGs), the stored vectors are the new
-    model's embedding of the image as uploaded, as ``POST /gallery`` would have computed it."""
+@pytest.mark.parametrize("decode_threads", [1, 2])
+def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery, fmnist_test, decode_threads) -> None:
+    """Whichever decoder the loader took (libpng for these PNGs), and however many threads
+    decoded a batch, the stored vectors are the new model's embedding of the image as uploaded,
+    as ``POST /gallery`` would have computed it."""
     from PIL import Image
 
     from service.repositories.common import vector_from_bytes
 
     g = make_gallery(n=40)
+    g.settings.decode_threads = decode_threads
     ctx, uid = start_and_score(g, batch_size=16)
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:

@@ -8,10 +8,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-
-
 def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, fmnist_test) -> None:
     import io
+    from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
@@ -30,13 +29,16 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
     st = LocalImageStore(tmp_path / "images")
     keys = [st.put(png(a[0])), st.put(b"not an image"), st.put(rgb.getvalue()), st.put(png(a[1])),
             "ab" * 32, st.put(png(a[6])[:60]), st.put(jpeg.getvalue())]
-    pixels, ok, errors = load_pixels(st, keys, meta)
-    assert ok == [0, 2, 3, 6]
-    assert sorted(errors) == [1, 4, 5]
-    assert "ImageNotFound" in errors[4]
-    expected = np.stack([pil_to_chw(Image.open(io.BytesIO(st.get(keys[k]))), meta) for k in ok])
-    np.testing.assert_array_equal(pixels, expected)
-    assert pixels.flags.c_contiguous
+    expected = np.stack([pil_to_chw(Image.open(io.BytesIO(st.get(keys[k]))), meta) for k in (0, 2, 3, 6)])
+    with ThreadPoolExecutor(3) as pool:
+        # one thread; then runs cut across threads at every count up to more threads than images
+        for pool_, workers in [(None, 1), *((pool, n) for n in (2, 3, 4, 9))]:
+            pixels, ok, errors = load_pixels(st, keys, meta, pool=pool_, workers=workers)
+            assert ok == [0, 2, 3, 6], workers
+            assert sorted(errors) == [1, 4, 5]
+            assert "ImageNotFound" in errors[4]
+            np.testing.assert_array_equal(pixels, expected)
+            assert pixels.flags.c_contiguous
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, at open; ours refuses
