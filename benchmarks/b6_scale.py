@@ -6,9 +6,13 @@ full upgrade by a real Celery worker with ``/search`` called throughout.
 Reported per N (default 100,000; run ``--n 100000,1000000`` for the issue's ratio): bulk ingest
 items/s; database bytes per item; API start-up seconds and peak RSS, from SQL and from a
 snapshot; scoring seconds and the worker's peak RSS; backfill items/s over the first and the
-last tenth; ``/search`` p50/p99 during the backfill; Redis's peak memory.
+last tenth; ``/search`` p50/p99 during the backfill; Redis's peak memory. Then the upgrade is
+committed and a second one (to a third model of the same backbone) runs with no ``/search``
+load: its backfill rate beside the first's says what serving queries costs the backfill.
 
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000    # -> benchmarks/results/b6_scale.json
+    nice .venv/bin/python benchmarks/b6_scale.py --n 100000,1000000 --database postgresql \
+        --out benchmarks/results/b6_scale_postgresql.json
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from index_bench import RESULTS, machine, table, write_json
+from index_bench import RESULTS, fresh_postgres, machine, table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,7 +55,7 @@ def _proc_kib(pid: int, field: str) -> int:
     return total
 
 
-def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
+def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_admin: str) -> dict[str, Any]:
     import redis as redis_lib
 
     from cli.launcher import System
@@ -61,18 +66,23 @@ def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
     data = work / prefix
     (data / "models").mkdir(parents=True)
     make_tiny_checkpoint(data / "models" / "old.pt", "old", arch="conv2", embedding_dim=128, seed=0)
-    make_tiny_checkpoint(data / "models" / "new.pt", "new", arch=arch, embedding_dim=128, seed=1,
-                         compatible_with="old")  # fmt: skip
+    for name, seed, compat in (("new", 1, "old"), ("newer", 2, "new")):
+        make_tiny_checkpoint(data / "models" / f"{name}.pt", name, arch=arch, embedding_dim=128, seed=seed,
+                             compatible_with=compat)  # fmt: skip
     env = {"HOTREFRESH_DATA_DIR": str(data), "HOTREFRESH_REDIS_URL": redis_url, "HOTREFRESH_REDIS_PREFIX": prefix,
            "HOTREFRESH_ADMIN_TOKEN": ADMIN, "HOTREFRESH_ENV": "test", "HOTREFRESH_DEVICE": "cpu",
            "HOTREFRESH_PROBE_SIZE": "0"}  # fmt: skip
     auth = {"Authorization": f"Bearer {ADMIN}"}
-    out: dict[str, Any] = {"items": n}
+    out: dict[str, Any] = {"items": n, "database": database}
     r = redis_lib.Redis.from_url(redis_url)
-    with System(work / f"{prefix}-sys", env=env) as system:
+    with ExitStack() as stack:
+        if database == "postgresql":
+            env["HOTREFRESH_DATABASE_URL"] = stack.enter_context(fresh_postgres(pg_admin, prefix.replace("-", "_")))
+        system = stack.enter_context(System(work / f"{prefix}-sys", env=env))
         api = system.start_api(name="api-first")
-        assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth, timeout=60).status_code == 201
-        assert httpx.post(f"{api.url}/models", data={"path": "new.pt"}, headers=auth, timeout=60).status_code == 201
+        for name in ("old", "new", "newer"):
+            res = httpx.post(f"{api.url}/models", data={"path": f"{name}.pt"}, headers=auth, timeout=60)
+            assert res.status_code == 201, res.text
         system.stop()
         t0 = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "cli", "ingest", "--bulk", "--fashion-mnist", "--split", "train",
@@ -82,11 +92,9 @@ def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
             raise RuntimeError(run.stderr[-3000:])
         out["ingest_s"] = time.perf_counter() - t0
         out["ingest_items_per_s"] = n / out["ingest_s"]
-        db = data / "hotrefresh.db"
-        out["database_bytes_per_item"] = sum(p.stat().st_size for p in data.glob("hotrefresh.db*")) / n
+        out["database_bytes_per_item"] = _database_bytes(env.get("HOTREFRESH_DATABASE_URL"), data) / n
         out["image_store_bytes_per_item"] = sum(p.stat().st_size for p in (data / "images").rglob("*")
                                                 if p.is_file()) / n  # fmt: skip
-        assert db.exists()
         # the registering replica's snapshot (taken before the ingest) must not stand in for SQL
         shutil.rmtree(data / "snapshots", ignore_errors=True)
         for how in ("sql", "snapshot"):
@@ -100,58 +108,12 @@ def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
                 system.stop()  # a graceful stop writes the snapshot the second start loads
         worker = system.start_worker(name="w1")
         query = encode_png(load_fashion_mnist("test")[0][0])
-        lat: list[float] = []
-        samples: list[tuple[float, int]] = []
-        redis_peak = [int(r.info("memory")["used_memory"])]
-        stop = threading.Event()
-
-        def searcher() -> None:
-            with httpx.Client(base_url=api.url, timeout=30) as c:
-                while not stop.is_set():
-                    t = time.perf_counter()
-                    if c.post("/search", files={"image": ("q.png", query, "image/png")}).status_code == 200:
-                        lat.append(time.perf_counter() - t)
-                    stop.wait(0.05)
-
-        t_start = time.perf_counter()
-        res = httpx.post(f"{api.url}/upgrade", json={"model": "new", "plan": "paper", "strategy": "margin",
-                                                     "batch_size": 256}, headers=auth, timeout=60)  # fmt: skip
-        assert res.status_code == 202, res.text
-        uid = res.json()["id"]
-        th = threading.Thread(target=searcher, daemon=True)
-        th.start()
-        state, scored_at = "scoring", None
-        while state not in ("completed", "failed"):
-            u = httpx.get(f"{api.url}/upgrade/{uid}", timeout=30).json()
-            state = u["state"]
-            now = time.perf_counter()
-            if state == "running" and scored_at is None:
-                scored_at = now
-                out["scoring_s"] = (u.get("baseline") or {}).get("scoring_seconds") or now - t_start
-                out["worker_rss_after_scoring_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
-            if scored_at is not None:
-                samples.append((now, int(u["done"])))
-            redis_peak.append(int(r.info("memory")["used_memory"]))
-            time.sleep(0.5)
-        stop.set()
-        th.join()
-        if state != "completed":
-            raise RuntimeError(worker.log_tail())
-        out["worker_peak_rss_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
-        out["redis_peak_used_mib"] = max(redis_peak) / 2**20
-        out["backfill_s"] = samples[-1][0] - samples[0][0]
-        out["backfill_items_per_s"] = n / out["backfill_s"]
-
-        def rate(lo: float, hi: float) -> float:
-            pts = [(t, d) for t, d in samples if lo * n <= d <= hi * n]
-            return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]) if len(pts) > 1 and pts[-1][0] > pts[0][0] \
-                else float("nan")
-
-        out["backfill_items_per_s_first_tenth"] = rate(0.0, 0.1)
-        out["backfill_items_per_s_last_tenth"] = rate(0.9, 1.0)
-        out["search_during_backfill"] = {"requests": len(lat),
-                                         "p50_ms": 1e3 * statistics.median(lat) if lat else None,
-                                         "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None}  # fmt: skip
+        first = _upgrade(api.url, auth, "new", n, r, worker, query)
+        out.update(first)
+        res = httpx.post(f"{api.url}/upgrade/{first['upgrade_id']}/commit", headers=auth, timeout=600)
+        assert res.status_code == 200, res.text
+        quiet = _upgrade(api.url, auth, "newer", n, r, worker, None)
+        out["without_search_load"] = {k: v for k, v in quiet.items() if k.startswith("backfill") or k == "scoring_s"}
     keys = list(r.scan_iter(f"{prefix}:*", count=1000))
     if keys:
         r.delete(*keys)
@@ -159,20 +121,100 @@ def one_size(n: int, work: Path, redis_url: str, arch: str) -> dict[str, Any]:
     return out
 
 
+def _database_bytes(url: str | None, data: Path) -> int:
+    if url is None:
+        return sum(p.stat().st_size for p in data.glob("hotrefresh.db*"))
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            return int(c.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _upgrade(api: str, auth: dict[str, str], model: str, n: int, r: Any, worker: Any,
+             query: bytes | None) -> dict[str, Any]:
+    """One upgrade to ``model``, start to completed; with a query, ``/search`` every 50 ms throughout."""
+    out: dict[str, Any] = {}
+    lat: list[float] = []
+    samples: list[tuple[float, int]] = []
+    redis_peak = [int(r.info("memory")["used_memory"])]
+    stop = threading.Event()
+
+    def searcher() -> None:
+        with httpx.Client(base_url=api, timeout=30) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                if c.post("/search", files={"image": ("q.png", query, "image/png")}).status_code == 200:
+                    lat.append(time.perf_counter() - t)
+                stop.wait(0.05)
+
+    t_start = time.perf_counter()
+    res = httpx.post(f"{api}/upgrade", json={"model": model, "plan": "paper", "strategy": "margin",
+                                             "batch_size": 256}, headers=auth, timeout=60)  # fmt: skip
+    assert res.status_code == 202, res.text
+    uid = out["upgrade_id"] = res.json()["id"]
+    th = threading.Thread(target=searcher, daemon=True)
+    if query is not None:
+        th.start()
+    state, scored_at = "scoring", None
+    while state not in ("completed", "failed"):
+        u = httpx.get(f"{api}/upgrade/{uid}", timeout=30).json()
+        state = u["state"]
+        now = time.perf_counter()
+        if state == "running" and scored_at is None:
+            scored_at = now
+            out["scoring_s"] = (u.get("baseline") or {}).get("scoring_seconds") or now - t_start
+            out["worker_rss_after_scoring_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
+        if scored_at is not None:
+            samples.append((now, int(u["done"])))
+        redis_peak.append(int(r.info("memory")["used_memory"]))
+        time.sleep(0.5)
+    stop.set()
+    if query is not None:
+        th.join()
+    if state != "completed":
+        raise RuntimeError(worker.log_tail())
+    out["worker_peak_rss_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
+    out["redis_peak_used_mib"] = max(redis_peak) / 2**20
+    out["backfill_s"] = samples[-1][0] - samples[0][0]
+    out["backfill_items_per_s"] = n / out["backfill_s"]
+
+    def rate(lo: float, hi: float) -> float:
+        pts = [(t, d) for t, d in samples if lo * n <= d <= hi * n]
+        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]) if len(pts) > 1 and pts[-1][0] > pts[0][0] \
+            else float("nan")
+
+    out["backfill_items_per_s_first_tenth"] = rate(0.0, 0.1)
+    out["backfill_items_per_s_last_tenth"] = rate(0.9, 1.0)
+    if query is not None:
+        out["search_during_backfill"] = {"requests": len(lat),
+                                         "p50_ms": 1e3 * statistics.median(lat) if lat else None,
+                                         "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="100000", help="comma-separated gallery sizes")
     ap.add_argument("--arch", default="conv4", help="the new model's backbone")
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--pg-admin-url", default=os.environ.get(
+        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--out", type=Path, default=RESULTS / "b6_scale.json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
     runs = []
     with tempfile.TemporaryDirectory(prefix="b6-") as tmp:
         for n in sizes:
-            runs.append(one_size(n, Path(tmp), args.redis, args.arch))
+            runs.append(one_size(n, Path(tmp), args.redis, args.arch, args.database, args.pg_admin_url))
             print(runs[-1], flush=True)
-    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+    for run in runs:  # the quiet upgrade's rates as rows of their own
+        run.update({f"{k} (no search load)": v for k, v in run["without_search_load"].items()})
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float) and k != "upgrade_id"]
     rows = [[k, *[run[k] for run in runs]] + ([runs[-1][k] / runs[0][k]] if len(runs) > 1 and runs[0][k] else [])
             for k in keys]  # fmt: skip
     print(table(["measure", *[f"N={n}" for n in sizes]] + (["ratio"] if len(runs) > 1 else []), rows))

@@ -135,7 +135,8 @@ def _jpeg(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_url: str, work: Path) -> dict:
+def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_url: str, work: Path,
+             decode_threads: int = 1) -> dict:
     import redis as redis_lib
 
     from models.data import colourize, encode_png, load_fashion_mnist
@@ -158,7 +159,8 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
                            "HOTREFRESH_REDIS_URL": redis_url, "HOTREFRESH_REDIS_PREFIX": prefix,
                            "HOTREFRESH_PROBE_SIZE": "0", "HOTREFRESH_BATCH_SIZE": str(batch),
                            "HOTREFRESH_DEVICE": "cpu", "HOTREFRESH_ENV": "test",
-                           "HOTREFRESH_DRAIN_BUDGET_SECONDS": "30"})  # fmt: skip
+                           "HOTREFRESH_DRAIN_BUDGET_SECONDS": "30",
+                           "HOTREFRESH_DECODE_THREADS": str(decode_threads)})  # fmt: skip
         get_settings.cache_clear()
         settings = Settings()
         data.mkdir(parents=True)
@@ -203,7 +205,8 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
     us = {k: 1e6 * clock.cpu[k] / n for k in STAGES}
     us["instrumentation (these clocks)"] = 1e6 * clock.per_call_overhead_s() * sum(clock.calls.values()) / n
     us["other (drain loop, hand-offs, progress)"] = 1e6 * cpu / n - sum(us.values())
-    return {"case": case, "database": database, "items": n, "batch": batch, "ingest_items_per_s": n / ingest_s,
+    return {"case": case, "database": database, "decode_threads": decode_threads, "items": n, "batch": batch,
+            "ingest_items_per_s": n / ingest_s,
             "wall_s": wall, "process_cpu_s": cpu, "items_per_s": n / wall, "items_per_cpu_s": n / cpu,
             "cpu_us_per_item": 1e6 * cpu / n, "stage_cpu_us_per_item": us,
             "redis_server_cpu_us_per_item": 1e6 * redis_cpu / n, "calls": dict(clock.calls)}  # fmt: skip
@@ -220,26 +223,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--database", default="sqlite,postgresql")
     ap.add_argument("--cases", default="PNG 28x28 grey,JPEG 256x256 -> 3x224")
+    ap.add_argument("--decode-threads", default="1", help="HOTREFRESH_DECODE_THREADS values to run each case at")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--pg-admin-url", default=os.environ.get(
         "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline_ceiling.json")
     args = ap.parse_args()
     runs, rows = [], []
+    head = ["case", "db", "decode threads", "items", "CPU us/item", "items/s per core", "items/s (wall)",
+            "stages (us/item)", "redis us/item"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="ceiling-") as tmp:
         for case in args.cases.split(","):
             for database in args.database.split(","):
-                n = args.n if case.startswith("PNG") else max(args.batch, args.n // 5)
-                res = run_case(case, n, args.batch, database, args.pg_admin_url, args.redis, Path(tmp))
-                runs.append(res)
-                st = res["stage_cpu_us_per_item"]
-                rows.append([case, database, n, res["cpu_us_per_item"], res["items_per_cpu_s"], res["items_per_s"],
-                             " ".join(f"{k.split(' ')[0]} {v:.0f}" for k, v in st.items()),
-                             res["redis_server_cpu_us_per_item"]])  # fmt: skip
-                print(table(["case", "db", "items", "CPU us/item", "items/s per core", "items/s (wall)",
-                             "stages (us/item)", "redis us/item"], rows[-1:]), flush=True)  # fmt: skip
-    print(table(["case", "db", "items", "CPU us/item", "items/s per core", "items/s (wall)", "stages (us/item)",
-                 "redis us/item"], rows))  # fmt: skip
+                for threads in (int(t) for t in args.decode_threads.split(",")):
+                    n = args.n if case.startswith("PNG") else max(args.batch, args.n // 5)
+                    res = run_case(case, n, args.batch, database, args.pg_admin_url, args.redis, Path(tmp), threads)
+                    runs.append(res)
+                    st = res["stage_cpu_us_per_item"]
+                    rows.append([case, database, threads, n, res["cpu_us_per_item"], res["items_per_cpu_s"],
+                                 res["items_per_s"], " ".join(f"{k.split(' ')[0]} {v:.0f}" for k, v in st.items()),
+                                 res["redis_server_cpu_us_per_item"]])  # fmt: skip
+                    print(table(head, rows[-1:]), flush=True)
+    print(table(head, rows))
     write_json(args.out, {"benchmark": "backfill pipeline ceiling: the real drain with an encoder that costs nothing",
                           "machine": machine(), "runs": runs})  # fmt: skip
     print(f"-> {args.out}")
