@@ -73,13 +73,22 @@ class LocalImageStore(ImageStore):
 
     def put(self, data: bytes) -> str:
         key = content_key(data)
-        path = self.path_for(key)
-        if path.exists():
+        fanout = f"{self._root}/{key[:2]}/{key[2:4]}"
+        if fanout not in self._plain:  # first write below this directory in this process
+            path = self.path_for(key)  # resolves: a symlinked fan-out leading out is refused here
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._is_plain(fanout):  # symlinked but inside the root: the resolved path
+                return key if path.exists() else self._write(path.parent, path, data, key)
+        path_s = f"{fanout}/{key}"
+        if os.path.lexists(path_s):
             return key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return self._write(Path(fanout), Path(path_s), data, key)
+
+    @staticmethod
+    def _write(directory: Path, path: Path, data: bytes, key: str) -> str:
         # Write to a temporary file in the same directory, then rename: a reader never sees
         # a half-written image, and two writers of the same content both end up correct.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
