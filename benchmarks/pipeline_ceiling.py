@@ -178,6 +178,8 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
             for name in ("old", "new"):
                 register(s, settings, ctx.encoders, settings.models_path / f"{name}.pt", uploaded=False)
         grey = load_fashion_mnist("train")[0][:n]
+        if len(grey) < n:  # per-item figures divide by n: never count items that are not there
+            raise SystemExit(f"--n {n}: the training split has only {len(grey)} images")
         t0 = time.perf_counter()
         for start in range(0, n, 512):
             block = grey[start : start + 512]
