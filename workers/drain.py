@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from enum import StrEnum
 
 from service.db.session import read_scope
@@ -98,11 +99,11 @@ class Drain:
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
         extra = self.ctx.settings.decode_threads - 1
+        decoders = ThreadPoolExecutor(extra, "decode", initializer=lower_thread_priority, initargs=nice) \
+            if extra > 0 else nullcontext()  # fmt: skip
         with ThreadPoolExecutor(1, "load", initializer=lower_thread_priority, initargs=nice) as self._loader, \
                 ThreadPoolExecutor(1, "write", initializer=lower_thread_priority, initargs=nice) as self._writer, \
-                ThreadPoolExecutor(max(1, extra), "decode", initializer=lower_thread_priority,
-                                   initargs=nice) as decoders:  # fmt: skip
-            self._decoders = decoders if extra > 0 else None
+                decoders as self._decoders:
             self._lease_next()
             try:
                 return self._loop()

@@ -23,10 +23,10 @@ def load_pixels(
 
     With ``workers`` > 1 the batch is cut into that many runs of consecutive images, each read,
     decoded and copied into place by one thread (the caller's and ``workers - 1`` of ``pool``'s):
-    the codecs (libpng through
-    imagecodecs, libjpeg and the resampling through Pillow) and numpy's copy release the GIL, so
-    large images decode on several cores at once (benchmark pipeline_ceiling). One task per run,
-    not per image: a future costs about as much as decoding a 28 x 28 PNG.
+    the codecs (libpng through imagecodecs, libjpeg and the resampling through Pillow) and numpy's
+    copy release the GIL, so large images decode on several cores at once (benchmark
+    pipeline_ceiling). One task per run, not per image: a future costs about as much as decoding
+    a 28 x 28 PNG.
 
     The pixel limit is checked on the header before decoding (an image stored before the limit
     was lowered is refused here, as at upload); anything that fails here (a missing file,
