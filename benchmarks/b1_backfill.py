@@ -83,8 +83,7 @@ def raw_items_per_s(path: Path, images: np.ndarray, batch: int, procs: int, thre
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     shares = np.array_split(images, procs)
-    ps = [ctx.Process(target=_raw_worker, args=(str(path), sh, batch, threads, device, start, out))
-          for sh in shares]
+    ps = [ctx.Process(target=_raw_worker, args=(str(path), sh, batch, threads, device, start, out)) for sh in shares]
     for p in ps:
         p.start()
     time.sleep(3.0 if device == "cpu" else 8.0)  # let every process load the model and warm up
@@ -109,9 +108,16 @@ def database_url(args: argparse.Namespace, prefix: str, data: Path) -> str:
     return args.pg_stack.enter_context(fresh_postgres(args.pg_admin_url, prefix.replace("-", "_")))
 
 
-def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, images: np.ndarray,
-                         labels: np.ndarray, ckpts: tuple[Path, Path], work: Path,
-                         raw: Callable[[], dict]) -> dict:
+def backfill_items_per_s(
+    args: argparse.Namespace,
+    procs: int,
+    threads: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    ckpts: tuple[Path, Path],
+    work: Path,
+    raw: Callable[[], dict],
+) -> dict:
     """One backfill, with ``raw()`` measured right before it starts and right after it ends
     (gallery built, worker processes up and idle): the pair sees the same machine."""
     import redis as redis_lib
@@ -177,35 +183,56 @@ def backfill_items_per_s(args: argparse.Namespace, procs: int, threads: int, ima
         r.delete(*keys)
     # Where the time outside steady batches went: before the first batch landed (task dispatch,
     # the first lease, load and encode) and after the last one (completion checks).
-    return {"raw_before": raw_before, "raw_after": raw_after,
-            "items": done, "seconds": seconds, "items_per_s": done / seconds, "gallery_build_s": build_s,
-            "scoring_s": baseline.get("scoring_seconds"), "first_write_after_s": ts(first_write) - start,
-            "completed_after_last_write_s": end - ts(last_write)}
+    return {
+        "raw_before": raw_before,
+        "raw_after": raw_after,
+        "items": done,
+        "seconds": seconds,
+        "items_per_s": done / seconds,
+        "gallery_build_s": build_s,
+        "scoring_s": baseline.get("scoring_seconds"),
+        "first_write_after_s": ts(first_write) - start,
+        "completed_after_last_write_s": end - ts(last_write),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60000, help="gallery size (default: the whole training split)")
-    ap.add_argument("--split", default="train", choices=["train", "test"],
-                    help="Fashion-MNIST split the gallery comes from (train: up to 60,000 items)")
+    ap.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "test"],
+        help="Fashion-MNIST split the gallery comes from (train: up to 60,000 items)",
+    )
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--arch", default="conv4")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--procs", default="1,2")
     ap.add_argument("--repeat", type=int, default=5, help="trials per process count (fresh gallery each)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
-                         "would own its GPU; the loader and writer stages run beside it)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process, raw and backfill alike (1: the encoder owns one core, as it "
+        "would own its GPU; the loader and writer stages run beside it)",
+    )
     ap.add_argument("--probes", dest="probe_size", type=int, default=0, help="probe_size (0 = live NFR off)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both encoders run")
     ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--database", default="sqlite", choices=["sqlite", "postgresql"],
-                    help="the embedded default, or a fresh PostgreSQL database per trial (on this machine, its "
-                         "server shares the cores with the workers)")
-    ap.add_argument("--pg-admin-url", default=os.environ.get(
-        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-        help="a database on the server where --database postgresql creates and drops its own")
+    ap.add_argument(
+        "--database",
+        default="sqlite",
+        choices=["sqlite", "postgresql"],
+        help="the embedded default, or a fresh PostgreSQL database per trial (on this machine, its "
+        "server shares the cores with the workers)",
+    )
+    ap.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        help="a database on the server where --database postgresql creates and drops its own",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "b1_backfill.json")
     args = ap.parse_args()
 
@@ -229,26 +256,54 @@ def main() -> None:
             for _ in range(args.repeat):
                 with ExitStack() as args.pg_stack:  # a PostgreSQL trial's database lives as long as the trial
                     e2e = backfill_items_per_s(
-                        args, procs, threads, images, labels, (old_p, new_p), work,
-                        lambda: raw_items_per_s(new_p, images, args.batch, procs, threads, args.device))  # noqa: B023
+                        args,
+                        procs,
+                        threads,
+                        images,
+                        labels,
+                        (old_p, new_p),
+                        work,
+                        lambda: raw_items_per_s(new_p, images, args.batch, procs, threads, args.device),  # noqa: B023
+                    )
                 before, after = e2e.pop("raw_before"), e2e.pop("raw_after")
                 # The baseline is the synchronous passes: alone, the encoder is fastest called that
                 # way (the pipelined call measured ~5% slower back to back in one process); the
                 # pipelined passes are recorded beside it, with the ratio against them.
                 raw = statistics.fmean([before["sync"], after["sync"]])
                 pipelined = statistics.fmean([before["pipelined"], after["pipelined"]])
-                trials.append({"raw_items_per_s": raw, "raw_before": before, "raw_after": after,
-                               "backfill": e2e, "ratio": e2e["items_per_s"] / raw,
-                               "ratio_vs_pipelined_passes": e2e["items_per_s"] / pipelined})
+                trials.append(
+                    {
+                        "raw_items_per_s": raw,
+                        "raw_before": before,
+                        "raw_after": after,
+                        "backfill": e2e,
+                        "ratio": e2e["items_per_s"] / raw,
+                        "ratio_vs_pipelined_passes": e2e["items_per_s"] / pipelined,
+                    }
+                )
             # The median trial by ratio: this shared 2-core machine's speed drifts by 10-20% between
             # minutes, so one pair can land on either side of the target by chance.
             mid = sorted(trials, key=lambda t: t["ratio"])[len(trials) // 2]
-            runs.append({"processes": procs, "torch_threads_each": threads, **mid,
-                         "ratios": [t["ratio"] for t in trials],
-                         "ratios_vs_pipelined_passes": [t["ratio_vs_pipelined_passes"] for t in trials],
-                         "trials": trials})
-            rows.append([procs, threads, mid["raw_items_per_s"], mid["backfill"]["items_per_s"], mid["ratio"],
-                         " ".join(f"{t['ratio']:.2f}" for t in trials)])
+            runs.append(
+                {
+                    "processes": procs,
+                    "torch_threads_each": threads,
+                    **mid,
+                    "ratios": [t["ratio"] for t in trials],
+                    "ratios_vs_pipelined_passes": [t["ratio_vs_pipelined_passes"] for t in trials],
+                    "trials": trials,
+                }
+            )
+            rows.append(
+                [
+                    procs,
+                    threads,
+                    mid["raw_items_per_s"],
+                    mid["backfill"]["items_per_s"],
+                    mid["ratio"],
+                    " ".join(f"{t['ratio']:.2f}" for t in trials),
+                ]
+            )
             print(table(HEADER, rows[-1:]), flush=True)
     import platform
 
@@ -258,14 +313,29 @@ def main() -> None:
     payload = {
         "benchmark": "B1 backfill pipeline efficiency",
         "definition": "end-to-end backfill items/s (lease, read+decode, encode, SQL txn, index log, ack; "
-                      "Celery worker processes) / raw encoder items/s (same model, batch, process count, threads; "
-                      "mean of the synchronous passes right before and right after the backfill; "
-                      "pipelined passes recorded too)",
-        "config": {"n": args.n, "batch": args.batch, "arch": args.arch, "dim": args.dim, "threads": args.threads,
-                   "database": args.database, "probe_size": args.probe_size, "split": args.split, "repeat": args.repeat,
-                   "device": args.device, "target_ratio": 0.85},
-        "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform(),
-                    "gpu": gpu, "torch": torch.__version__},
+        "Celery worker processes) / raw encoder items/s (same model, batch, process count, threads; "
+        "mean of the synchronous passes right before and right after the backfill; "
+        "pipelined passes recorded too)",
+        "config": {
+            "n": args.n,
+            "batch": args.batch,
+            "arch": args.arch,
+            "dim": args.dim,
+            "threads": args.threads,
+            "database": args.database,
+            "probe_size": args.probe_size,
+            "split": args.split,
+            "repeat": args.repeat,
+            "device": args.device,
+            "target_ratio": 0.85,
+        },
+        "machine": {
+            "cpus": cpus,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "gpu": gpu,
+            "torch": torch.__version__,
+        },
         "runs": runs,
     }
     write_json(args.out, payload)

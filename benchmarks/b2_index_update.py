@@ -80,15 +80,14 @@ def main() -> None:
         "mixed": {str(n): summary(times[n]) for n in args.sizes},
         "naive_faiss_remove_add": {str(n): summary(naive_times[n]) for n in args.sizes},
         "ratio_large_over_small": statistics.median(times[large]) / statistics.median(times[small]),
-        "naive_ratio_large_over_small": statistics.median(naive_times[large])
-        / statistics.median(naive_times[small]),
+        "naive_ratio_large_over_small": statistics.median(naive_times[large]) / statistics.median(naive_times[small]),
         "target_ratio_max": 1.5,
         "machine": machine(),
     }
     res["pass"] = res["ratio_large_over_small"] <= 1.5
-    rows = [
-        [f"mixed (tombstone+append) N={n:,}", summary(times[n])["median_s"] * 1e3] for n in args.sizes
-    ] + [[f"naive remove_ids+add N={n:,}", summary(naive_times[n])["median_s"] * 1e3] for n in args.sizes]
+    rows = [[f"mixed (tombstone+append) N={n:,}", summary(times[n])["median_s"] * 1e3] for n in args.sizes] + [
+        [f"naive remove_ids+add N={n:,}", summary(naive_times[n])["median_s"] * 1e3] for n in args.sizes
+    ]
     print(table(["what", f"median ms / batch of {b}"], rows))
     print(
         f"ratio N={large:,} / N={small:,}: mixed {res['ratio_large_over_small']:.3f} (target <= 1.5), "

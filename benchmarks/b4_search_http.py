@@ -71,8 +71,9 @@ def main() -> None:
     upgrade_head(settings.sqlalchemy_url)
     settings.models_path.mkdir(parents=True, exist_ok=True)
     make_tiny_checkpoint(settings.models_path / "m.pt", "bench", arch=args.arch, embedding_dim=64)
-    make_tiny_checkpoint(settings.models_path / "m2.pt", "bench-2", arch=args.arch, embedding_dim=64,
-                         compatible_with="bench", seed=1)  # fmt: skip
+    make_tiny_checkpoint(
+        settings.models_path / "m2.pt", "bench-2", arch=args.arch, embedding_dim=64, compatible_with="bench", seed=1
+    )
 
     train, _ = load_fashion_mnist("train")
     test, _ = load_fashion_mnist("test")
@@ -169,18 +170,31 @@ def main() -> None:
         result["dual_over_paper"] = {
             k: during["dual"][k]["p50"] / during["paper"][k]["p50"] for k in ("http_ms", "in_process_ms")
         }
-    print(table(
-        ["", "p50 ms", "p99 ms"],
-        [["HTTP POST /search", result["http_ms"]["p50"], result["http_ms"]["p99"]],
-         ["in-process decode+encode+search", result["in_process_ms"]["p50"], result["in_process_ms"]["p99"]],
-         ["service overhead (per request)", result["overhead_ms"]["p50"], result["overhead_ms"]["p99"]],
-         ["GET /healthz round trip (floor)", result["healthz_round_trip_ms"]["p50"],
-          result["healthz_round_trip_ms"]["p99"]],
-         ["same upload refused with k=0 (422)", result["upload_refused_k0_ms"]["p50"],
-          result["upload_refused_k0_ms"]["p99"]]]
-        + [[f"mid-upgrade, {p} plan: {what}", v[key]["p50"], v[key]["p99"]]
-           for p, v in during.items() for what, key in (("HTTP", "http_ms"), ("in-process", "in_process_ms"))],
-    ))
+    print(
+        table(
+            ["", "p50 ms", "p99 ms"],
+            [
+                ["HTTP POST /search", result["http_ms"]["p50"], result["http_ms"]["p99"]],
+                ["in-process decode+encode+search", result["in_process_ms"]["p50"], result["in_process_ms"]["p99"]],
+                ["service overhead (per request)", result["overhead_ms"]["p50"], result["overhead_ms"]["p99"]],
+                [
+                    "GET /healthz round trip (floor)",
+                    result["healthz_round_trip_ms"]["p50"],
+                    result["healthz_round_trip_ms"]["p99"],
+                ],
+                [
+                    "same upload refused with k=0 (422)",
+                    result["upload_refused_k0_ms"]["p50"],
+                    result["upload_refused_k0_ms"]["p99"],
+                ],
+            ]
+            + [
+                [f"mid-upgrade, {p} plan: {what}", v[key]["p50"], v[key]["p99"]]
+                for p, v in during.items()
+                for what, key in (("HTTP", "http_ms"), ("in-process", "in_process_ms"))
+            ],
+        )
+    )
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

@@ -69,17 +69,25 @@ def main() -> None:
         rows.append([strategy, ours_ips, raw_ips, ours_ips / raw_ips])
     peak_add_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before_mb
     print(table(["strategy", "ours items/s", "raw items/s", "ratio"], rows))
-    print(f"input {v.nbytes / 2**20:.0f} MiB; peak RSS added while scoring: {peak_add_mb:.0f} MiB "
-          f"(chunk {args.chunk} x {c} classes)")  # fmt: skip
+    print(
+        f"input {v.nbytes / 2**20:.0f} MiB; peak RSS added while scoring: {peak_add_mb:.0f} MiB "
+        f"(chunk {args.chunk} x {c} classes)"
+    )
     write_json(
         args.out,
         {
             "benchmark": "B5 ordering: score old vectors with the new classifier + sort, vs raw matmul+softmax",
-            "n": n, "dim": d, "classes": c, "chunk": args.chunk, "torch_threads": torch.get_num_threads(),
-            "input_mib": v.nbytes / 2**20, "peak_rss_added_mib": peak_add_mb,
-            "strategies": results, "machine": machine(),
+            "n": n,
+            "dim": d,
+            "classes": c,
+            "chunk": args.chunk,
+            "torch_threads": torch.get_num_threads(),
+            "input_mib": v.nbytes / 2**20,
+            "peak_rss_added_mib": peak_add_mb,
+            "strategies": results,
+            "machine": machine(),
         },
-    )  # fmt: skip
+    )
     print(f"wrote {args.out}")
 
 

@@ -43,8 +43,11 @@ ADMIN = "b6-admin-token"
 def _proc_kib(pid: int, field: str) -> int:
     """VmRSS / VmHWM of a process and its children, KiB."""
     total = 0
-    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True,
-                                                   text=True).stdout.split() if int(p) != pid]  # fmt: skip
+    pids = [pid] + [
+        int(p)
+        for p in subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True).stdout.split()
+        if int(p) != pid
+    ]
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -67,11 +70,18 @@ def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_ad
     (data / "models").mkdir(parents=True)
     make_tiny_checkpoint(data / "models" / "old.pt", "old", arch="conv2", embedding_dim=128, seed=0)
     for name, seed, compat in (("new", 1, "old"), ("newer", 2, "new")):
-        make_tiny_checkpoint(data / "models" / f"{name}.pt", name, arch=arch, embedding_dim=128, seed=seed,
-                             compatible_with=compat)  # fmt: skip
-    env = {"HOTREFRESH_DATA_DIR": str(data), "HOTREFRESH_REDIS_URL": redis_url, "HOTREFRESH_REDIS_PREFIX": prefix,
-           "HOTREFRESH_ADMIN_TOKEN": ADMIN, "HOTREFRESH_ENV": "test", "HOTREFRESH_DEVICE": "cpu",
-           "HOTREFRESH_PROBE_SIZE": "0"}  # fmt: skip
+        make_tiny_checkpoint(
+            data / "models" / f"{name}.pt", name, arch=arch, embedding_dim=128, seed=seed, compatible_with=compat
+        )
+    env = {
+        "HOTREFRESH_DATA_DIR": str(data),
+        "HOTREFRESH_REDIS_URL": redis_url,
+        "HOTREFRESH_REDIS_PREFIX": prefix,
+        "HOTREFRESH_ADMIN_TOKEN": ADMIN,
+        "HOTREFRESH_ENV": "test",
+        "HOTREFRESH_DEVICE": "cpu",
+        "HOTREFRESH_PROBE_SIZE": "0",
+    }
     auth = {"Authorization": f"Bearer {ADMIN}"}
     out: dict[str, Any] = {"items": n, "database": database}
     r = redis_lib.Redis.from_url(redis_url)
@@ -85,16 +95,35 @@ def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_ad
             assert res.status_code == 201, res.text
         system.stop()
         t0 = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "cli", "ingest", "--bulk", "--fashion-mnist", "--split", "train",
-                              "--copies", str(-(-n // 60000)), "--limit", str(n), "--batch-size", "1024"],
-                             env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "ingest",
+                "--bulk",
+                "--fashion-mnist",
+                "--split",
+                "train",
+                "--copies",
+                str(-(-n // 60000)),
+                "--limit",
+                str(n),
+                "--batch-size",
+                "1024",
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             raise RuntimeError(run.stderr[-3000:])
         out["ingest_s"] = time.perf_counter() - t0
         out["ingest_items_per_s"] = n / out["ingest_s"]
         out["database_bytes_per_item"] = _database_bytes(env.get("HOTREFRESH_DATABASE_URL"), data) / n
-        out["image_store_bytes_per_item"] = sum(p.stat().st_size for p in (data / "images").rglob("*")
-                                                if p.is_file()) / n  # fmt: skip
+        out["image_store_bytes_per_item"] = (
+            sum(p.stat().st_size for p in (data / "images").rglob("*") if p.is_file()) / n
+        )
         # the registering replica's snapshot (taken before the ingest) must not stand in for SQL
         shutil.rmtree(data / "snapshots", ignore_errors=True)
         for how in ("sql", "snapshot"):
@@ -134,8 +163,9 @@ def _database_bytes(url: str | None, data: Path) -> int:
         engine.dispose()
 
 
-def _upgrade(api: str, auth: dict[str, str], model: str, n: int, r: Any, worker: Any,
-             query: bytes | None) -> dict[str, Any]:
+def _upgrade(
+    api: str, auth: dict[str, str], model: str, n: int, r: Any, worker: Any, query: bytes | None
+) -> dict[str, Any]:
     """One upgrade to ``model``, start to completed; with a query, ``/search`` every 50 ms throughout."""
     out: dict[str, Any] = {}
     lat: list[float] = []
@@ -152,8 +182,12 @@ def _upgrade(api: str, auth: dict[str, str], model: str, n: int, r: Any, worker:
                 stop.wait(0.05)
 
     t_start = time.perf_counter()
-    res = httpx.post(f"{api}/upgrade", json={"model": model, "plan": "paper", "strategy": "margin",
-                                             "batch_size": 256}, headers=auth, timeout=60)  # fmt: skip
+    res = httpx.post(
+        f"{api}/upgrade",
+        json={"model": model, "plan": "paper", "strategy": "margin", "batch_size": 256},
+        headers=auth,
+        timeout=60,
+    )
     assert res.status_code == 202, res.text
     uid = out["upgrade_id"] = res.json()["id"]
     th = threading.Thread(target=searcher, daemon=True)
@@ -184,15 +218,20 @@ def _upgrade(api: str, auth: dict[str, str], model: str, n: int, r: Any, worker:
 
     def rate(lo: float, hi: float) -> float:
         pts = [(t, d) for t, d in samples if lo * n <= d <= hi * n]
-        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]) if len(pts) > 1 and pts[-1][0] > pts[0][0] \
+        return (
+            (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+            if len(pts) > 1 and pts[-1][0] > pts[0][0]
             else float("nan")
+        )
 
     out["backfill_items_per_s_first_tenth"] = rate(0.0, 0.1)
     out["backfill_items_per_s_last_tenth"] = rate(0.9, 1.0)
     if query is not None:
-        out["search_during_backfill"] = {"requests": len(lat),
-                                         "p50_ms": 1e3 * statistics.median(lat) if lat else None,
-                                         "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None}  # fmt: skip
+        out["search_during_backfill"] = {
+            "requests": len(lat),
+            "p50_ms": 1e3 * statistics.median(lat) if lat else None,
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None,
+        }
     return out
 
 
@@ -202,8 +241,10 @@ def main() -> None:
     ap.add_argument("--arch", default="conv4", help="the new model's backbone")
     ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--pg-admin-url", default=os.environ.get(
-        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "b6_scale.json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
@@ -215,11 +256,19 @@ def main() -> None:
     for run in runs:  # the quiet upgrade's rates as rows of their own
         run.update({f"{k} (no search load)": v for k, v in run["without_search_load"].items()})
     keys = [k for k in runs[0] if isinstance(runs[0][k], int | float) and k != "upgrade_id"]
-    rows = [[k, *[run[k] for run in runs]] + ([runs[-1][k] / runs[0][k]] if len(runs) > 1 and runs[0][k] else [])
-            for k in keys]  # fmt: skip
+    rows = [
+        [k, *[run[k] for run in runs]] + ([runs[-1][k] / runs[0][k]] if len(runs) > 1 and runs[0][k] else [])
+        for k in keys
+    ]
     print(table(["measure", *[f"N={n}" for n in sizes]] + (["ratio"] if len(runs) > 1 else []), rows))
-    write_json(args.out, {"benchmark": "B6: the service end to end at scale (bulk ingest, start-up, upgrade)",
-                          "machine": machine(), "runs": runs})  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "benchmark": "B6: the service end to end at scale (bulk ingest, start-up, upgrade)",
+            "machine": machine(),
+            "runs": runs,
+        },
+    )
     print(f"-> {args.out}")
 
 

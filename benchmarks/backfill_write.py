@@ -56,11 +56,15 @@ def scored_gallery(work: Path, n: int, batch: int, database_url: str | None = No
     from tests.utils.gallery import build_gallery
 
     prefix = f"bw-{uuid.uuid4().hex[:8]}"
-    os.environ.update({
-        "HOTREFRESH_DATA_DIR": str(work),
-        "HOTREFRESH_DATABASE_URL": database_url or f"sqlite:///{work / 'gallery.db'}",
-        "HOTREFRESH_REDIS_PREFIX": prefix, "HOTREFRESH_PROBE_SIZE": "0", "HOTREFRESH_ENV": "test",
-    })
+    os.environ.update(
+        {
+            "HOTREFRESH_DATA_DIR": str(work),
+            "HOTREFRESH_DATABASE_URL": database_url or f"sqlite:///{work / 'gallery.db'}",
+            "HOTREFRESH_REDIS_PREFIX": prefix,
+            "HOTREFRESH_PROBE_SIZE": "0",
+            "HOTREFRESH_ENV": "test",
+        }
+    )
     settings = Settings()
     images, labels = load_fashion_mnist("train")
     ckpt = work / "checkpoints"
@@ -113,8 +117,13 @@ def queue_order(url: str) -> tuple[int, str, list[int]]:
 
     with read_scope(url) as s:
         up = s.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
-        order = list(s.scalars(select(BackfillTask.item_id).where(BackfillTask.upgrade_id == up.id)
-                               .order_by(BackfillTask.priority.desc(), BackfillTask.item_id)))
+        order = list(
+            s.scalars(
+                select(BackfillTask.item_id)
+                .where(BackfillTask.upgrade_id == up.id)
+                .order_by(BackfillTask.priority.desc(), BackfillTask.item_id)
+            )
+        )
         return up.id, up.to_model, order
 
 
@@ -166,26 +175,41 @@ def main() -> None:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{run}{suffix}").unlink(missing_ok=True)
     us = {name: [1e6 * float(r.mean()) for r in runs] for name, runs in rounds.items()}
-    quarter = {name: ([1e6 * float(np.mean([r[: len(r) // 4].mean() for r in runs]))],
-                      [1e6 * float(np.mean([r[-(len(r) // 4) :].mean() for r in runs]))])
-               for name, runs in rounds.items()}
-    rows = [[name, statistics.median(us[name]), " ".join(f"{v:.0f}" for v in us[name]),
-             quarter[name][0][0], quarter[name][1][0]] for name in ("before", "after")]
+    quarter = {
+        name: (
+            [1e6 * float(np.mean([r[: len(r) // 4].mean() for r in runs]))],
+            [1e6 * float(np.mean([r[-(len(r) // 4) :].mean() for r in runs]))],
+        )
+        for name, runs in rounds.items()
+    }
+    rows = [
+        [
+            name,
+            statistics.median(us[name]),
+            " ".join(f"{v:.0f}" for v in us[name]),
+            quarter[name][0][0],
+            quarter[name][1][0],
+        ]
+        for name in ("before", "after")
+    ]
     ratio = statistics.median(us["before"]) / statistics.median(us["after"])
     print(table(HEADER, rows))
     print(f"before / after: {ratio:.2f}x less CPU per item")
-    write_json(args.out, {
-        "benchmark": "backfill_write",
-        "definition": __doc__.split("\n\n")[0],
-        "config": {"n": args.n, "batch": args.batch, "repeat": args.repeat, "database": "sqlite"},
-        "machine": machine(),
-        "build_seconds": build_s,
-        "us_cpu_per_item": us,
-        "median_us_cpu_per_item": {name: statistics.median(v) for name, v in us.items()},
-        "first_quarter_us": {name: q[0][0] for name, q in quarter.items()},
-        "last_quarter_us": {name: q[1][0] for name, q in quarter.items()},
-        "before_over_after": ratio,
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "backfill_write",
+            "definition": __doc__.split("\n\n")[0],
+            "config": {"n": args.n, "batch": args.batch, "repeat": args.repeat, "database": "sqlite"},
+            "machine": machine(),
+            "build_seconds": build_s,
+            "us_cpu_per_item": us,
+            "median_us_cpu_per_item": {name: statistics.median(v) for name, v in us.items()},
+            "first_quarter_us": {name: q[0][0] for name, q in quarter.items()},
+            "last_quarter_us": {name: q[1][0] for name, q in quarter.items()},
+            "before_over_after": ratio,
+        },
+    )
     print(f"-> {args.out}")
 
 

@@ -30,8 +30,9 @@ from service.images import pixels_of
 
 
 def _meta(c: int, size: int) -> SimpleNamespace:
-    return SimpleNamespace(input_channels=c, input_size=(size, size), mean=0.0, std=1.0, resize="center_crop",
-                           crop_ratio=1.0)  # fmt: skip
+    return SimpleNamespace(
+        input_channels=c, input_size=(size, size), mean=0.0, std=1.0, resize="center_crop", crop_ratio=1.0
+    )
 
 
 def _jpeg(a: np.ndarray, size: tuple[int, int]) -> bytes:
@@ -76,16 +77,36 @@ def main() -> None:
                 fn(blobs, meta)
                 cpu[label].append(time.process_time() - t0)
         us = {k: 1e6 * statistics.median(v) / len(blobs) for k, v in cpu.items()}
-        results[name] = {"images": len(blobs), "pillow_cpu_us": us["pillow"], "pixels_of_cpu_us": us["pixels_of"],
-                         "pillow_over_pixels_of": us["pillow"] / us["pixels_of"],
-                         "mean_abs_pixel_difference": diff}  # fmt: skip
+        results[name] = {
+            "images": len(blobs),
+            "pillow_cpu_us": us["pillow"],
+            "pixels_of_cpu_us": us["pixels_of"],
+            "pillow_over_pixels_of": us["pillow"] / us["pixels_of"],
+            "mean_abs_pixel_difference": diff,
+        }
         rows.append([name, len(blobs), us["pillow"], us["pixels_of"], us["pillow"] / us["pixels_of"], diff])
-    print(table(["case", "images", "Pillow CPU us/img", "pixels_of CPU us/img", "Pillow / ours",
-                 "mean |diff| (grey levels)"], rows))  # fmt: skip
-    write_json(args.out, {
-        "benchmark": "decode of stored images to the model's uint8 input: pixels_of vs plain Pillow",
-        "config": {"n": args.n, "repeat": args.repeat}, "machine": machine(), "cases": results,
-    })  # fmt: skip
+    print(
+        table(
+            [
+                "case",
+                "images",
+                "Pillow CPU us/img",
+                "pixels_of CPU us/img",
+                "Pillow / ours",
+                "mean |diff| (grey levels)",
+            ],
+            rows,
+        )
+    )
+    write_json(
+        args.out,
+        {
+            "benchmark": "decode of stored images to the model's uint8 input: pixels_of vs plain Pillow",
+            "config": {"n": args.n, "repeat": args.repeat},
+            "machine": machine(),
+            "cases": results,
+        },
+    )
     print(f"-> {args.out}")
 
 

@@ -90,8 +90,13 @@ def fresh_postgres(admin_url: str, name: str, template: str | None = None) -> It
         if template is None:
             c.execute(text(f'CREATE DATABASE "{name}"'))
         else:  # a template must have no other session
-            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE datname = :t AND pid <> pg_backend_pid()"), {"t": template})
+            c.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :t AND pid <> pg_backend_pid()"
+                ),
+                {"t": template},
+            )
             c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     try:
         yield admin_url.rsplit("/", 1)[0] + "/" + name

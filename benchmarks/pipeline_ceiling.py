@@ -61,6 +61,7 @@ class StageClock:
     def per_call_overhead_s(self, n: int = 200_000) -> float:
         """CPU seconds one wrapped call adds (two clock reads and the lock), so the instrumentation
         is reported as its own line instead of inflating "other"."""
+
         def noop() -> None:
             pass
 
@@ -112,11 +113,15 @@ def instrumented(clock: StageClock) -> Iterator[None]:
     from workers import batch
 
     targets = [
-        (BackfillQueue, "lease", "lease"), (BackfillQueue, "ack", "ack"), (items, "image_keys", "item lookup (SQL)"),
-        (LocalImageStore, "get", "read"), (upgrade_images, "pixels_of", "decode"),
-        (upgrades, "record_encoded", "write (SQL)"), (Session, "commit", "commit (SQL)"),
+        (BackfillQueue, "lease", "lease"),
+        (BackfillQueue, "ack", "ack"),
+        (items, "image_keys", "item lookup (SQL)"),
+        (LocalImageStore, "get", "read"),
+        (upgrade_images, "pixels_of", "decode"),
+        (upgrades, "record_encoded", "write (SQL)"),
+        (Session, "commit", "commit (SQL)"),
         (batch.indexlog, "append", "index log"),
-    ]  # fmt: skip
+    ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
     try:
         for obj, name, stage in targets:
@@ -135,8 +140,9 @@ def _jpeg(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_url: str, work: Path,
-             decode_threads: int = 1) -> dict:
+def run_case(
+    case: str, n: int, batch: int, database: str, pg_admin: str, redis_url: str, work: Path, decode_threads: int = 1
+) -> dict:
     import redis as redis_lib
 
     from models.data import colourize, encode_png, load_fashion_mnist
@@ -153,14 +159,25 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
     prefix = f"ceiling-{uuid.uuid4().hex[:8]}"
     data = work / prefix
     with ExitStack() as stack:
-        url = (f"sqlite:///{data / 'hotrefresh.db'}" if database == "sqlite"
-               else stack.enter_context(fresh_postgres(pg_admin, prefix.replace("-", "_"))))  # fmt: skip
-        os.environ.update({"HOTREFRESH_DATA_DIR": str(data), "HOTREFRESH_DATABASE_URL": url,
-                           "HOTREFRESH_REDIS_URL": redis_url, "HOTREFRESH_REDIS_PREFIX": prefix,
-                           "HOTREFRESH_PROBE_SIZE": "0", "HOTREFRESH_BATCH_SIZE": str(batch),
-                           "HOTREFRESH_DEVICE": "cpu", "HOTREFRESH_ENV": "test",
-                           "HOTREFRESH_DRAIN_BUDGET_SECONDS": "30",
-                           "HOTREFRESH_DECODE_THREADS": str(decode_threads)})  # fmt: skip
+        url = (
+            f"sqlite:///{data / 'hotrefresh.db'}"
+            if database == "sqlite"
+            else stack.enter_context(fresh_postgres(pg_admin, prefix.replace("-", "_")))
+        )
+        os.environ.update(
+            {
+                "HOTREFRESH_DATA_DIR": str(data),
+                "HOTREFRESH_DATABASE_URL": url,
+                "HOTREFRESH_REDIS_URL": redis_url,
+                "HOTREFRESH_REDIS_PREFIX": prefix,
+                "HOTREFRESH_PROBE_SIZE": "0",
+                "HOTREFRESH_BATCH_SIZE": str(batch),
+                "HOTREFRESH_DEVICE": "cpu",
+                "HOTREFRESH_ENV": "test",
+                "HOTREFRESH_DRAIN_BUDGET_SECONDS": "30",
+                "HOTREFRESH_DECODE_THREADS": str(decode_threads),
+            }
+        )
         get_settings.cache_clear()
         settings = Settings()
         data.mkdir(parents=True)
@@ -168,8 +185,15 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
         rgb = case.startswith("JPEG")
         size, channels = (224, 3) if rgb else (28, 1)
         for name, seed, compat in (("old", 0, None), ("new", 1, "old")):
-            make_tiny_checkpoint(settings.models_path / f"{name}.pt", name, embedding_dim=128, seed=seed,
-                                 compatible_with=compat, input_channels=channels, input_size=(size, size))  # fmt: skip
+            make_tiny_checkpoint(
+                settings.models_path / f"{name}.pt",
+                name,
+                embedding_dim=128,
+                seed=seed,
+                compatible_with=compat,
+                input_channels=channels,
+                input_size=(size, size),
+            )
         upgrade_head(url)
         ctx = WorkerContext.from_settings(settings)
         from service.db.session import session_scope
@@ -184,8 +208,13 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
         for start in range(0, n, 512):
             block = grey[start : start + 512]
             blobs = [_jpeg(a) for a in colourize(block, 256, seed=start)] if rgb else [encode_png(a) for a in block]
-            add_batch(settings, ctx.redis, ctx.images, ctx.encoders,
-                      [Upload(f"g{start + k}", None, b) for k, b in enumerate(blobs)])  # fmt: skip
+            add_batch(
+                settings,
+                ctx.redis,
+                ctx.images,
+                ctx.encoders,
+                [Upload(f"g{start + k}", None, b) for k, b in enumerate(blobs)],
+            )
         ingest_s = time.perf_counter() - t0
         up = control.start(settings, ctx.redis, model="new", strategy="random", batch_size=batch, plan="paper")
         with session_scope(url) as s:
@@ -207,11 +236,22 @@ def run_case(case: str, n: int, batch: int, database: str, pg_admin: str, redis_
     us = {k: 1e6 * clock.cpu[k] / n for k in STAGES}
     us["instrumentation (these clocks)"] = 1e6 * clock.per_call_overhead_s() * sum(clock.calls.values()) / n
     us["other (drain loop, hand-offs, progress)"] = 1e6 * cpu / n - sum(us.values())
-    return {"case": case, "database": database, "decode_threads": decode_threads, "items": n, "batch": batch,
-            "ingest_items_per_s": n / ingest_s,
-            "wall_s": wall, "process_cpu_s": cpu, "items_per_s": n / wall, "items_per_cpu_s": n / cpu,
-            "cpu_us_per_item": 1e6 * cpu / n, "stage_cpu_us_per_item": us,
-            "redis_server_cpu_us_per_item": 1e6 * redis_cpu / n, "calls": dict(clock.calls)}  # fmt: skip
+    return {
+        "case": case,
+        "database": database,
+        "decode_threads": decode_threads,
+        "items": n,
+        "batch": batch,
+        "ingest_items_per_s": n / ingest_s,
+        "wall_s": wall,
+        "process_cpu_s": cpu,
+        "items_per_s": n / wall,
+        "items_per_cpu_s": n / cpu,
+        "cpu_us_per_item": 1e6 * cpu / n,
+        "stage_cpu_us_per_item": us,
+        "redis_server_cpu_us_per_item": 1e6 * redis_cpu / n,
+        "calls": dict(clock.calls),
+    }
 
 
 def _redis_cpu(r: Any) -> float:
@@ -227,13 +267,24 @@ def main() -> None:
     ap.add_argument("--cases", default="PNG 28x28 grey,JPEG 256x256 -> 3x224")
     ap.add_argument("--decode-threads", default="1", help="HOTREFRESH_DECODE_THREADS values to run each case at")
     ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--pg-admin-url", default=os.environ.get(
-        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline_ceiling.json")
     args = ap.parse_args()
     runs, rows = [], []
-    head = ["case", "db", "decode threads", "items", "CPU us/item", "items/s per core", "items/s (wall)",
-            "stages (us/item)", "redis us/item"]  # fmt: skip
+    head = [
+        "case",
+        "db",
+        "decode threads",
+        "items",
+        "CPU us/item",
+        "items/s per core",
+        "items/s (wall)",
+        "stages (us/item)",
+        "redis us/item",
+    ]
     with tempfile.TemporaryDirectory(prefix="ceiling-") as tmp:
         for case in args.cases.split(","):
             for database in args.database.split(","):
@@ -242,13 +293,29 @@ def main() -> None:
                     res = run_case(case, n, args.batch, database, args.pg_admin_url, args.redis, Path(tmp), threads)
                     runs.append(res)
                     st = res["stage_cpu_us_per_item"]
-                    rows.append([case, database, threads, n, res["cpu_us_per_item"], res["items_per_cpu_s"],
-                                 res["items_per_s"], " ".join(f"{k.split(' ')[0]} {v:.0f}" for k, v in st.items()),
-                                 res["redis_server_cpu_us_per_item"]])  # fmt: skip
+                    rows.append(
+                        [
+                            case,
+                            database,
+                            threads,
+                            n,
+                            res["cpu_us_per_item"],
+                            res["items_per_cpu_s"],
+                            res["items_per_s"],
+                            " ".join(f"{k.split(' ')[0]} {v:.0f}" for k, v in st.items()),
+                            res["redis_server_cpu_us_per_item"],
+                        ]
+                    )
                     print(table(head, rows[-1:]), flush=True)
     print(table(head, rows))
-    write_json(args.out, {"benchmark": "backfill pipeline ceiling: the real drain with an encoder that costs nothing",
-                          "machine": machine(), "runs": runs})  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "benchmark": "backfill pipeline ceiling: the real drain with an encoder that costs nothing",
+            "machine": machine(),
+            "runs": runs,
+        },
+    )
     print(f"-> {args.out}")
 
 

@@ -39,7 +39,8 @@ def measure(n: int, d: int, pairs: int, repeat: int) -> dict:
     res["fit_lstsq"] = summary([timed(lambda: fit_transform(x, y, "lstsq")) for _ in range(repeat)])
     res["calibration_zscore"] = summary([timed(lambda: fit_calibration("zscore", old)) for _ in range(repeat)])
     res["calibration_prob"] = summary(
-        [timed(lambda: fit_calibration("prob", old, labels=labels)) for _ in range(repeat)])  # fmt: skip
+        [timed(lambda: fit_calibration("prob", old, labels=labels)) for _ in range(repeat)]
+    )
     q = unit_vectors(1, d, seed=3)
     res["query_side_per_query"] = summary([timed(lambda: t.query_side(q)) for _ in range(100)])
 
@@ -69,20 +70,34 @@ def main() -> None:
     for n in [int(x) for x in args.sizes.split(",")]:
         res = measure(n, args.dim, args.pairs, args.repeat)
         out[str(n)] = res
-        rows.append([n, res["pairs"], res["fit_lstsq"]["median_s"], res["calibration_zscore"]["median_s"],
-                     res["calibration_prob"]["median_s"], res["query_side_per_query"]["median_s"] * 1e6,
-                     res["derived_segment_rebuild"]["median_s"]])  # fmt: skip
+        rows.append(
+            [
+                n,
+                res["pairs"],
+                res["fit_lstsq"]["median_s"],
+                res["calibration_zscore"]["median_s"],
+                res["calibration_prob"]["median_s"],
+                res["query_side_per_query"]["median_s"] * 1e6,
+                res["derived_segment_rebuild"]["median_s"],
+            ]
+        )
     sizes = list(out)
     payload = {
-        "benchmark": "transform refit at a checkpoint", "dim": args.dim, "fit_pairs": args.pairs, "sizes": out,
+        "benchmark": "transform refit at a checkpoint",
+        "dim": args.dim,
+        "fit_pairs": args.pairs,
+        "sizes": out,
         "growth_1m_over_100k": {
             k: out[sizes[-1]][k]["median_s"] / out[sizes[0]][k]["median_s"]
             for k in ("fit_lstsq", "calibration_zscore", "calibration_prob", "derived_segment_rebuild")
-        } if len(sizes) > 1 else None,
+        }
+        if len(sizes) > 1
+        else None,
         "machine": machine(),
-    }  # fmt: skip
-    print(table(["old vectors", "pairs", "fit T s", "zscore s", "prob s", "T on a query µs", "derived segment s"],
-                rows))  # fmt: skip
+    }
+    print(
+        table(["old vectors", "pairs", "fit T s", "zscore s", "prob s", "T on a query µs", "derived segment s"], rows)
+    )
     write_json(args.out, payload)
     print(f"wrote {args.out}")
 

@@ -24,8 +24,10 @@ PAPER_ORDER = "margin"
 def _row(label: str, pts: list[dict], ref: float) -> str:
     maps = [100 * p["map"] for p in pts]
     nfrs = [100 * (p["nfr"] or 0.0) for p in pts]
-    return (f"| {label} | {min(maps):.2f} | {np.mean(maps):.2f} | {np.mean(maps) - ref:+.2f} | {nfrs[0]:.2f} | "
-            f"{max(nfrs):.2f} | {nfrs[-1]:.2f} |")  # fmt: skip
+    return (
+        f"| {label} | {min(maps):.2f} | {np.mean(maps):.2f} | {np.mean(maps) - ref:+.2f} | {nfrs[0]:.2f} | "
+        f"{max(nfrs):.2f} | {nfrs[-1]:.2f} |"
+    )
 
 
 def summarise(root: Path) -> str:
@@ -37,10 +39,14 @@ def summarise(root: Path) -> str:
             ref_pts = find_curve(doc, "ract", PAPER_ORDER, "paper")
             ref = float(np.mean([100 * p["map"] for p in ref_pts])) if ref_pts else float("nan")
             size = f"{doc['n_queries']} queries x {doc['n_gallery']} gallery"
-            out.append(f"#### {dataset_dir.name}, {alloc_dir.name} (seeds {doc.get('seeds')}; old-to-old mAP "
-                       f"{100 * doc['old_to_old']['map']:.2f}; {size})\n")  # fmt: skip
-            out.append("| new model, plan (order) | lowest mAP | mean mAP | vs paper's method | NFR@1 at 0% | "
-                       "highest NFR@1 | NFR@1 at 100% |")  # fmt: skip
+            out.append(
+                f"#### {dataset_dir.name}, {alloc_dir.name} (seeds {doc.get('seeds')}; old-to-old mAP "
+                f"{100 * doc['old_to_old']['map']:.2f}; {size})\n"
+            )
+            out.append(
+                "| new model, plan (order) | lowest mAP | mean mAP | vs paper's method | NFR@1 at 0% | "
+                "highest NFR@1 | NFR@1 at 100% |"
+            )
             out.append("| --- | --- | --- | --- | --- | --- | --- |")
             for method in ("ract", "bct", "ract+bct", "independent"):
                 rows = [("paper", PAPER_ORDER)] + [(p, ORDER) for p in ("dual", "transform", "blend", "auto")]
@@ -51,8 +57,10 @@ def summarise(root: Path) -> str:
                     label = f"{method}, **{plan}** ({order})" if plan == "auto" else f"{method}, {plan} ({order})"
                     out.append(_row(label, pts, ref))
             out.append("")
-            out.append("| `auto` (mixed order), checks | (e) mAP never below old | (f) NFR ≤ final + 1 pt | "
-                       "(g) mean ≥ paper's + 4 pts | seeds where all three hold |")  # fmt: skip
+            out.append(
+                "| `auto` (mixed order), checks | (e) mAP never below old | (f) NFR ≤ final + 1 pt | "
+                "(g) mean ≥ paper's + 4 pts | seeds where all three hold |"
+            )
             out.append("| --- | --- | --- | --- | --- |")
             for method in ("ract", "bct", "ract+bct", "independent"):
                 key = f"{method}, {ORDER}"
@@ -90,15 +98,23 @@ def variants(root: Path, sub: str, plans: tuple[str, ...]) -> str:
         for method in ("bct", "ract"):
             for plan in plans:
                 pts = find_curve(doc, method, ORDER, plan)
-                cells.append("–" if pts is None else f"{100 * np.mean([p['map'] for p in pts]):.2f} / "
-                             f"{100 * max(p['nfr'] or 0.0 for p in pts):.2f}")  # fmt: skip
+                cells.append(
+                    "–"
+                    if pts is None
+                    else f"{100 * np.mean([p['map'] for p in pts]):.2f} / {100 * max(p['nfr'] or 0.0 for p in pts):.2f}"
+                )
         dataset, variant = folder.name.rsplit("-", 1)
         out.append(f"| {dataset}, {variant} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
-COLOURS = {"paper": "tab:blue", "dual": "tab:green", "transform": "tab:purple", "blend": "tab:orange",
-           "auto": "tab:red"}
+COLOURS = {
+    "paper": "tab:blue",
+    "dual": "tab:green",
+    "transform": "tab:purple",
+    "blend": "tab:orange",
+    "auto": "tab:red",
+}
 
 
 def plot(doc: dict, path: Path, method: str = "bct") -> None:
@@ -110,8 +126,10 @@ def plot(doc: dict, path: Path, method: str = "bct") -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     rows = [("ract", PAPER_ORDER, "paper", "the paper's method (RACT, paper, margin)", "black", "--")]
-    rows += [(method, PAPER_ORDER if p == "paper" else ORDER, p, f"{method}, {p}", COLOURS[p], "-")
-             for p in ("paper", "dual", "transform", "blend", "auto")]  # fmt: skip
+    rows += [
+        (method, PAPER_ORDER if p == "paper" else ORDER, p, f"{method}, {p}", COLOURS[p], "-")
+        for p in ("paper", "dual", "transform", "blend", "auto")
+    ]
     for m, order, plan, label, colour, style in rows:
         pts = find_curve(doc, m, order, plan)
         if pts is None:
@@ -126,8 +144,10 @@ def plot(doc: dict, path: Path, method: str = "bct") -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
-    fig.suptitle(f"{doc.get('dataset')} {doc.get('allocation')}: query plans (mean of seeds {doc.get('seeds')}; "
-                 f"plans other than the paper's on the mixed order)")  # fmt: skip
+    fig.suptitle(
+        f"{doc.get('dataset')} {doc.get('allocation')}: query plans (mean of seeds {doc.get('seeds')}; "
+        f"plans other than the paper's on the mixed order)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -31,8 +31,13 @@ CONFIGS: dict[str, tuple[str, int, int, dict[str, Any], int]] = {
     "conv4 1x28": ("conv4", 1, 28, {}, 256),
     "conv2 3x32 (colour demo, old)": ("conv2", 3, 32, {}, 256),
     "resnet18 w8 1-1-1-1 3x48": ("resnet18", 3, 48, {"width": 8, "blocks": [1, 1, 1, 1], "stem": "small"}, 128),
-    "resnet18 w16 1-1-1-1 3x32 (colour demo, new)": ("resnet18", 3, 32, {"width": 16, "blocks": [1, 1, 1, 1],
-                                                                        "stem": "small"}, 128),
+    "resnet18 w16 1-1-1-1 3x32 (colour demo, new)": (
+        "resnet18",
+        3,
+        32,
+        {"width": 16, "blocks": [1, 1, 1, 1], "stem": "small"},
+        128,
+    ),
     "resnet18 3x64 small stem": ("resnet18", 3, 64, {"stem": "small"}, 32),
     "resnet18 3x224": ("resnet18", 3, 224, {}, 32),
     "resnet50 3x224": ("resnet50", 3, 224, {}, 16),
@@ -56,14 +61,24 @@ def main() -> None:
     for n in names:
         arch, c, size, options, batch = CONFIGS[n]
         model = create_model(arch, args.dim, 10, c, **options).to(dev)
-        meta = ModelMeta(name=n, arch=arch, embedding_dim=args.dim, num_classes=10, input_channels=c,
-                         input_size=(size, size), arch_options=options)  # fmt: skip
+        meta = ModelMeta(
+            name=n,
+            arch=arch,
+            embedding_dim=args.dim,
+            num_classes=10,
+            input_channels=c,
+            input_size=(size, size),
+            arch_options=options,
+        )
         state[n] = {
-            "model": model, "opt": torch.optim.AdamW(model.parameters(), 1e-3), "batch": batch,
-            "x": torch.randn(batch, c, size, size, device=dev), "y": torch.randint(0, 10, (batch,), device=dev),
+            "model": model,
+            "opt": torch.optim.AdamW(model.parameters(), 1e-3),
+            "batch": batch,
+            "x": torch.randn(batch, c, size, size, device=dev),
+            "y": torch.randint(0, 10, (batch,), device=dev),
             "pixels": np.random.default_rng(0).integers(0, 256, (batch, c, size, size), dtype=np.uint8),
             "params": sum(p.numel() for p in model.parameters()),
-        }  # fmt: skip
+        }
         state[n]["loaded"] = LoadedModel(create_model(arch, args.dim, 10, c, **options), meta, dev, batch_size=batch)
 
     def sync() -> None:
@@ -100,22 +115,44 @@ def main() -> None:
     for n in names:
         imgs = state[n]["batch"] * args.steps
         arch, c, size, options, batch = CONFIGS[n]
-        res[n] = {"arch": arch, "channels": c, "size": size, "options": options, "batch": batch,
-                  "params": state[n]["params"], "train_images_per_s": imgs / statistics.median(t_train[n]),
-                  "encode_images_per_s": imgs / statistics.median(t_enc[n])}  # fmt: skip
+        res[n] = {
+            "arch": arch,
+            "channels": c,
+            "size": size,
+            "options": options,
+            "batch": batch,
+            "params": state[n]["params"],
+            "train_images_per_s": imgs / statistics.median(t_train[n]),
+            "encode_images_per_s": imgs / statistics.median(t_enc[n]),
+        }
     base = res.get("conv2 1x28")
     rows = []
     for n in names:
         if base:
             res[n]["encode_ratio_to_conv2"] = res[n]["encode_images_per_s"] / base["encode_images_per_s"]
-        rows.append([n, res[n]["params"], res[n]["train_images_per_s"], res[n]["encode_images_per_s"],
-                     res[n].get("encode_ratio_to_conv2", float("nan"))])  # fmt: skip
+        rows.append(
+            [
+                n,
+                res[n]["params"],
+                res[n]["train_images_per_s"],
+                res[n]["encode_images_per_s"],
+                res[n].get("encode_ratio_to_conv2", float("nan")),
+            ]
+        )
     print(table(["backbone, input", "params", "train img/s", "encode img/s", "encode vs conv2"], rows))
-    write_json(out, {
-        "benchmark": "encoder training and encoding throughput per backbone and input size",
-        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "embedding_dim": args.dim, "steps": args.steps, "reps": args.reps, "configurations": res,
-    })  # fmt: skip
+    write_json(
+        out,
+        {
+            "benchmark": "encoder training and encoding throughput per backbone and input size",
+            "device": torch.cuda.get_device_name(0)
+            if dev.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)",
+            "embedding_dim": args.dim,
+            "steps": args.steps,
+            "reps": args.reps,
+            "configurations": res,
+        },
+    )
     print(f"wrote {out}")
 
 

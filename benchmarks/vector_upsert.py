@@ -39,15 +39,13 @@ from service.repositories import items as item_repo
 HEADER = ["database", "statements", "client us/item", "server us/item", "wall us/item", "every round (client+server)"]
 
 
-def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_ids: Sequence[int],
-                                 vectors: np.ndarray):
+def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_ids: Sequence[int], vectors: np.ndarray):
     """``upgrades.record_encoded`` as it was before the upsert (commit e1bdb17), kept to compare."""
     from sqlalchemy import bindparam, delete, select, update
 
     from service.db.schema import Embedding, Upgrade
     from service.repositories.common import vector_to_bytes
     from service.timestamps import utcnow
-
 
     vecs = Embedding.__table__
     delete_vectors = delete(vecs).where(vecs.c.model == bindparam("model"), vecs.c.item_id.in_(common.IDS))
@@ -60,8 +58,13 @@ def record_encoded_delete_insert(session, upgrade_id: int, to_model: str, item_i
     now, done = utcnow(), 0
     for chunk in common.id_chunks(present):
         conn.execute(delete_vectors, {"model": to_model, "ids": chunk})
-        conn.execute(vecs.insert(), [{"item_id": i, "model": to_model, "vector": vector_to_bytes(vectors[by_id[i]]),
-                                      "created_at": now} for i in chunk])
+        conn.execute(
+            vecs.insert(),
+            [
+                {"item_id": i, "model": to_model, "vector": vector_to_bytes(vectors[by_id[i]]), "created_at": now}
+                for i in chunk
+            ],
+        )
         conn.execute(set_active, {"model": to_model, "ids": chunk})
         done += int(conn.execute(upgrades._TASKS_DONE, {"b_upgrade": upgrade_id, "ids": chunk, "now": now}).rowcount)
     session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(done=Upgrade.done + done))
@@ -117,8 +120,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2, help="rounds per variant and database")
     ap.add_argument("--databases", default="postgresql,sqlite")
-    ap.add_argument("--pg-admin-url", default=os.environ.get(
-        "HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "vector_upsert.json")
     args = ap.parse_args()
     variants = {"delete+insert": record_encoded_delete_insert, "upsert": upgrades.record_encoded}
@@ -134,32 +139,45 @@ def main() -> None:
                 with fresh_postgres(args.pg_admin_url, name) as url:
                     scored_gallery(work, args.n, args.batch, url)
                     for k in range(args.repeat):
-                        for label in (list(variants) if k % 2 == 0 else list(variants)[::-1]):
+                        for label in list(variants) if k % 2 == 0 else list(variants)[::-1]:
                             with fresh_postgres(args.pg_admin_url, f"{name}_{k}", template=name) as copy:
                                 runs[label].append(land_all(copy, args.batch, variants[label], seed=k))
             else:
                 db = scored_gallery(work, args.n, args.batch)
                 for k in range(args.repeat):
-                    for label in (list(variants) if k % 2 == 0 else list(variants)[::-1]):
+                    for label in list(variants) if k % 2 == 0 else list(variants)[::-1]:
                         copy = work / f"{label.replace('+', '_')}-{k}.db"
                         shutil.copy(db, copy)
                         runs[label].append(land_all(f"sqlite:///{copy}", args.batch, variants[label], seed=k))
         results[database] = runs
         for label, rs in runs.items():
             med = {key: statistics.median(r[key] for r in rs) for key in ("client_us", "server_us", "wall_us")}
-            rows.append([database, label, med["client_us"], med["server_us"], med["wall_us"],
-                         " ".join(f"{r['client_us'] + r['server_us']:.0f}" for r in rs)])
+            rows.append(
+                [
+                    database,
+                    label,
+                    med["client_us"],
+                    med["server_us"],
+                    med["wall_us"],
+                    " ".join(f"{r['client_us'] + r['server_us']:.0f}" for r in rs),
+                ]
+            )
             print(table(HEADER, rows[-1:]), flush=True)
     print(table(HEADER, rows))
-    write_json(args.out, {
-        "benchmark": "vector_upsert",
-        "definition": __doc__.split("\n\n")[0],
-        "config": {"n": args.n, "batch": args.batch, "repeat": args.repeat, "databases": args.databases},
-        "machine": machine(),
-        "runs": results,
-        "median": {db: {label: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-                        for label, rs in runs.items()} for db, runs in results.items()},
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "vector_upsert",
+            "definition": __doc__.split("\n\n")[0],
+            "config": {"n": args.n, "batch": args.batch, "repeat": args.repeat, "databases": args.databases},
+            "machine": machine(),
+            "runs": results,
+            "median": {
+                db: {label: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for label, rs in runs.items()}
+                for db, runs in results.items()
+            },
+        },
+    )
     print(f"-> {args.out}")
 
 

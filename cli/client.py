@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-ApiOpt = Annotated[str | None, typer.Option("--api", help="Base URL of the API (default: HOTREFRESH_API_URL).",
-                                            show_default=False)]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Admin token (default: HOTREFRESH_ADMIN_TOKEN).",
-                                              show_default=False)]
+ApiOpt = Annotated[
+    str | None, typer.Option("--api", help="Base URL of the API (default: HOTREFRESH_API_URL).", show_default=False)
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Admin token (default: HOTREFRESH_ADMIN_TOKEN).", show_default=False)
+]
 
 
 def resolve_client(api: str | None, token: str | None) -> tuple[str, str | None]:
@@ -45,5 +47,3 @@ def call(api: str | None, token: str | None, method: str, path: str, **kw: Any) 
         typer.secho(f"error {r.status_code}: {detail}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     return r.json()
-
-

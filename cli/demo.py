@@ -25,8 +25,12 @@ DEMO_TOKEN = "demo-admin-token"
 # per stage, width 16 (measured: width 8 at 48 x 48 with the random resized crop ended six epochs
 # 8 points of probe mAP below the old model).
 COLOUR_OLD = {"arch": "conv2", "input_channels": 3, "input_size": (32, 32)}
-COLOUR_NEW = {"arch": "resnet18", "input_channels": 3, "input_size": (32, 32),
-              "arch_options": {"width": 16, "blocks": [1, 1, 1, 1], "stem": "small"}}
+COLOUR_NEW = {
+    "arch": "resnet18",
+    "input_channels": 3,
+    "input_size": (32, 32),
+    "arch_options": {"width": 16, "blocks": [1, 1, 1, 1], "stem": "small"},
+}
 
 
 def _train_models(cache: Path, train_size: int, epochs: int, seed: int, colour: bool = False) -> tuple[Path, Path]:
@@ -48,15 +52,18 @@ def _train_models(cache: Path, train_size: int, epochs: int, seed: int, colour: 
     images, labels = load_dataset("fashion-colour" if colour else "fashion-mnist", "train")
     images, labels = images[:train_size], labels[:train_size]
     alloc = allocate("expansion", labels, seed)
-    typer.echo(f"models: training old {old_arch} on {len(alloc.old_idx)} {kind} images, new {new_arch} (RACT) "
-               f"on {len(alloc.new_idx)}")  # fmt: skip
+    typer.echo(
+        f"models: training old {old_arch} on {len(alloc.old_idx)} {kind} images, new {new_arch} (RACT) "
+        f"on {len(alloc.new_idx)}"
+    )
     old_kw: dict[str, Any] = COLOUR_OLD if colour else {"arch": "conv2"}
     new_kw: dict[str, Any] = COLOUR_NEW if colour else {"arch": "conv4"}
     old_cfg = TrainConfig(embedding_dim=64, epochs=epochs, seed=seed, **old_kw)
     train_and_save(images[alloc.old_idx], labels[alloc.old_idx], old_cfg, old_path, f"{prefix}-old")
     new_cfg = TrainConfig(loss="ract", embedding_dim=64, epochs=epochs, seed=seed, **new_kw)
-    train_and_save(images[alloc.new_idx], labels[alloc.new_idx], new_cfg, new_path, f"{prefix}-new-ract",
-                   old_path=old_path)
+    train_and_save(
+        images[alloc.new_idx], labels[alloc.new_idx], new_cfg, new_path, f"{prefix}-new-ract", old_path=old_path
+    )
     return old_path, new_path
 
 
@@ -75,23 +82,31 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     pts = sorted((c for c in upgrade["checkpoints"] if c.get("map") is not None), key=lambda c: c["fraction"])
     x = [100 * c["fraction"] for c in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    names = sorted({n for c in pts for n in (c.get("candidates") or {})}, key=lambda n: list(PLAN_COLOURS).index(n)
-                   if n in PLAN_COLOURS else len(PLAN_COLOURS))  # fmt: skip
+    names = sorted(
+        {n for c in pts for n in (c.get("candidates") or {})},
+        key=lambda n: list(PLAN_COLOURS).index(n) if n in PLAN_COLOURS else len(PLAN_COLOURS),
+    )
     for name in names:
         cx = [100 * c["fraction"] for c in pts if name in (c.get("candidates") or {})]
         cand = [c["candidates"][name] for c in pts if name in (c.get("candidates") or {})]
         style = {"linestyle": "--", "linewidth": 1, "color": PLAN_COLOURS.get(name, "gray"), "alpha": 0.8}
-        ax1.plot(cx, [100 * v["map"] if v.get("map") is not None else float("nan") for v in cand], **style,
-                 label=f"candidate: {name}")  # fmt: skip
+        ax1.plot(
+            cx,
+            [100 * v["map"] if v.get("map") is not None else float("nan") for v in cand],
+            **style,
+            label=f"candidate: {name}",
+        )
         ax2.plot(cx, [100 * v["nfr"] if v.get("nfr") is not None else float("nan") for v in cand], **style)
     served = f"{upgrade['to_model']}, served ({upgrade.get('plan', 'paper')})"
     ax1.plot(x, [100 * c["map"] for c in pts], color="tab:red", linewidth=2, label=served)
-    ax2.plot(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], color="tab:red",
-             linewidth=2)  # fmt: skip
+    ax2.plot(
+        x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], color="tab:red", linewidth=2
+    )
     colours = [PLAN_COLOURS.get(c.get("plan") or "paper", "tab:red") for c in pts]
     ax1.scatter(x, [100 * c["map"] for c in pts], c=colours, s=18, zorder=3)
-    ax2.scatter(x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], c=colours, s=18,
-                zorder=3)  # fmt: skip
+    ax2.scatter(
+        x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], c=colours, s=18, zorder=3
+    )
     base = upgrade.get("baseline") or {}
     if base.get("old_map") is not None:
         ax1.axhline(100 * base["old_map"], color="black", linewidth=1, label="old-to-old")
@@ -100,31 +115,43 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
-    fig.suptitle(f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order, "
-                 f"plan {upgrade.get('plan', 'paper')} (dots: the plan served at each checkpoint)")  # fmt: skip
+    fig.suptitle(
+        f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order, "
+        f"plan {upgrade.get('plan', 'paper')} (dots: the plan served at each checkpoint)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
 def demo(
-    exit_when_done: Annotated[bool, typer.Option("--exit", help="Stop everything when the upgrade completes.")]
-    = False,
+    exit_when_done: Annotated[bool, typer.Option("--exit", help="Stop everything when the upgrade completes.")] = False,
     gallery: Annotated[int, typer.Option(min=100, max=10000, help="Fashion-MNIST test images to ingest.")] = 4000,
     train_size: Annotated[int, typer.Option(min=1000, max=60000, help="Training images for the models.")] = 30000,
-    epochs: Annotated[int | None, typer.Option(
-        min=1, help="Training epochs of each model; default 2 (--colour: 6)", show_default=False)] = None,
-    strategy: Annotated[str | None, typer.Option(
-        help="Backfill order: margin | least | entropy | random | mixed; default: the plan's (POST /upgrade)",
-        show_default=False)] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training epochs of each model; default 2 (--colour: 6)", show_default=False),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="Backfill order: margin | least | entropy | random | mixed; default: the plan's (POST /upgrade)",
+            show_default=False,
+        ),
+    ] = None,
     plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path("var/demo"),
     seed: Annotated[int, typer.Option(help="Seed of training and the probe set.")] = 0,
-    colour: Annotated[bool, typer.Option(
-        "--colour", help="Colour photos (64 x 64 JPEGs made from Fashion-MNIST) and RGB models at 32 x 32: an "
-        "old conv2, a new ResNet-18 layout.")] = False,
+    colour: Annotated[
+        bool,
+        typer.Option(
+            "--colour",
+            help="Colour photos (64 x 64 JPEGs made from Fashion-MNIST) and RGB models at 32 x 32: an "
+            "old conv2, a new ResNet-18 layout.",
+        ),
+    ] = False,
 ) -> None:
     """Train (or reuse) an old and a RACT-new model, ingest a gallery, hot-refresh it live."""
     import httpx
@@ -169,8 +196,7 @@ def demo(
                     raise typer.Exit(_fail(f"POST /models {p.name}", r))
             from cli.ingest import ingest
 
-            ingest(None, fashion_mnist=True, colour=colour, split="test", limit=gallery, url=api.url,
-                   token=token)
+            ingest(None, fashion_mnist=True, colour=colour, split="test", limit=gallery, url=api.url, token=token)
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
             typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
             t0 = time.monotonic()

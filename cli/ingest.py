@@ -60,8 +60,9 @@ def _colour_jpegs(images: np.ndarray, indices: range, chunk: int = 512, base: in
             yield buf.getvalue()
 
 
-def _fashion_items(images: np.ndarray, labels: np.ndarray, split: str, indices: range, colour: bool,
-                   chunk: int = 4096) -> Iterator[tuple[str, str, bytes]]:  # fmt: skip
+def _fashion_items(
+    images: np.ndarray, labels: np.ndarray, split: str, indices: range, colour: bool, chunk: int = 4096
+) -> Iterator[tuple[str, str, bytes]]:
     """(external id, label, bytes) of positions ``indices`` of the images repeated as copies."""
     from models.data import FASHION_MNIST_CLASSES, augmented_copy, encode_png
 
@@ -108,21 +109,37 @@ def _bulk(items: Iterator[tuple[str, str, bytes]], total: int, batch_size: int) 
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="A labeled folder: root/<class>/<image>.")] = None,
     fashion_mnist: Annotated[bool, typer.Option("--fashion-mnist", help="Ingest Fashion-MNIST.")] = False,
-    colour: Annotated[bool, typer.Option(
-        "--colour", help="With --fashion-mnist: as colour photos (models.data.colourize), 64 x 64 JPEGs.")] = False,
-    copies: Annotated[int, typer.Option(
-        min=1, help="With --fashion-mnist: each image this many times, copies after the first a seeded "
-        "shift, flip and brightness change (ids ...-c<k>): a gallery far larger than the data set")] = 1,
-    bulk: Annotated[bool, typer.Option(
-        "--bulk", help="Write straight to the database and image store of this machine's configuration "
-        "(HOTREFRESH_DATABASE_URL, HOTREFRESH_DATA_DIR, ...), not through an API: the same validation, "
-        "encoding and index log as POST /gallery, without HTTP; for millions of images")] = False,
+    colour: Annotated[
+        bool,
+        typer.Option("--colour", help="With --fashion-mnist: as colour photos (models.data.colourize), 64 x 64 JPEGs."),
+    ] = False,
+    copies: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --fashion-mnist: each image this many times, copies after the first a seeded "
+            "shift, flip and brightness change (ids ...-c<k>): a gallery far larger than the data set",
+        ),
+    ] = 1,
+    bulk: Annotated[
+        bool,
+        typer.Option(
+            "--bulk",
+            help="Write straight to the database and image store of this machine's configuration "
+            "(HOTREFRESH_DATABASE_URL, HOTREFRESH_DATA_DIR, ...), not through an API: the same validation, "
+            "encoding and index log as POST /gallery, without HTTP; for millions of images",
+        ),
+    ] = False,
     split: Annotated[str, typer.Option(help="Fashion-MNIST split: train or test.")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many images.")] = None,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many images first.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per POST /gallery request.")] = 128,
-    url: Annotated[str | None, typer.Option("--url", "--api", help="Base URL of a running API "
-                                            "(default: HOTREFRESH_API_URL).", show_default=False)] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", "--api", help="Base URL of a running API (default: HOTREFRESH_API_URL).", show_default=False
+        ),
+    ] = None,
     token: TokenOpt = None,
 ) -> None:
     """Upload a gallery to a running API in batched multipart requests, with a progress bar."""
@@ -160,12 +177,15 @@ def ingest(
     assert url is not None  # resolved above when not bulk
     headers = {"Authorization": f"Bearer {token}"}
     done = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=300) as client, tqdm(
-        total=total, unit="img", desc="ingest"
-    ) as bar:
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=300) as client,
+        tqdm(total=total, unit="img", desc="ingest") as bar,
+    ):
         for batch in _batches(items, batch_size):
-            files_part = [("image", (f"{ext.replace('/', '_')}.img", data, "application/octet-stream"))
-                          for ext, _label, data in batch]
+            files_part = [
+                ("image", (f"{ext.replace('/', '_')}.img", data, "application/octet-stream"))
+                for ext, _label, data in batch
+            ]
             form = {"external_id": [ext for ext, _, _ in batch], "label": [lab for _, lab, _ in batch]}
             r = client.post("/gallery", files=files_part, data=form)
             if r.status_code != 201:

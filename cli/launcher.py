@@ -91,7 +91,10 @@ class System:
         log_path = self.workdir / "logs" / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         popen = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env_for(name, extra_env),
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env_for(name, extra_env),
             start_new_session=True,  # our signals reach the whole group (uvicorn/celery children)
         )
         log.close()
@@ -107,8 +110,19 @@ class System:
         port = port or free_port()
         proc = self._spawn(
             "redis",
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
         )
         url = f"redis://127.0.0.1:{port}/0"
         import redis
@@ -127,8 +141,12 @@ class System:
         return url
 
     def start_api(
-        self, *, name: str = "api", port: int | None = None,
-        extra_env: dict[str, str] | None = None, timeout: float = 120.0,
+        self,
+        *,
+        name: str = "api",
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 120.0,
     ) -> Proc:
         port = port or free_port()
         proc = self._spawn(
@@ -143,13 +161,29 @@ class System:
             raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail()}") from exc
         return proc
 
-    def start_worker(self, *, name: str = "worker", concurrency: int = 1, metrics_port: int | None = None,
-                     extra_env: dict[str, str] | None = None) -> Proc:
+    def start_worker(
+        self,
+        *,
+        name: str = "worker",
+        concurrency: int = 1,
+        metrics_port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> Proc:
         metrics_port = metrics_port or free_port()
         proc = self._spawn(
             name,
-            [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency),
-             "--metrics-port", str(metrics_port), "--hostname", f"{name}-{os.getpid()}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                "--metrics-port",
+                str(metrics_port),
+                "--hostname",
+                f"{name}-{os.getpid()}@%h",
+            ],
             extra_env,
         )
         proc.url = f"http://127.0.0.1:{metrics_port}"

@@ -10,16 +10,27 @@ from typing import Annotated
 
 import typer
 
-PlansOpt = Annotated[str, typer.Option(
-    help="comma-separated query plans: paper (the paper's), dual, transform, blend, auto (the live chooser); "
-         "each adds one curve per method x ordering")]
-CalibrationOpt = Annotated[str, typer.Option(
-    help="score calibration of dual/transform: raw, zscore, spread or prob (labelled pairs)")]
+PlansOpt = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated query plans: paper (the paper's), dual, transform, blend, auto (the live chooser); "
+        "each adds one curve per method x ordering"
+    ),
+]
+CalibrationOpt = Annotated[
+    str, typer.Option(help="score calibration of dual/transform: raw, zscore, spread or prob (labelled pairs)")
+]
 TransformOpt = Annotated[str, typer.Option(help="the old->new map of transform: lstsq or procrustes")]
-NfrTargetOpt = Annotated[float | None, typer.Option(
-    min=0.0, max=1.0, help="auto: the probe NFR@1 a plan must stay within; default: relative, the finished "
-    "upgrade's NFR@1 estimated at each checkpoint plus one point",
-    show_default=False)]
+NfrTargetOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="auto: the probe NFR@1 a plan must stay within; default: relative, the finished "
+        "upgrade's NFR@1 estimated at each checkpoint plus one point",
+        show_default=False,
+    ),
+]
 
 
 def _csv(text: str) -> list[str]:
@@ -30,8 +41,9 @@ def _dataset(name: str) -> str:
     from models.data import DATASETS
 
     if name not in DATASETS:
-        raise typer.BadParameter(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}",
-                                 param_hint="--dataset")
+        raise typer.BadParameter(
+            f"unknown data set {name!r}; choose from {', '.join(DATASETS)}", param_hint="--dataset"
+        )
     return name
 
 
@@ -46,19 +58,29 @@ def train(
         str | None, typer.Option(help="new model: ract|vanilla|bct|ract+bct|none; omit for an old (CE) model")
     ] = None,
     old: Annotated[Path | None, typer.Option(help="old model checkpoint (required with --loss)")] = None,
-    arch: Annotated[str, typer.Option(
-        help="encoder architecture: conv2, conv4, resnet18, resnet34, resnet50")] = "conv2",
+    arch: Annotated[
+        str, typer.Option(help="encoder architecture: conv2, conv4, resnet18, resnet34, resnet50")
+    ] = "conv2",
     size: Annotated[int, typer.Option(min=8, max=1024, help="input size (square) of the model")] = 28,
     channels: Annotated[int, typer.Option(min=1, max=3, help="input channels: 1 (grey) or 3 (RGB)")] = 1,
-    augment: Annotated[bool, typer.Option(
-        "--augment/--shift", help="the paper's random resized crop and flip, or a small shift and flip")] = False,
-    width: Annotated[int | None, typer.Option(min=1, help="ResNets: channels of the first stage (default 64)",
-                                              show_default=False)] = None,
-    blocks: Annotated[str | None, typer.Option(help="ResNets: residual blocks per stage, e.g. 1,1,1,1",
-                                               show_default=False)] = None,
-    stem: Annotated[str | None, typer.Option(
-        help="ResNets: imagenet (7x7 stride 2 + max-pool, for 224) or small (3x3, for 28-64 pixels); "
-        "default small below 96 pixels", show_default=False)] = None,
+    augment: Annotated[
+        bool,
+        typer.Option("--augment/--shift", help="the paper's random resized crop and flip, or a small shift and flip"),
+    ] = False,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="ResNets: channels of the first stage (default 64)", show_default=False)
+    ] = None,
+    blocks: Annotated[
+        str | None, typer.Option(help="ResNets: residual blocks per stage, e.g. 1,1,1,1", show_default=False)
+    ] = None,
+    stem: Annotated[
+        str | None,
+        typer.Option(
+            help="ResNets: imagenet (7x7 stride 2 + max-pool, for 224) or small (3x3, for 28-64 pixels); "
+            "default small below 96 pixels",
+            show_default=False,
+        ),
+    ] = None,
     embedding_dim: Annotated[int, typer.Option(min=1)] = 64,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=2)] = 256,
@@ -73,7 +95,8 @@ def train(
     part: Annotated[str, typer.Option(help="old|new: which part of --allocation")] = "new",
     folder: Annotated[Path | None, typer.Option(help="labeled image folder root/<class>/<image>")] = None,
     dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist, digits or fashion-colour")] = (
-        "fashion-mnist"),
+        "fashion-mnist"
+    ),
     limit: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -117,19 +140,32 @@ def train(
         idx = a.old_idx if part == "old" else a.new_idx
         images, labels, old_classes = images[idx], labels[idx], a.old_classes
     cfg = TrainConfig(
-        arch=arch, embedding_dim=embedding_dim, num_classes=int(max(classes, int(np.max(labels)) + 1)),
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, tau=tau, lam=lam, topk=topk, seed=seed,
-        input_channels=channels, input_size=(size, size), augment="crop" if augment else "shift",
+        arch=arch,
+        embedding_dim=embedding_dim,
+        num_classes=int(max(classes, int(np.max(labels)) + 1)),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        tau=tau,
+        lam=lam,
+        topk=topk,
+        seed=seed,
+        input_channels=channels,
+        input_size=(size, size),
+        augment="crop" if augment else "shift",
         arch_options=options,
-    )  # fmt: skip
+    )
     try:
         meta, history = train_and_save(
             images, labels, cfg, out, name, old_path=old, old_classes=old_classes, progress=progress
         )
     except ValueError as e:  # bad architecture options, sizes, or an old model of another dimension
         raise typer.BadParameter(str(e)) from None
-    typer.echo(f"wrote {out} ({meta.arch}, {meta.trained_with}, compatible_with={meta.compatible_with}, "
-               f"train acc {history[-1]['train_acc']:.3f})")  # fmt: skip
+    typer.echo(
+        f"wrote {out} ({meta.arch}, {meta.trained_with}, compatible_with={meta.compatible_with}, "
+        f"train acc {history[-1]['train_acc']:.3f})"
+    )
 
 
 def export(
@@ -151,9 +187,20 @@ def export(
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {json.dumps(doc)}")
 
 
-def _sequential(out: Path, dataset: str, seeds: str | None, methods: str | None, orderings: str | None,
-                plans: str, epochs: int | None, train_limit: int | None, queries: int | None,
-                gallery: int | None, quick: bool, models_dir: Path) -> None:  # fmt: skip
+def _sequential(
+    out: Path,
+    dataset: str,
+    seeds: str | None,
+    methods: str | None,
+    orderings: str | None,
+    plans: str,
+    epochs: int | None,
+    train_limit: int | None,
+    queries: int | None,
+    gallery: int | None,
+    quick: bool,
+    models_dir: Path,
+) -> None:
     from models.experiment import LOSS_OF_METHOD
     from models.sequential import SequentialConfig, run_sequential
 
@@ -172,8 +219,12 @@ def _sequential(out: Path, dataset: str, seeds: str | None, methods: str | None,
         cfg.ordering = _csv(orderings)[0]
     ours = [p for p in _csv(plans) if p != "paper"]
     cfg.plan = ours[0] if ours else cfg.plan
-    for name, value in (("epochs", epochs), ("train_limit", train_limit), ("n_queries", queries),
-                        ("n_gallery", gallery)):  # fmt: skip
+    for name, value in (
+        ("epochs", epochs),
+        ("train_limit", train_limit),
+        ("n_queries", queries),
+        ("n_gallery", gallery),
+    ):
         if value:
             setattr(cfg, name, value)
     summary = run_sequential(cfg, out, models_dir / "sequential")
@@ -190,18 +241,29 @@ def experiment(
         "expansion"
     ],
     quick: Annotated[bool, typer.Option(help="< 10 min: RACT+vanilla, random+margin, one seed")] = False,
-    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds; default 0,1,2 (--quick: 0)",
-                                              show_default=False)] = None,
-    orderings: Annotated[str | None, typer.Option(
-        help="comma-separated backfill orders: random,margin,least,entropy; default all four (--quick: random,margin)",
-        show_default=False)] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="comma-separated seeds; default 0,1,2 (--quick: 0)", show_default=False)
+    ] = None,
+    orderings: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated backfill orders: random,margin,least,entropy; "
+            "default all four (--quick: random,margin)",
+            show_default=False,
+        ),
+    ] = None,
     dataset: Annotated[str, typer.Option(help="fashion-mnist, or digits (scikit-learn's bundled 8 x 8 digits)")] = (
         "fashion-mnist"
     ),
-    methods: Annotated[str | None, typer.Option(
-        help="comma-separated new-model methods: ract, vanilla, bct, ract+bct (RACT's term on top of BCT's, "
-             "the paper's App. A.5), independent; default: ract,vanilla,bct,independent "
-             "(--quick: ract,vanilla)", show_default=False)] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated new-model methods: ract, vanilla, bct, ract+bct (RACT's term on top of BCT's, "
+            "the paper's App. A.5), independent; default: ract,vanilla,bct,independent "
+            "(--quick: ract,vanilla)",
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs of old and new models")] = None,
     train_limit: Annotated[int | None, typer.Option(help="use a seeded subset of N training images")] = None,
     queries: Annotated[int | None, typer.Option(help="test images used as queries")] = None,
@@ -221,10 +283,14 @@ def experiment(
     calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
-    sequential: Annotated[bool, typer.Option(
-        help="the paper's Sec. 5.4 instead: generations on 30/60/80/100% of the data, each compatible with "
-        "the one before; hot refresh vs no refresh per generation, the paper's plan and ours (the first of "
-        "--plans that is not paper; default blend). Writes <out>/<dataset>/sequential.{json,md}")] = False,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            help="the paper's Sec. 5.4 instead: generations on 30/60/80/100% of the data, each compatible with "
+            "the one before; hot refresh vs no refresh per generation, the paper's plan and ours (the first of "
+            "--plans that is not paper; default blend). Writes <out>/<dataset>/sequential.{json,md}"
+        ),
+    ] = False,
 ) -> None:
     """Train old + RACT/vanilla/BCT/independent new models and write backfill curves and checks."""
     _logging()
@@ -233,20 +299,32 @@ def experiment(
     from models.experiment import ExperimentConfig, run_experiment
 
     if sequential:
-        _sequential(out, dataset, seeds, methods, orderings, plans, epochs, train_limit, queries, gallery, quick,
-                    models_dir)  # fmt: skip
+        _sequential(
+            out, dataset, seeds, methods, orderings, plans, epochs, train_limit, queries, gallery, quick, models_dir
+        )
         return
 
     overrides = {m: {"tau": tau, "lam": lam} for m in ("ract", "vanilla", "ract+bct")}
     if tune:
         from models.tune import tune as run_tuning
 
-        base = ExperimentConfig(allocation="expansion", methods=["ract", "vanilla"], validation_size=10000,
-                                data_root=str(data_root) if data_root else None)  # fmt: skip
+        base = ExperimentConfig(
+            allocation="expansion",
+            methods=["ract", "vanilla"],
+            validation_size=10000,
+            data_root=str(data_root) if data_root else None,
+        )
         if epochs:
             base.epochs_old = base.epochs_new = epochs
-        result = run_tuning(base, out / "tuning", models_dir / "tuning", taus=[0.05, 0.1], lams=[0.25, 0.5, 1.0],
-                            topks=[None, 10], progress=progress)  # fmt: skip
+        result = run_tuning(
+            base,
+            out / "tuning",
+            models_dir / "tuning",
+            taus=[0.05, 0.1],
+            lams=[0.25, 0.5, 1.0],
+            topks=[None, 10],
+            progress=progress,
+        )
         overrides = result["best"]
         if "ract" in overrides:  # RACT's term of ract+bct takes RACT's tuned tau and lambda
             overrides.setdefault("ract+bct", overrides["ract"])
@@ -322,10 +400,21 @@ def evaluate(
         images, labels = load_dataset(_dataset(dataset), "test")
     q, g = eval_split(labels, n_queries=queries, n_gallery=gallery, seed=seed)
     doc = evaluate_backfill(
-        load_checkpoint(old), pairs, images, labels, q, g,
+        load_checkpoint(old),
+        pairs,
+        images,
+        labels,
+        q,
+        g,
         orderings=[o.strip() for o in orderings.split(",") if o.strip()],
-        fractions=parse_fractions(fractions), k=k, seed=seed, meta={"dataset": dataset, "allocation": None},
-        plans=_csv(plans), calibration=calibration, transform=transform, nfr_target=nfr_target,
-    )  # fmt: skip
+        fractions=parse_fractions(fractions),
+        k=k,
+        seed=seed,
+        meta={"dataset": dataset, "allocation": None},
+        plans=_csv(plans),
+        calibration=calibration,
+        transform=transform,
+        nfr_target=nfr_target,
+    )
     paths = write_outputs(doc, out)
     typer.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")

@@ -34,6 +34,4 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
         upgrade_head(settings.sqlalchemy_url)
-    uvicorn.run(
-        "service.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
-    )
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)

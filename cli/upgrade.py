@@ -9,8 +9,7 @@ import typer
 
 from cli.client import ApiOpt, TokenOpt, call
 
-upgrade_app = typer.Typer(help="Start and control hot-refresh upgrades through the HTTP API.",
-                          no_args_is_help=True)
+upgrade_app = typer.Typer(help="Start and control hot-refresh upgrades through the HTTP API.", no_args_is_help=True)
 
 
 def _fmt_ratio(x: float | None) -> str:
@@ -28,16 +27,22 @@ def _fmt_plan(u: dict) -> str:
     text = u.get("plan", "paper") + (f" → serving {serving}" if serving and serving != u.get("plan") else "")
     cands = last.get("candidates") or {}
     if cands:
-        text += "  (" + ", ".join(f"{p} {_fmt_ratio(c.get('nfr'))}/{_fmt_ratio(c.get('map'))}"
-                                  for p, c in cands.items()) + " NFR/mAP)"
+        text += (
+            "  ("
+            + ", ".join(f"{p} {_fmt_ratio(c.get('nfr'))}/{_fmt_ratio(c.get('map'))}" for p, c in cands.items())
+            + " NFR/mAP)"
+        )
     return text
 
 
 def _render(u: dict) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"upgrade {u['id']}: {u['from_model']} -> {u['to_model']} ({u['strategy']})",
-              show_header=False, expand=False)
+    t = Table(
+        title=f"upgrade {u['id']}: {u['from_model']} -> {u['to_model']} ({u['strategy']})",
+        show_header=False,
+        expand=False,
+    )
     rate = u.get("items_per_s")
     eta = u.get("eta_s")
     rows = [
@@ -79,15 +84,20 @@ def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, in
 @upgrade_app.command("start")
 def start(
     model: Annotated[str, typer.Argument(help="Registered model to upgrade the gallery to.")],
-    strategy: Annotated[str | None, typer.Option(
-        help="margin | least | entropy | random | mixed (margin's order, every other slot random); "
-             "default: margin for the paper's plan, mixed otherwise", show_default=False)] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="margin | least | entropy | random | mixed (margin's order, every other slot random); "
+            "default: margin for the paper's plan, mixed otherwise",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
-    nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")]
-    = None,
+    nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")] = None,
     plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
-    nfr_target: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")]
-    = None,
+    nfr_target: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
     api: ApiOpt = None,
     token: TokenOpt = None,

@@ -15,9 +15,15 @@ import typer
 
 def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Pool processes.")] = 1,
-    metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", help="Port of the worker's Prometheus /metrics (pool processes summed); 0 = off. "
-        "Default: HOTREFRESH_WORKER_METRICS_PORT (9101).", show_default=False)] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Port of the worker's Prometheus /metrics (pool processes summed); 0 = off. "
+            "Default: HOTREFRESH_WORKER_METRICS_PORT (9101).",
+            show_default=False,
+        ),
+    ] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
 ) -> None:
@@ -36,5 +42,3 @@ def worker(
     if metrics_port is None:
         metrics_port = get_settings().worker_metrics_port
     run_worker(concurrency=concurrency, metrics_port=metrics_port, hostname=hostname, loglevel=loglevel)
-
-

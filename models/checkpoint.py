@@ -217,18 +217,21 @@ class LoadedModel:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        graph = torch.jit.trace(_Uint8Embedding(self.model, self.meta).eval(), example,
-                                                check_trace=False)
+                        graph = torch.jit.trace(
+                            _Uint8Embedding(self.model, self.meta).eval(), example, check_trace=False
+                        )
                     self._graph = graph
                     if self.device.type == "cpu":
                         try:
                             self._launcher = make_launcher(graph)
                         except Exception:  # background encoding is optional too
-                            log.warning("could not script the launcher of %s; encoding in the caller's thread",
-                                        self.meta.name, exc_info=True)
+                            log.warning(
+                                "could not script the launcher of %s; encoding in the caller's thread",
+                                self.meta.name,
+                                exc_info=True,
+                            )
                 except Exception:  # tracing is an optimisation, never a requirement
-                    log.warning("could not trace %s; encoding with the eager forward", self.meta.name,
-                                exc_info=True)
+                    log.warning("could not trace %s; encoding with the eager forward", self.meta.name, exc_info=True)
                     self._graph_failed = True
         return self._graph
 
@@ -271,8 +274,12 @@ class LoadedModel:
         """
         t = torch.from_numpy(x if x.flags.writeable else x.copy()) if isinstance(x, np.ndarray) else x
         launcher = None
-        if (self.device.type == "cpu" and self._takes_as_is(t)
-                and self._uint8_graph(t[: self.batch_size]) is not None and start_interop_pool()):
+        if (
+            self.device.type == "cpu"
+            and self._takes_as_is(t)
+            and self._uint8_graph(t[: self.batch_size]) is not None
+            and start_interop_pool()
+        ):
             launcher = self._launcher
         if launcher is None:
             return EncodeJob.done(self.embed_tensor(t))
@@ -305,8 +312,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> Lo
     path = Path(path)
     meta, state = _read(path)
     try:
-        model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels,
-                             **meta.arch_options)  # fmt: skip
+        model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels, **meta.arch_options)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from e
     try:

@@ -19,8 +19,17 @@ from models.preprocess import draft_jpeg, pil_to_chw
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 ALLOCATIONS = ("expansion", "open-data", "open-class")
 DATASETS = ("fashion-mnist", "digits", "fashion-colour")
 COLOUR_TRAIN_SIZE = 32  # side of "fashion-colour" as load_dataset returns it (memory: 3 KB per image)

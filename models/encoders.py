@@ -47,10 +47,13 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 def _conv2(in_channels: int) -> tuple[nn.Module, int]:
     """The small "old" model: two conv blocks and a 7x7 pooled map."""
     return nn.Sequential(
-        *_block(in_channels, 16), nn.MaxPool2d(2),
-        *_block(16, 32), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(),
-    ), 32 * 7 * 7  # fmt: skip
+        *_block(in_channels, 16),
+        nn.MaxPool2d(2),
+        *_block(16, 32),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d((7, 7)),
+        nn.Flatten(),
+    ), 32 * 7 * 7
 
 
 @register_backbone("conv4")
@@ -60,11 +63,15 @@ def _conv4(in_channels: int) -> tuple[nn.Module, int]:
     Sized for CPU training on a shared 2-core machine: the extra depth sits at the low resolutions.
     """
     return nn.Sequential(
-        *_block(in_channels, 16), nn.MaxPool2d(2),
-        *_block(16, 32), *_block(32, 32), nn.MaxPool2d(2),
+        *_block(in_channels, 16),
+        nn.MaxPool2d(2),
+        *_block(16, 32),
+        *_block(32, 32),
+        nn.MaxPool2d(2),
         *_block(32, 64),
-        nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(),
-    ), 64 * 7 * 7  # fmt: skip
+        nn.AdaptiveAvgPool2d((7, 7)),
+        nn.Flatten(),
+    ), 64 * 7 * 7
 
 
 class BasicBlock(nn.Module):
@@ -76,9 +83,12 @@ class BasicBlock(nn.Module):
         super().__init__()
         cout = width * self.expansion
         self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-        )  # fmt: skip
+            nn.Conv2d(cin, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut = _projection(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,10 +104,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         cout = width * self.expansion
         self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )  # fmt: skip
+            nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut = _projection(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +155,12 @@ def resnet(
         raise ValueError(f"bad ResNet options: width={width!r}, blocks={blocks!r}")
     layers: list[nn.Module]
     if stem == "imagenet":
-        layers = [nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                  nn.MaxPool2d(3, 2, 1)]  # fmt: skip
+        layers = [
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
     else:
         layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
     cin = width
@@ -156,8 +175,9 @@ def resnet(
 def _register_resnet(name: str) -> None:
     block, default_blocks = _RESNETS[name]
 
-    def factory(in_channels: int, *, width: int = 64, stem: str = "imagenet",
-                blocks: list[int] | None = None) -> tuple[nn.Module, int]:  # fmt: skip
+    def factory(
+        in_channels: int, *, width: int = 64, stem: str = "imagenet", blocks: list[int] | None = None
+    ) -> tuple[nn.Module, int]:
         depth = tuple(blocks) if blocks is not None else default_blocks
         return resnet(in_channels, block, depth, width=width, stem=stem)
 
@@ -189,8 +209,7 @@ class CosineClassifier(nn.Module):
 class Encoder(nn.Module):
     """Backbone -> linear projection -> L2 norm (the embedding) -> cosine classifier."""
 
-    def __init__(self, arch: str, embedding_dim: int, num_classes: int, in_channels: int = 1,
-                 **options: Any) -> None:  # fmt: skip
+    def __init__(self, arch: str, embedding_dim: int, num_classes: int, in_channels: int = 1, **options: Any) -> None:
         super().__init__()
         self.arch = arch
         self.backbone, n_features = _REGISTRY[arch](in_channels, **options)

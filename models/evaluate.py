@@ -127,12 +127,18 @@ def evaluate_backfill(
     plans = list(plans)
     only_paper = plans == ["paper"]
     if not only_paper:
-        doc["plan_settings"] = {"calibration": calibration, "transform": transform, "nfr_target": nfr_target,
-                                "probe_size": probe_size}
+        doc["plan_settings"] = {
+            "calibration": calibration,
+            "transform": transform,
+            "nfr_target": nfr_target,
+            "probe_size": probe_size,
+        }
     for method, model in new_models.items():
         if "paper" in plans and model.meta.embedding_dim != old.meta.embedding_dim:
-            raise ValueError(f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}"
-                             " (the paper's plan compares across spaces; dual and transform do not)")
+            raise ValueError(
+                f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}"
+                " (the paper's plan compares across spaces; dual and transform do not)"
+            )
         q_new = torch.from_numpy(model.embed_tensor(q_imgs)).to(dev)
         g_new = torch.from_numpy(model.embed_tensor(g_imgs)).to(dev)
         nn_ = evaluate_scores(q_new @ g_new.T, ql, gl, k=k)
@@ -141,17 +147,29 @@ def evaluate_backfill(
         spaces = Spaces(q_old, q_new, g_old, g_new, ql, gl)
         for ordering in orderings:
             if ordering != "random" and w.shape[1] != g_old_np.shape[1]:
-                raise ValueError(f"{method}: ordering {ordering!r} puts old vectors through the new classifier, "
-                                 "which needs equal dimensions; use random")
+                raise ValueError(
+                    f"{method}: ordering {ordering!r} puts old vectors through the new classifier, "
+                    "which needs equal dimensions; use random"
+                )
             pri = score_uncertainty(g_old_np, w, b, ordering, seed=seed)
             order = backfill_order(pri)
             if only_paper:
                 points = backfill_curve(q_new, g_old, g_new, ql, gl, order, fractions, base.top1_correct, k=k)
                 doc["curves"].append({"method": method, "ordering": ordering, "points": points})
                 continue
-            by_plan = plan_curves(spaces, order, fractions, plans, compatible=method != "independent",
-                                  calibration=calibration, transform=transform, nfr_target=nfr_target,
-                                  probe_size=probe_size, k=k, seed=seed)  # fmt: skip
+            by_plan = plan_curves(
+                spaces,
+                order,
+                fractions,
+                plans,
+                compatible=method != "independent",
+                calibration=calibration,
+                transform=transform,
+                nfr_target=nfr_target,
+                probe_size=probe_size,
+                k=k,
+                seed=seed,
+            )
             for plan, points in by_plan.items():
                 doc["curves"].append({"method": method, "ordering": ordering, "plan": plan, "points": points})
     return doc
@@ -168,7 +186,7 @@ def _cell(p: dict[str, Any], key: str) -> str:
 
 
 def curve_label(curve: dict[str, Any], sep: str) -> str:
-    """"method, ordering" and, when the curve names one, its plan."""
+    """ "method, ordering" and, when the curve names one, its plan."""
     parts = [curve["method"], curve["ordering"]] + ([curve["plan"]] if "plan" in curve else [])
     return sep.join(parts)
 
@@ -203,8 +221,13 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"random": "-", "margin": "--", "least": ":", "entropy": "-."}
-    colors = {"ract": "tab:red", "vanilla": "tab:blue", "bct": "tab:green", "ract+bct": "tab:purple",
-              "independent": "tab:gray"}
+    colors = {
+        "ract": "tab:red",
+        "vanilla": "tab:blue",
+        "bct": "tab:green",
+        "ract+bct": "tab:purple",
+        "independent": "tab:gray",
+    }
     for c in doc["curves"]:
         x = [100 * p["fraction"] for p in c["points"]]
         kw = {"linestyle": styles.get(c["ordering"], "-"), "color": colors.get(c["method"]), "marker": "."}

@@ -77,9 +77,16 @@ class ExperimentConfig:
     def quick(cls, allocation: str = "expansion") -> ExperimentConfig:
         """Under 10 minutes on 2 shared cores: RACT and vanilla, random and margin, 10% steps."""
         return cls(
-            allocation=allocation, seeds=[0], methods=["ract", "vanilla"], orderings=["random", "margin"],
-            epochs_old=2, epochs_new=2, train_limit=12000, n_queries=1000, n_gallery=4000,
-        )  # fmt: skip
+            allocation=allocation,
+            seeds=[0],
+            methods=["ract", "vanilla"],
+            orderings=["random", "margin"],
+            epochs_old=2,
+            epochs_new=2,
+            train_limit=12000,
+            n_queries=1000,
+            n_gallery=4000,
+        )
 
 
 def _train_subset(cfg: ExperimentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +122,25 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
     alloc = allocate(cfg.allocation, y, seed)
     mdir = models_dir / cfg.allocation / f"seed{seed}"
     common: _CommonTrainArgs = {
-        "embedding_dim": cfg.embedding_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed,
+        "embedding_dim": cfg.embedding_dim,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": seed,
     }
     old_path = mdir / "old.pt"
     timings: dict[str, float] = {}
     if not old_path.exists():
         t0 = time.perf_counter()
         ocfg = TrainConfig(arch=cfg.old_arch, epochs=cfg.epochs_old, **common)
-        train_and_save(x[alloc.old_idx], y[alloc.old_idx], ocfg, old_path, f"{cfg.allocation}-s{seed}-old",
-                       device=device, progress=progress)  # fmt: skip
+        train_and_save(
+            x[alloc.old_idx],
+            y[alloc.old_idx],
+            ocfg,
+            old_path,
+            f"{cfg.allocation}-s{seed}-old",
+            device=device,
+            progress=progress,
+        )
         timings["old"] = time.perf_counter() - t0
     new_paths = {}
     for method in cfg.methods:
@@ -132,12 +149,23 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
             t0 = time.perf_counter()
             hp: dict[str, Any] = {"tau": cfg.tau, "lam": cfg.lam, "topk": cfg.topk, **cfg.overrides.get(method, {})}
             ncfg = TrainConfig(
-                arch=cfg.new_arch, epochs=cfg.epochs_new, loss=LOSS_OF_METHOD[method], **hp, **common,
-            )  # fmt: skip
+                arch=cfg.new_arch,
+                epochs=cfg.epochs_new,
+                loss=LOSS_OF_METHOD[method],
+                **hp,
+                **common,
+            )
             train_and_save(
-                x[alloc.new_idx], y[alloc.new_idx], ncfg, path, f"{cfg.allocation}-s{seed}-{method}",
-                old_path=old_path, old_classes=alloc.old_classes, device=device, progress=progress,
-            )  # fmt: skip
+                x[alloc.new_idx],
+                y[alloc.new_idx],
+                ncfg,
+                path,
+                f"{cfg.allocation}-s{seed}-{method}",
+                old_path=old_path,
+                old_classes=alloc.old_classes,
+                device=device,
+                progress=progress,
+            )
             timings[method] = time.perf_counter() - t0
         new_paths[method] = path
     xt, yt = _eval_images(cfg)
@@ -146,10 +174,20 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, models_dir: Path, 
     doc = evaluate_backfill(
         load_checkpoint(old_path, device=device),
         {m: load_checkpoint(p, device=device) for m, p in new_paths.items()},
-        xt, yt, q, g, orderings=cfg.orderings, fractions=cfg.fractions, k=cfg.k, seed=seed,
-        meta={"dataset": cfg.dataset, "allocation": cfg.allocation}, plans=cfg.plans,
-        calibration=cfg.calibration, transform=cfg.transform, nfr_target=cfg.nfr_target,
-    )  # fmt: skip
+        xt,
+        yt,
+        q,
+        g,
+        orderings=cfg.orderings,
+        fractions=cfg.fractions,
+        k=cfg.k,
+        seed=seed,
+        meta={"dataset": cfg.dataset, "allocation": cfg.allocation},
+        plans=cfg.plans,
+        calibration=cfg.calibration,
+        transform=cfg.transform,
+        nfr_target=cfg.nfr_target,
+    )
     timings["evaluate"] = time.perf_counter() - t0
     doc["train_seconds"] = timings
     doc["n_train_old"], doc["n_train_new"] = len(alloc.old_idx), len(alloc.new_idx)
@@ -207,8 +245,13 @@ def find_curve(doc: dict[str, Any], method: str, ordering: str, plan: str = "pap
     return None
 
 
-def check_plans(doc: dict[str, Any], plan: str = "auto", baseline: tuple[str, str] = ("ract", "margin"),
-                min_gain_pts: float = 4.0, nfr_slack_pts: float = 1.0) -> dict[str, Any]:
+def check_plans(
+    doc: dict[str, Any],
+    plan: str = "auto",
+    baseline: tuple[str, str] = ("ract", "margin"),
+    min_gain_pts: float = 4.0,
+    nfr_slack_pts: float = 1.0,
+) -> dict[str, Any]:
     """Checks (e)-(g) of the query-plan issue for every (method, ordering) curve of ``plan``:
     (e) mAP at every step >= old-to-old; (f) NFR@1 at every step <= the finished upgrade's + 1
     point; (g) mean mAP over the steps >= the paper's method (RACT, ``paper`` plan, margin) + 4."""
@@ -225,11 +268,17 @@ def check_plans(doc: dict[str, Any], plan: str = "auto", baseline: tuple[str, st
         mean = float(np.mean(maps))
         res = {
             "e_map_never_below_old": {"holds": min(maps) >= o2o - 1e-9, "lowest_map": min(maps), "old_to_old": o2o},
-            "f_nfr_within_final_plus_1pt": {"holds": max(nfrs) <= nfrs[-1] + nfr_slack_pts / 100 + 1e-9,
-                                            "highest_nfr": max(nfrs), "final_nfr": nfrs[-1]},
-            "g_mean_map_4pt_above_paper": {"holds": ref_mean is not None and mean >= ref_mean + min_gain_pts / 100,
-                                           "mean_map": mean, "paper_ract_margin_mean_map": ref_mean},
-        }  # fmt: skip
+            "f_nfr_within_final_plus_1pt": {
+                "holds": max(nfrs) <= nfrs[-1] + nfr_slack_pts / 100 + 1e-9,
+                "highest_nfr": max(nfrs),
+                "final_nfr": nfrs[-1],
+            },
+            "g_mean_map_4pt_above_paper": {
+                "holds": ref_mean is not None and mean >= ref_mean + min_gain_pts / 100,
+                "mean_map": mean,
+                "paper_ract_margin_mean_map": ref_mean,
+            },
+        }
         out[f"{c['method']}, {c['ordering']}"] = res
     return out
 
@@ -248,8 +297,9 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
         for p, q in zip(ract_r, van_r, strict=True):
             if any(abs(p["fraction"] - f) < 1e-9 for f in CHECK_FRACTIONS):
                 pairs[f"{round(100 * p['fraction'])}%"] = {"ract": p["nfr"], "vanilla": q["nfr"]}
-        holds = all(v["ract"] is not None and v["vanilla"] is not None and v["ract"] < v["vanilla"]
-                    for v in pairs.values()) and len(pairs) == len(CHECK_FRACTIONS)  # fmt: skip
+        holds = all(
+            v["ract"] is not None and v["vanilla"] is not None and v["ract"] < v["vanilla"] for v in pairs.values()
+        ) and len(pairs) == len(CHECK_FRACTIONS)
         res["b_ract_nfr_below_vanilla"] = {"holds": holds, "nfr": pairs}
     drops = {}
     for c in doc["curves"]:

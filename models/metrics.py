@@ -39,7 +39,9 @@ class RetrievalResult:
 
 
 def _scored(
-    scores: np.ndarray | torch.Tensor, query_labels: np.ndarray, gallery_labels: np.ndarray,
+    scores: np.ndarray | torch.Tensor,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
     exclude: np.ndarray | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Scores and labels as tensors on one device, checked; each query's ``exclude`` column ranked

@@ -98,30 +98,55 @@ def plan_curves(
         new_space = np.concatenate([g_new_np[probes], g_new_np[moved]])
         new_labels = np.concatenate([s.g_labels[probes], s.g_labels[moved]])
         specs = {
-            p: build_spec(p, calibration=calibration, old_space=g_old_np, new_space=new_space,
-                          pairs=(g_old_np[moved], g_new_np[moved]), transform=transform, seed=seed,
-                          old_labels=s.g_labels, new_labels=new_labels)
+            p: build_spec(
+                p,
+                calibration=calibration,
+                old_space=g_old_np,
+                new_space=new_space,
+                pairs=(g_old_np[moved], g_new_np[moved]),
+                transform=transform,
+                seed=seed,
+                old_labels=s.g_labels,
+                new_labels=new_labels,
+            )
             for p in wanted
-        }  # fmt: skip
+        }
         held_out = {}
         for p, spec in specs.items():
-            r = evaluate_scores(mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels,
-                                s.g_labels, k=k)  # fmt: skip
-            held_out[p] = {"fraction": float(f), "map": r.map, "top1": r.top1,
-                           "nfr": negative_flip_rate(base.top1_correct, r.top1_correct)}  # fmt: skip
+            r = evaluate_scores(
+                mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels, s.g_labels, k=k
+            )
+            held_out[p] = {
+                "fraction": float(f),
+                "map": r.map,
+                "top1": r.top1,
+                "nfr": negative_flip_rate(base.top1_correct, r.top1_correct),
+            }
             if p in out:
                 out[p].append(held_out[p])
         if AUTO in plans:
             measured = []
             for p in candidates:
-                r = evaluate_scores(mixed_scores(specs[p], p_old, p_new, s.g_old, s.g_new, mask), p_labels,
-                                    s.g_labels, k=k, exclude=exclude)  # fmt: skip
+                r = evaluate_scores(
+                    mixed_scores(specs[p], p_old, p_new, s.g_old, s.g_new, mask),
+                    p_labels,
+                    s.g_labels,
+                    k=k,
+                    exclude=exclude,
+                )
                 measured.append(Candidate(p, r.map, negative_flip_rate(p_base.top1_correct, r.top1_correct)))
             rest = np.setdiff1d(moved, probes)
-            estimate = estimate_final_nfr(g_old_np[probes], g_new_np[probes], p_labels, g_old_np[rest],
-                                          g_new_np[rest], s.g_labels[rest])  # fmt: skip
+            estimate = estimate_final_nfr(
+                g_old_np[probes], g_new_np[probes], p_labels, g_old_np[rest], g_new_np[rest], s.g_labels[rest]
+            )
             bound = nfr_bound(nfr_target, estimate)
             chosen = START_PLAN if n == 0 else choose(measured, bound, safe=START_PLAN)
-            out[AUTO].append({**held_out[chosen], "plan": chosen, "nfr_bound": bound,
-                              "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured}})  # fmt: skip
+            out[AUTO].append(
+                {
+                    **held_out[chosen],
+                    "plan": chosen,
+                    "nfr_bound": bound,
+                    "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured},
+                }
+            )
     return out

@@ -240,8 +240,12 @@ NFR_SLACK = 0.01  # the relative target: the finished upgrade's NFR@1 (estimated
 
 
 def estimate_final_nfr(
-    p_old: np.ndarray, p_new: np.ndarray, p_labels: np.ndarray,
-    s_old: np.ndarray, s_new: np.ndarray, s_labels: np.ndarray,
+    p_old: np.ndarray,
+    p_new: np.ndarray,
+    p_labels: np.ndarray,
+    s_old: np.ndarray,
+    s_new: np.ndarray,
+    s_labels: np.ndarray,
 ) -> float | None:
     """NFR@1 the finished upgrade will have, estimated from what exists at a checkpoint: the
     probes (old and new embeddings of gallery items, ``p_*``) and items already backfilled (their

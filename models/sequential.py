@@ -68,8 +68,15 @@ def _generations(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, list
     device = default_device()
     first = mdir / "gen1.pt"
     if not first.exists():
-        train_and_save(x[parts[0]], y[parts[0]], TrainConfig(arch=cfg.first_arch, **common), first,  # type: ignore[arg-type]
-                       f"s{seed}-gen1", device=device, progress=False)  # fmt: skip
+        train_and_save(
+            x[parts[0]],
+            y[parts[0]],
+            TrainConfig(arch=cfg.first_arch, **common),  # type: ignore[arg-type]
+            first,
+            f"s{seed}-gen1",
+            device=device,
+            progress=False,
+        )
     out: dict[str, list[Path]] = {}
     for method in cfg.methods:
         chain = [first]
@@ -77,8 +84,16 @@ def _generations(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, list
             path = mdir / f"{method}-gen{t}.pt"
             if not path.exists():
                 ncfg = TrainConfig(arch=cfg.arch, loss=LOSS_OF_METHOD[method], **common)  # type: ignore[arg-type]
-                train_and_save(x[idx], y[idx], ncfg, path, f"s{seed}-{method}-gen{t}", old_path=chain[-1],
-                               device=device, progress=False)  # fmt: skip
+                train_and_save(
+                    x[idx],
+                    y[idx],
+                    ncfg,
+                    path,
+                    f"s{seed}-{method}-gen{t}",
+                    old_path=chain[-1],
+                    device=device,
+                    progress=False,
+                )
             chain.append(path)
         out[method] = chain
     return out
@@ -87,8 +102,13 @@ def _generations(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, list
 def _point_summary(points: list[dict[str, Any]]) -> dict[str, float]:
     maps = [p["map"] for p in points]
     nfrs = [p["nfr"] or 0.0 for p in points]
-    return {"map_at_0": maps[0], "map_mean": float(np.mean(maps)), "map_final": maps[-1],
-            "nfr_max": max(nfrs), "nfr_final": nfrs[-1]}  # fmt: skip
+    return {
+        "map_at_0": maps[0],
+        "map_mean": float(np.mean(maps)),
+        "map_final": maps[-1],
+        "nfr_max": max(nfrs),
+        "nfr_final": nfrs[-1],
+    }
 
 
 def run_seed(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, Any]:
@@ -107,24 +127,47 @@ def run_seed(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, Any]:
     for method, chain in chains.items():
         for t in range(2, len(chain) + 1):
             new = model(chain[t - 1])
-            never = evaluate_backfill(model(chain[0]), {method: new}, xt, yt, q, g, orderings=["random"],
-                                      fractions=[0.0], seed=seed)  # fmt: skip
-            hot = evaluate_backfill(model(chain[t - 2]), {method: new}, xt, yt, q, g, orderings=[cfg.ordering],
-                                    fractions=cfg.fractions, seed=seed, plans=["paper", cfg.plan])  # fmt: skip
+            never = evaluate_backfill(
+                model(chain[0]), {method: new}, xt, yt, q, g, orderings=["random"], fractions=[0.0], seed=seed
+            )
+            hot = evaluate_backfill(
+                model(chain[t - 2]),
+                {method: new},
+                xt,
+                yt,
+                q,
+                g,
+                orderings=[cfg.ordering],
+                fractions=cfg.fractions,
+                seed=seed,
+                plans=["paper", cfg.plan],
+            )
             paper = find_curve(hot, method, cfg.ordering, "paper")
             ours = find_curve(hot, method, cfg.ordering, cfg.plan)
             assert paper is not None and ours is not None  # both asked for above
-            rows.append({
-                "method": method, "generation": t, "data_fraction": cfg.data_fractions[t - 1],
-                "no_refresh_map": never["curves"][0]["points"][0]["map"],
-                "no_refresh_nfr_vs_gen1": never["curves"][0]["points"][0]["nfr"],
-                "previous_old_to_old_map": hot["old_to_old"]["map"],
-                "new_to_new_map": hot["new_to_new"][method]["map"],
-                "hot_paper": _point_summary(paper), "hot_plan": _point_summary(ours),
-                "curves": {"paper": paper, cfg.plan: ours},
-            })  # fmt: skip
-            log.info("seed %d %s gen%d: no refresh %.4f, hot refresh (paper) %.4f -> %.4f", seed, method, t,
-                     rows[-1]["no_refresh_map"], rows[-1]["hot_paper"]["map_at_0"], rows[-1]["hot_paper"]["map_final"])
+            rows.append(
+                {
+                    "method": method,
+                    "generation": t,
+                    "data_fraction": cfg.data_fractions[t - 1],
+                    "no_refresh_map": never["curves"][0]["points"][0]["map"],
+                    "no_refresh_nfr_vs_gen1": never["curves"][0]["points"][0]["nfr"],
+                    "previous_old_to_old_map": hot["old_to_old"]["map"],
+                    "new_to_new_map": hot["new_to_new"][method]["map"],
+                    "hot_paper": _point_summary(paper),
+                    "hot_plan": _point_summary(ours),
+                    "curves": {"paper": paper, cfg.plan: ours},
+                }
+            )
+            log.info(
+                "seed %d %s gen%d: no refresh %.4f, hot refresh (paper) %.4f -> %.4f",
+                seed,
+                method,
+                t,
+                rows[-1]["no_refresh_map"],
+                rows[-1]["hot_paper"]["map_at_0"],
+                rows[-1]["hot_paper"]["map_final"],
+            )
     return {"seed": seed, "gen1_old_to_old_map": rows[0]["previous_old_to_old_map"] if rows else None, "rows": rows}
 
 
@@ -133,8 +176,11 @@ def aggregate(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, first in enumerate(docs[0]["rows"]):
         rows = [d["rows"][i] for d in docs]
-        agg: dict[str, Any] = {"method": first["method"], "generation": first["generation"],
-                               "data_fraction": first["data_fraction"]}  # fmt: skip
+        agg: dict[str, Any] = {
+            "method": first["method"],
+            "generation": first["generation"],
+            "data_fraction": first["data_fraction"],
+        }
         for key in ("no_refresh_map", "no_refresh_nfr_vs_gen1", "previous_old_to_old_map", "new_to_new_map"):
             vals = [r[key] for r in rows if r[key] is not None]
             agg[key], agg[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -147,8 +193,10 @@ def aggregate(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], plan: str) -> str:
     """The README's sequential-upgrade table (mAP and NFR@1 in %, mean over seeds)."""
-    head = ("| method | gen (data) | no refresh mAP | hot refresh, paper: mAP at 0% / mean / 100% | max NFR "
-            f"| hot refresh, {plan}: mAP at 0% / mean | max NFR |")
+    head = (
+        "| method | gen (data) | no refresh mAP | hot refresh, paper: mAP at 0% / mean / 100% | max NFR "
+        f"| hot refresh, {plan}: mAP at 0% / mean | max NFR |"
+    )
     lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         p, o = r["hot_paper"], r["hot_plan"]
@@ -167,12 +215,14 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in rows:
         out[f"{r['method']} gen{r['generation']}: hot refresh (100%) > no refresh"] = (
-            r["hot_paper"]["map_final"] > r["no_refresh_map"])
+            r["hot_paper"]["map_final"] > r["no_refresh_map"]
+        )
     by = {(r["method"], r["generation"]): r for r in rows}
     for (m, t), r in by.items():
         if m == "ract" and ("vanilla", t) in by:
             out[f"gen{t}: ract max NFR < vanilla max NFR (paper plan)"] = (
-                r["hot_paper"]["nfr_max"] < by[("vanilla", t)]["hot_paper"]["nfr_max"])
+                r["hot_paper"]["nfr_max"] < by[("vanilla", t)]["hot_paper"]["nfr_max"]
+            )
     return out
 
 
@@ -190,9 +240,14 @@ def run_sequential(cfg: SequentialConfig, out_dir: str | Path, models_dir: str |
     claims = checks(rows)
     summary = {"config": asdict(cfg), "gen1_old_to_old_map": gen1, "rows": rows, "checks": claims, "per_seed": docs}
     (out / "sequential.json").write_text(json.dumps(summary, indent=1) + "\n")
-    md = (f"# Sequential upgrades on {cfg.dataset}\n\nGeneration 1 ({cfg.first_arch}, "
-          f"{round(100 * cfg.data_fractions[0])}% of the data): old-to-old mAP "
-          f"{100 * gen1:.2f}. Seeds {cfg.seeds}, ordering {cfg.ordering}.\n\n"
-          + table(rows, cfg.plan) + "\n" + "\n".join(f"- {k}: {v}" for k, v in claims.items()) + "\n")
+    md = (
+        f"# Sequential upgrades on {cfg.dataset}\n\nGeneration 1 ({cfg.first_arch}, "
+        f"{round(100 * cfg.data_fractions[0])}% of the data): old-to-old mAP "
+        f"{100 * gen1:.2f}. Seeds {cfg.seeds}, ordering {cfg.ordering}.\n\n"
+        + table(rows, cfg.plan)
+        + "\n"
+        + "\n".join(f"- {k}: {v}" for k, v in claims.items())
+        + "\n"
+    )
     (out / "sequential.md").write_text(md)
     return summary

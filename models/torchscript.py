@@ -128,8 +128,11 @@ def parse_metadata(doc: Any, where: str) -> dict[str, Any]:
     if unknown:
         raise CheckpointError(f"{where}: unknown metadata keys {unknown}; known: {list(_REQUIRED + _OPTIONAL)}")
     head = doc.get("classifier")
-    if head is not None and (not isinstance(head, dict) or not {"weight", "bias"} <= set(head)
-                             or not isinstance(head.get("scale", 1.0), int | float)):  # fmt: skip
+    if head is not None and (
+        not isinstance(head, dict)
+        or not {"weight", "bias"} <= set(head)
+        or not isinstance(head.get("scale", 1.0), int | float)
+    ):
         raise CheckpointError(f"{where}: classifier must be {{'weight': name, 'bias': name, 'scale': number}}")
     return doc
 
@@ -147,7 +150,8 @@ def read_metadata(path: Path, metadata: dict[str, Any] | None = None) -> dict[st
             if not names:
                 raise CheckpointError(
                     f"{path.name}: a TorchScript encoder needs its metadata: a {side.name} beside it, or "
-                    f"the archive's extra file {META_FILE}")
+                    f"the archive's extra file {META_FILE}"
+                )
             return parse_metadata(json.loads(z.read(names[0])), path.name)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path.name}: metadata is not valid JSON: {e}") from e
@@ -172,19 +176,28 @@ def load_torchscript(
     trained_with = doc.get("trained_with", "external")
     try:
         meta = ModelMeta(
-            name=doc["name"], arch=str(doc.get("arch", SCRIPTED_ARCH)), embedding_dim=doc["embedding_dim"],
-            num_classes=0 if head is None else int(head.weight.shape[0]), trained_with=trained_with,
-            compatible_with=doc.get("compatible_with"), input_channels=doc["input_channels"],
-            input_size=tuple(doc["input_size"]), mean=doc["mean"], std=doc["std"],
-            resize=doc.get("resize", "center_crop"), crop_ratio=doc.get("crop_ratio", 1.0),
-            content_hash=file_hash(path, doc), extra={"format": "torchscript", "metadata": doc},
-        )  # fmt: skip
+            name=doc["name"],
+            arch=str(doc.get("arch", SCRIPTED_ARCH)),
+            embedding_dim=doc["embedding_dim"],
+            num_classes=0 if head is None else int(head.weight.shape[0]),
+            trained_with=trained_with,
+            compatible_with=doc.get("compatible_with"),
+            input_channels=doc["input_channels"],
+            input_size=tuple(doc["input_size"]),
+            mean=doc["mean"],
+            std=doc["std"],
+            resize=doc.get("resize", "center_crop"),
+            crop_ratio=doc.get("crop_ratio", 1.0),
+            content_hash=file_hash(path, doc),
+            extra={"format": "torchscript", "metadata": doc},
+        )
         meta.validate()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path.name}: bad metadata: {e}") from e
     if head is not None and tuple(head.weight.shape[1:]) != (meta.embedding_dim,):
-        raise CheckpointError(f"{path.name}: classifier weight is {tuple(head.weight.shape)}, "
-                              f"expected (classes, {meta.embedding_dim})")  # fmt: skip
+        raise CheckpointError(
+            f"{path.name}: classifier weight is {tuple(head.weight.shape)}, expected (classes, {meta.embedding_dim})"
+        )
     encoder = ScriptedEncoder(module, head)
     _check_outputs(encoder, meta, dev, path.name)
     return LoadedModel(encoder, meta, dev)  # type: ignore[arg-type]
@@ -196,13 +209,16 @@ def _head(module: torch.jit.ScriptModule, doc: dict[str, Any], where: str) -> Li
     for key in ("weight", "bias"):
         t = tensors.get(str(doc[key]))
         if t is None:
-            raise CheckpointError(f"{where}: classifier {key} {doc[key]!r} is not a parameter or buffer of the "
-                                  f"module (it has {sorted(tensors)[:20]})")  # fmt: skip
+            raise CheckpointError(
+                f"{where}: classifier {key} {doc[key]!r} is not a parameter or buffer of the "
+                f"module (it has {sorted(tensors)[:20]})"
+            )
         got.append(t.detach().float())
     w, b = got
     if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[0] < 1:
-        raise CheckpointError(f"{where}: classifier weight {tuple(w.shape)} and bias {tuple(b.shape)} do not "
-                              "form a (K, D) / (K,) head")  # fmt: skip
+        raise CheckpointError(
+            f"{where}: classifier weight {tuple(w.shape)} and bias {tuple(b.shape)} do not form a (K, D) / (K,) head"
+        )
     scale = float(doc.get("scale", 1.0))
     return LinearHead(w * scale, b * scale)
 
@@ -211,8 +227,10 @@ def _head(module: torch.jit.ScriptModule, doc: dict[str, Any], where: str) -> Li
 def _check_outputs(encoder: ScriptedEncoder, meta: ModelMeta, device: torch.device, where: str) -> None:
     c, (h, w) = meta.input_channels, meta.input_size
     gen = torch.Generator().manual_seed(0)
-    batches = {"a blank batch": torch.zeros(_CHECK_BATCH, c, h, w),
-               "a noise batch": torch.rand(_CHECK_BATCH, c, h, w, generator=gen)}  # fmt: skip
+    batches = {
+        "a blank batch": torch.zeros(_CHECK_BATCH, c, h, w),
+        "a noise batch": torch.rand(_CHECK_BATCH, c, h, w, generator=gen),
+    }
     for what, x in batches.items():
         try:
             out = encoder.module(standardize(x, meta).to(device))
@@ -220,8 +238,10 @@ def _check_outputs(encoder: ScriptedEncoder, meta: ModelMeta, device: torch.devi
             raise CheckpointError(f"{where}: forward failed on {what} of shape {tuple(x.shape)}: {e}") from e
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (_CHECK_BATCH, meta.embedding_dim):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise CheckpointError(f"{where}: on {what} the encoder returned {shape}, expected "
-                                  f"({_CHECK_BATCH}, {meta.embedding_dim}) (embedding_dim in the metadata)")
+            raise CheckpointError(
+                f"{where}: on {what} the encoder returned {shape}, expected "
+                f"({_CHECK_BATCH}, {meta.embedding_dim}) (embedding_dim in the metadata)"
+            )
         if not torch.isfinite(out).all():
             raise CheckpointError(f"{where}: the encoder returned non-finite values on {what}")
         if (out.float().norm(dim=1) <= 1e-12).any():
@@ -246,12 +266,19 @@ class _Exported(nn.Module):
 def export_metadata(meta: ModelMeta) -> dict[str, Any]:
     """A checkpoint's metadata in this format's terms."""
     return {
-        "name": meta.name, "arch": meta.arch, "embedding_dim": meta.embedding_dim,
-        "input_channels": meta.input_channels, "input_size": list(meta.input_size), "mean": meta.mean,
-        "std": meta.std, "resize": meta.resize, "crop_ratio": meta.crop_ratio,
-        "compatible_with": meta.compatible_with, "trained_with": meta.trained_with,
+        "name": meta.name,
+        "arch": meta.arch,
+        "embedding_dim": meta.embedding_dim,
+        "input_channels": meta.input_channels,
+        "input_size": list(meta.input_size),
+        "mean": meta.mean,
+        "std": meta.std,
+        "resize": meta.resize,
+        "crop_ratio": meta.crop_ratio,
+        "compatible_with": meta.compatible_with,
+        "trained_with": meta.trained_with,
         "classifier": {"weight": "classifier_weight", "bias": "classifier_bias", "scale": 1.0},
-    }  # fmt: skip
+    }
 
 
 def export_torchscript(checkpoint: str | Path, out: str | Path, *, name: str | None = None) -> dict[str, Any]:

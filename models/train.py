@@ -39,8 +39,13 @@ log = logging.getLogger("hotrefresh.train")
 
 # "ract+bct": RACT's term on top of BCT's, the paper's own best (App. A.5): L = CE + lam * (ract + bct).
 LOSSES = ("ract", "vanilla", "bct", "ract+bct", "none")
-TRAINED_WITH_OF_LOSS = {"ract": "ract", "vanilla": "vanilla", "bct": "bct", "ract+bct": "ract+bct",
-                        "none": "independent"}
+TRAINED_WITH_OF_LOSS = {
+    "ract": "ract",
+    "vanilla": "vanilla",
+    "bct": "bct",
+    "ract+bct": "ract+bct",
+    "none": "independent",
+}
 _CONTRASTIVE = {"ract": "ract", "vanilla": "vanilla", "ract+bct": "ract"}  # loss -> its Eq. 5/6 term
 
 
@@ -156,8 +161,16 @@ def _bct_head(
 
 def _spec(cfg: TrainConfig) -> ModelMeta:
     """The input side of the model being trained, as its checkpoint will describe it."""
-    return ModelMeta(name="training", arch=cfg.arch, embedding_dim=cfg.embedding_dim, num_classes=cfg.num_classes,
-                     input_channels=cfg.input_channels, input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)
+    return ModelMeta(
+        name="training",
+        arch=cfg.arch,
+        embedding_dim=cfg.embedding_dim,
+        num_classes=cfg.num_classes,
+        input_channels=cfg.input_channels,
+        input_size=cfg.input_size,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
 
 
 def train_encoder(
@@ -182,8 +195,9 @@ def train_encoder(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
 
-    model = create_model(cfg.arch, cfg.embedding_dim, cfg.num_classes, cfg.input_channels,
-                         **cfg.arch_options).to(device)  # fmt: skip
+    model = create_model(cfg.arch, cfg.embedding_dim, cfg.num_classes, cfg.input_channels, **cfg.arch_options).to(
+        device
+    )
     x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     if old is not None:

@@ -39,25 +39,43 @@ def tune(
     for tau, lam, topk in itertools.product(taus, lams, topks):
         tag = f"tau{tau}_lam{lam}_top{topk}"
         cfg = replace(
-            base, seeds=[seed], orderings=["random"], tau=tau, lam=lam, topk=topk, overrides={},
+            base,
+            seeds=[seed],
+            orderings=["random"],
+            tau=tau,
+            lam=lam,
+            topk=topk,
+            overrides={},
             validation_size=base.validation_size or 10000,
-        )  # fmt: skip
+        )
         doc = run_seed(cfg, seed, out / tag, mdir / tag, progress)
         for c in doc["curves"]:
             maps = [p["map"] for p in c["points"]]
             nfrs = [p["nfr"] for p in c["points"] if p["nfr"] is not None]
-            row = {"method": c["method"], "tau": tau, "lam": lam, "topk": topk,
-                   "mean_map": float(np.mean(maps)), "map_at_0": maps[0], "map_at_100": maps[-1],
-                   "mean_nfr": float(np.mean(nfrs)) if nfrs else None,
-                   "old_to_old": doc["old_to_old"]["map"]}  # fmt: skip
+            row = {
+                "method": c["method"],
+                "tau": tau,
+                "lam": lam,
+                "topk": topk,
+                "mean_map": float(np.mean(maps)),
+                "map_at_0": maps[0],
+                "map_at_100": maps[-1],
+                "mean_nfr": float(np.mean(nfrs)) if nfrs else None,
+                "old_to_old": doc["old_to_old"]["map"],
+            }
             scores.append(row)
             log.info("tune %s %s: mean mAP %.4f", c["method"], tag, row["mean_map"])
     best = {}
     for m in {r["method"] for r in scores}:
         top = max((r for r in scores if r["method"] == m), key=lambda r: r["mean_map"])
         best[m] = {"tau": top["tau"], "lam": top["lam"], "topk": top["topk"]}
-    result = {"criterion": "mean mAP over the random-order backfill curve, validation split of the training set",
-              "seed": seed, "allocation": base.allocation, "best": best, "scores": scores}  # fmt: skip
+    result = {
+        "criterion": "mean mAP over the random-order backfill curve, validation split of the training set",
+        "seed": seed,
+        "allocation": base.allocation,
+        "best": best,
+        "scores": scores,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

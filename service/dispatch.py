@@ -34,8 +34,10 @@ def broker_conf(settings: Settings) -> dict[str, object]:
     ``global_keyprefix`` keeps every broker key under ``{redis_prefix}:celery:``."""
     prefix = keys.celery_prefix(settings)
     return {
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds,
-                                     "global_keyprefix": prefix},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "global_keyprefix": prefix,
+        },
         "result_backend_transport_options": {"global_keyprefix": prefix},
         "task_default_queue": queue_name(settings),
         "task_serializer": "json",

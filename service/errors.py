@@ -91,10 +91,22 @@ def dependency_down(exc: BaseException) -> DependencyDown | None:
 
 # What an exception handler for lost dependencies registers (``dependency_down`` sorts them).
 DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
-    sa_exc.DBAPIError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    sa_exc.DBAPIError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
 )
 
 __all__ = [
-    "DEPENDENCY_ERRORS", "BadRequest", "Conflict", "DependencyDown", "Forbidden", "NotFound", "ServiceError",
-    "TooLarge", "Unauthorized", "Unavailable", "UnknownModel", "dependency_down",
+    "DEPENDENCY_ERRORS",
+    "BadRequest",
+    "Conflict",
+    "DependencyDown",
+    "Forbidden",
+    "NotFound",
+    "ServiceError",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownModel",
+    "dependency_down",
 ]

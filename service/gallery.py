@@ -54,9 +54,14 @@ def check_ids(external_ids: Sequence[str]) -> None:
 
 
 def add_batch(
-    settings: Settings, redis: redis_lib.Redis, store: ImageStore, encoders: EncoderCache, uploads: Sequence[Upload],
-    *, what: str = "image",
-) -> list[Added]:  # fmt: skip
+    settings: Settings,
+    redis: redis_lib.Redis,
+    store: ImageStore,
+    encoders: EncoderCache,
+    uploads: Sequence[Upload],
+    *,
+    what: str = "image",
+) -> list[Added]:
     """Validate, encode, store, commit and log one batch; returns the rows added, in order.
     Raises BadRequest / TooLarge / Conflict (nothing written) as ``POST /gallery`` answers them."""
     ext_ids = [u.external_id for u in uploads]
@@ -82,10 +87,11 @@ def add_batch(
     vectors: dict[str, np.ndarray] = {m: e.embed_tensor(pixel_batch(blobs, e.meta, limit)) for m, e in encs.items()}
     keys = [store.put(data) for data in blobs]
     new = [
-        item_repo.NewItem(external_id=u.external_id, label=u.label, image_key=key,
-                          vectors={m: v[i] for m, v in vectors.items()})
+        item_repo.NewItem(
+            external_id=u.external_id, label=u.label, image_key=key, vectors={m: v[i] for m, v in vectors.items()}
+        )
         for i, (u, key) in enumerate(zip(uploads, keys, strict=True))
-    ]  # fmt: skip
+    ]
     try:
         with session_scope(settings.sqlalchemy_url) as s:
             rows = item_repo.add_items(s, new, active_model=gallery_model)

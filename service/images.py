@@ -42,8 +42,9 @@ def check_pixels(img: Image.Image, max_pixels: int, what: str) -> None:
     if w < 1 or h < 1:
         raise BadImage(f"{what} has unsupported dimensions {w}x{h}")
     if w * h > max_pixels:
-        raise ImageTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} "
-                            "(HOTREFRESH_MAX_IMAGE_PIXELS)")  # fmt: skip
+        raise ImageTooLarge(
+            f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (HOTREFRESH_MAX_IMAGE_PIXELS)"
+        )
 
 
 def open_stored(data: bytes, max_pixels: int, what: str = "stored image") -> Image.Image:
@@ -93,9 +94,7 @@ def pixel_batch(blobs: Sequence[bytes], meta: InputSpec, max_pixels: int = DEFAU
 def read_limited(stream: BinaryIO, max_bytes: int, what: str = "upload") -> bytes:
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UploadTooLarge(
-            f"{what} is larger than the limit of {max_bytes} bytes (HOTREFRESH_MAX_UPLOAD_BYTES)"
-        )
+        raise UploadTooLarge(f"{what} is larger than the limit of {max_bytes} bytes (HOTREFRESH_MAX_UPLOAD_BYTES)")
     return data
 
 
@@ -115,8 +114,9 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX
     except (BadImage, ImageTooLarge):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLarge(f"{what} declares more pixels than the limit of {max_pixels} "
-                            f"(HOTREFRESH_MAX_IMAGE_PIXELS): {e}") from e  # fmt: skip
+        raise ImageTooLarge(
+            f"{what} declares more pixels than the limit of {max_pixels} (HOTREFRESH_MAX_IMAGE_PIXELS): {e}"
+        ) from e
     except UnidentifiedImageError as e:
         raise BadImage(f"{what} is not a decodable image: {e}") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:

@@ -69,9 +69,7 @@ def ensure_epoch(r: redis_lib.Redis, settings: Settings) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def append(
-    r: redis_lib.Redis, settings: Settings, op: str, model: str | None = None, ids: Iterable[int] = ()
-) -> str:
+def append(r: redis_lib.Redis, settings: Settings, op: str, model: str | None = None, ids: Iterable[int] = ()) -> str:
     """Append one entry; call only after the SQL transaction it describes has committed."""
     if op not in OPS:
         raise ValueError(f"unknown index-log op {op!r}; expected one of {OPS}")
@@ -116,15 +114,22 @@ def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | Non
     try:
         entry_id = append(r, settings, staged.op, staged.model, staged.ids)
     except redis_lib.RedisError:
-        log.exception("index log append failed (op=%s, %d ids); the entry stays in the outbox and a "
-                      "replica's follower publishes it", staged.op, len(staged.ids))
+        log.exception(
+            "index log append failed (op=%s, %d ids); the entry stays in the outbox and a "
+            "replica's follower publishes it",
+            staged.op,
+            len(staged.ids),
+        )
         return None
     try:
         with session_scope(settings.sqlalchemy_url) as s:
             outbox.drop(s, [staged.outbox_id])
     except SQLAlchemyError:
-        log.exception("published index-log entry %s but could not drop outbox row %d; it will be "
-                      "published again (harmless)", entry_id, staged.outbox_id)
+        log.exception(
+            "published index-log entry %s but could not drop outbox row %d; it will be published again (harmless)",
+            entry_id,
+            staged.outbox_id,
+        )
     return entry_id
 
 
@@ -161,8 +166,11 @@ def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
         outbox.drop(s, [row.id for row in rows])
     if rows:
         INDEX_LOG_RELAYED.inc(len(rows))
-        log.warning("published %d index-log entries their writers had left staged (%s)", len(rows),
-                    ", ".join(sorted({row.op for row in rows})))
+        log.warning(
+            "published %d index-log entries their writers had left staged (%s)",
+            len(rows),
+            ", ".join(sorted({row.op for row in rows})),
+        )
     return len(rows)
 
 

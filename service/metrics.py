@@ -30,51 +30,75 @@ BACKFILL_ITEMS = Counter(
     "backfill_items", "Gallery items processed by backfill workers.", ["upgrade", "status"], namespace=NAMESPACE
 )
 BACKFILL_PROGRESS = Gauge(
-    "backfill_progress_ratio", "Fraction of the upgrade's items on the new model.", ["upgrade"],
-    namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "backfill_progress_ratio",
+    "Fraction of the upgrade's items on the new model.",
+    ["upgrade"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 BACKFILL_QUEUE_DEPTH = Gauge(
-    "backfill_queue_depth", "Items waiting in the backfill queue (not leased).", ["upgrade"],
-    namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "backfill_queue_depth",
+    "Items waiting in the backfill queue (not leased).",
+    ["upgrade"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 BACKFILL_BATCH_SECONDS = Histogram(
-    "backfill_batch_seconds", "Wall time to lease, encode, store and log one backfill batch.",
-    namespace=NAMESPACE, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    "backfill_batch_seconds",
+    "Wall time to lease, encode, store and log one backfill batch.",
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 # One series per query plan measured at the upgrade's checkpoints (under "auto": every candidate,
 # all written at each checkpoint, so none goes stale); SERVING_PLAN says which one replicas serve.
 LIVE_NFR = Gauge(
-    "live_nfr_ratio", "Negative-flip rate at top-1 of the probe set against the live mixed index, per query plan.",
-    ["upgrade", "plan"], namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "live_nfr_ratio",
+    "Negative-flip rate at top-1 of the probe set against the live mixed index, per query plan.",
+    ["upgrade", "plan"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 LIVE_MAP = Gauge(
-    "live_map_ratio", "mAP of the probe set against the live mixed index, per query plan.", ["upgrade", "plan"],
-    namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "live_map_ratio",
+    "mAP of the probe set against the live mixed index, per query plan.",
+    ["upgrade", "plan"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 SERVING_PLAN = Gauge(
-    "serving_plan", "1 for the query plan replicas serve during the upgrade, 0 for the other candidates.",
-    ["upgrade", "plan"], namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "serving_plan",
+    "1 for the query plan replicas serve during the upgrade, 0 for the other candidates.",
+    ["upgrade", "plan"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 GALLERY_VECTORS = Gauge(
-    "gallery_vectors", "Live vectors in this process's index, per model segment.", ["model"],
-    namespace=NAMESPACE, multiprocess_mode=_GAUGE_MODE,
+    "gallery_vectors",
+    "Live vectors in this process's index, per model segment.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
 )
 SEARCH_SECONDS = Histogram(
-    "search_seconds", "Wall time of POST /search (decode, encode, search).", namespace=NAMESPACE,
+    "search_seconds",
+    "Wall time of POST /search (decode, encode, search).",
+    namespace=NAMESPACE,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-SEARCH_REQUESTS = Counter(
-    "search_requests", "POST /search requests by outcome.", ["status"], namespace=NAMESPACE
-)
+SEARCH_REQUESTS = Counter("search_requests", "POST /search requests by outcome.", ["status"], namespace=NAMESPACE)
 INDEX_LOG_LAG = Gauge(
-    "index_log_lag_seconds", "Age of the newest index-log entry this replica has not yet applied.",
-    namespace=NAMESPACE, multiprocess_mode="max",
+    "index_log_lag_seconds",
+    "Age of the newest index-log entry this replica has not yet applied.",
+    namespace=NAMESPACE,
+    multiprocess_mode="max",
 )
 
 # Requests answered 503 because the database or Redis was unreachable (service.api.app), by
 # dependency; both series exist at 0 from the start, so increase() sees the first outage.
 DEPENDENCY_UNAVAILABLE = Counter(
-    "dependency_unavailable", "API requests answered 503 because a dependency was unreachable.", ["dependency"],
+    "dependency_unavailable",
+    "API requests answered 503 because a dependency was unreachable.",
+    ["dependency"],
     namespace=NAMESPACE,
 )
 for _dependency in ("database", "redis"):
@@ -83,8 +107,10 @@ for _dependency in ("database", "redis"):
 # No labels: the series exists at 0 from the start, so increase() sees the first relayed entry
 # (a series born at 3 has no increase); which ops were relayed is in the replica's log.
 INDEX_LOG_RELAYED = Counter(
-    "index_log_relayed", "Index-log entries a replica published for a writer that had left them staged "
-    "(died after its SQL commit, or Redis refused the append).", namespace=NAMESPACE,
+    "index_log_relayed",
+    "Index-log entries a replica published for a writer that had left them staged "
+    "(died after its SQL commit, or Redis refused the append).",
+    namespace=NAMESPACE,
 )
 
 

@@ -112,8 +112,10 @@ class BackfillQueue:
         if len(ids) != len(priorities):
             raise ValueError(f"push: {len(ids)} ids but {len(priorities)} priorities")
         for start in range(0, len(ids), _CHUNK):
-            mapping = {_member(i): float(p) for i, p in zip(ids[start:start + _CHUNK],
-                                                         priorities[start:start + _CHUNK], strict=True)}
+            mapping = {
+                _member(i): float(p)
+                for i, p in zip(ids[start : start + _CHUNK], priorities[start : start + _CHUNK], strict=True)
+            }
             pipe = self.redis.pipeline(transaction=True)
             # redis-py types hset's mapping with invariant FieldT keys, which refuses str keys
             pipe.hset(self.prio_key, mapping=cast(Mapping[FieldT, EncodableT], mapping))

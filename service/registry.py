@@ -140,9 +140,14 @@ def parse_metadata_upload(data: bytes) -> dict[str, Any]:
 
 
 def register(
-    session: Session, settings: Settings, cache: EncoderCache, path: Path, *, uploaded: bool,
+    session: Session,
+    settings: Settings,
+    cache: EncoderCache,
+    path: Path,
+    *,
+    uploaded: bool,
     metadata: dict[str, Any] | None = None,
-) -> tuple[ModelRow, bool]:  # fmt: skip
+) -> tuple[ModelRow, bool]:
     """Validate the encoder at ``path`` (a checkpoint, or a TorchScript encoder with ``metadata``
     or the metadata it carries) and add it to the registry (not committed).
 
@@ -157,12 +162,16 @@ def register(
     if metadata is not None and not scripted:
         if uploaded:
             path.unlink(missing_ok=True)
-        raise InvalidCheckpoint("metadata is only taken beside a TorchScript encoder; a hotrefresh checkpoint "
-                                "carries its own")  # fmt: skip
+        raise InvalidCheckpoint(
+            "metadata is only taken beside a TorchScript encoder; a hotrefresh checkpoint carries its own"
+        )
     try:
         try:
-            loaded = (load_torchscript(path, cache.device, metadata) if scripted
-                      else load_checkpoint(path, device=cache.device))  # fmt: skip
+            loaded = (
+                load_torchscript(path, cache.device, metadata)
+                if scripted
+                else load_checkpoint(path, device=cache.device)
+            )
         except CheckpointError as e:
             raise InvalidCheckpoint(str(e).replace(str(path), path.name)) from e
         meta = loaded.meta
@@ -172,8 +181,7 @@ def register(
             base = catalog.get_model(session, meta.compatible_with)
             if base is None:
                 raise IncompatibleModel(
-                    f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, "
-                    "which is not registered"
+                    f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, which is not registered"
                 )
             if base.embedding_dim != meta.embedding_dim:
                 raise IncompatibleModel(
@@ -209,6 +217,11 @@ def register(
     if first:
         catalog.set_serving_state(session, gallery_model=meta.name, query_model=meta.name)
     cache.put(meta.name, loaded)
-    log.info("registered model %s (%s, D=%d)%s", meta.name, meta.arch, meta.embedding_dim,
-             " as the serving model" if first else "")
+    log.info(
+        "registered model %s (%s, D=%d)%s",
+        meta.name,
+        meta.arch,
+        meta.embedding_dim,
+        " as the serving model" if first else "",
+    )
     return row, first

@@ -50,9 +50,7 @@ class TransitionError(Conflict):
 
     def __init__(self, upgrade_id: int, action: str, state: str | None) -> None:
         allowed = ", ".join(TRANSITIONS[action][0]) if action in TRANSITIONS else "-"
-        super().__init__(
-            f"cannot {action} upgrade {upgrade_id} in state {state!r} (allowed from: {allowed})"
-        )
+        super().__init__(f"cannot {action} upgrade {upgrade_id} in state {state!r} (allowed from: {allowed})")
         self.upgrade_id = upgrade_id
         self.action = action
         self.state = state

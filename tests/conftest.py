@@ -111,9 +111,7 @@ def tiny_checkpoints(settings_env: Settings) -> tuple[Path, Path]:
     root = settings_env.models_path
     root.mkdir(parents=True, exist_ok=True)
     make_tiny_checkpoint(root / "old.pt", "old", seed=0)
-    make_tiny_checkpoint(
-        root / "new.pt", "new", seed=1, arch="conv4", compatible_with="old", trained_with="ract"
-    )
+    make_tiny_checkpoint(root / "new.pt", "new", seed=1, arch="conv4", compatible_with="old", trained_with="ract")
     return root / "old.pt", root / "new.pt"
 
 
@@ -123,8 +121,9 @@ def make_gallery(
 ) -> Callable[..., Gallery]:
     def make(n: int = 80, corrupt: int = 0, labeled: bool = True) -> Gallery:
         images, labels = fmnist_test
-        return build_gallery(settings_env, images[:n], labels[:n] if labeled else None, *tiny_checkpoints,
-                             corrupt=corrupt)
+        return build_gallery(
+            settings_env, images[:n], labels[:n] if labeled else None, *tiny_checkpoints, corrupt=corrupt
+        )
 
     return make
 
@@ -185,5 +184,3 @@ def client(service_settings: Settings) -> Iterator[TestClient]:
 def fmnist(fmnist_test: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The first 400 Fashion-MNIST test images and labels (of the one read in tests/conftest.py)."""
     return fmnist_test[0][:400], fmnist_test[1][:400]
-
-

@@ -65,8 +65,14 @@ def lease_and_load(
     if gone:
         queue.remove(gone)
     present = [i for i in ids if i in keys]
-    pixels, ok, load_errors = load_pixels(ctx.images, [keys[i] for i in present], meta, ctx.settings.max_image_pixels,
-                                          decoders, ctx.settings.decode_threads)
+    pixels, ok, load_errors = load_pixels(
+        ctx.images,
+        [keys[i] for i in present],
+        meta,
+        ctx.settings.max_image_pixels,
+        decoders,
+        ctx.settings.decode_threads,
+    )
     ok_ids = [present[k] for k in ok]
     errors = {present[k]: err for k, err in load_errors.items()}
     job = None
@@ -141,8 +147,9 @@ def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded
         queue.ack([i for i in enc.errors if i not in failure.retry and i not in failure.failed])
         result.failed, result.retried = len(failure.failed), len(failure.retry)
         for i in failure.failed:
-            log.warning("upgrade %s: item %s failed %d times: %s", upgrade_id, i, ctx.settings.max_attempts,
-                        enc.errors[i])
+            log.warning(
+                "upgrade %s: item %s failed %d times: %s", upgrade_id, i, ctx.settings.max_attempts, enc.errors[i]
+            )
     label = str(upgrade_id)
     if result.done:
         BACKFILL_ITEMS.labels(label, "done").inc(result.done)
@@ -152,8 +159,6 @@ def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded
     return result
 
 
-def land_batch(
-    ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased, queue: BackfillQueue
-) -> BatchResult:
+def land_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leased, queue: BackfillQueue) -> BatchResult:
     """Encode and write one batch, synchronously."""
     return write_batch(ctx, upgrade_id, to_model, encode_batch(ctx, upgrade_id, to_model, batch), queue)

@@ -33,5 +33,6 @@ class WorkerContext:
         return self.settings.sqlalchemy_url
 
     def heartbeat(self, upgrade_id: int) -> None:
-        self.redis.set(keys.drain_alive(self.settings, upgrade_id), str(time.time()),
-                       ex=keys.liveness_ttl(self.settings))
+        self.redis.set(
+            keys.drain_alive(self.settings, upgrade_id), str(time.time()), ex=keys.liveness_ttl(self.settings)
+        )

@@ -99,11 +99,16 @@ class Drain:
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
         extra = self.ctx.settings.decode_threads - 1
-        decoders = ThreadPoolExecutor(extra, "decode", initializer=lower_thread_priority, initargs=nice) \
-            if extra > 0 else nullcontext()  # fmt: skip
-        with ThreadPoolExecutor(1, "load", initializer=lower_thread_priority, initargs=nice) as self._loader, \
-                ThreadPoolExecutor(1, "write", initializer=lower_thread_priority, initargs=nice) as self._writer, \
-                decoders as self._decoders:
+        decoders = (
+            ThreadPoolExecutor(extra, "decode", initializer=lower_thread_priority, initargs=nice)
+            if extra > 0
+            else nullcontext()
+        )
+        with (
+            ThreadPoolExecutor(1, "load", initializer=lower_thread_priority, initargs=nice) as self._loader,
+            ThreadPoolExecutor(1, "write", initializer=lower_thread_priority, initargs=nice) as self._writer,
+            decoders as self._decoders,
+        ):
             self._lease_next()
             try:
                 return self._loop()
@@ -164,8 +169,9 @@ class Drain:
 
     def _lease_next(self) -> None:
         assert self._loader is not None
-        self.pending = self._loader.submit(lease_and_load, self.ctx, self.queue, self.batch_size, self.to_model,
-                                           self._decoders)
+        self.pending = self._loader.submit(
+            lease_and_load, self.ctx, self.queue, self.batch_size, self.to_model, self._decoders
+        )
 
     def _submit_write(self, enc: Encoded) -> Future[BatchResult]:
         assert self._writer is not None

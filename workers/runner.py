@@ -40,8 +40,11 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
         start_http_server(metrics_port, addr="0.0.0.0", registry=registry)
-        log.info("worker metrics on :%d/metrics (PROMETHEUS_MULTIPROC_DIR=%s)", metrics_port,
-                 os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        log.info(
+            "worker metrics on :%d/metrics (PROMETHEUS_MULTIPROC_DIR=%s)",
+            metrics_port,
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+        )
 
     threads = _threads_per_child(settings, concurrency)
 
@@ -78,10 +81,17 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
     import torch
 
     device = "cuda" if settings.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    log.info("hotrefresh worker: %d processes, encoders on %s, queue %s", concurrency, device,
-             queue_name(settings))
-    argv = ["worker", f"--concurrency={concurrency}", "--pool=prefork", f"--queues={queue_name(settings)}",
-            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    log.info("hotrefresh worker: %d processes, encoders on %s, queue %s", concurrency, device, queue_name(settings))
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+        f"--queues={queue_name(settings)}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)

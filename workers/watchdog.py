@@ -33,15 +33,20 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
     """One look at every active upgrade; returns what was done (for tests and logs)."""
     actions: list[str] = []
     with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
-        ups = [(u.id, u.state, seconds_since(u.completed_at), seconds_since(u.updated_at))
-               for u in (upgrades.get_upgrade(s, i) for i in upgrades.active_upgrade_ids(s)) if u is not None]
+        ups = [
+            (u.id, u.state, seconds_since(u.completed_at), seconds_since(u.updated_at))
+            for u in (upgrades.get_upgrade(s, i) for i in upgrades.active_upgrade_ids(s))
+            if u is not None
+        ]
     kick_ttl = keys.liveness_ttl(settings)
     for upgrade_id, state, since_completed, since_update in ups:
         if state == SCORING:
             lock = keys.scoring_lock(settings, upgrade_id)
             # Leave a fresh upgrade to the task POST /upgrade sent; re-send only when none runs.
-            if (since_update or 0) > kick_ttl and not redis.exists(lock) and redis.set(
-                keys.kick(settings, upgrade_id, "score"), "1", nx=True, ex=kick_ttl
+            if (
+                (since_update or 0) > kick_ttl
+                and not redis.exists(lock)
+                and redis.set(keys.kick(settings, upgrade_id, "score"), "1", nx=True, ex=kick_ttl)
             ):
                 send_score(settings, upgrade_id)
                 actions.append(f"score:{upgrade_id}")
@@ -55,8 +60,10 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
                 redis.set(alive, "kick", ex=kick_ttl)
                 send_drains(settings, upgrade_id)
                 actions.append(f"drain:{upgrade_id}")
-        elif state == COMPLETED and settings.commit_grace_seconds is not None and (
-            since_completed is not None and since_completed >= settings.commit_grace_seconds
+        elif (
+            state == COMPLETED
+            and settings.commit_grace_seconds is not None
+            and (since_completed is not None and since_completed >= settings.commit_grace_seconds)
         ):
             try:
                 control.commit(settings, redis, upgrade_id)

@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "gallery_items",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("external_id", sa.String(length=256), nullable=False),
         sa.Column("label", sa.String(length=256), nullable=True),
         sa.Column("image_key", sa.String(length=128), nullable=False),
@@ -37,9 +35,7 @@ def upgrade() -> None:
 
     op.create_table(
         "models",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("arch", sa.String(length=64), nullable=False),
@@ -63,9 +59,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "upgrades",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("from_model", sa.String(length=128), nullable=False),
         sa.Column("to_model", sa.String(length=128), nullable=False),
         sa.Column("strategy", sa.String(length=16), nullable=False),
@@ -90,9 +84,7 @@ def upgrade() -> None:
 
     op.create_table(
         "backfill_failures",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("upgrade_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("item_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("external_id", sa.String(length=256), nullable=False),

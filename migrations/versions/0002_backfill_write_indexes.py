@@ -42,10 +42,16 @@ _FINISHED = sa.text("status <> 'pending'")
 def upgrade() -> None:
     with op.batch_alter_table("backfill_tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_backfill_tasks_upgrade_status")
-        batch_op.create_index("ix_backfill_tasks_pending", ["upgrade_id"], unique=False,
-                              sqlite_where=_PENDING, postgresql_where=_PENDING)
-        batch_op.create_index("ix_backfill_tasks_finished", ["upgrade_id", "status"], unique=False,
-                              sqlite_where=_FINISHED, postgresql_where=_FINISHED)
+        batch_op.create_index(
+            "ix_backfill_tasks_pending", ["upgrade_id"], unique=False, sqlite_where=_PENDING, postgresql_where=_PENDING
+        )
+        batch_op.create_index(
+            "ix_backfill_tasks_finished",
+            ["upgrade_id", "status"],
+            unique=False,
+            sqlite_where=_FINISHED,
+            postgresql_where=_FINISHED,
+        )
     with op.batch_alter_table("gallery_items", schema=None) as batch_op:
         batch_op.drop_index("ix_gallery_items_active_model")
 

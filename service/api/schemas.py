@@ -89,16 +89,20 @@ class ModelOut(BaseModel):
     created_at: UtcDatetime
     is_gallery_model: bool
     is_query_model: bool
-    lineage: list[str] = Field(description="This model, the model it declares compatibility with, and so on "
-                               "back to the first: the generations of a sequence of upgrades.")
-    replaced: str | None = Field(None, description="The model a committed upgrade moved the gallery from onto "
-                                 "this one; null if none did.")
+    lineage: list[str] = Field(
+        description="This model, the model it declares compatibility with, and so on "
+        "back to the first: the generations of a sequence of upgrades."
+    )
+    replaced: str | None = Field(
+        None, description="The model a committed upgrade moved the gallery from onto this one; null if none did."
+    )
     format: str = Field("checkpoint", description="checkpoint (hotrefresh's own) or torchscript (bring your own).")
     input_channels: int = Field(1, description="1 (grey) or 3 (RGB): what every image is converted to.")
     input_size: list[int] = Field([28, 28], description="[height, width] of the model's input.")
     resize: str = Field("stretch", description="center_crop (short side resized, centre crop) or stretch.")
-    has_classifier: bool = Field(True, description="False: registered without a head; only the random "
-                                 "backfill order applies to upgrades to it.")
+    has_classifier: bool = Field(
+        True, description="False: registered without a head; only the random backfill order applies to upgrades to it."
+    )
 
 
 class ModelsOut(BaseModel):

@@ -87,9 +87,7 @@ class Embedding(Base):
 
     __tablename__ = "embeddings"
 
-    item_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True
-    )
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalised
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -132,9 +130,7 @@ class BackfillTask(Base):
     __tablename__ = "backfill_tasks"
 
     upgrade_id: Mapped[int] = mapped_column(BigId, ForeignKey("upgrades.id", ondelete="CASCADE"), primary_key=True)
-    item_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True
-    )
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True)
     priority: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -144,10 +140,8 @@ class BackfillTask(Base):
     # joins another at its end instead of churning one (migration 0002). ``store.task_counts``
     # and ``store.pending_pairs`` are written to be answered from them.
     __table_args__ = (
-        Index("ix_backfill_tasks_pending", "upgrade_id",
-              sqlite_where=_PENDING, postgresql_where=_PENDING),
-        Index("ix_backfill_tasks_finished", "upgrade_id", "status",
-              sqlite_where=_FINISHED, postgresql_where=_FINISHED),
+        Index("ix_backfill_tasks_pending", "upgrade_id", sqlite_where=_PENDING, postgresql_where=_PENDING),
+        Index("ix_backfill_tasks_finished", "upgrade_id", "status", sqlite_where=_FINISHED, postgresql_where=_FINISHED),
     )
 
 

@@ -74,8 +74,9 @@ class TorchBackend(DenseBackend):
         scores, idx = [], []
         if self._faiss is not None:
             faiss, res = self._faiss
-            d, i = faiss.knn_gpu(res, q.contiguous(), rows, k, metric=faiss.METRIC_INNER_PRODUCT,
-                                 device=self.device.index or 0)  # fmt: skip
+            d, i = faiss.knn_gpu(
+                res, q.contiguous(), rows, k, metric=faiss.METRIC_INNER_PRODUCT, device=self.device.index or 0
+            )
             return d.cpu().numpy(), i.cpu().numpy()
         with torch.inference_mode():
             for s in range(0, len(q), step):

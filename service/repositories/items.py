@@ -105,9 +105,25 @@ def add_items(session: Session, items: Sequence[NewItem], active_model: str) -> 
     if not items:
         return []
     now = utcnow()
-    ids = [int(i) for i in session.connection().execute(_INSERT_ITEMS, [
-        {"external_id": it.external_id, "label": it.label, "image_key": it.image_key, "active_model": active_model,
-         "created_at": now} for it in items]).scalars().all()]  # fmt: skip
+    ids = [
+        int(i)
+        for i in session.connection()
+        .execute(
+            _INSERT_ITEMS,
+            [
+                {
+                    "external_id": it.external_id,
+                    "label": it.label,
+                    "image_key": it.image_key,
+                    "active_model": active_model,
+                    "created_at": now,
+                }
+                for it in items
+            ],
+        )
+        .scalars()
+        .all()
+    ]
     by_model: dict[str, list[int]] = {}
     for k, it in enumerate(items):
         for model in it.vectors:
@@ -137,9 +153,9 @@ _UPSERTS: dict[str, TextClause] = {}
 # values instead of four per row.
 _UPSERT_FROM = {
     "postgresql": "SELECT t.id, :model, substring(:blob from ((t.k - 1) * :nbytes + 1)::int for :nbytes), :now "
-                  "FROM unnest(:ids) WITH ORDINALITY AS t(id, k)",
+    "FROM unnest(:ids) WITH ORDINALITY AS t(id, k)",
     "sqlite": "SELECT j.value, :model, substr(:blob, j.key * :nbytes + 1, :nbytes), :now FROM json_each(:ids) AS j "
-              "WHERE true",  # WHERE: SQLite's parser needs it to tell ON CONFLICT from a join's ON
+    "WHERE true",  # WHERE: SQLite's parser needs it to tell ON CONFLICT from a join's ON
 }
 
 
@@ -154,10 +170,16 @@ def _vector_upsert(dialect: str) -> TextClause:
         if dialect not in _UPSERT_FROM:
             raise NotImplementedError(f"no vector upsert for the {dialect!r} dialect (PostgreSQL or SQLite)")
         _UPSERTS[dialect] = text(
-            "INSERT INTO embeddings (item_id, model, vector, created_at) " + _UPSERT_FROM[dialect]
+            "INSERT INTO embeddings (item_id, model, vector, created_at) "
+            + _UPSERT_FROM[dialect]
             + " ON CONFLICT (item_id, model) DO UPDATE SET vector = excluded.vector, created_at = excluded.created_at"
-        ).bindparams(id_param(), bindparam("model", type_=String()), bindparam("blob", type_=LargeBinary()),
-                     bindparam("nbytes", type_=Integer()), bindparam("now", type_=DateTime(timezone=True)))
+        ).bindparams(
+            id_param(),
+            bindparam("model", type_=String()),
+            bindparam("blob", type_=LargeBinary()),
+            bindparam("nbytes", type_=Integer()),
+            bindparam("now", type_=DateTime(timezone=True)),
+        )
     return _UPSERTS[dialect]
 
 
@@ -214,9 +236,7 @@ def get_vectors(session: Session, model: str, ids: Iterable[int]) -> tuple[np.nd
     return np.asarray(got_ids, dtype=np.int64), stack(blobs)
 
 
-def iter_model_vectors(
-    session: Session, model: str, *, chunk: int = 10_000
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_model_vectors(session: Session, model: str, *, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, vectors) of every stored vector of ``model``, streamed in id order, ``chunk`` rows at a
     time (keyset pagination, so memory stays bounded and no OFFSET scan grows with the table)."""
     after = -1
@@ -296,22 +316,28 @@ def image_keys(session: Session, ids: Iterable[int]) -> dict[int, str]:
 def external_ids_of(session: Session, ids: Iterable[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for chunk in id_chunks(ids):
-        out.update((int(i), e) for i, e in session.execute(
-            select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(chunk))))
+        out.update(
+            (int(i), e)
+            for i, e in session.execute(
+                select(GalleryItem.id, GalleryItem.external_id).where(GalleryItem.id.in_(chunk))
+            )
+        )
     return out
 
 
 def count_on_model(session: Session, model: str) -> int:
     """Items whose active model is ``model``."""
-    return int(session.scalar(select(func.count()).select_from(GalleryItem)
-                              .where(GalleryItem.active_model == model)) or 0)
+    return int(
+        session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.active_model == model)) or 0
+    )
 
 
 def fraction_on(session: Session, model: str) -> float:
     """Share of gallery items whose active model is ``model`` (one COUNT, no vectors read)."""
     total, on = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((GalleryItem.active_model == model, 1), else_=0)), 0))
-        .select_from(GalleryItem)
+        select(
+            func.count(), func.coalesce(func.sum(case((GalleryItem.active_model == model, 1), else_=0)), 0)
+        ).select_from(GalleryItem)
     ).one()
     return float(on / total) if total else 0.0
 
@@ -358,9 +384,7 @@ _LOCK_ITEMS = select(_items.c.id).where(in_ids(_items.c.id)).with_for_update()
 # Moves the items and locks their rows in one statement, returning the ids still in the gallery:
 # a concurrent DELETE of one either finished first (it is not returned) or waits for this
 # transaction. (A SELECT ... FOR UPDATE before the UPDATE wrote every row lock twice on PostgreSQL.)
-_SET_ACTIVE = (
-    update(_items).where(in_ids(_items.c.id)).values(active_model=bindparam("model")).returning(_items.c.id)
-)
+_SET_ACTIVE = update(_items).where(in_ids(_items.c.id)).values(active_model=bindparam("model")).returning(_items.c.id)
 
 
 def lock_items(session: Session, ids: Sequence[int]) -> list[int]:

@@ -35,7 +35,12 @@ def claim_staged_before(session: Session, cutoff: float, limit: int) -> list[Ind
     """The oldest entries staged at or before ``cutoff``, locked for this transaction (``FOR
     UPDATE SKIP LOCKED`` on PostgreSQL, so two replicas never claim the same row; SQLite
     serialises writers)."""
-    return list(session.scalars(
-        select(IndexLogOutbox).where(IndexLogOutbox.staged_at <= cutoff)
-        .order_by(IndexLogOutbox.id).limit(limit).with_for_update(skip_locked=True)
-    ))
+    return list(
+        session.scalars(
+            select(IndexLogOutbox)
+            .where(IndexLogOutbox.staged_at <= cutoff)
+            .order_by(IndexLogOutbox.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )

@@ -26,7 +26,8 @@ def get_upgrade(session: Session, upgrade_id: int) -> Upgrade | None:
     """The row, with the bulky JSON columns (baseline: the probes' query vectors; checkpoints)
     loaded only if touched: workers read the row around every batch."""
     return session.scalar(
-        select(Upgrade).where(Upgrade.id == int(upgrade_id))
+        select(Upgrade)
+        .where(Upgrade.id == int(upgrade_id))
         .options(defer(Upgrade.baseline), defer(Upgrade.checkpoints))
         .execution_options(populate_existing=True)
     )
@@ -59,9 +60,7 @@ def lock_state(session: Session, upgrade_id: int) -> str | None:
     """The upgrade's state, share-locked until the transaction ends (PostgreSQL ``FOR SHARE``;
     SQLite's ``BEGIN IMMEDIATE`` already serialises writers). A rollback's UPDATE waits for
     batches holding it, and a batch that starts after a rollback sees the new state."""
-    return session.scalar(
-        select(Upgrade.state).where(Upgrade.id == int(upgrade_id)).with_for_update(read=True)
-    )
+    return session.scalar(select(Upgrade.state).where(Upgrade.id == int(upgrade_id)).with_for_update(read=True))
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -88,8 +87,14 @@ def replace_tasks(
     ids, priorities = ids[order], priorities[order]
     now = utcnow()
     rows = [
-        {"upgrade_id": int(upgrade_id), "item_id": int(i), "priority": float(p), "status": "pending",
-         "attempts": 0, "updated_at": now}
+        {
+            "upgrade_id": int(upgrade_id),
+            "item_id": int(i),
+            "priority": float(p),
+            "status": "pending",
+            "attempts": 0,
+            "updated_at": now,
+        }
         for i, p in zip(ids.tolist(), priorities.tolist(), strict=True)
     ]
     for start in range(0, len(rows), 5000):
@@ -113,11 +118,12 @@ def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
     upgrade's tasks would read every task row: GET /upgrade asks this on every call)."""
     up = BackfillTask.upgrade_id == int(upgrade_id)
     counts = {"pending": 0, "done": 0, "failed": 0}
-    counts["pending"] = int(session.scalar(
-        select(func.count()).select_from(BackfillTask).where(up, BackfillTask.status == "pending")
-    ) or 0)
+    counts["pending"] = int(
+        session.scalar(select(func.count()).select_from(BackfillTask).where(up, BackfillTask.status == "pending")) or 0
+    )
     rows = session.execute(
-        select(BackfillTask.status, func.count()).where(up, BackfillTask.status != "pending")
+        select(BackfillTask.status, func.count())
+        .where(up, BackfillTask.status != "pending")
         .group_by(BackfillTask.status)
     )
     counts.update({str(s): int(n) for s, n in rows})
@@ -130,7 +136,8 @@ def done_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> list[in
     for chunk in id_chunks(list(ids)):
         out += session.scalars(
             select(BackfillTask.item_id).where(
-                BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == "done",
+                BackfillTask.upgrade_id == int(upgrade_id),
+                BackfillTask.status == "done",
                 BackfillTask.item_id.in_(chunk),
             )
         ).all()
@@ -153,12 +160,19 @@ def add_orphans(session: Session, upgrade: Upgrade) -> list[int]:
         now = utcnow()
         session.execute(
             insert(BackfillTask),
-            [{"upgrade_id": upgrade.id, "item_id": i, "priority": -1.0, "status": "pending", "attempts": 0,
-              "updated_at": now} for i in ids],
+            [
+                {
+                    "upgrade_id": upgrade.id,
+                    "item_id": i,
+                    "priority": -1.0,
+                    "status": "pending",
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                for i in ids
+            ],
         )
-        session.execute(
-            update(Upgrade).where(Upgrade.id == upgrade.id).values(total=Upgrade.total + len(ids))
-        )
+        session.execute(update(Upgrade).where(Upgrade.id == upgrade.id).values(total=Upgrade.total + len(ids)))
     return ids
 
 
@@ -173,8 +187,10 @@ _TASKS_DONE = (
 _upgrades = table(Upgrade)
 # Counts a batch's newly done tasks and reads the counts back in the same statement.
 _COUNT_DONE = (
-    update(_upgrades).where(_upgrades.c.id == bindparam("b_upgrade"))
-    .values(done=_upgrades.c.done + bindparam("n")).returning(_upgrades.c.done, _upgrades.c.total)
+    update(_upgrades)
+    .where(_upgrades.c.id == bindparam("b_upgrade"))
+    .values(done=_upgrades.c.done + bindparam("n"))
+    .returning(_upgrades.c.done, _upgrades.c.total)
 )
 
 
@@ -223,9 +239,7 @@ class FailureOutcome:
     failed: list[int]  # out of attempts: recorded in backfill_failures, status failed
 
 
-def record_errors(
-    session: Session, upgrade_id: int, errors: dict[int, str], max_attempts: int
-) -> FailureOutcome:
+def record_errors(session: Session, upgrade_id: int, errors: dict[int, str], max_attempts: int) -> FailureOutcome:
     """Count one more attempt for each item that could not be loaded or encoded."""
     upgrade_id = int(upgrade_id)
     if not errors or lock_state(session, upgrade_id) not in BATCH_MAY_COMMIT:
@@ -236,10 +250,13 @@ def record_errors(
         int(t.item_id): t
         for chunk in id_chunks(list(errors))
         for t in session.scalars(
-            select(BackfillTask).where(
-                BackfillTask.upgrade_id == upgrade_id, BackfillTask.item_id.in_(chunk),
+            select(BackfillTask)
+            .where(
+                BackfillTask.upgrade_id == upgrade_id,
+                BackfillTask.item_id.in_(chunk),
                 BackfillTask.status == "pending",
-            ).with_for_update()
+            )
+            .with_for_update()
         )
     }
     external = external_ids_of(session, rows)
@@ -248,25 +265,32 @@ def record_errors(
         if task.attempts >= max_attempts:
             task.status = "failed"
             failed.append(item_id)
-            session.add(BackfillFailure(
-                upgrade_id=upgrade_id, item_id=item_id, external_id=external.get(item_id, "?"),
-                attempts=task.attempts, error=errors[item_id][:2000],
-            ))
+            session.add(
+                BackfillFailure(
+                    upgrade_id=upgrade_id,
+                    item_id=item_id,
+                    external_id=external.get(item_id, "?"),
+                    attempts=task.attempts,
+                    error=errors[item_id][:2000],
+                )
+            )
         else:
             retry.append(item_id)
     if failed:
-        session.execute(
-            update(Upgrade).where(Upgrade.id == upgrade_id).values(failed=Upgrade.failed + len(failed))
-        )
+        session.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(failed=Upgrade.failed + len(failed)))
     session.flush()
     return FailureOutcome(retry, failed)
 
 
 def list_failures(session: Session, upgrade_id: int, limit: int = 100) -> list[BackfillFailure]:
-    return list(session.scalars(
-        select(BackfillFailure).where(BackfillFailure.upgrade_id == int(upgrade_id))
-        .order_by(BackfillFailure.id).limit(limit)
-    ))
+    return list(
+        session.scalars(
+            select(BackfillFailure)
+            .where(BackfillFailure.upgrade_id == int(upgrade_id))
+            .order_by(BackfillFailure.id)
+            .limit(limit)
+        )
+    )
 
 
 def active_upgrade(session: Session) -> Upgrade | None:
@@ -309,8 +333,9 @@ class RunState:
 
 def run_state(session: Session, upgrade_id: int) -> RunState:
     row = session.execute(
-        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total)
-        .where(Upgrade.id == int(upgrade_id))
+        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total).where(
+            Upgrade.id == int(upgrade_id)
+        )
     ).first()
     return RunState(None) if row is None else RunState(*row)
 

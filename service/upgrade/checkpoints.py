@@ -58,7 +58,11 @@ def set_live_gauges(upgrade_id: int, point: dict) -> None:
 
 
 def measure_point(
-    settings: Settings, upgrade_id: int, step: int, gallery: probes.Gallery | None = None, quiesced: bool = True,
+    settings: Settings,
+    upgrade_id: int,
+    step: int,
+    gallery: probes.Gallery | None = None,
+    quiesced: bool = True,
 ) -> dict | None:
     """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``);
     None when the upgrade has no baseline. A read-only transaction: reading the gallery must
@@ -71,13 +75,32 @@ def measure_point(
         current = serving_plan_of(s, up)
         if current is None or not up.baseline.get("old_queries_b64") or not up.baseline.get("probe_ids"):
             m = probes.measure(s, up.baseline, up.to_model, gallery)
-            return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
-                    "top1": m.top1, "at": time.time(), "quiesced": quiesced}
+            return {
+                "step": step,
+                "fraction": m.fraction,
+                "progress": progress,
+                "nfr": m.nfr,
+                "map": m.map,
+                "top1": m.top1,
+                "at": time.time(),
+                "quiesced": quiesced,
+            }
         choice = chooser.choose_at_cut(s, settings, up, current, gallery or probes.load_gallery(s), step)
     m = choice.measurement
-    return {"step": step, "fraction": m.fraction, "progress": progress, "nfr": m.nfr, "map": m.map,
-            "top1": m.top1, "at": time.time(), "quiesced": quiesced, "plan": choice.plan.name,
-            "candidates": choice.candidates, "nfr_bound": choice.nfr_bound, "serving_plan": choice.plan.to_json()}
+    return {
+        "step": step,
+        "fraction": m.fraction,
+        "progress": progress,
+        "nfr": m.nfr,
+        "map": m.map,
+        "top1": m.top1,
+        "at": time.time(),
+        "quiesced": quiesced,
+        "plan": choice.plan.name,
+        "candidates": choice.candidates,
+        "nfr_bound": choice.nfr_bound,
+        "serving_plan": choice.plan.to_json(),
+    }
 
 
 def serving_plan_of(session: Session, up: Upgrade) -> ServingPlan | None:
@@ -101,8 +124,12 @@ def serve(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, plan_json
 
 
 def record(
-    settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int,
-    gallery: probes.Gallery | None = None, quiesced: bool = True,
+    settings: Settings,
+    redis: redis_lib.Redis,
+    upgrade_id: int,
+    step: int,
+    gallery: probes.Gallery | None = None,
+    quiesced: bool = True,
 ) -> dict | None:
     """Measure and record one point, then apply the guardrail to it."""
     point = measure_point(settings, upgrade_id, step, gallery, quiesced)
@@ -119,9 +146,13 @@ def record(
     if guardrail is not None and nfr is not None and nfr > guardrail:
         try:
             with session_scope(settings.sqlalchemy_url) as s:
-                upgrades.transition(s, upgrade_id, "guardrail",
-                                 error=f"paused by the NFR guardrail: live NFR {nfr:.4f} > {guardrail:.4f} "
-                                       f"at {point['fraction']:.0%} backfilled")
+                upgrades.transition(
+                    s,
+                    upgrade_id,
+                    "guardrail",
+                    error=f"paused by the NFR guardrail: live NFR {nfr:.4f} > {guardrail:.4f} "
+                    f"at {point['fraction']:.0%} backfilled",
+                )
             log.warning("upgrade %s paused: live NFR %.4f above guardrail %.4f", upgrade_id, nfr, guardrail)
         except TransitionError:
             pass
@@ -172,8 +203,16 @@ def measure_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, 
         if not up.baseline.get("probe_ids"):
             # No labeled items, no probes: NFR/mAP are unavailable; record progress only and
             # do not stall the workers for a measurement that cannot be made.
-            point = {"step": step, "fraction": progress_of(up), "progress": progress_of(up), "nfr": None,
-                     "map": None, "top1": None, "at": time.time(), "quiesced": False}
+            point = {
+                "step": step,
+                "fraction": progress_of(up),
+                "progress": progress_of(up),
+                "nfr": None,
+                "map": None,
+                "top1": None,
+                "at": time.time(),
+                "quiesced": False,
+            }
             upgrades.append_checkpoint(s, upgrade_id, point)
             return point
     queue = BackfillQueue(redis, settings, upgrade_id)

@@ -30,8 +30,12 @@ def candidates(session: Session, up: Upgrade) -> list[str]:
     if up.plan != "auto":
         return [up.plan]
     old, new = catalog.get_model(session, up.from_model), catalog.get_model(session, up.to_model)
-    compatible = (old is not None and new is not None and new.compatible_with == old.name
-                  and new.embedding_dim == old.embedding_dim)  # fmt: skip
+    compatible = (
+        old is not None
+        and new is not None
+        and new.compatible_with == old.name
+        and new.embedding_dim == old.embedding_dim
+    )
     return [p for p in PLANS if p != "paper" or compatible]
 
 
@@ -45,8 +49,9 @@ class Pairs:
     new: np.ndarray
 
 
-def moved_pairs(session: Session, settings: Settings, up: Upgrade, gallery: probes.Gallery,
-                probe_set: probes.ProbeSet) -> Pairs | None:  # fmt: skip
+def moved_pairs(
+    session: Session, settings: Settings, up: Upgrade, gallery: probes.Gallery, probe_set: probes.ProbeSet
+) -> Pairs | None:
     on_new = gallery.on(up.to_model)
     if not on_new.any():
         return None
@@ -63,8 +68,13 @@ def moved_pairs(session: Session, settings: Settings, up: Upgrade, gallery: prob
 
 
 def fit(
-    settings: Settings, up: Upgrade, name: str, gallery: probes.Gallery, probe_set: probes.ProbeSet,
-    pairs: Pairs | None, codes: tuple[np.ndarray, np.ndarray],
+    settings: Settings,
+    up: Upgrade,
+    name: str,
+    gallery: probes.Gallery,
+    probe_set: probes.ProbeSet,
+    pairs: Pairs | None,
+    codes: tuple[np.ndarray, np.ndarray],
 ) -> PlanSpec:
     """One plan fitted at this cut (``codes``: ``probes.label_codes`` of the probes and gallery)."""
     if name == "paper":
@@ -75,9 +85,17 @@ def fit(
     new_labels = np.concatenate([p_codes, g_codes[on_new]])
     old_space = gallery.parts.get(up.from_model)
     new_space = np.concatenate([probe_set.queries, gallery.parts.get(up.to_model, probe_set.queries[:0])])
-    return build_spec(name, calibration=settings.plan_calibration, old_space=old_space, new_space=new_space,
-                      pairs=None if pairs is None else (pairs.old, pairs.new), transform=settings.plan_transform,
-                      seed=int(up.id), old_labels=old_labels, new_labels=new_labels)  # fmt: skip
+    return build_spec(
+        name,
+        calibration=settings.plan_calibration,
+        old_space=old_space,
+        new_space=new_space,
+        pairs=None if pairs is None else (pairs.old, pairs.new),
+        transform=settings.plan_transform,
+        seed=int(up.id),
+        old_labels=old_labels,
+        new_labels=new_labels,
+    )
 
 
 def estimated_final_nfr(
@@ -108,7 +126,12 @@ class Choice:
 
 
 def choose_at_cut(
-    session: Session, settings: Settings, up: Upgrade, current: ServingPlan, gallery: probes.Gallery, step: int,
+    session: Session,
+    settings: Settings,
+    up: Upgrade,
+    current: ServingPlan,
+    gallery: probes.Gallery,
+    step: int,
 ) -> Choice:
     """Fit and measure every candidate at this cut; the serving plan from here on. The scoring
     run's step 0 serves the start plan whatever the measurements say: nothing has moved yet."""

@@ -78,16 +78,20 @@ def start(
         if target.name == current.name:
             raise UpgradeRequestError(f"model {model!r} already is the gallery model")
         if strategy is None:
-            strategy = default_strategy(plan, target.embedding_dim == current.embedding_dim,
-                                        has_classifier=target.num_classes > 0)  # fmt: skip
+            strategy = default_strategy(
+                plan, target.embedding_dim == current.embedding_dim, has_classifier=target.num_classes > 0
+            )
         if target.num_classes == 0 and strategy != "random":
             raise UpgradeRequestError(
                 f"model {model!r} has no classifier head, and the {strategy!r} order scores old vectors "
                 "with the new classifier; use strategy random (or register the model with its head)"
             )
         if target.embedding_dim != current.embedding_dim and (plan == "paper" or strategy != "random"):
-            why = "the paper's plan compares the new query with old vectors" if plan == "paper" else (
-                f"the {strategy!r} order puts old vectors through the new classifier")
+            why = (
+                "the paper's plan compares the new query with old vectors"
+                if plan == "paper"
+                else (f"the {strategy!r} order puts old vectors through the new classifier")
+            )
             raise UpgradeRequestError(
                 f"model {model!r} embeds in {target.embedding_dim} dimensions, the gallery model "
                 f"{current.name!r} in {current.embedding_dim}, and {why}; use plan dual, transform or auto"
@@ -100,11 +104,23 @@ def start(
                 "(plans dual, transform and auto do not)"
             )
         total = item_repo.count_on_model(s, current.name)
-        row = upgrades.add_upgrade(s, Upgrade(
-            from_model=current.name, to_model=target.name, strategy=strategy, state=SCORING,
-            batch_size=batch_size or settings.batch_size, nfr_guardrail=nfr_guardrail, total=total,
-            done=0, failed=0, checkpoints=[], plan=plan, nfr_target=nfr_target,
-        ))
+        row = upgrades.add_upgrade(
+            s,
+            Upgrade(
+                from_model=current.name,
+                to_model=target.name,
+                strategy=strategy,
+                state=SCORING,
+                batch_size=batch_size or settings.batch_size,
+                nfr_guardrail=nfr_guardrail,
+                total=total,
+                done=0,
+                failed=0,
+                checkpoints=[],
+                plan=plan,
+                nfr_target=nfr_target,
+            ),
+        )
         catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)
         catalog.set_plan(s, plans.starting(plan, current.name, target.name).to_json())
         staged = indexlog.stage(s, "switch", target.name)
@@ -210,5 +226,15 @@ def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str
         upgrades.set_error(s, upgrade_id, error)
 
 
-__all__ = ["start", "act", "commit", "fail", "UpgradeRequestError", "UpgradeConflict",
-           "UpgradeNotFound", "TransitionError", "CANCELLED", "ROLLED_BACK"]
+__all__ = [
+    "start",
+    "act",
+    "commit",
+    "fail",
+    "UpgradeRequestError",
+    "UpgradeConflict",
+    "UpgradeNotFound",
+    "TransitionError",
+    "CANCELLED",
+    "ROLLED_BACK",
+]

@@ -13,8 +13,12 @@ from service.imagestore import ImageStore
 
 
 def load_pixels(
-    store: ImageStore, keys: Sequence[str], meta: InputSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
-    pool: Executor | None = None, workers: int = 1,
+    store: ImageStore,
+    keys: Sequence[str],
+    meta: InputSpec,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pool: Executor | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """The images at ``keys`` as one uint8 (n, C, H, W) batch at the model's mode and size (what
     ``LoadedModel.embed_tensor`` takes), the positions in ``keys`` it holds, and an error for

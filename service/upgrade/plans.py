@@ -47,13 +47,22 @@ class ServingPlan:
     def to_json(self) -> dict[str, Any]:
         t = self.spec.transform
         return {
-            "name": self.name, "version": self.version, "old_model": self.old_model, "new_model": self.new_model,
-            "old": self.spec.old.to_json(), "new": self.spec.new.to_json(), "mapped": self.spec.mapped.to_json(),
-            "transform": None if t is None else {
-                "kind": t.kind, "pairs": t.pairs, "shape": list(t.weight.shape),
+            "name": self.name,
+            "version": self.version,
+            "old_model": self.old_model,
+            "new_model": self.new_model,
+            "old": self.spec.old.to_json(),
+            "new": self.spec.new.to_json(),
+            "mapped": self.spec.mapped.to_json(),
+            "transform": None
+            if t is None
+            else {
+                "kind": t.kind,
+                "pairs": t.pairs,
+                "shape": list(t.weight.shape),
                 "weight_b64": base64.b64encode(np.ascontiguousarray(t.weight, "<f4").tobytes()).decode(),
             },
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ServingPlan:

@@ -47,8 +47,12 @@ class ProbeSet:
     old_queries: np.ndarray | None = None
 
     def to_json(self) -> dict:
-        d = {"probe_ids": self.ids.tolist(), "probe_labels": self.labels, "queries_b64": _b64(self.queries),
-             "dim": int(self.queries.shape[1]) if self.queries.size else 0}
+        d = {
+            "probe_ids": self.ids.tolist(),
+            "probe_labels": self.labels,
+            "queries_b64": _b64(self.queries),
+            "dim": int(self.queries.shape[1]) if self.queries.size else 0,
+        }
         if self.old_queries is not None:
             d["old_queries_b64"] = _b64(self.old_queries)
             d["old_dim"] = int(self.old_queries.shape[1]) if self.old_queries.size else 0
@@ -185,8 +189,9 @@ def leave_one_out_plan(
         stop = start + QUERY_CHUNK
         q_old = torch.from_numpy(np.array(probes.old_queries[start:stop], np.float32))
         q_new = torch.from_numpy(np.array(probes.queries[start:stop], np.float32))
-        res = evaluate_scores(mixed_scores(spec, q_old, q_new, g_old, g_new, moved), ql[start:stop], gl, k=k,
-                              exclude=exclude[start:stop])  # fmt: skip
+        res = evaluate_scores(
+            mixed_scores(spec, q_old, q_new, g_old, g_new, moved), ql[start:stop], gl, k=k, exclude=exclude[start:stop]
+        )
         top1[start:stop] = res.top1_correct
         ap[start:stop] = res.ap
     return top1, ap
@@ -213,12 +218,20 @@ def take_baseline(session: Session, probes: ProbeSet, old_model: str) -> dict:
         raise RuntimeError(f"{len(probes.ids) - len(got_ids)} probe items have no {old_model!r} vector")
     top1, ap = leave_one_out(old_q, got_ids, probes.labels, gallery, k)
     base = ProbeSet(probes.ids, probes.labels, probes.queries, old_q).to_json()
-    return {**base, "old_top1": top1.tolist(), "old_map": float(ap.mean()),
-            "old_top1_rate": float(top1.mean()), "map_k": k}
+    return {
+        **base,
+        "old_top1": top1.tolist(),
+        "old_map": float(ap.mean()),
+        "old_top1_rate": float(top1.mean()),
+        "map_k": k,
+    }
 
 
 def measure(
-    session: Session, baseline: dict, new_model: str, gallery: Gallery | None = None,
+    session: Session,
+    baseline: dict,
+    new_model: str,
+    gallery: Gallery | None = None,
     plan: ServingPlan | None = None,
 ) -> Measurement:
     """NFR@1 and mAP of the probes against the live mixed gallery (as loaded by

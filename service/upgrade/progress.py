@@ -61,8 +61,9 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts) or 0.0)
     if point is not None:
         checkpoints.set_live_gauges(upgrade_id, point)
-    log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id,
-             point and point["nfr"], point and point["map"])
+    log.info(
+        "upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point["nfr"], point and point["map"]
+    )
     return "completed"
 
 

@@ -35,13 +35,14 @@ log = logging.getLogger(__name__)
 SCORE_CHUNK = 65_536
 
 
-def compute_priorities(
-    session: Session, upgrade: Upgrade, new_model: LoadedModel
-) -> tuple[np.ndarray, np.ndarray]:
+def compute_priorities(session: Session, upgrade: Upgrade, new_model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
     # random never uses the classifier, and a model registered without one has none
     dim = new_model.meta.embedding_dim
-    w, b = (new_model.classifier_weights() if upgrade.strategy != "random"
-            else (np.zeros((0, dim), np.float32), np.zeros(0, np.float32)))  # fmt: skip
+    w, b = (
+        new_model.classifier_weights()
+        if upgrade.strategy != "random"
+        else (np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
+    )
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     chunks = (c for c in item_repo.iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
@@ -101,15 +102,29 @@ def run_scoring(
         checkpoints.serve(settings, redis, upgrade_id, plan_json)
     baseline["running_since"] = time.time()
     baseline["scoring_seconds"] = time.perf_counter() - t0
-    checkpoint = {"step": 0, "fraction": first.fraction, "progress": 0.0, "nfr": first.nfr, "map": first.map,
-                  "top1": first.top1, "at": time.time(), **extra}
+    checkpoint = {
+        "step": 0,
+        "fraction": first.fraction,
+        "progress": 0.0,
+        "nfr": first.nfr,
+        "map": first.map,
+        "top1": first.top1,
+        "at": time.time(),
+        **extra,
+    }
     try:
         with session_scope(url) as s:
-            upgrades.transition(s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint],
-                             nfr=first.nfr, map=first.map)
+            upgrades.transition(
+                s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint], nfr=first.nfr, map=first.map
+            )
     except TransitionError:
         queue.clear()  # rolled back or cancelled while scoring
         return False
-    log.info("upgrade %s scored: %d items, %d probes, %.1fs", upgrade_id, len(ids), len(probe_set.ids),
-             baseline["scoring_seconds"])
+    log.info(
+        "upgrade %s scored: %d items, %d probes, %.1fs",
+        upgrade_id,
+        len(ids),
+        len(probe_set.ids),
+        baseline["scoring_seconds"],
+    )
     return True

@@ -31,10 +31,13 @@ class Checkpoint(BaseModel):
     at: float = Field(description="Unix time of the measurement.")
     plan: str | None = Field(None, description="The serving plan measured (and, under auto, chosen) here.")
     nfr_bound: float | None = Field(
-        None, description="auto: the probe NFR@1 the chosen plan had to stay within at this cut (nfr_target, or "
-        "the finished upgrade's NFR@1 estimated here plus one point).")
+        None,
+        description="auto: the probe NFR@1 the chosen plan had to stay within at this cut (nfr_target, or "
+        "the finished upgrade's NFR@1 estimated here plus one point).",
+    )
     candidates: dict[str, dict[str, float | None]] | None = Field(
-        None, description="auto: every candidate plan's probe map and nfr at this cut.")
+        None, description="auto: every candidate plan's probe map and nfr at this cut."
+    )
 
 
 class Failure(BaseModel):
@@ -59,7 +62,8 @@ class UpgradeView(BaseModel):
     failed: int
     pending: int
     fraction: float | None = Field(
-        description="done / (done + pending + failed); null while scoring, before any task exists.")
+        description="done / (done + pending + failed); null while scoring, before any task exists."
+    )
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None
@@ -73,10 +77,13 @@ class UpgradeView(BaseModel):
     batch_size: int
     nfr_guardrail: float | None
     plan: str = Field(description="The plan asked for: paper, dual, transform or auto.")
-    nfr_target: float | None = Field(description="auto: the probe NFR@1 the serving plan stays within; null: "
-                                     "relative, the finished upgrade's estimated NFR@1 plus one point.")
+    nfr_target: float | None = Field(
+        description="auto: the probe NFR@1 the serving plan stays within; null: "
+        "relative, the finished upgrade's estimated NFR@1 plus one point."
+    )
     serving_plan: dict | None = Field(
-        description="The plan replicas serve now (name, version); null outside an active upgrade.")
+        description="The plan replicas serve now (name, version); null outside an active upgrade."
+    )
     created_at: UtcDatetime
     completed_at: UtcDatetime | None
 
@@ -86,18 +93,22 @@ def _serving_plan(session: Session, up: Upgrade) -> dict | None:
     plan = state.plan if state is not None else None
     if not plan or plan.get("new_model") != up.to_model or up.state not in ACTIVE:
         return None
-    return {"name": plan["name"], "version": plan["version"],
-            "transform_pairs": (plan.get("transform") or {}).get("pairs")}
+    return {
+        "name": plan["name"],
+        "version": plan["version"],
+        "transform_pairs": (plan.get("transform") or {}).get("pairs"),
+    }
 
 
-def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings,
-         failures_limit: int = 100) -> UpgradeView:
+def view(
+    session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings, failures_limit: int = 100
+) -> UpgradeView:
     counts = upgrades.task_counts(session, up.id)
     base = up.baseline or {}
     items_per_s = eta = None
     running_since = base.get("running_since")
     if running_since and up.done:
-        end = (up.completed_at.timestamp() if up.completed_at else time.time())
+        end = up.completed_at.timestamp() if up.completed_at else time.time()
         elapsed = max(1e-6, end - float(running_since))
         items_per_s = up.done / elapsed
         if up.state == RUNNING:
@@ -114,14 +125,31 @@ def view(session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings:
     summary = {k: base.get(k) for k in ("old_map", "old_top1_rate", "map_k") if k in base}
     summary["probes"] = len(base.get("probe_ids", []))
     return UpgradeView(
-        id=up.id, from_model=up.from_model, to_model=up.to_model, strategy=up.strategy, state=up.state,
-        total=up.total, done=counts["done"], failed=counts["failed"], pending=counts["pending"],
-        fraction=moved_fraction(counts, up.state), nfr=up.nfr, map=up.map, eta_s=eta, items_per_s=items_per_s,
-        queue_depth=depth, leased=leased, baseline=summary if base else None,
+        id=up.id,
+        from_model=up.from_model,
+        to_model=up.to_model,
+        strategy=up.strategy,
+        state=up.state,
+        total=up.total,
+        done=counts["done"],
+        failed=counts["failed"],
+        pending=counts["pending"],
+        fraction=moved_fraction(counts, up.state),
+        nfr=up.nfr,
+        map=up.map,
+        eta_s=eta,
+        items_per_s=items_per_s,
+        queue_depth=depth,
+        leased=leased,
+        baseline=summary if base else None,
         checkpoints=[Checkpoint.model_validate(p) for p in up.checkpoints or []],
         failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
-        error=up.error, batch_size=up.batch_size, nfr_guardrail=up.nfr_guardrail, plan=up.plan,
+        error=up.error,
+        batch_size=up.batch_size,
+        nfr_guardrail=up.nfr_guardrail,
+        plan=up.plan,
         nfr_target=up.nfr_target if up.nfr_target is not None else settings.nfr_target,
         serving_plan=_serving_plan(session, up),
-        created_at=up.created_at, completed_at=up.completed_at,
+        created_at=up.created_at,
+        completed_at=up.completed_at,
     )

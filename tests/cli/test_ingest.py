@@ -33,7 +33,9 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
         run = subprocess.run(
             [sys.executable, "-m", "cli", "ingest", str(root), "--batch-size", "4", "--url", api.url],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert run.returncode == 0, run.stderr
         assert "ingested 6 images" in run.stdout
@@ -42,7 +44,9 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         # Again: every id is taken now, so the API refuses and the command says why.
         again = subprocess.run(
             [sys.executable, "-m", "cli", "ingest", str(root), "--url", api.url],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert again.returncode == 1 and "409" in again.stderr and "already" in again.stderr
 
@@ -54,17 +58,40 @@ def test_ingest_colour_photos_into_a_colour_resnet(service_settings: Settings, t
 
     root = service_settings.models_path
     root.mkdir(parents=True, exist_ok=True)
-    make_tiny_checkpoint(root / "rgb.pt", "rgb", arch="resnet18", input_channels=3, input_size=(48, 48),
-                         arch_options={"width": 4, "blocks": [1, 1, 1, 1], "stem": "small"})  # fmt: skip
+    make_tiny_checkpoint(
+        root / "rgb.pt",
+        "rgb",
+        arch="resnet18",
+        input_channels=3,
+        input_size=(48, 48),
+        arch_options={"width": 4, "blocks": [1, 1, 1, 1], "stem": "small"},
+    )
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with System(tmp_path / "system") as system:
         api = system.start_api()
         r = httpx.post(f"{api.url}/models", data={"path": "rgb.pt"}, headers=auth)
         assert r.status_code == 201 and r.json()["input_channels"] == 3, r.text
         run = subprocess.run(
-            [sys.executable, "-m", "cli", "ingest", "--fashion-mnist", "--colour", "--limit", "20", "--offset", "5",
-             "--batch-size", "8", "--url", api.url], capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "ingest",
+                "--fashion-mnist",
+                "--colour",
+                "--limit",
+                "20",
+                "--offset",
+                "5",
+                "--batch-size",
+                "8",
+                "--url",
+                api.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         item = httpx.get(f"{api.url}/gallery/fmnist-test-00024").json()
         assert item["model"] == "rgb" and item["index_model"] == "rgb"
@@ -99,9 +126,26 @@ def test_bulk_ingest_writes_straight_to_sql_and_a_running_api_sees_it(
         assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
         # 9,995 .. 10,014 of the test split twice over: the last five originals and the first fifteen copies
         run = subprocess.run(
-            [sys.executable, "-m", "cli", "ingest", "--bulk", "--fashion-mnist", "--copies", "2", "--offset", "9995",
-             "--limit", "20", "--batch-size", "8"], capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "ingest",
+                "--bulk",
+                "--fashion-mnist",
+                "--copies",
+                "2",
+                "--offset",
+                "9995",
+                "--limit",
+                "20",
+                "--batch-size",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert run.returncode == 0, run.stderr
         assert "ingested 20 images" in run.stdout
         assert wait_caught_up(api.url, settings_env)["counts"] == {"old": 20}  # it applied the bulk loader's log
@@ -113,8 +157,9 @@ def test_bulk_ingest_writes_straight_to_sql_and_a_running_api_sees_it(
         (root / "cats").mkdir(parents=True)
         (root / "cats" / "good.png").write_bytes(synthetic_png(1))
         (root / "cats" / "bad.png").write_bytes(b"\\x89PNG\\r\\n\\x1a\\nbroken")
-        bad = subprocess.run([sys.executable, "-m", "cli", "ingest", "--bulk", str(root)],
-                             capture_output=True, text=True, timeout=180)  # fmt: skip
+        bad = subprocess.run(
+            [sys.executable, "-m", "cli", "ingest", "--bulk", str(root)], capture_output=True, text=True, timeout=180
+        )
         assert bad.returncode == 1 and "422" in bad.stderr and "decod" in bad.stderr, bad.stderr
         assert httpx.get(f"{api.url}/gallery/cats/good.png").status_code == 404
         assert wait_caught_up(api.url, settings_env)["counts"] == {"old": 20}

@@ -23,13 +23,45 @@ def test_train_new_model_without_old_is_refused(tmp_path: Path) -> None:
 
 
 def test_train_then_evaluate_on_fashion_mnist(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["train", "--out", str(tmp_path / "o.pt"), "--name", "o", "--limit", "300",
-                            "--epochs", "1", "--embedding-dim", "16", "--no-progress"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "o.pt"),
+            "--name",
+            "o",
+            "--limit",
+            "300",
+            "--epochs",
+            "1",
+            "--embedding-dim",
+            "16",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     make_tiny_checkpoint(tmp_path / "n.pt", "n", arch="conv4", embedding_dim=16, compatible_with="o")
-    r = runner.invoke(app, ["evaluate", "--old", str(tmp_path / "o.pt"), "--new", f"ract={tmp_path / 'n.pt'}",
-                            "--out", str(tmp_path / "ev"), "--queries", "50", "--gallery", "200",
-                            "--orderings", "random,margin", "--fractions", "0,50,100"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--old",
+            str(tmp_path / "o.pt"),
+            "--new",
+            f"ract={tmp_path / 'n.pt'}",
+            "--out",
+            str(tmp_path / "ev"),
+            "--queries",
+            "50",
+            "--gallery",
+            "200",
+            "--orderings",
+            "random,margin",
+            "--fractions",
+            "0,50,100",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "ev" / "curve.json").read_text())
     assert [p["fraction"] for p in doc["curves"][0]["points"]] == [0.0, 0.5, 1.0]
@@ -46,10 +78,38 @@ def test_train_a_colour_resnet_with_the_papers_augmentation_then_export_it(tmp_p
     from models.torchscript import load_encoder
 
     ckpt = tmp_path / "r.pt"
-    r = runner.invoke(app, ["train", "--out", str(ckpt), "--name", "r18", "--arch", "resnet18", "--size", "64",
-                            "--channels", "3", "--augment", "--width", "8", "--blocks", "1,1,1,1",
-                            "--dataset", "fashion-colour", "--limit", "128", "--epochs", "1", "--batch-size", "64",
-                            "--embedding-dim", "16", "--no-progress"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(ckpt),
+            "--name",
+            "r18",
+            "--arch",
+            "resnet18",
+            "--size",
+            "64",
+            "--channels",
+            "3",
+            "--augment",
+            "--width",
+            "8",
+            "--blocks",
+            "1,1,1,1",
+            "--dataset",
+            "fashion-colour",
+            "--limit",
+            "128",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--embedding-dim",
+            "16",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     meta = load_checkpoint(ckpt, "cpu").meta
     assert (meta.arch, meta.input_channels, meta.input_size) == ("resnet18", 3, (64, 64))

@@ -75,8 +75,9 @@ def selectors(expr: str) -> list[str]:
     return list(seen)
 
 
-def local_config(targets: Mapping[str, Sequence[str]], *, rule_files: Sequence[Path] = (ALERTS_YML,),
-                interval: str = "1s") -> dict[str, Any]:
+def local_config(
+    targets: Mapping[str, Sequence[str]], *, rule_files: Sequence[Path] = (ALERTS_YML,), interval: str = "1s"
+) -> dict[str, Any]:
     """docker/prometheus.yml with its service discovery replaced by ``targets`` per job
     (``host:port``), short intervals, and rule files by absolute path. Every job named in
     ``targets`` must exist in the deployment config, so the test scrapes what production
@@ -89,12 +90,14 @@ def local_config(targets: Mapping[str, Sequence[str]], *, rule_files: Sequence[P
     scrape_configs = []
     for name, addrs in targets.items():
         job = {k: v for k, v in jobs[name].items() if not k.endswith("_sd_configs") and k != "static_configs"}
-        job.update(scrape_interval=interval, scrape_timeout=interval,
-                   static_configs=[{"targets": list(addrs)}])
+        job.update(scrape_interval=interval, scrape_timeout=interval, static_configs=[{"targets": list(addrs)}])
         scrape_configs.append(job)
     return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "external_labels": base.get("global", {}).get("external_labels", {})},
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "external_labels": base.get("global", {}).get("external_labels", {}),
+        },
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": scrape_configs,
     }
@@ -177,9 +180,7 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def run_prometheus(
-    workdir: Path, config: Mapping[str, Any], *, timeout: float = 30.0
-) -> Iterator[Prometheus]:
+def run_prometheus(workdir: Path, config: Mapping[str, Any], *, timeout: float = 30.0) -> Iterator[Prometheus]:
     """Start Prometheus on a free loopback port with a temporary TSDB; always stopped on exit."""
     binary = prometheus_binary()
     if binary is None:
@@ -191,10 +192,17 @@ def run_prometheus(
     log_path = workdir / "prometheus.log"
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h",
-             "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     prom = Prometheus(f"http://127.0.0.1:{port}", popen, log_path)
     try:

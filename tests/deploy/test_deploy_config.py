@@ -30,9 +30,7 @@ from tests.deploy.prom import (
 )
 
 COMPOSE = REPO / "docker-compose.yml"
-needs_promtool = pytest.mark.skipif(
-    promtool_binary() is None, reason="promtool not installed (Debian 'prometheus')"
-)
+needs_promtool = pytest.mark.skipif(promtool_binary() is None, reason="promtool not installed (Debian 'prometheus')")
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,8 +66,11 @@ def test_promtool_check_rules() -> None:
     r = _promtool("check", "rules", str(ALERTS_YML))
     assert r.returncode == 0, r.stdout + r.stderr
     assert {rule["alert"] for rule in alert_rules()} >= {
-        "HotrefreshLiveNfrOverGuardrail", "HotrefreshBackfillStalled", "HotrefreshQueueNotShrinking",
-        "HotrefreshWorkerDown", "HotrefreshIndexLogLagHigh",
+        "HotrefreshLiveNfrOverGuardrail",
+        "HotrefreshBackfillStalled",
+        "HotrefreshQueueNotShrinking",
+        "HotrefreshWorkerDown",
+        "HotrefreshIndexLogLagHigh",
     }
 
 
@@ -84,8 +85,14 @@ def test_alert_rules_fire_and_stay_quiet() -> None:
 def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     """Each query becomes a recording rule; promtool parses it with Prometheus's own parser."""
     exprs = [e for _, e in dashboard_queries()] + [e for _, e in dashboard_annotation_queries()]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"hotrefresh:dashboard_query:{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"hotrefresh:dashboard_query:{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
     r = _promtool("check", "rules", str(path))
@@ -99,9 +106,19 @@ def test_dashboard_is_well_formed() -> None:
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     titles = {p["title"] for p in board["panels"]}
-    for wanted in ("Backfill progress", "Throughput", "ETA", "Queue depth", "Live NFR", "Live mAP",
-                   "Vectors per model", "Failures", "Search latency p50 / p99", "Search requests by status",
-                   "Index log lag"):
+    for wanted in (
+        "Backfill progress",
+        "Throughput",
+        "ETA",
+        "Queue depth",
+        "Live NFR",
+        "Live mAP",
+        "Vectors per model",
+        "Failures",
+        "Search latency p50 / p99",
+        "Search requests by status",
+        "Index log lag",
+    ):
         assert wanted in titles
     datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
     uid = datasource["datasources"][0]["uid"]

@@ -77,20 +77,22 @@ def test_dashboard_and_alerts_on_a_real_upgrade(system: System, tmp_path: Path) 
 
     old_ckpt, new_ckpt = tmp_path / "old.pt", tmp_path / "new.pt"
     make_tiny_checkpoint(old_ckpt, "mon-old", arch="conv2", seed=0)
-    make_tiny_checkpoint(
-        new_ckpt, "mon-new", arch="conv4", compatible_with="mon-old", trained_with="ract", seed=1
-    )
+    make_tiny_checkpoint(new_ckpt, "mon-new", arch="conv4", compatible_with="mon-old", trained_with="ract", seed=1)
     pixels, labels = load_fashion_mnist("test")
     pngs = [_png(pixels[i]) for i in range(N_GALLERY)]
 
     api = system.start_api()
     worker = system.start_worker(concurrency=1)
     assert api.url and worker.url
-    targets = {"hotrefresh-api": [api.url.removeprefix("http://")],
-               "hotrefresh-worker": [worker.url.removeprefix("http://")]}
+    targets = {
+        "hotrefresh-api": [api.url.removeprefix("http://")],
+        "hotrefresh-worker": [worker.url.removeprefix("http://")],
+    }
 
-    with run_prometheus(tmp_path / "prometheus", local_config(targets)) as prom, \
-            httpx.Client(base_url=api.url, timeout=60.0) as client:
+    with (
+        run_prometheus(tmp_path / "prometheus", local_config(targets)) as prom,
+        httpx.Client(base_url=api.url, timeout=60.0) as client,
+    ):
         prom.wait_targets_up(2)
 
         for ckpt in (old_ckpt, new_ckpt):
@@ -101,11 +103,19 @@ def test_dashboard_and_alerts_on_a_real_upgrade(system: System, tmp_path: Path) 
         for start in range(0, last, 40):
             batch = range(start, min(start + 40, last))
             data = {"external_id": [f"fm-{i}" for i in batch], "label": [str(int(labels[i])) for i in batch]}
-            r = client.post("/gallery", headers=AUTH, data=data,
-                            files=[("image", (f"{i}.png", pngs[i], "image/png")) for i in batch])
+            r = client.post(
+                "/gallery",
+                headers=AUTH,
+                data=data,
+                files=[("image", (f"{i}.png", pngs[i], "image/png")) for i in batch],
+            )
             assert r.status_code == 201, r.text
-        r = client.post("/gallery", headers=AUTH, data={"external_id": f"fm-{last}"},
-                        files=[("image", (f"{last}.png", pngs[last], "image/png"))])
+        r = client.post(
+            "/gallery",
+            headers=AUTH,
+            data={"external_id": f"fm-{last}"},
+            files=[("image", (f"{last}.png", pngs[last], "image/png"))],
+        )
         assert r.status_code == 201, r.text
         store = LocalImageStore(Path(system.env["HOTREFRESH_DATA_DIR"]) / "images")
         store.path_for(content_key(pngs[last])).write_bytes(b"not an image any more")
@@ -114,8 +124,7 @@ def test_dashboard_and_alerts_on_a_real_upgrade(system: System, tmp_path: Path) 
         searcher = threading.Thread(target=_searches, args=(api.url, pngs[:20], stop), daemon=True)
         searcher.start()
         try:
-            r = client.post("/upgrade", headers=AUTH,
-                            json={"model": "mon-new", "strategy": "margin", "batch_size": 16})
+            r = client.post("/upgrade", headers=AUTH, json={"model": "mon-new", "strategy": "margin", "batch_size": 16})
             assert r.status_code == 202, r.text
             upgrade_id = r.json()["id"]
             deadline = time.monotonic() + 120
@@ -134,8 +143,11 @@ def test_dashboard_and_alerts_on_a_real_upgrade(system: System, tmp_path: Path) 
             deadline = time.monotonic() + 30
             while True:
                 results = {title: prom.query(expr) for title, expr in queries}
-                missing = [t for t, res in results.items()
-                           if not res or not all(math.isfinite(float(s["value"][1])) for s in res)]
+                missing = [
+                    t
+                    for t, res in results.items()
+                    if not res or not all(math.isfinite(float(s["value"][1])) for s in res)
+                ]
                 if not missing or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)

@@ -44,8 +44,7 @@ def test_torchscript_encoders_take_rgb_jpegs_through_a_whole_upgrade(settings_en
     root = settings_env.models_path
     save_user_encoder(root / "user-v1.pt", "user-v1", classes=None, size=40, seed=1)  # no head
     v2 = tmp_path / "upload" / "user-v2.pt"
-    v2_meta = save_user_encoder(v2, "user-v2", classes=10, size=48, seed=2, compatible_with="user-v1",
-                                sidecar=False)  # fmt: skip
+    v2_meta = save_user_encoder(v2, "user-v2", classes=10, size=48, seed=2, compatible_with="user-v1", sidecar=False)
     headless = tmp_path / "upload" / "user-v2-headless.pt"
     save_user_encoder(headless, "user-v2-headless", classes=None, size=48, seed=3, sidecar=False)
     jpegs = _jpegs(N)
@@ -66,24 +65,32 @@ def test_torchscript_encoders_take_rgb_jpegs_through_a_whole_upgrade(settings_en
 
         for start in range(0, N, 16):
             files = [("image", (f"{k}.jpg", jpegs[k], "image/jpeg")) for k in range(start, start + 16)]
-            data = {"external_id": [f"p{k}" for k in range(start, start + 16)],
-                    "label": [str(k % 10) for k in range(start, start + 16)]}  # fmt: skip
+            data = {
+                "external_id": [f"p{k}" for k in range(start, start + 16)],
+                "label": [str(k % 10) for k in range(start, start + 16)],
+            }
             r = httpx.post(f"{api.url}/gallery", files=files, data=data, headers=ADMIN, timeout=60)
             assert r.status_code == 201, r.text
 
         # a model without a head cannot score old vectors: the uncertainty orders are refused
-        r = httpx.post(f"{api.url}/upgrade", json={"model": "user-v2-headless", "strategy": "margin"},
-                       headers=ADMIN, timeout=30)  # fmt: skip
+        r = httpx.post(
+            f"{api.url}/upgrade", json={"model": "user-v2-headless", "strategy": "margin"}, headers=ADMIN, timeout=30
+        )
         assert r.status_code == 422 and "random" in r.json()["detail"], r.text
 
         worker = system.start_worker(name="w1")
         logs = logs_of(api, worker)
-        r = httpx.post(f"{api.url}/upgrade", json={"model": "user-v2", "strategy": "margin", "batch_size": 8,
-                                                   "plan": "paper"}, headers=ADMIN, timeout=30)  # fmt: skip
+        r = httpx.post(
+            f"{api.url}/upgrade",
+            json={"model": "user-v2", "strategy": "margin", "batch_size": 8, "plan": "paper"},
+            headers=ADMIN,
+            timeout=30,
+        )
         assert r.status_code == 202, r.text
         uid = r.json()["id"]
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
-                         "the upgrade to complete", logs)
+        final = wait_for(
+            lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240, "the upgrade to complete", logs
+        )
         assert final["done"] == N and final["failed"] == 0, final  # type: ignore[index]
         r = httpx.post(f"{api.url}/upgrade/{uid}/commit", headers=ADMIN, timeout=30)
         assert r.status_code == 200, r.text
@@ -91,8 +98,9 @@ def test_torchscript_encoders_take_rgb_jpegs_through_a_whole_upgrade(settings_en
         models = {m["name"]: m for m in httpx.get(f"{api.url}/models").json()["models"]}
         assert models["user-v2"]["is_gallery_model"] and models["user-v2"]["replaced"] == "user-v1"
         for k in range(0, N, 7):
-            r = httpx.post(f"{api.url}/search", files={"image": ("q.jpg", jpegs[k], "image/jpeg")},
-                           params={"k": 3}, timeout=30)  # fmt: skip
+            r = httpx.post(
+                f"{api.url}/search", files={"image": ("q.jpg", jpegs[k], "image/jpeg")}, params={"k": 3}, timeout=30
+            )
             assert r.status_code == 200, r.text
             top = r.json()["results"][0]
             assert (top["external_id"], top["model"]) == (f"p{k}", "user-v2"), r.json()

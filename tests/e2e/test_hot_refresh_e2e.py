@@ -38,8 +38,9 @@ N = 300
 TOLERANCE = 0.01  # one point
 
 
-def _offline_point(live: dict, order: np.ndarray, g_old: torch.Tensor, g_new: torch.Tensor, labels: np.ndarray,
-                   old_top1: np.ndarray) -> dict:
+def _offline_point(
+    live: dict, order: np.ndarray, g_old: torch.Tensor, g_new: torch.Tensor, labels: np.ndarray, old_top1: np.ndarray
+) -> dict:
     """The plan the service chose at this checkpoint, fitted and measured offline at the same cut."""
     from models.plans import build_spec, mixed_scores
 
@@ -48,10 +49,15 @@ def _offline_point(live: dict, order: np.ndarray, g_old: torch.Tensor, g_new: to
     mask = torch.zeros(len(order), dtype=torch.bool)
     mask[torch.as_tensor(moved, dtype=torch.long)] = True
     old_np, new_np = g_old.numpy(), g_new.numpy()
-    spec = build_spec(live.get("plan") or "paper", old_space=old_np[~mask.numpy()],
-                      new_space=np.concatenate([new_np, new_np[moved]]), pairs=(old_np[moved], new_np[moved]))
-    r = evaluate_scores(mixed_scores(spec, g_old, g_new, g_old, g_new, mask), labels, labels,
-                        exclude=np.arange(len(order)))  # fmt: skip
+    spec = build_spec(
+        live.get("plan") or "paper",
+        old_space=old_np[~mask.numpy()],
+        new_space=np.concatenate([new_np, new_np[moved]]),
+        pairs=(old_np[moved], new_np[moved]),
+    )
+    r = evaluate_scores(
+        mixed_scores(spec, g_old, g_new, g_old, g_new, mask), labels, labels, exclude=np.arange(len(order))
+    )
     return {"map": r.map, "nfr": negative_flip_rate(old_top1, r.top1_correct)}
 
 
@@ -59,15 +65,21 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 @pytest.mark.parametrize("plan", ["paper", "auto"])
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_http_only_hot_refresh_live_metrics_match_offline_curve(
-    settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
-    tmp_path: Path, plan: str,
+    settings_env: Settings,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    plan: str,
 ) -> None:
     images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
     settings_env.models_path.mkdir(parents=True, exist_ok=True)
@@ -84,25 +96,45 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
         r = httpx.post(f"{api.url}/upgrade", json=body, headers=ADMIN, timeout=30)
         assert r.status_code == 202, r.text
         uid = r.json()["id"]
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240,
-                         "the upgrade to complete", logs)
+        final = wait_for(
+            lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 240, "the upgrade to complete", logs
+        )
         models = httpx.get(f"{api.url}/models").json()
         # the operator's CLI reads the same thing through the API
-        cli = subprocess.run([sys.executable, "-m", "cli", "upgrade", "status", str(uid), "--json",
-                              "--api", api.url], capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            [sys.executable, "-m", "cli", "upgrade", "status", str(uid), "--json", "--api", api.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["state"] == "completed"
-        refused = subprocess.run([sys.executable, "-m", "cli", "upgrade", "pause", str(uid), "--api", api.url,
-                                  "--token", ADMIN["Authorization"].split()[1]], capture_output=True, text=True,
-                                 timeout=60)
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "upgrade",
+                "pause",
+                str(uid),
+                "--api",
+                api.url,
+                "--token",
+                ADMIN["Authorization"].split()[1],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 1 and "409" in refused.stderr
         scraped = [scrape(w.url) for w in workers]
         # both worker processes did part of the work
         done_by = {w.name: w.log_tail(400).count("succeeded") for w in workers}
     assert all(n > 0 for n in done_by.values()), done_by
     # each worker's /metrics sums its pool processes; across workers the counters add up to N
-    done_counts = [m.get(("hotrefresh_backfill_items_total", (("status", "done"), ("upgrade", str(uid)))), 0.0)
-                   for m in scraped]
+    done_counts = [
+        m.get(("hotrefresh_backfill_items_total", (("status", "done"), ("upgrade", str(uid)))), 0.0) for m in scraped
+    ]
     assert sum(done_counts) == N and all(c > 0 for c in done_counts), done_counts
     assert all(m.get(("hotrefresh_backfill_batch_seconds_count", ()), 0) > 0 for m in scraped)
     assert models["query_model"] == new_name and models["gallery_model"] == new_name
@@ -124,12 +156,14 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
     w, b = new.classifier_weights()
     order = backfill_order(score_uncertainty(g_old_np, w, b, "margin"))
     if plan == "paper":
-        offline = backfill_curve(g_new, g_old, g_new, labels, labels, order, [p["fraction"] for p in points],
-                                 old_top1, exclude=self_cols)
+        offline = backfill_curve(
+            g_new, g_old, g_new, labels, labels, order, [p["fraction"] for p in points], old_top1, exclude=self_cols
+        )
     else:
         offline = [_offline_point(p, order, g_old, g_new, labels, old_top1) for p in points]
-        assert points[0]["plan"] == "dual" and all(set(p["candidates"]) == {"paper", "dual", "transform", "blend"}
-                                                   for p in points[:-1])  # fmt: skip
+        assert points[0]["plan"] == "dual" and all(
+            set(p["candidates"]) == {"paper", "dual", "transform", "blend"} for p in points[:-1]
+        )
     assert final["baseline"]["old_top1_rate"] == pytest.approx(float(old_top1.mean()), abs=1e-9)
     report = []
     for live, ref in zip(points, offline, strict=True):

@@ -78,7 +78,8 @@ def _hold_mid_way(system: System, workers: list, url: str, uid: int, at: int, lo
             if state == "running" and done >= at:
                 return
             assert state in ("scoring", "running") and done < N and time.monotonic() < deadline, (
-                f"never caught the backfill mid-way: {state} {done}/{N}\n{logs()}")
+                f"never caught the backfill mid-way: {state} {done}/{N}\n{logs()}"
+            )
             signal_all(signal.SIGCONT)
             time.sleep(0.05)
             signal_all(signal.SIGSTOP)
@@ -95,8 +96,9 @@ class MidUpgrade:
     logs: Callable[[], str]
 
 
-def _upgrade_held_mid_way(system: System, settings: Settings, trained_pair: tuple[Path, Path],
-                          fmnist_test: tuple[np.ndarray, np.ndarray]) -> MidUpgrade:  # fmt: skip
+def _upgrade_held_mid_way(
+    system: System, settings: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray]
+) -> MidUpgrade:
     """An API, a worker, a gallery of N Fashion-MNIST items, searches running, and an upgrade a
     quarter of the way through."""
     images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
@@ -116,12 +118,17 @@ def _upgrade_held_mid_way(system: System, settings: Settings, trained_pair: tupl
 
 
 def _completes_after_the_outage(m: MidUpgrade, settings: Settings) -> None:
-    wait_for(lambda: httpx.get(f"{m.api.url}/readyz", timeout=30).status_code == 200, 60,
-             "/readyz to turn 200 again", m.logs)  # fmt: skip
+    wait_for(
+        lambda: httpx.get(f"{m.api.url}/readyz", timeout=30).status_code == 200, 60, "/readyz to turn 200 again", m.logs
+    )
     if get_upgrade(m.api.url, m.uid)["state"] == "paused":
         httpx.post(f"{m.api.url}/upgrade/{m.uid}/resume", headers=ADMIN, timeout=30)
-    final = wait_for(lambda: (u := get_upgrade(m.api.url, m.uid))["state"] == "completed" and u, 240,
-                     "the upgrade to complete after the outage", m.logs)  # fmt: skip
+    final = wait_for(
+        lambda: (u := get_upgrade(m.api.url, m.uid))["state"] == "completed" and u,
+        240,
+        "the upgrade to complete after the outage",
+        m.logs,
+    )
     m.probe.stop()
     assert final["done"] == N and final["failed"] == 0
     assert m.probe.errors == 0, f"{m.probe.errors} searches failed"
@@ -137,8 +144,12 @@ def _assert_completed_once(url: str, new: str) -> None:
 
 
 def test_postgresql_stopped_longer_than_a_lease_mid_upgrade(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_prefix: str, own_postgres: OwnPostgres,
-    trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_prefix: str,
+    own_postgres: OwnPostgres,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
     settings = _settings(monkeypatch, tmp_path, own_postgres.url, redis_prefix)
     upgrade_head(settings.sqlalchemy_url)
@@ -152,8 +163,13 @@ def test_postgresql_stopped_longer_than_a_lease_mid_upgrade(
         assert r.status_code == 503 and "database unavailable" in r.json()["detail"], r.text
         r = httpx.get(f"{api.url}/readyz", timeout=30)
         assert r.status_code == 503 and "database" in r.json()["detail"], r.text
-        r = httpx.post(f"{api.url}/gallery", files=[("image", ("x.png", b"\x89PNG", "image/png"))],
-                       data={"external_id": ["during-outage"]}, headers=ADMIN, timeout=30)  # fmt: skip
+        r = httpx.post(
+            f"{api.url}/gallery",
+            files=[("image", ("x.png", b"\x89PNG", "image/png"))],
+            data={"external_id": ["during-outage"]},
+            headers=ADMIN,
+            timeout=30,
+        )
         assert r.status_code in (422, 503), r.text  # refused, never a 500
         while time.monotonic() - outage_started < 3 * float(FAST_ENV["HOTREFRESH_LEASE_SECONDS"]):
             time.sleep(0.5)  # longer than a lease: leases held when it went down expire meanwhile
@@ -165,8 +181,12 @@ def test_postgresql_stopped_longer_than_a_lease_mid_upgrade(
 
 
 def test_redis_stopped_mid_upgrade_and_started_again(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_prefix: str, sqlite_url: str,
-    trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_prefix: str,
+    sqlite_url: str,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
     settings = _settings(monkeypatch, tmp_path, sqlite_url, redis_prefix)
     port = free_port()
@@ -194,8 +214,12 @@ def test_redis_stopped_mid_upgrade_and_started_again(
 
 
 def test_api_sigkilled_between_its_sql_commit_and_its_index_log_publish(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_prefix: str, sqlite_url: str,
-    trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_prefix: str,
+    sqlite_url: str,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """The outbox's reason to exist: a write whose SQL commit landed but whose process died before
     the Redis append. Another replica's follower relays the staged entry; every replica, running
@@ -213,15 +237,21 @@ def test_api_sigkilled_between_its_sql_commit_and_its_index_log_publish(
         from tests.utils.gallery import png
 
         with pytest.raises(httpx.TransportError):  # the process died mid-request
-            httpx.post(f"{api1.url}/gallery", files=[("image", ("x.png", png(images[35]), "image/png"))],
-                       data={"external_id": ["written-then-killed"], "label": ["3"]}, headers=ADMIN, timeout=30)
+            httpx.post(
+                f"{api1.url}/gallery",
+                files=[("image", ("x.png", png(images[35]), "image/png"))],
+                data={"external_id": ["written-then-killed"], "label": ["3"]},
+                headers=ADMIN,
+                timeout=30,
+            )
         assert api1.popen.wait(30) is not None  # SIGKILLed, by its own failpoint
         with read_scope(settings.sqlalchemy_url) as s:  # the commit landed before the kill
             assert s.scalar(select(func.count()).select_from(GalleryItem)) == 31
 
         def found_on(api: str) -> bool:
-            r = httpx.post(f"{api}/search", files={"image": ("q.png", png(images[35]), "image/png")},
-                           params={"k": 31}, timeout=30)  # fmt: skip
+            r = httpx.post(
+                f"{api}/search", files={"image": ("q.png", png(images[35]), "image/png")}, params={"k": 31}, timeout=30
+            )
             ids = [h["external_id"] for h in r.json()["results"]]
             return r.status_code == 200 and ids[0] == "written-then-killed" and len(ids) == len(set(ids)) == 31
 

@@ -20,12 +20,12 @@ def test_backfill_curve_on_a_constructed_gallery() -> None:
     q = torch.tensor([[1.0, 0.0]])
     g_old = torch.tensor([[0.5, 0.0], [0.4, 0.0]])
     g_new = torch.tensor([[1.0, 0.0], [0.9, 0.0]])
-    pts = backfill_curve(q, g_old, g_new, np.array([0]), np.array([0, 1]), np.array([1, 0]), [0, 0.5, 1],
-                         np.array([True]))  # fmt: skip
+    pts = backfill_curve(
+        q, g_old, g_new, np.array([0]), np.array([0, 1]), np.array([1, 0]), [0, 0.5, 1], np.array([True])
+    )
     assert [p["nfr"] for p in pts] == [0.0, 1.0, 0.0]
     assert [p["map"] for p in pts] == [1.0, 0.5, 1.0]
-    pts2 = backfill_curve(q, g_old, g_new, np.array([0]), np.array([0, 1]), np.array([0, 1]), [0.5],
-                          np.array([True]))  # fmt: skip
+    pts2 = backfill_curve(q, g_old, g_new, np.array([0]), np.array([0, 1]), np.array([0, 1]), [0.5], np.array([True]))
     assert pts2[0]["nfr"] == 0.0  # the poor-first order would have avoided the flip
 
 
@@ -43,13 +43,24 @@ def test_evaluate_backfill_writes_schema(tmp_path: Path) -> None:
     images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 3, 60)
     old = load_checkpoint(tmp_path / "o.pt", device="cpu")
-    doc = evaluate_backfill(old, {"ract": load_checkpoint(tmp_path / "n.pt", device="cpu"), "vanilla": old},
-                            images, labels, np.arange(10), np.arange(10, 60), orderings=["random", "margin"],
-                            fractions=[0, 0.5, 1.0], meta={"dataset": "x", "allocation": "expansion"})  # fmt: skip
+    doc = evaluate_backfill(
+        old,
+        {"ract": load_checkpoint(tmp_path / "n.pt", device="cpu"), "vanilla": old},
+        images,
+        labels,
+        np.arange(10),
+        np.arange(10, 60),
+        orderings=["random", "margin"],
+        fractions=[0, 0.5, 1.0],
+        meta={"dataset": "x", "allocation": "expansion"},
+    )
     assert doc["dataset"] == "x" and doc["metric"] == "map"
     assert {(c["method"], c["ordering"]) for c in doc["curves"]} == {
-        ("ract", "random"), ("ract", "margin"), ("vanilla", "random"), ("vanilla", "margin")
-    }  # fmt: skip
+        ("ract", "random"),
+        ("ract", "margin"),
+        ("vanilla", "random"),
+        ("vanilla", "margin"),
+    }
     van = next(c for c in doc["curves"] if c["method"] == "vanilla")
     # "new" == old model: every step equals old-to-old, and no query flips
     assert all(p["map"] == pytest.approx(doc["old_to_old"]["map"]) for p in van["points"])
@@ -76,19 +87,36 @@ def _doc(ract_map, van_map, ract_nfr, van_nfr, margin_map=None, o2o=0.5):
     ]
     if margin_map:
         curves.append({"method": "ract", "ordering": "margin", "points": pts(margin_map, ract_nfr)})
-    return {"dataset": "d", "allocation": "a", "metric": "map", "n_queries": 1, "n_gallery": 1, "seed": 0,
-            "old_to_old": {"map": o2o, "top1": o2o}, "new_to_new": {"ract": {"map": 1, "top1": 1}},
-            "curves": curves}  # fmt: skip
+    return {
+        "dataset": "d",
+        "allocation": "a",
+        "metric": "map",
+        "n_queries": 1,
+        "n_gallery": 1,
+        "seed": 0,
+        "old_to_old": {"map": o2o, "top1": o2o},
+        "new_to_new": {"ract": {"map": 1, "top1": 1}},
+        "curves": curves,
+    }
 
 
 def test_check_claims_hold_and_fail() -> None:
-    good = _doc([0.6, 0.61, 0.62, 0.63, 0.64, 0.65], [0.6, 0.58, 0.57, 0.58, 0.6, 0.62],
-                [0.1, 0.05, 0.05, 0.05, 0.05, 0.05], [0.1, 0.08, 0.08, 0.08, 0.08, 0.08],
-                margin_map=[0.6, 0.62, 0.63, 0.64, 0.65, 0.65])  # fmt: skip
+    good = _doc(
+        [0.6, 0.61, 0.62, 0.63, 0.64, 0.65],
+        [0.6, 0.58, 0.57, 0.58, 0.6, 0.62],
+        [0.1, 0.05, 0.05, 0.05, 0.05, 0.05],
+        [0.1, 0.08, 0.08, 0.08, 0.08, 0.08],
+        margin_map=[0.6, 0.62, 0.63, 0.64, 0.65, 0.65],
+    )
     c = check_claims(good)
     assert all(v["holds"] for v in c.values()), c
-    bad = _doc([0.4, 0.39, 0.3, 0.35, 0.4, 0.45], [0.6] * 6, [0.1, 0.09, 0.09, 0.09, 0.09, 0.09], [0.1] + [0.05] * 5,
-               margin_map=[0.4, 0.3, 0.3, 0.3, 0.3, 0.45])  # fmt: skip
+    bad = _doc(
+        [0.4, 0.39, 0.3, 0.35, 0.4, 0.45],
+        [0.6] * 6,
+        [0.1, 0.09, 0.09, 0.09, 0.09, 0.09],
+        [0.1] + [0.05] * 5,
+        margin_map=[0.4, 0.3, 0.3, 0.3, 0.3, 0.45],
+    )
     c = check_claims(bad)
     assert not any(v["holds"] for v in c.values()), c
     assert c["c_ract_no_step_drop_over_0.5pt"]["largest_drop_pts"]["random"] == pytest.approx(9.0)

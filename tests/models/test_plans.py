@@ -120,8 +120,12 @@ def test_blend_is_the_mean_of_dual_and_transform_and_one_query_on_the_old_segmen
     g_old, g_new = _unit(rng, 80, 6), _unit(rng, 80, 5)
     q_old, q_new = _unit(rng, 7, 6), _unit(rng, 7, 5)
     moved = np.arange(40)
-    fit = {"calibration": calibration, "old_space": g_old, "new_space": g_new[moved],
-           "pairs": (g_old[moved], g_new[moved])}
+    fit = {
+        "calibration": calibration,
+        "old_space": g_old,
+        "new_space": g_new[moved],
+        "pairs": (g_old[moved], g_new[moved]),
+    }
     blend, dual, transform = (build_spec(p, **fit) for p in ("blend", "dual", "transform"))
     assert blend.transform is not None and np.allclose(blend.transform.weight, transform.transform.weight)
     t = [torch.from_numpy(x) for x in (q_old, q_new, g_old, g_new)]
@@ -171,11 +175,17 @@ def test_transform_without_enough_pairs_scores_old_vectors_like_dual() -> None:
     ("candidates", "target", "chosen"),
     [
         # the best mAP within the target wins
-        ([Candidate("paper", 0.70, 0.04), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)], 0.05,
-         "paper"),
+        (
+            [Candidate("paper", 0.70, 0.04), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)],
+            0.05,
+            "paper",
+        ),
         # a better mAP above the target does not
-        ([Candidate("paper", 0.70, 0.09), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)], 0.05,
-         "transform"),
+        (
+            [Candidate("paper", 0.70, 0.09), Candidate("dual", 0.65, 0.0), Candidate("transform", 0.68, 0.02)],
+            0.05,
+            "transform",
+        ),
         # nothing within the target: the lowest NFR
         ([Candidate("paper", 0.70, 0.09), Candidate("transform", 0.68, 0.07)], 0.05, "transform"),
         # a tie in mAP goes to the safe plan
@@ -201,9 +211,14 @@ def _spaces(seed: int = 0, d_old: int = 8, d_new: int = 8) -> Spaces:
         return torch.from_numpy((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
 
     q = rng.permutation(120)[:30]
-    return Spaces(unit(g_old[q] + 0.3 * rng.standard_normal((30, d_old))),
-                  unit(g_new[q] + 0.3 * rng.standard_normal((30, d_new))),
-                  unit(g_old), unit(g_new), labels[q], labels)  # fmt: skip
+    return Spaces(
+        unit(g_old[q] + 0.3 * rng.standard_normal((30, d_old))),
+        unit(g_new[q] + 0.3 * rng.standard_normal((30, d_new))),
+        unit(g_old),
+        unit(g_new),
+        labels[q],
+        labels,
+    )
 
 
 def test_plan_curves_start_as_the_old_system_and_end_as_the_new_one() -> None:
@@ -246,8 +261,9 @@ def test_the_final_nfr_estimate_is_exact_once_everything_is_backfilled() -> None
     est = estimate_final_nfr(g_old[probes], g_new[probes], labels[probes], g_old[rest], g_new[rest], labels[rest])
     assert est == pytest.approx(truth)
     # mid-way only the probes and what moved are searched; without labels there is no estimate
-    part = estimate_final_nfr(g_old[probes], g_new[probes], labels[probes], g_old[rest[:10]], g_new[rest[:10]],
-                              labels[rest[:10]])  # fmt: skip
+    part = estimate_final_nfr(
+        g_old[probes], g_new[probes], labels[probes], g_old[rest[:10]], g_new[rest[:10]], labels[rest[:10]]
+    )
     assert part is not None and 0.0 <= part <= 1.0
     unlabelled = np.full(30, -1)
     assert estimate_final_nfr(g_old[probes], g_new[probes], unlabelled, g_old[rest], g_new[rest], labels[rest]) is None

@@ -95,8 +95,17 @@ def test_whatever_the_shortcut_returns_equals_the_pil_path(fashion: np.ndarray, 
 
 def test_images_that_need_converting_are_left_to_pil(fashion: np.ndarray) -> None:
     v = _variants(fashion[3])
-    for name in ("rgb for a grey model", "rgba", "grey+alpha", "palette", "16-bit grey", "1-bit", "larger",
-                 "not square", "jpeg"):
+    for name in (
+        "rgb for a grey model",
+        "rgba",
+        "grey+alpha",
+        "palette",
+        "16-bit grey",
+        "1-bit",
+        "larger",
+        "not square",
+        "jpeg",
+    ):
         assert png_to_chw(v[name], GREY) is None, name
     assert png_to_chw(v["rgb for a grey model"], COLOUR) is not None
     assert png_to_chw(v["with gamma and text chunks"], GREY) is not None
@@ -120,8 +129,14 @@ def test_corrupt_pngs_are_declined_so_pil_names_the_error(fashion: np.ndarray) -
 
 
 def _meta(**kw):
-    base = {"input_channels": 3, "input_size": (32, 32), "mean": 0.0, "std": 1.0, "resize": "center_crop",
-            "crop_ratio": 1.0}
+    base = {
+        "input_channels": 3,
+        "input_size": (32, 32),
+        "mean": 0.0,
+        "std": 1.0,
+        "resize": "center_crop",
+        "crop_ratio": 1.0,
+    }
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -78,8 +78,11 @@ def _in_forked_child(model, x: np.ndarray, want: np.ndarray) -> bytes:
     if pid == 0:  # pragma: no cover - the child
         try:
             job = model.submit_tensor(x)
-            ok = (not start_interop_pool() and all(isinstance(p, np.ndarray) for p in job._parts)
-                  and np.array_equal(job.result(), want))
+            ok = (
+                not start_interop_pool()
+                and all(isinstance(p, np.ndarray) for p in job._parts)
+                and np.array_equal(job.result(), want)
+            )
             os.write(w, b"ok" if ok else b"wrong")
         finally:
             os._exit(0)

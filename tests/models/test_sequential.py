@@ -14,8 +14,18 @@ pytest.importorskip("sklearn")
 
 
 def test_generations_chain_their_compatibility_and_no_refresh_starts_where_hot_refresh_does(tmp_path: Path) -> None:
-    cfg = SequentialConfig(dataset="digits", seeds=[0], methods=["ract"], epochs=1, batch_size=64, train_limit=None,
-                           n_queries=60, n_gallery=120, fractions=[0.0, 0.5, 1.0], embedding_dim=16)  # fmt: skip
+    cfg = SequentialConfig(
+        dataset="digits",
+        seeds=[0],
+        methods=["ract"],
+        epochs=1,
+        batch_size=64,
+        train_limit=None,
+        n_queries=60,
+        n_gallery=120,
+        fractions=[0.0, 0.5, 1.0],
+        embedding_dim=16,
+    )
     summary = run_sequential(cfg, tmp_path / "out", tmp_path / "models")
     mdir = tmp_path / "models" / "digits" / "seed0"
     metas = [read_meta(mdir / "gen1.pt")] + [read_meta(mdir / f"ract-gen{t}.pt") for t in (2, 3, 4)]

@@ -39,19 +39,22 @@ def test_an_encoder_without_a_head_has_no_classifier(tmp_path: Path) -> None:
         m.classifier_weights()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"embedding_dim": 17}, "expected \\(classes, 17\\)"),
-    ({"embedding_dim": 17, "classifier": None}, "expected \\(2, 17\\)"),
-    ({"input_channels": 1, "mean": 0.5, "std": 0.2}, "forward failed"),
-    ({"mean": [0.5, 0.5]}, "one number per input channel"),
-    ({"std": 0}, "std must be positive"),
-    ({"resize": "squash"}, "resize must be one of"),
-    ({"input_size": [32]}, "input_size"),
-    ({"classifier": {"weight": "nope", "bias": "head.bias"}}, "not a parameter or buffer"),
-    ({"classifier": {"weight": "head.bias", "bias": "head.bias"}}, "do not form"),
-    ({"colour": "yes"}, "unknown metadata keys"),
-    ({"name": ""}, "name must be a non-empty string"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"embedding_dim": 17}, "expected \\(classes, 17\\)"),
+        ({"embedding_dim": 17, "classifier": None}, "expected \\(2, 17\\)"),
+        ({"input_channels": 1, "mean": 0.5, "std": 0.2}, "forward failed"),
+        ({"mean": [0.5, 0.5]}, "one number per input channel"),
+        ({"std": 0}, "std must be positive"),
+        ({"resize": "squash"}, "resize must be one of"),
+        ({"input_size": [32]}, "input_size"),
+        ({"classifier": {"weight": "nope", "bias": "head.bias"}}, "not a parameter or buffer"),
+        ({"classifier": {"weight": "head.bias", "bias": "head.bias"}}, "do not form"),
+        ({"colour": "yes"}, "unknown metadata keys"),
+        ({"name": ""}, "name must be a non-empty string"),
+    ],
+)
 def test_bad_metadata_is_refused_naming_the_field(tmp_path: Path, change: dict, message: str) -> None:
     meta = save_user_encoder(tmp_path / "u.pt", "u", dim=16, size=32, sidecar=False)
     with pytest.raises(CheckpointError, match=message):

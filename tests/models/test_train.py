@@ -21,8 +21,9 @@ def test_old_model_is_frozen_and_gets_no_gradient(tmp_path: Path, loss: str) -> 
     before = {k: v.clone() for k, v in old.model.state_dict().items()}
     x, y = _data()
     cfg = TrainConfig(arch="conv2", embedding_dim=16, num_classes=4, epochs=1, batch_size=16, loss=loss)
-    new, hist = train_encoder(x, y, cfg, old=old, old_classes=np.array([0, 1]), device=torch.device("cpu"),
-                              progress=False)  # fmt: skip
+    new, hist = train_encoder(
+        x, y, cfg, old=old, old_classes=np.array([0, 1]), device=torch.device("cpu"), progress=False
+    )
     assert all(p.grad is None for p in old.model.parameters())
     for k, v in old.model.state_dict().items():
         assert torch.equal(v, before[k]), f"old model's {k} changed"  # incl. BatchNorm running stats
@@ -39,8 +40,9 @@ def test_ract_plus_bct_is_the_sum_of_both_terms(tmp_path: Path) -> None:
     for loss in ("ract", "bct", "ract+bct"):
         old = load_checkpoint(tmp_path / "old.pt", device="cpu")
         cfg = TrainConfig(arch="conv2", embedding_dim=16, num_classes=4, epochs=1, batch_size=len(x), loss=loss)
-        _, hist = train_encoder(x, y, cfg, old=old, old_classes=np.array([0, 1]), device=torch.device("cpu"),
-                                progress=False)  # fmt: skip
+        _, hist = train_encoder(
+            x, y, cfg, old=old, old_classes=np.array([0, 1]), device=torch.device("cpu"), progress=False
+        )
         comp[loss] = hist[0]["comp"]
     assert comp["ract"] > 0 and comp["bct"] > 0
     assert comp["ract+bct"] == pytest.approx(comp["ract"] + comp["bct"], rel=1e-5)
@@ -59,15 +61,39 @@ def test_train_and_save_records_lineage(tmp_path: Path) -> None:
     x, y = _data()
     base = {"arch": "conv2", "embedding_dim": 8, "num_classes": 4, "epochs": 1, "batch_size": 32}
     train_and_save(x, y, TrainConfig(**base), tmp_path / "o.pt", "o", device=torch.device("cpu"), progress=False)
-    meta, _ = train_and_save(x, y, TrainConfig(loss="ract", **base), tmp_path / "n.pt", "n",
-                             old_path=tmp_path / "o.pt", device=torch.device("cpu"), progress=False)  # fmt: skip
+    meta, _ = train_and_save(
+        x,
+        y,
+        TrainConfig(loss="ract", **base),
+        tmp_path / "n.pt",
+        "n",
+        old_path=tmp_path / "o.pt",
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert (meta.trained_with, meta.compatible_with) == ("ract", "o")
     assert read_meta(tmp_path / "o.pt").trained_with == "classification"
-    meta2, _ = train_and_save(x, y, TrainConfig(loss="none", **base), tmp_path / "i.pt", "i",
-                              old_path=tmp_path / "o.pt", device=torch.device("cpu"), progress=False)  # fmt: skip
+    meta2, _ = train_and_save(
+        x,
+        y,
+        TrainConfig(loss="none", **base),
+        tmp_path / "i.pt",
+        "i",
+        old_path=tmp_path / "o.pt",
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert (meta2.trained_with, meta2.compatible_with) == ("independent", None)
-    meta3, _ = train_and_save(x, y, TrainConfig(loss="ract+bct", **base), tmp_path / "rb.pt", "rb",
-                              old_path=tmp_path / "o.pt", device=torch.device("cpu"), progress=False)  # fmt: skip
+    meta3, _ = train_and_save(
+        x,
+        y,
+        TrainConfig(loss="ract+bct", **base),
+        tmp_path / "rb.pt",
+        "rb",
+        old_path=tmp_path / "o.pt",
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert (meta3.trained_with, meta3.compatible_with) == ("ract+bct", "o")
     assert load_checkpoint(tmp_path / "rb.pt", device="cpu").meta.trained_with == "ract+bct"
     assert meta.extra["recipe"]["tau"] == 0.05 and meta.extra["recipe"]["lam"] == 1.0

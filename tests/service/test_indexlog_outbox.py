@@ -120,8 +120,7 @@ def test_a_change_rolled_back_stages_nothing(service_settings: Settings) -> None
     with session_scope(service_settings.sqlalchemy_url) as s:
         assert s.scalar(select(GalleryItem.id).where(GalleryItem.external_id == "never")) is None
 
-    with pytest.raises(ValueError, match="unknown index-log op"), \
-            session_scope(service_settings.sqlalchemy_url) as s:
+    with pytest.raises(ValueError, match="unknown index-log op"), session_scope(service_settings.sqlalchemy_url) as s:
         indexlog.stage(s, "upsert", "old", [1])
     assert staged_rows(service_settings) == []
 

@@ -59,11 +59,22 @@ def train_tiny_pair(
     half = (3 * n_train) // 10  # the old model sees 30%, as in the expansion allocation
     common = {"embedding_dim": 32, "epochs": epochs, "batch_size": 64, "seed": seed}
     train_and_save(
-        images[:half], labels[:half], TrainConfig(arch="conv2", **common), old_path, "tiny-old",
-        device=torch.device("cpu"), progress=progress,
-    )  # fmt: skip
+        images[:half],
+        labels[:half],
+        TrainConfig(arch="conv2", **common),
+        old_path,
+        "tiny-old",
+        device=torch.device("cpu"),
+        progress=progress,
+    )
     train_and_save(
-        images, labels, TrainConfig(arch="conv4", loss="ract", **common), new_path, "tiny-new-ract",
-        old_path=old_path, device=torch.device("cpu"), progress=progress,
-    )  # fmt: skip
+        images,
+        labels,
+        TrainConfig(arch="conv4", loss="ract", **common),
+        new_path,
+        "tiny-new-ract",
+        old_path=old_path,
+        device=torch.device("cpu"),
+        progress=progress,
+    )
     return old_path, new_path

@@ -60,7 +60,11 @@ class Gallery:
 
 
 def build_gallery(
-    settings: Settings, images: np.ndarray, labels: np.ndarray | None, old_path: Path, new_path: Path,
+    settings: Settings,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    old_path: Path,
+    new_path: Path,
     corrupt: int = 0,
 ) -> Gallery:
     """Register both checkpoints and insert the images encoded with the old model, directly in
@@ -77,8 +81,7 @@ def build_gallery(
         pil = [Image.fromarray(a) for a in images]
         vecs = old_model.embed_images(pil)
         new_items = []
-        for k, (a, lab) in enumerate(zip(images, labels if labels is not None else [None] * len(images),
-                                         strict=True)):
+        for k, (a, lab) in enumerate(zip(images, labels if labels is not None else [None] * len(images), strict=True)):
             key = store.put(b"not an image %d" % k if k < corrupt else png(a))
             label = None if labels is None else str(int(lab))
             new_items.append(item_repo.NewItem(f"img-{k}", label, key, {old_row.name: vecs[k]}))

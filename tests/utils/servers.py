@@ -46,8 +46,21 @@ class OwnPostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
-        self._as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
-                           "-w", "-t", "60", "start"])  # fmt: skip
+        self._as_postgres(
+            [
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         """Stopped the hard way (``immediate``): connections drop as they would in a crash."""
@@ -55,8 +68,12 @@ class OwnPostgres:
 
     def wait_accepting(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while subprocess.run([_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                             capture_output=True).returncode != 0:  # fmt: skip
+        while (
+            subprocess.run(
+                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError("own PostgreSQL never accepted connections")
             time.sleep(0.2)

@@ -33,9 +33,7 @@ def register(api: str, path: Path) -> dict:
     return r.json()
 
 
-def ingest(
-    api: str, images: np.ndarray, labels: np.ndarray | None, prefix: str = "img", batch: int = 64
-) -> list[str]:
+def ingest(api: str, images: np.ndarray, labels: np.ndarray | None, prefix: str = "img", batch: int = 64) -> list[str]:
     ext_ids: list[str] = []
     for start in range(0, len(images), batch):
         files = []
@@ -59,9 +57,7 @@ def get_upgrade(api: str, upgrade_id: int | None = None) -> dict:
     return r.json()
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout: float, what: str, logs: Callable[[], str] = str
-) -> object:
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, logs: Callable[[], str] = str) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -72,8 +68,7 @@ def wait_for(
 
 
 def search(api: str, image: np.ndarray, k: int) -> dict:
-    r = httpx.post(f"{api}/search", files={"image": ("q.png", png(image), "image/png")},
-                   params={"k": k}, timeout=30)
+    r = httpx.post(f"{api}/search", files={"image": ("q.png", png(image), "image/png")}, params={"k": k}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 

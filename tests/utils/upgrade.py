@@ -38,5 +38,3 @@ def models_of(url: str) -> dict[str, int]:
     with session_scope(url) as s:
         rows = s.execute(select(GalleryItem.active_model, func.count()).group_by(GalleryItem.active_model))
         return {m: int(n) for m, n in rows}
-
-

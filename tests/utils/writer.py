@@ -81,8 +81,6 @@ def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
         return items, catalog.get_serving_state(s).query_model
 
 
-
-
 def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
     """What a replica serves, in the shape of :func:`sql_truth`: the model per item, the query model."""
     ids = sorted(serving.external_ids)

@@ -23,12 +23,6 @@ from workers.drain import drain
 pytestmark = pytest.mark.integration
 
 
-
-
-
-
-
-
 def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
     g = make_gallery(n=80)
     g.settings.__dict__["batch_size"] = 16
@@ -63,8 +57,9 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
         assert up.checkpoints[-1]["fraction"] == 1.0
     assert models_of(ctx.url) == {g.new: 80}
     assert q.is_empty()
-    moved = [i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move"
-             for i in e.ids]
+    moved = [
+        i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move" for i in e.ids
+    ]
     assert sorted(moved) == sorted(g.ids)  # every item moved exactly once in the log
 
     # replaying a landed batch (a worker killed after commit, before ack) counts nothing twice
@@ -80,8 +75,9 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
         assert out.newly_done == 0 and sorted(out.moved) == sorted(ids)
         assert upgrades.get_upgrade(s, uid).done == 80
     with session_scope(ctx.url) as s:
-        rows = s.execute(select(Embedding.item_id, Embedding.vector)
-                         .where(Embedding.model == g.new, Embedding.item_id.in_(ids))).all()
+        rows = s.execute(
+            select(Embedding.item_id, Embedding.vector).where(Embedding.model == g.new, Embedding.item_id.in_(ids))
+        ).all()
         assert len(rows) == len(ids)
         stored = {int(i): common.vector_from_bytes(v) for i, v in rows}
         assert np.array_equal(np.stack([stored[int(i)] for i in ids]), vecs)
@@ -114,8 +110,6 @@ def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gall
         control.act(g.settings, ctx.redis, uid, "commit")
 
 
-
-
 def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:
     g = make_gallery(n=48)
     ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
@@ -126,8 +120,7 @@ def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
         assert upgrades.get_upgrade(s, uid).state == "completed"
-        assert s.scalar(select(func.count()).select_from(BackfillTask)
-                        .where(BackfillTask.status == "done")) == 48
+        assert s.scalar(select(func.count()).select_from(BackfillTask).where(BackfillTask.status == "done")) == 48
     assert models_of(ctx.url) == {g.new: 48}
 
 
@@ -176,10 +169,12 @@ def test_pause_logs_a_batch_whose_worker_died_between_commit_and_log(make_galler
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with session_scope(ctx.url) as s:  # the worker's transaction landed ...
         upgrades.record_encoded(s, uid, g.new, leased, vectors)
+
     # ... and it died before indexlog.append: no `move` for these ids yet
     def moved() -> set[int]:
-        return {i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move"
-                for i in e.ids}
+        return {
+            i for e in indexlog.read_after(ctx.redis, g.settings, "0-0", count=10_000) if e.op == "move" for i in e.ids
+        }
 
     assert moved().isdisjoint(leased)
     assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
@@ -202,8 +197,6 @@ def test_without_probes_one_drain_call_runs_through_every_checkpoint(make_galler
     progress = [p["progress"] for p in points]
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert [p["step"] for p in points[1:-1]] == [1, 2, 3]
-
-
 
 
 def test_a_batch_whose_background_encoding_fails_is_retried(make_gallery, monkeypatch) -> None:
@@ -281,5 +274,3 @@ def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery
     expected = model.embed_images([Image.fromarray(a) for a in fmnist_test[0][:40]])
     got = np.stack([vector_from_bytes(stored[i]) for i in g.ids])
     np.testing.assert_allclose(got, expected, atol=1e-5)
-
-

@@ -134,8 +134,9 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
     before = Serving(g.settings, redis_client)
     before.load_from_sql()
     images = _images(g, WorkerContext.from_settings(g.settings))
-    answers = {ext: before.search_vector(before.encode_query(im, DEFAULT_MAX_PIXELS)[1], 10)
-               for ext, im in images.items()}
+    answers = {
+        ext: before.search_vector(before.encode_query(im, DEFAULT_MAX_PIXELS)[1], 10) for ext, im in images.items()
+    }
     ctx, uid = _start(g, strategy="margin", batch_size=8, plan=plan)
     drain(ctx, uid, budget_s=0.0)
     drain(ctx, uid, budget_s=0.0)
@@ -176,8 +177,9 @@ def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery
     for image in list(_images(g, ctx).values())[:8]:
         _, emb = replica.encode_query(image, DEFAULT_MAX_PIXELS)
         got = replica.search_vector(emb, 10)
-        scores = mixed_scores(plan.spec, torch.from_numpy(emb[g.old]), torch.from_numpy(emb[g.new]), g_old, g_new,
-                              on_new)[0]  # fmt: skip
+        scores = mixed_scores(
+            plan.spec, torch.from_numpy(emb[g.old]), torch.from_numpy(emb[g.new]), g_old, g_new, on_new
+        )[0]
         top = torch.argsort(scores, descending=True)[:10].tolist()
         expected = [replica.external_ids[int(gallery.ids[j])] for j in top]
         assert [e for e, _, _ in got] == expected

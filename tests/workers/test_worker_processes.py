@@ -63,16 +63,16 @@ def served_models(api: str, image: np.ndarray, n: int) -> dict[str, str]:
 
 def assert_every_item_on_new_exactly_once(settings: Settings, new: str, n: int, failed: int = 0) -> None:
     with session_scope(settings.sqlalchemy_url) as s:
-        on_new = s.scalar(
-            select(func.count()).select_from(GalleryItem).where(GalleryItem.active_model == new)
-        )
+        on_new = s.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.active_model == new))
         new_vecs = s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == new))
         done = s.scalar(select(func.count()).select_from(BackfillTask).where(BackfillTask.status == "done"))
     assert on_new == n - failed and new_vecs == n - failed and done == n - failed
 
 
 def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
-    settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    settings_env: Settings,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
 ) -> None:
     n = 240
@@ -98,8 +98,9 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
         logs = logs_of(api, w1, w2)
         probe = SearchProbe(lambda: current["api"].url, images, ext, k=n).start()
 
-        resp = httpx.post(f"{api.url}/upgrade", json={"model": new, "strategy": "margin",
-                                                                     "batch_size": 4}, headers=ADMIN)
+        resp = httpx.post(
+            f"{api.url}/upgrade", json={"model": new, "strategy": "margin", "batch_size": 4}, headers=ADMIN
+        )
         assert resp.status_code == 202, resp.text
         uid = resp.json()["id"]
         leases_key = keys.leases(settings_env, uid)
@@ -125,7 +126,8 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
             if state == "running" and done >= n // 5 and r.zcard(leases_key) > 0:
                 break
             assert state in ("scoring", "running") and done < n * 4 // 5 and time.monotonic() < deadline, (
-                f"never caught the backfill mid-way: {state}, {done}/{n}\n{logs()}")
+                f"never caught the backfill mid-way: {state}, {done}/{n}\n{logs()}"
+            )
             signal_workers(signal.SIGCONT)
             time.sleep(0.05)
             signal_workers(signal.SIGSTOP)
@@ -157,8 +159,9 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
         step("resumed")
         w3 = system.start_worker(name="w3")
         logs = logs_of(api, w3)
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
-                         "the upgrade to complete", logs)
+        final = wait_for(
+            lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180, "the upgrade to complete", logs
+        )
         step("completed")
         wait_caught_up(api.url, settings_env)  # the replica has applied the last moves
         probe.stop()
@@ -169,7 +172,9 @@ def test_sigkill_workers_mid_batch_and_restart_api_mid_upgrade(
 
 
 def test_redis_flushed_mid_upgrade_and_corrupt_images(
-    settings_env: Settings, trained_pair: tuple[Path, Path], fmnist_test: tuple[np.ndarray, np.ndarray],
+    settings_env: Settings,
+    trained_pair: tuple[Path, Path],
+    fmnist_test: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
 ) -> None:
     n, corrupt = 200, 4
@@ -191,8 +196,9 @@ def test_redis_flushed_mid_upgrade_and_corrupt_images(
             LocalImageStore(settings_env.images_path).path_for(key).write_bytes(b"\x89PNG truncated garbage")
         w = system.start_worker(name="w1")
         logs = logs_of(api, w)
-        resp = httpx.post(f"{api.url}/upgrade", json={"model": new, "strategy": "least", "batch_size": 4},
-                          headers=ADMIN)
+        resp = httpx.post(
+            f"{api.url}/upgrade", json={"model": new, "strategy": "least", "batch_size": 4}, headers=ADMIN
+        )
         assert resp.status_code == 202, resp.text
         uid = resp.json()["id"]
         wait_for(lambda: get_upgrade(api.url, uid)["done"] >= n // 4, 120, "a quarter done", logs)
@@ -200,13 +206,21 @@ def test_redis_flushed_mid_upgrade_and_corrupt_images(
         # by a check that Redis is empty: the running worker writes its heartbeat and leases
         # again within microseconds, which once failed this test on a check of the test's own.)
         assert r.flushall()
-        final = wait_for(lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u, 180,
-                         "the upgrade to complete after the flush", logs)
+        final = wait_for(
+            lambda: (u := get_upgrade(api.url, uid))["state"] == "completed" and u,
+            180,
+            "the upgrade to complete after the flush",
+            logs,
+        )
         assert final["done"] == n - corrupt and final["failed"] == corrupt
         assert sorted(f["external_id"] for f in final["failures"]) == sorted(ext[:corrupt])
         failures = httpx.get(f"{api.url}/upgrade/{uid}/failures").json()
         assert len(failures) == corrupt and all(f["attempts"] == 3 for f in failures)
         assert_every_item_on_new_exactly_once(settings_env, new, n, failed=corrupt)
         # the replica reloaded from SQL after losing the log: it serves what SQL says
-        wait_for(lambda: served_models(api.url, images[0], n) == sql_models(settings_env), 60,
-                 "the replica to serve what SQL holds", logs)
+        wait_for(
+            lambda: served_models(api.url, images[0], n) == sql_models(settings_env),
+            60,
+            "the replica to serve what SQL holds",
+            logs,
+        )

@@ -50,16 +50,15 @@ def add_items(
 ) -> GalleryCreateOut:
     n = len(image)
     if n > settings.max_images_per_request:
-        raise TooLarge(f"{n} images in one request; the limit is {settings.max_images_per_request} "
+        raise TooLarge(
+            f"{n} images in one request; the limit is {settings.max_images_per_request} "
             "(HOTREFRESH_MAX_IMAGES_PER_REQUEST)"
         )
     if len(external_id) != n:
-        raise BadRequest(f"got {n} images but {len(external_id)} external_id values; send one per image"
-        )
+        raise BadRequest(f"got {n} images but {len(external_id)} external_id values; send one per image")
     labels: list[str | None] = list(label) if label else [None] * n
     if len(labels) != n:
-        raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none"
-        )
+        raise BadRequest(f"got {n} images but {len(labels)} labels; send one per image or none")
     check_ids(external_id)  # before reading any image
     serving.require_ready()
     uploads = [
@@ -68,8 +67,9 @@ def add_items(
     ]
     added = add_batch(settings, redis, store, serving.encoders, uploads)
     serving.sync_ids([a.id for a in added])
-    return GalleryCreateOut(items=[GalleryItemCreated(external_id=a.external_id, model=a.model, id=a.id)
-                                   for a in added])
+    return GalleryCreateOut(
+        items=[GalleryItemCreated(external_id=a.external_id, model=a.model, id=a.id) for a in added]
+    )
 
 
 @router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))

@@ -27,7 +27,9 @@ def readyz(serving: ServingDep, session: SessionDep, redis: RedisDep) -> ReadyOu
     session.execute(text("SELECT 1"))  # a lost connection is a 503 "database unavailable"
     redis.ping()  # ... and "redis unavailable"
     return ReadyOut(
-        query_model=serving.query_model, counts=serving.index.counts(), log_position=serving.last_id,
+        query_model=serving.query_model,
+        counts=serving.index.counts(),
+        log_position=serving.last_id,
         loaded_from=serving.loaded_from,
         plan=None if serving.plan is None else {"name": serving.plan.name, "version": serving.plan.version},
     )

@@ -23,8 +23,9 @@ MAX_CHECKPOINT_BYTES = 1 << 30
 MAX_METADATA_BYTES = 1 << 20
 
 
-def _out(row: ModelRow, state: ServingState, models: dict[str, ModelRow],
-         replaced: dict[str, str] | None = None) -> ModelOut:  # fmt: skip
+def _out(
+    row: ModelRow, state: ServingState, models: dict[str, ModelRow], replaced: dict[str, str] | None = None
+) -> ModelOut:
     meta = row.meta or {}
     return ModelOut(
         format=str((meta.get("extra") or {}).get("format", "checkpoint")),
@@ -72,20 +73,24 @@ def register_model(
     serving: ServingDep,
     redis: RedisDep,
     file: UploadFile | None = File(
-        None, description="An encoder file to upload: a hotrefresh checkpoint or a TorchScript encoder."),
+        None, description="An encoder file to upload: a hotrefresh checkpoint or a TorchScript encoder."
+    ),
     metadata: UploadFile | None = File(
-        None, description="With a TorchScript `file`: its metadata (JSON), unless the archive carries it."),
+        None, description="With a TorchScript `file`: its metadata (JSON), unless the archive carries it."
+    ),
     path: StoredText | None = Form(
-        None, description="Or: an encoder already in the model directory (HOTREFRESH_MODEL_DIR); a "
-        "TorchScript encoder's metadata beside it as <name>.json or inside the archive."
+        None,
+        description="Or: an encoder already in the model directory (HOTREFRESH_MODEL_DIR); a "
+        "TorchScript encoder's metadata beside it as <name>.json or inside the archive.",
     ),
 ) -> ModelOut:
     if (file is None) == (path is None or path == ""):
-        raise BadRequest("send exactly one of: an encoder `file`, or a `path` in the model directory"
-        )
+        raise BadRequest("send exactly one of: an encoder `file`, or a `path` in the model directory")
     if metadata is not None and file is None:
-        raise BadRequest("`metadata` goes with an uploaded `file`; beside a `path`, put it in the model "
-                         "directory as the file's .json")  # fmt: skip
+        raise BadRequest(
+            "`metadata` goes with an uploaded `file`; beside a `path`, put it in the model "
+            "directory as the file's .json"
+        )
     doc = parse_metadata_upload(read_limited(metadata.file, MAX_METADATA_BYTES, "metadata")) if metadata else None
     try:
         if file is not None:

@@ -34,7 +34,8 @@ class UpgradeIn(BaseModel):
         min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
     )
     strategy: Literal["margin", "least", "entropy", "random", "mixed"] | None = Field(
-        None, description="Backfill order: uncertainty of the old vector under the new classifier (mixed: "
+        None,
+        description="Backfill order: uncertainty of the old vector under the new classifier (mixed: "
         "margin's order with every other slot random). Default: margin under the paper's plan, mixed under the "
         "others, random for a new model of another dimension.",
     )
@@ -43,14 +44,17 @@ class UpgradeIn(BaseModel):
         None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
     plan: Literal["paper", "dual", "transform", "blend", "auto"] = Field(
-        "auto", description="Query plan during the upgrade: paper (the new query against every vector), dual "
+        "auto",
+        description="Query plan during the upgrade: paper (the new query against every vector), dual "
         "(old query on old vectors, new on new), transform (new query, old vectors mapped by a map fitted on "
         "the backfilled pairs), blend (old vectors scored by the mean of dual's and transform's calibrated scores), "
         "auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
     )
     nfr_target: float | None = Field(
-        None, ge=0.0, le=1.0, description="auto: the probe NFR@1 a plan must stay within "
-        "(default HOTREFRESH_NFR_TARGET).",
+        None,
+        ge=0.0,
+        le=1.0,
+        description="auto: the probe NFR@1 a plan must stay within (default HOTREFRESH_NFR_TARGET).",
     )
 
 
@@ -81,8 +85,16 @@ def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: 
     responses=error_responses(401, 403, 404, 409, 422),
 )
 def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> UpgradeCreated:
-    up = control.start(settings, redis, model=body.model, strategy=body.strategy, batch_size=body.batch_size,
-                       nfr_guardrail=body.nfr_guardrail, plan=body.plan, nfr_target=body.nfr_target)
+    up = control.start(
+        settings,
+        redis,
+        model=body.model,
+        strategy=body.strategy,
+        batch_size=body.batch_size,
+        nfr_guardrail=body.nfr_guardrail,
+        plan=body.plan,
+        nfr_target=body.nfr_target,
+    )
     dispatch.try_send("scoring", dispatch.send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
 
@@ -99,9 +111,7 @@ def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, set
 
 
 @router.get("/{upgrade_id}/failures", response_model=list[Failure], responses=error_responses(404))
-def failures(
-    upgrade_id: UpgradeId, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)
-) -> list[Failure]:
+def failures(upgrade_id: UpgradeId, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)) -> list[Failure]:
     """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
     if upgrades.get_upgrade(session, upgrade_id) is None:
         raise NotFound(f"upgrade {upgrade_id} not found")
@@ -130,9 +140,14 @@ def _route(action: str) -> None:
 
     handler.__name__ = f"{action}_upgrade"
     router.add_api_route(
-        f"/{{upgrade_id}}/{action}", handler, methods=["POST"], response_model=StateOut,
-        dependencies=[AdminDep], responses=error_responses(401, 403, 404, 409),
-        summary=f"{action.capitalize()} an upgrade", description=_ACTION_DOCS[action],
+        f"/{{upgrade_id}}/{action}",
+        handler,
+        methods=["POST"],
+        response_model=StateOut,
+        dependencies=[AdminDep],
+        responses=error_responses(401, 403, 404, 409),
+        summary=f"{action.capitalize()} an upgrade",
+        description=_ACTION_DOCS[action],
     )
 
 

@@ -113,7 +113,6 @@ def commit(replica: ReplicaState, dropped_model: str | None) -> None:
     replica.encoders.release(dropped_model)  # no plan needs the old encoder any more
 
 
-
 def _arrays(group: list[item_repo.ItemState]) -> tuple[np.ndarray, np.ndarray]:
     """Ids and vectors of states that all have a vector (``converge`` sorts out the others)."""
     ids = np.asarray([st.id for st in group], dtype=np.int64)

@@ -42,8 +42,7 @@ def step(replica: ReplicaState, block_ms: int | None = None) -> int:
     if needs_reload(replica):
         load_from_sql(replica)
         return -1
-    entries = indexlog.read_after(replica.redis, replica.settings, replica.last_id, count=READ_COUNT,
-                                  block_ms=block_ms)
+    entries = indexlog.read_after(replica.redis, replica.settings, replica.last_id, count=READ_COUNT, block_ms=block_ms)
     if not entries:
         INDEX_LOG_LAG.set(0.0)
         return 0

@@ -53,8 +53,13 @@ def load_from_sql(replica: ReplicaState) -> None:
         replica.reloads += 1
         replica.loaded_from = "sql"
         replica.update_gauges()
-        log.info("index loaded from SQL: %d items %s in %.2fs (log position %s)",
-                 len(external), index.counts(), time.perf_counter() - started, info.last_id)
+        log.info(
+            "index loaded from SQL: %d items %s in %.2fs (log position %s)",
+            len(external),
+            index.counts(),
+            time.perf_counter() - started,
+            info.last_id,
+        )
     replica.ready.set()
 
 
@@ -86,8 +91,13 @@ def load_snapshot(replica: ReplicaState) -> bool:
         replica.last_id, replica.ordinal, replica.epoch = snap.last_id, snap.ordinal, epoch
         replica.loaded_from = "snapshot"
         replica.update_gauges()
-        log.info("index loaded from snapshot %s: %s in %.2fs (log position %s)",
-                 snap.directory, index.counts(), time.perf_counter() - started, snap.last_id)
+        log.info(
+            "index loaded from snapshot %s: %s in %.2fs (log position %s)",
+            snap.directory,
+            index.counts(),
+            time.perf_counter() - started,
+            snap.last_id,
+        )
     refresh_query_model(replica)
     replica.ready.set()
     return True
@@ -99,8 +109,11 @@ def save_snapshot(replica: ReplicaState) -> Path | None:
         return None
     with replica.apply_lock:
         info = snapshots.SnapshotInfo(
-            directory=snapshots.new_name(), last_id=replica.last_id, ordinal=replica.ordinal,
-            epoch=replica.epoch or "", query_model=replica.query_model,
+            directory=snapshots.new_name(),
+            last_id=replica.last_id,
+            ordinal=replica.ordinal,
+            epoch=replica.epoch or "",
+            query_model=replica.query_model,
             database=snapshots.database_identity(replica.url),
         )
         return snapshots.save(replica.settings.snapshots_path, replica.index, info)

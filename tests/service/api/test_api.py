@@ -55,9 +55,7 @@ def register(client: TestClient, headers: dict, path: str) -> dict:
     return r.json()
 
 
-def upload(
-    client: TestClient, headers: dict, blobs: list[bytes], ids: list[str], labels: list[str] | None = None
-):
+def upload(client: TestClient, headers: dict, blobs: list[bytes], ids: list[str], labels: list[str] | None = None):
     files = [("image", (f"{n}.png", b, "image/png")) for n, b in enumerate(blobs)]
     data: dict = {"external_id": ids}
     if labels is not None:
@@ -91,9 +89,7 @@ def test_first_model_serves_and_gallery_search_round_trip(
 
     images, labels = fmnist
     for i, ext in enumerate(gallery):
-        r = client.post(
-            "/search", files={"image": ("q.png", png_bytes(images[i]), "image/png")}, params={"k": 5}
-        )
+        r = client.post("/search", files={"image": ("q.png", png_bytes(images[i]), "image/png")}, params={"k": 5})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["query_model"] == "old"
@@ -108,9 +104,7 @@ def test_first_model_serves_and_gallery_search_round_trip(
     assert client.delete(f"/gallery/{gallery[3]}", headers=admin_headers).status_code == 204
     assert client.get(f"/gallery/{gallery[3]}").status_code == 404
     assert client.delete(f"/gallery/{gallery[3]}", headers=admin_headers).status_code == 404
-    r = client.post(
-        "/search", files={"image": ("q.png", png_bytes(images[3]), "image/png")}, params={"k": 20}
-    )
+    r = client.post("/search", files={"image": ("q.png", png_bytes(images[3]), "image/png")}, params={"k": 20})
     assert gallery[3] not in [h["external_id"] for h in r.json()["results"]]
     assert client.get("/readyz").json()["counts"] == {"old": 11}
     # The raw image stays for other items with the same content; vectors went with the item.
@@ -127,9 +121,7 @@ def test_register_by_upload_and_list(
     client: TestClient, checkpoints: dict, admin_headers: dict, service_settings: Settings
 ) -> None:
     register(client, admin_headers, "old.pt")
-    r = client.post(
-        "/models", files={"file": ("x.pt", checkpoints["new"].read_bytes())}, headers=admin_headers
-    )
+    r = client.post("/models", files={"file": ("x.pt", checkpoints["new"].read_bytes())}, headers=admin_headers)
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["name"] == "new" and body["compatible_with"] == "old" and not body["is_query_model"]
@@ -174,14 +166,26 @@ MODEL_CASES = {
         "exactly one",
     ),
     "torchscript encoder whose output has the wrong size": (
-        {"data": {"path": "user-bad.pt"}}, 422, "returned (2, 17), expected (2, 16)"),
+        {"data": {"path": "user-bad.pt"}},
+        422,
+        "returned (2, 17), expected (2, 16)",
+    ),
     "torchscript encoder without metadata": ({"data": {"path": "user-nometa.pt"}}, 422, "needs its metadata"),
     "metadata beside a path": (
-        {"data": {"path": "user-nometa.pt"}, "files": {"metadata": ("m.json", b"{}")}}, 422, "goes with an uploaded"),
+        {"data": {"path": "user-nometa.pt"}, "files": {"metadata": ("m.json", b"{}")}},
+        422,
+        "goes with an uploaded",
+    ),
     "metadata that is not JSON": (
-        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{nope")}}, 422, "not valid JSON"),
+        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{nope")}},
+        422,
+        "not valid JSON",
+    ),
     "metadata beside a checkpoint": (
-        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{}")}}, 422, "only taken beside a TorchScript"),
+        {"files": {"file": ("x.pt", b"x"), "metadata": ("m.json", b"{}")}},
+        422,
+        "only taken beside a TorchScript",
+    ),
     "no token": ({"data": {"path": "new.pt"}, "headers": {}}, 401, "bearer token"),
     "wrong token": ({"data": {"path": "new.pt"}, "headers": {"Authorization": "Bearer nope"}}, 403, "wrong"),
 }
@@ -221,8 +225,12 @@ GALLERY_CASES = {
     "corrupt (truncated) png": (lambda: ([_truncated_png()], ["bad"]), {}, 422, "decod"),
     "not an image": (lambda: ([b"hello, I am text" * 10], ["txt"]), {}, 422, "not a decodable image"),
     "empty file": (lambda: ([b""], ["empty"]), {}, 422, "empty"),
-    "pixel flood (13000 x 13000 declared)": (lambda: ([pixel_flood_png()], ["flood"]), {}, 413,
-                                             "HOTREFRESH_MAX_IMAGE_PIXELS"),
+    "pixel flood (13000 x 13000 declared)": (
+        lambda: ([pixel_flood_png()], ["flood"]),
+        {},
+        413,
+        "HOTREFRESH_MAX_IMAGE_PIXELS",
+    ),
     "one bad among good": (
         lambda: ([synthetic_png(1), b"\x89PNG\r\n\x1a\nbroken", synthetic_png(2)], ["g1", "b", "g2"]),
         {},
@@ -304,8 +312,9 @@ def test_reads_and_deletes_by_an_id_no_database_can_hold_are_422(
     assert client.get("/gallery/a%00b").status_code == 422
     assert client.delete("/gallery/a%00b", headers=admin_headers).status_code == 422
     # a lone surrogate arrives through JSON escapes, which Python decodes to an unencodable str
-    r = client.post("/upgrade", content=b'{"model": "m\\ud800"}', headers={**admin_headers,
-                    "Content-Type": "application/json"})  # fmt: skip
+    r = client.post(
+        "/upgrade", content=b'{"model": "m\\ud800"}', headers={**admin_headers, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and "unicode" in r.json()["detail"], r.text
     r = client.post("/models", data={"path": "a\x00.pt"}, headers=admin_headers)
     assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text
@@ -333,9 +342,7 @@ def test_bad_searches(
     assert snapshot(client, service_settings) == before
 
 
-@pytest.mark.parametrize(
-    "blob", [b"not an image", b"", b"\x89PNG\r\n\x1a\n\x00\x00"], ids=["text", "empty", "cut"]
-)
+@pytest.mark.parametrize("blob", [b"not an image", b"", b"\x89PNG\r\n\x1a\n\x00\x00"], ids=["text", "empty", "cut"])
 def test_search_with_undecodable_image_is_422(client: TestClient, gallery: list[str], blob: bytes) -> None:
     r = client.post("/search", files={"image": ("q.png", blob, "image/png")})
     assert r.status_code == 422
@@ -355,9 +362,7 @@ def test_a_pixel_flood_is_refused_with_413_before_decoding(client: TestClient, g
 
 
 def test_search_k_above_gallery_size_returns_everything_once(client: TestClient, gallery: list[str]) -> None:
-    r = client.post(
-        "/search", files={"image": ("q.png", synthetic_png(9, mode="L"), "image/png")}, params={"k": 1000}
-    )
+    r = client.post("/search", files={"image": ("q.png", synthetic_png(9, mode="L"), "image/png")}, params={"k": 1000})
     assert r.status_code == 200
     found = [h["external_id"] for h in r.json()["results"]]
     assert sorted(found) == sorted(gallery)
@@ -438,9 +443,7 @@ def test_insert_during_an_upgrade_keeps_both_vectors_and_delete_leaves_the_queue
 
     assert client.delete(f"/gallery/{gallery[0]}", headers=admin_headers).status_code == 204
     assert queue.depth() == len(ids) - 1
-    remaining = {
-        int(x) for x in redis_client.zrange(keys.queue(service_settings, upgrade_id), 0, -1)
-    }
+    remaining = {int(x) for x in redis_client.zrange(keys.queue(service_settings, upgrade_id), 0, -1)}
     assert ids[gallery[0]] not in remaining
 
 

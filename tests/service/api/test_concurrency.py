@@ -20,15 +20,20 @@ def _post(client: TestClient, headers: dict, ids: list[str], seed: int) -> int:
     return client.post("/gallery", files=files, data={"external_id": ids}, headers=headers).status_code
 
 
-def test_parallel_inserts_and_searches(client: TestClient, checkpoints: dict, admin_headers: dict,
-                                       service_settings: Settings) -> None:
+def test_parallel_inserts_and_searches(
+    client: TestClient, checkpoints: dict, admin_headers: dict, service_settings: Settings
+) -> None:
     assert client.post("/models", data={"path": "old.pt"}, headers=admin_headers).status_code == 201
     jobs = [[f"w{w}-{j}-{n}" for n in range(3)] for w in range(4) for j in range(4)]
     with ThreadPoolExecutor(max_workers=6) as pool:
         inserts = [pool.submit(_post, client, admin_headers, ids, 100 * k) for k, ids in enumerate(jobs)]
         searches = [
-            pool.submit(lambda s: client.post("/search", files={"image": ("q.png", synthetic_png(s), "image/png")},
-                                              params={"k": 20}), s)
+            pool.submit(
+                lambda s: client.post(
+                    "/search", files={"image": ("q.png", synthetic_png(s), "image/png")}, params={"k": 20}
+                ),
+                s,
+            )
             for s in range(12)
         ]
         assert [f.result() for f in inserts] == [201] * len(jobs)
@@ -39,8 +44,9 @@ def test_parallel_inserts_and_searches(client: TestClient, checkpoints: dict, ad
     assert ready["counts"] == {"old": 3 * len(jobs)}
 
 
-def test_racing_inserts_of_one_external_id(client: TestClient, checkpoints: dict, admin_headers: dict,
-                                           service_settings: Settings) -> None:
+def test_racing_inserts_of_one_external_id(
+    client: TestClient, checkpoints: dict, admin_headers: dict, service_settings: Settings
+) -> None:
     assert client.post("/models", data={"path": "old.pt"}, headers=admin_headers).status_code == 201
     with ThreadPoolExecutor(max_workers=4) as pool:
         codes = sorted(pool.map(lambda s: _post(client, admin_headers, ["same"], s), range(4)))

@@ -34,7 +34,10 @@ MAX_EXAMPLES = 12  # per operation and per auth variant: bounded, the suite runs
 def _fuzz(operation: schemathesis.APIOperation, headers: dict[str, str]) -> None:
     @given(case=operation.as_strategy())
     @hyp_settings(
-        max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
     def fuzz(case: schemathesis.Case) -> None:
@@ -44,8 +47,9 @@ def _fuzz(operation: schemathesis.APIOperation, headers: dict[str, str]) -> None
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_no_5xx_and_no_schema_violation(service_settings: Settings, checkpoints: dict[str, Path],
-                                        tmp_path: Path) -> None:
+def test_no_5xx_and_no_schema_violation(
+    service_settings: Settings, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with System(tmp_path / "system") as system:
         api = system.start_api(name="api")

@@ -55,9 +55,24 @@ def test_two_replicas_stay_identical_and_a_restart_reloads_the_same_state(
 
         assert ca.post("/models", data={"path": "old.pt"}).status_code == 201
         ingest = subprocess.run(
-            [sys.executable, "-m", "cli", "ingest", "--fashion-mnist", "--split", "test", "--limit", "40",
-             "--batch-size", "16", "--url", a.url],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "ingest",
+                "--fashion-mnist",
+                "--split",
+                "test",
+                "--limit",
+                "40",
+                "--batch-size",
+                "16",
+                "--url",
+                a.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert ingest.returncode == 0, ingest.stderr[-2000:]
         assert "ingested 40 images" in ingest.stdout
@@ -82,8 +97,9 @@ def test_two_replicas_stay_identical_and_a_restart_reloads_the_same_state(
             assert (cb if step % 2 else ca).delete(f"/gallery/{victim}").status_code == 204
             # Searches on both replicas while changes land: never an id twice.
             for c in (ca, cb):
-                hits = c.post("/search", files={"image": ("q.png", synthetic_png(step), "image/png")},
-                              params={"k": 50}).json()["results"]
+                hits = c.post(
+                    "/search", files={"image": ("q.png", synthetic_png(step), "image/png")}, params={"k": 50}
+                ).json()["results"]
                 ids = [h["external_id"] for h in hits]
                 assert len(ids) == len(set(ids))
 

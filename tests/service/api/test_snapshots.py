@@ -99,8 +99,12 @@ def test_app_writes_a_snapshot_at_shutdown_and_starts_from_it(
         wait_ready(c)
         assert c.post("/models", data={"path": "old.pt"}, headers=admin_headers).status_code == 201
         files = [("image", (f"{j}.png", synthetic_png(j), "image/png")) for j in range(6)]
-        assert c.post("/gallery", files=files, data={"external_id": [f"i{j}" for j in range(6)]},
-                      headers=admin_headers).status_code == 201
+        assert (
+            c.post(
+                "/gallery", files=files, data={"external_id": [f"i{j}" for j in range(6)]}, headers=admin_headers
+            ).status_code
+            == 201
+        )
         first = wait_caught_up(c, service_settings)
     with TestClient(create_app(service_settings)) as c:
         wait_ready(c)

@@ -11,7 +11,8 @@ from service.db.schema import Base
 from service.repositories import upgrades
 
 TABLES = {"models", "serving_state", "gallery_items", "embeddings", "upgrades"} | {
-    "backfill_tasks", "backfill_failures",
+    "backfill_tasks",
+    "backfill_failures",
 }
 
 
@@ -51,19 +52,30 @@ def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_ind
     from service.db.migrate import alembic_config
     from service.db.session import get_engine, session_scope
 
-
     command.upgrade(alembic_config(database_url), "0001")
     engine = create_engine(database_url)
     with engine.begin() as c:
-        c.execute(text("INSERT INTO gallery_items (id, external_id, image_key, active_model, created_at) "
-                       "VALUES (1,'a','k','old',CURRENT_TIMESTAMP), (2,'b','k','old',CURRENT_TIMESTAMP), "
-                       "(3,'c','k','new',CURRENT_TIMESTAMP), (4,'d','k','old',CURRENT_TIMESTAMP)"))
-        c.execute(text("INSERT INTO upgrades (id, from_model, to_model, strategy, state, batch_size, total, done, "
-                       "failed, checkpoints, created_at, updated_at) VALUES (1,'old','new','margin','running',"
-                       "2,4,1,1,'[]',CURRENT_TIMESTAMP,CURRENT_TIMESTAMP)"))
-        c.execute(text("INSERT INTO backfill_tasks (upgrade_id, item_id, priority, status, attempts, updated_at) "
-                       "VALUES (1,1,0.9,'pending',0,CURRENT_TIMESTAMP), (1,2,0.5,'failed',3,CURRENT_TIMESTAMP), "
-                       "(1,3,0.7,'done',0,CURRENT_TIMESTAMP), (1,4,0.1,'pending',1,CURRENT_TIMESTAMP)"))
+        c.execute(
+            text(
+                "INSERT INTO gallery_items (id, external_id, image_key, active_model, created_at) "
+                "VALUES (1,'a','k','old',CURRENT_TIMESTAMP), (2,'b','k','old',CURRENT_TIMESTAMP), "
+                "(3,'c','k','new',CURRENT_TIMESTAMP), (4,'d','k','old',CURRENT_TIMESTAMP)"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO upgrades (id, from_model, to_model, strategy, state, batch_size, total, done, "
+                "failed, checkpoints, created_at, updated_at) VALUES (1,'old','new','margin','running',"
+                "2,4,1,1,'[]',CURRENT_TIMESTAMP,CURRENT_TIMESTAMP)"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO backfill_tasks (upgrade_id, item_id, priority, status, attempts, updated_at) "
+                "VALUES (1,1,0.9,'pending',0,CURRENT_TIMESTAMP), (1,2,0.5,'failed',3,CURRENT_TIMESTAMP), "
+                "(1,3,0.7,'done',0,CURRENT_TIMESTAMP), (1,4,0.1,'pending',1,CURRENT_TIMESTAMP)"
+            )
+        )
     engine.dispose()
 
     upgrade_head(database_url)
@@ -73,16 +85,33 @@ def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_ind
         assert sorted(upgrades.pending_pairs(s, 1)) == [(1, 0.9), (4, 0.1)]
         dialect = s.get_bind().dialect.name
         if dialect == "sqlite":
-            definitions = dict(s.execute(text(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'backfill_tasks' "
-                "AND sql IS NOT NULL")).all())
-            plan = " ".join(str(r[-1]) for r in s.execute(text(
-                "EXPLAIN QUERY PLAN SELECT count(*) FROM backfill_tasks WHERE upgrade_id = 1 AND status = 'pending'")))
+            definitions = dict(
+                s.execute(
+                    text(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'backfill_tasks' "
+                        "AND sql IS NOT NULL"
+                    )
+                ).all()
+            )
+            plan = " ".join(
+                str(r[-1])
+                for r in s.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT count(*) FROM backfill_tasks "
+                        "WHERE upgrade_id = 1 AND status = 'pending'"
+                    )
+                )
+            )
             assert "ix_backfill_tasks_pending" in plan, plan
         else:
-            definitions = dict(s.execute(text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'backfill_tasks' "
-                "AND indexname LIKE 'ix_%'")).all())
+            definitions = dict(
+                s.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'backfill_tasks' "
+                        "AND indexname LIKE 'ix_%'"
+                    )
+                ).all()
+            )
     plain = create_engine(database_url)
     items_indexes = inspect(plain).get_indexes("gallery_items")
     plain.dispose()

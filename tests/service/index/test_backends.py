@@ -94,9 +94,7 @@ def test_bad_input_changes_nothing(make: Callable[[int], VectorBackend]) -> None
     assert (b.count(), sorted(b.ids().tolist())) == before
 
 
-def test_save_load_round_trip_and_across_backends(
-    make: Callable[[int], VectorBackend], tmp_path: Path
-) -> None:
+def test_save_load_round_trip_and_across_backends(make: Callable[[int], VectorBackend], tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     b = make(DIM)
     x = unit_vectors(rng, 500, DIM)

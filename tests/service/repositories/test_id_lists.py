@@ -23,8 +23,9 @@ N = 3 * IN_CHUNK + 7  # longer than the IN (...) lists used to be cut to
 def _gallery(url: str, n: int = N) -> list[int]:
     upgrade_head(url)
     rng = np.random.default_rng(0)
-    new = [items.NewItem(f"x{k}", None, f"{k:064x}", {"old": rng.standard_normal(4).astype(np.float32)})
-           for k in range(n)]
+    new = [
+        items.NewItem(f"x{k}", None, f"{k:064x}", {"old": rng.standard_normal(4).astype(np.float32)}) for k in range(n)
+    ]
     with session_scope(url) as s:
         return [row.id for row in items.add_items(s, new, "old")]
 

@@ -18,8 +18,6 @@ from workers.drain import drain
 pytestmark = pytest.mark.integration
 
 
-
-
 def test_transitions_and_instant_rollback(make_gallery) -> None:
     g = make_gallery(n=40)
     ctx, uid = start_and_score(g, strategy="random", batch_size=8)

@@ -19,16 +19,33 @@ def test_loaded_pixels_match_the_pil_path_and_failures_stay_per_item(tmp_path, f
     from service.upgrade.images import load_pixels
     from tests.utils.gallery import png
 
-    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0,
-                             "resize": "center_crop", "crop_ratio": 1.0})()
+    meta = type(
+        "Meta",
+        (),
+        {
+            "input_channels": 1,
+            "input_size": (28, 28),
+            "mean": 0.0,
+            "std": 1.0,
+            "resize": "center_crop",
+            "crop_ratio": 1.0,
+        },
+    )()
     a = fmnist_test[0]
     rgb = io.BytesIO()
     Image.fromarray(np.stack([a[2], a[3], a[4]], -1), "RGB").save(rgb, format="PNG")
     jpeg = io.BytesIO()
     Image.fromarray(a[5]).save(jpeg, format="JPEG")
     st = LocalImageStore(tmp_path / "images")
-    keys = [st.put(png(a[0])), st.put(b"not an image"), st.put(rgb.getvalue()), st.put(png(a[1])),
-            "ab" * 32, st.put(png(a[6])[:60]), st.put(jpeg.getvalue())]
+    keys = [
+        st.put(png(a[0])),
+        st.put(b"not an image"),
+        st.put(rgb.getvalue()),
+        st.put(png(a[1])),
+        "ab" * 32,
+        st.put(png(a[6])[:60]),
+        st.put(jpeg.getvalue()),
+    ]
     expected = np.stack([pil_to_chw(Image.open(io.BytesIO(st.get(keys[k]))), meta) for k in (0, 2, 3, 6)])
     with ThreadPoolExecutor(3) as pool:
         # one thread; then runs cut across threads at every count up to more threads than images
@@ -48,8 +65,18 @@ def test_the_backfill_loader_refuses_images_above_the_pixel_limit_per_item(tmp_p
     from tests.utils.gallery import png
     from tests.utils.images import pixel_flood_png
 
-    meta = type("Meta", (), {"input_channels": 1, "input_size": (28, 28), "mean": 0.0, "std": 1.0,
-                             "resize": "center_crop", "crop_ratio": 1.0})()
+    meta = type(
+        "Meta",
+        (),
+        {
+            "input_channels": 1,
+            "input_size": (28, 28),
+            "mean": 0.0,
+            "std": 1.0,
+            "resize": "center_crop",
+            "crop_ratio": 1.0,
+        },
+    )()
     st = LocalImageStore(tmp_path / "images")
     a = fmnist_test[0]
     keys = [st.put(png(a[0])), st.put(pixel_flood_png()), st.put(png(a[1]))]

@@ -14,8 +14,6 @@ from workers.context import WorkerContext
 pytestmark = pytest.mark.integration
 
 
-
-
 def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -> None:
     """Scoring reads the gallery in a read-only transaction and writes the tasks afterwards: an
     item deleted in between gets no task (and no foreign-key error sinks the scoring)."""
