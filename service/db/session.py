@@ -33,6 +33,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API conne
     cur.close()
 
 
+def _sqlite_query_only(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
+    # The read-only engine's connections refuse writes ("attempt to write a readonly database"),
+    # so a write that strays into read_scope fails where it is made instead of vanishing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 @lru_cache(maxsize=16)
 def get_engine(url: str, readonly: bool = False) -> Engine:
     """The engine for ``url``. On SQLite every read-write transaction takes the write lock up
@@ -40,11 +48,15 @@ def get_engine(url: str, readonly: bool = False) -> Engine:
     upgrade a read lock deadlock instead of queueing on busy_timeout). ``readonly`` engines
     begin deferred instead: in WAL mode such a transaction reads a snapshot and never waits for
     a writer, so the backfill's reads (which items to load, the upgrade's state) do not queue
-    behind its writes and stall the encoder (benchmark B1). PostgreSQL needs no second engine:
-    its reads never wait for writers."""
+    behind its writes and stall the encoder (benchmark B1); their connections are
+    ``query_only``. On PostgreSQL reads never wait for writers; the ``readonly`` engine is the
+    same pool with every transaction begun ``READ ONLY`` (``postgresql_readonly``, reset when
+    the connection goes back to the pool), so the server refuses a write made in one."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if readonly:
+            event.listen(engine, "connect", _sqlite_query_only)
         begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
 
         @event.listens_for(engine, "begin")
@@ -54,7 +66,7 @@ def get_engine(url: str, readonly: bool = False) -> Engine:
         _disable_pysqlite_autobegin(engine)
         return engine
     if readonly:
-        return get_engine(url)
+        return get_engine(url).execution_options(postgresql_readonly=True)
     # connect_timeout: an unreachable server is a prompt 503 (service.errors), not a hung request.
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
 
@@ -87,8 +99,9 @@ def session_scope(url: str) -> Iterator[Session]:
 @contextmanager
 def read_scope(url: str) -> Iterator[Session]:
     """One read-only transaction on a consistent snapshot; it never takes SQLite's write lock.
-    Nothing written in it is kept (closing ends the transaction with a rollback): writes belong
-    in :func:`session_scope`. Objects read in it stay usable, detached, after it."""
+    A write in it fails on both databases (SQLite ``query_only``, PostgreSQL ``READ ONLY``), and
+    closing ends the transaction with a rollback: writes belong in :func:`session_scope`.
+    Objects read in it stay usable, detached, after it."""
     session = _session_factory(url, True)()
     try:
         yield session

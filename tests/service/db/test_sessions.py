@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from service.db.migrate import upgrade_head
 from service.db.schema import ModelRow
@@ -52,15 +53,34 @@ def test_reads_do_not_wait_for_an_open_write_transaction(database_url: str) -> N
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_nothing_written_in_a_read_scope_is_kept(database_url: str) -> None:
+def test_a_write_inside_a_read_scope_fails(database_url: str) -> None:
+    """``read_scope`` is read-only on both databases: SQLite's connection is ``query_only``,
+    PostgreSQL's transaction is ``READ ONLY``; the write fails where it is made."""
     upgrade_head(database_url)
     with session_scope(database_url) as s:
         get_serving_state(s)
-    with read_scope(database_url) as s:
-        changed = s.execute(text("UPDATE serving_state SET query_model = 'ghost'")).rowcount
-    assert changed == 1  # there was a row to change
+    with pytest.raises(DBAPIError) as caught, read_scope(database_url) as s:
+        s.execute(text("UPDATE serving_state SET query_model = 'ghost'"))
+    message = str(caught.value.orig).lower()
+    assert "read-only" in message or "readonly" in message, message
     with read_scope(database_url) as s:
         assert s.execute(text("SELECT query_model FROM serving_state")).scalar() != "ghost"
         row = get_serving_state(s)
     assert row.query_model is None  # what was read stays usable after the scope (detached, not expired)
     assert get_engine(database_url, True) is get_engine(database_url, True)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_the_read_only_flag_does_not_leak_into_write_sessions(database_url: str) -> None:
+    """Both kinds of session share PostgreSQL's pool: a connection returned by a read must come
+    back writable, and the same for SQLite's separate engines."""
+    upgrade_head(database_url)
+    with session_scope(database_url) as s:
+        get_serving_state(s)
+    for _ in range(3):  # more rounds than the pool needs to hand the same connection back
+        with read_scope(database_url) as s:
+            s.execute(text("SELECT 1"))
+        with session_scope(database_url) as s:
+            assert s.execute(text("UPDATE serving_state SET query_model = 'kept'")).rowcount == 1
+    with read_scope(database_url) as s:
+        assert s.execute(text("SELECT query_model FROM serving_state")).scalar() == "kept"
