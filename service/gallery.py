@@ -4,8 +4,8 @@
 A batch is all-or-nothing and ordered: every image is decoded completely first (a bad one
 refuses the batch before anything is written), then encoded with the gallery model (and, while
 an upgrade can still be rolled back, with the model it started from: invariant 6), the raw
-bytes go to the image store, the rows and vectors commit in one transaction with the index-log
-entry staged beside them, and the entry is published after the commit.
+bytes go to the image store, and the rows and vectors commit in one unit of work whose index
+change is published after the commit (``service.indexport``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import redis as redis_lib
 from sqlalchemy.exc import IntegrityError
 
-from service import indexlog
-from service.db.session import session_scope
+from service.db.session import read_scope
 from service.errors import BadRequest, Conflict
 from service.images import decode_image, pixel_batch
 from service.imagestore import ImageStore
+from service.indexport import Change, unit_of_work
 from service.registry import EncoderCache
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
@@ -68,10 +68,11 @@ def add_batch(
     check_ids(ext_ids)
     for i, u in enumerate(uploads):
         decode_image(u.data, f"{what} {i} (external_id {u.external_id!r})", settings.max_image_pixels)
-    # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
-    with session_scope(settings.sqlalchemy_url) as s:
-        state = catalog.get_serving_state(s)
-        gallery_model = state.gallery_model
+    # A read-only transaction: it never holds SQLite's write lock, so loading an encoder the first
+    # time (seconds) holds back no writer.
+    with read_scope(settings.sqlalchemy_url) as s:
+        state = catalog.peek_serving_state(s)
+        gallery_model = state.gallery_model if state is not None else None
         if gallery_model is None:
             raise Conflict("no model is registered yet; POST /models first")
         taken = item_repo.existing_external_ids(s, ext_ids)
@@ -93,12 +94,11 @@ def add_batch(
         for i, (u, key) in enumerate(zip(uploads, keys, strict=True))
     ]
     try:
-        with session_scope(settings.sqlalchemy_url) as s:
-            rows = item_repo.add_items(s, new, active_model=gallery_model)
+        with unit_of_work(settings, redis) as uow:
+            rows = item_repo.add_items(uow.session, new, active_model=gallery_model)
             added = [Added(r.external_id, r.active_model, r.id) for r in rows]
-            staged = indexlog.stage(s, "add", gallery_model, [a.id for a in added])
+            uow.record(Change.add(gallery_model, [a.id for a in added]))
     except IntegrityError:
         # Another writer inserted one of these ids between our check and our commit.
         raise Conflict("external_id already in the gallery (concurrent insert)") from None
-    indexlog.publish(redis, settings, staged)
     return added

@@ -1,15 +1,12 @@
 """The index log: a Redis stream of changes to the gallery, tailed by every API replica.
 
-Writers (API requests, backfill workers, upgrade control) commit to SQL first and only then
-:func:`append`, so an entry always describes state already durable in SQL. Entries carry ids,
-not vectors: a replica reads the current SQL state of those ids when it applies an entry,
-which makes applying idempotent and lets a late replica converge to the truth.
-
-Nothing may be lost between the commit and the append. Backfill workers get that from their
-lease (a batch not acknowledged is redone and logged again). Every other writer stages its
-entry in the same SQL transaction as the change (:func:`stage`, the ``index_log_outbox``
-table) and publishes it after the commit (:func:`publish`); what a dead writer or a failed
-Redis call leaves staged, a replica's follower publishes (:func:`relay`).
+It is the transport of the in-process, replicated index backend: writers never call
+:func:`append` themselves, they hand their change to a unit of work (``service.indexport``),
+which commits SQL first and only then publishes through
+``service.indexport.publishers.LogPublisher``, so an entry always describes state already
+durable in SQL (and what is left staged, its relay publishes). Entries carry ids, not vectors:
+a replica reads the current SQL state of those ids when it applies an entry, which makes
+applying idempotent and lets a late replica converge to the truth.
 
 Key ``{prefix}:indexlog`` (a stream trimmed to about ``index_log_maxlen`` entries) and
 ``{prefix}:indexlog:epoch`` (a random token created with the stream). A replica that finds the
@@ -21,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterable
@@ -31,13 +26,8 @@ from typing import Any, cast
 
 import redis as redis_lib
 from redis.typing import EncodableT, FieldT
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from service import keys
-from service.db.session import read_scope, session_scope
-from service.metrics import INDEX_LOG_RELAYED
-from service.repositories import outbox
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,96 +72,6 @@ def append(r: redis_lib.Redis, settings: Settings, op: str, model: str | None = 
     }
     entry_id = r.xadd(stream_key(settings), fields, maxlen=settings.index_log_maxlen, approximate=True)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-
-@dataclass(frozen=True)
-class Staged:
-    """An entry written to the outbox inside the writer's transaction, to publish after the commit."""
-
-    outbox_id: int
-    op: str
-    model: str | None
-    ids: list[int]
-
-
-def stage(session: Session, op: str, model: str | None = None, ids: Iterable[int] = ()) -> Staged:
-    """Write the entry describing this transaction's change into the same transaction: it commits
-    or rolls back with the change. Call :func:`publish` after the commit."""
-    if op not in OPS:
-        raise ValueError(f"unknown index-log op {op!r}; expected one of {OPS}")
-    ids = [int(i) for i in ids]
-    return Staged(outbox.add(session, op, model, ids), op, model, ids)
-
-
-def publish(r: redis_lib.Redis, settings: Settings, staged: Staged) -> str | None:
-    """Append a staged entry whose transaction has committed, then drop it from the outbox.
-
-    Never raises: SQL already holds the change, so a Redis failure must not turn a successful
-    write into an error. The entry stays staged and a follower publishes it (:func:`relay`); if
-    only the delete fails, the entry is published twice, which replicas take idempotently."""
-    if settings.failpoint == "before_publish" and settings.env == "test":
-        os.kill(os.getpid(), signal.SIGKILL)  # the crash the outbox exists for (tests/e2e/test_outages.py)
-    try:
-        entry_id = append(r, settings, staged.op, staged.model, staged.ids)
-    except redis_lib.RedisError:
-        log.exception(
-            "index log append failed (op=%s, %d ids); the entry stays in the outbox and a "
-            "replica's follower publishes it",
-            staged.op,
-            len(staged.ids),
-        )
-        return None
-    try:
-        with session_scope(settings.sqlalchemy_url) as s:
-            outbox.drop(s, [staged.outbox_id])
-    except SQLAlchemyError:
-        log.exception(
-            "published index-log entry %s but could not drop outbox row %d; it will be published again (harmless)",
-            entry_id,
-            staged.outbox_id,
-        )
-    return entry_id
-
-
-# Published late, these could act on a state that has moved on since (a rollback restores the
-# parked vectors of its day); a full reload from SQL is right whatever happened in between.
-LATE_AS_RESET = ("rollback", "commit", "reset")
-RELAY_BATCH = 500
-
-
-def relay(r: redis_lib.Redis, settings: Settings, min_age_s: float) -> int:
-    """Publish outbox entries staged more than ``min_age_s`` ago: their writer died after its
-    commit or could not reach Redis. Item entries (add, move, delete) and switches go out as
-    they are (they re-read SQL when applied); a late rollback or commit goes out as one ``reset``.
-    Returns how many staged entries were published.
-
-    Replicas all run this. The rows are claimed in a write transaction (``FOR UPDATE SKIP
-    LOCKED`` on PostgreSQL; SQLite serialises writers), so one replica publishes each; a Redis
-    failure rolls the claim back and the rows wait for the next try."""
-    url = settings.sqlalchemy_url
-    cutoff = time.time() - min_age_s
-    with read_scope(url) as s:  # the usual answer, without taking SQLite's write lock
-        if not outbox.any_staged_before(s, cutoff):
-            return 0
-    with session_scope(url) as s:
-        rows = outbox.claim_staged_before(s, cutoff, RELAY_BATCH)
-        reset = False
-        for row in rows:
-            if row.op in LATE_AS_RESET:
-                reset = True
-            else:
-                append(r, settings, row.op, row.model, json.loads(row.ids))
-        if reset:
-            append(r, settings, "reset")
-        outbox.drop(s, [row.id for row in rows])
-    if rows:
-        INDEX_LOG_RELAYED.inc(len(rows))
-        log.warning(
-            "published %d index-log entries their writers had left staged (%s)",
-            len(rows),
-            ", ".join(sorted({row.op for row in rows})),
-        )
-    return len(rows)
 
 
 def parse_entry(entry_id: bytes | str, fields: dict) -> Entry:

@@ -1,6 +1,6 @@
 """One backfill batch, stage by stage: lease and load (:func:`lease_and_load`), encode
-(:func:`encode_batch`), write (:func:`write_batch`: one SQL transaction, then the index log,
-then the ack). ``workers.drain`` runs the three stages side by side.
+(:func:`encode_batch`), write (:func:`write_batch`: one unit of work, whose move is published
+after its SQL commit, then the ack). ``workers.drain`` runs the three stages side by side.
 
 Failure semantics (docs/design.md, invariant 3): a process killed anywhere in here loses
 nothing. Ids leased but not acked come back when their lease expires; a batch that committed but
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.runtime import EncodeJob
-from service import indexlog
 from service.db.session import read_scope, session_scope
+from service.indexport import Change, unit_of_work
 from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS
 from service.queue import BackfillQueue
 from service.repositories import items as item_repo
@@ -128,13 +128,21 @@ def encode_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, batch: Leas
 
 
 def write_batch(ctx: WorkerContext, upgrade_id: int, to_model: str, enc: Encoded, queue: BackfillQueue) -> BatchResult:
-    """One SQL transaction, then the index log, then the ack; errors count an attempt per item."""
+    """One unit of work (the move published after the SQL commit), then the ack; errors count an
+    attempt per item.
+
+    The unit of work runs without the outbox (``outbox=False``): the lease is this batch's outbox.
+    The ack comes only after the publish returns, so a worker killed, or a publish that fails,
+    between the commit and the ack leaves the ids leased; they are redone when the lease expires
+    and published again (the SQL replay is a no-op, the publish idempotent), and a pause
+    republishes the landed ones at once (``control._relog_landed_leases``). An outbox row per
+    batch would repeat that guarantee at the cost of one more write transaction per batch."""
     result = BatchResult()
     if enc.vectors is not None:
-        with session_scope(ctx.url) as s:
-            outcome = upgrades.record_encoded(s, upgrade_id, to_model, enc.batch.ids, enc.vectors)
-        if outcome.moved:
-            indexlog.append(ctx.redis, ctx.settings, "move", to_model, outcome.moved)
+        with unit_of_work(ctx.settings, ctx.redis, outbox=False) as uow:
+            outcome = upgrades.record_encoded(uow.session, upgrade_id, to_model, enc.batch.ids, enc.vectors)
+            if outcome.moved:
+                uow.record(Change.move(to_model, outcome.moved))
         result.done, result.moved = outcome.newly_done, len(outcome.moved)
         result.state, result.progress = outcome.state, outcome.progress
         queue.ack(enc.batch.ids)

@@ -21,8 +21,10 @@ from functools import lru_cache
 from celery import shared_task
 
 from service import keys
+from service.db.session import read_scope
 from service.dispatch import DRAIN_TASK, SCORE_TASK, send_drains
-from service.repositories import upgrades
+from service.errors import UnknownModel
+from service.repositories import catalog, upgrades
 from service.settings import get_settings
 from service.upgrade import control
 from service.upgrade.scoring import run_scoring
@@ -50,14 +52,15 @@ def score(upgrade_id: int) -> bool:
         log.info("upgrade %s is being scored by another worker", upgrade_id)
         return False
     try:
-        from service.db.session import session_scope
-
-        with session_scope(ctx.url) as s:
+        with read_scope(ctx.url) as s:
             up = upgrades.get_upgrade(s, upgrade_id)
             if up is None:
                 return False
-            to_model = up.to_model
-            new_model = ctx.encoders.get(s, to_model)
+            row = catalog.get_model(s, up.to_model)
+        if row is None:
+            raise UnknownModel(f"model {up.to_model!r} is not registered")
+        # Outside any transaction: loading and warming an encoder takes seconds.
+        new_model = ctx.encoders.load(row.name, row.path)
         started = run_scoring(ctx.settings, ctx.redis, upgrade_id, new_model, ctx.images)
     except Exception as exc:
         log.exception("scoring upgrade %s failed", upgrade_id)

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.serving import Serving
-from service.db.session import session_scope
+from service.db.session import read_scope
 from service.errors import Forbidden, Unauthorized
 from service.imagestore import ImageStore
 from service.settings import Settings
@@ -36,9 +36,10 @@ def get_image_store(request: Request) -> ImageStore:
 
 
 def get_session(settings: Annotated[Settings, Depends(get_app_settings)]) -> Iterator[Session]:
-    """A session whose transaction the route commits itself: a write must be committed *before*
-    the route appends to the index log and answers, so nothing is left to the dependency exit."""
-    with session_scope(settings.sqlalchemy_url) as session:
+    """A read-only session (``read_scope``) for the routes that only read. A route that writes
+    opens its own unit of work (``service.indexport.unit_of_work``): its change must be committed
+    and published *before* it answers, so nothing is left to the dependency's exit."""
+    with read_scope(settings.sqlalchemy_url) as session:
         yield session
 
 

@@ -24,9 +24,10 @@ import time
 import redis as redis_lib
 from sqlalchemy.orm import Session
 
-from service import indexlog, keys
+from service import keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
+from service.indexport import Change, unit_of_work
 from service.metrics import LIVE_MAP, LIVE_NFR, SERVING_PLAN
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
@@ -114,12 +115,12 @@ def serve(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, plan_json
     """Make ``plan_json`` the plan every replica serves: SQL first (only while the upgrade still
     owns the gallery: a rollback that got there first has cleared the plan for good), then the
     index log's ``switch``. Returns whether it was served."""
-    with session_scope(settings.sqlalchemy_url) as s:
+    with unit_of_work(settings, redis) as uow:
+        s = uow.session
         if upgrades.lock_state(s, upgrade_id) not in ACTIVE:
             return False
         catalog.set_plan(s, plan_json)
-        staged = indexlog.stage(s, "switch", plan_json["new_model"])
-    indexlog.publish(redis, settings, staged)
+        uow.record(Change.switch(plan_json["new_model"]))
     return True
 
 

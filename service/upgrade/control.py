@@ -1,5 +1,6 @@
-"""Starting an upgrade and the operator's actions on it, each one SQL transaction first and the
-index-log entry after the commit (service.indexlog's rule), then Redis housekeeping.
+"""Starting an upgrade and the operator's actions on it, each one unit of work (the SQL
+transaction, and the index change it records published after the commit: service.indexport),
+then Redis housekeeping.
 
 Used by the HTTP routes (service/routes/upgrade.py) and by workers (auto-commit). Nothing here
 touches Celery: the caller dispatches the scoring/drain tasks after these return.
@@ -10,10 +11,10 @@ from __future__ import annotations
 import redis as redis_lib
 
 from models.uncertainty import STRATEGIES
-from service import indexlog
 from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
+from service.indexport import Change, unit_of_work
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
@@ -63,7 +64,8 @@ def start(
         raise UpgradeRequestError("nfr_target is a ratio between 0 and 1")
     if plan not in plans.REQUESTABLE:
         raise UpgradeRequestError(f"unknown plan {plan!r}; expected one of {list(plans.REQUESTABLE)}")
-    with session_scope(settings.sqlalchemy_url) as s:
+    with unit_of_work(settings, redis) as uow:
+        s = uow.session
         serving = catalog.lock_serving_state(s)  # concurrent starts queue here
         target = catalog.get_model(s, model)
         if target is None:
@@ -123,8 +125,7 @@ def start(
         )
         catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)
         catalog.set_plan(s, plans.starting(plan, current.name, target.name).to_json())
-        staged = indexlog.stage(s, "switch", target.name)
-    indexlog.publish(redis, settings, staged)
+        uow.record(Change.switch(target.name))
     return row
 
 
@@ -142,7 +143,8 @@ def default_strategy(plan: str, same_dimension: bool, *, has_classifier: bool = 
 def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str) -> str:
     """Rollback and cancel: every item and both serving models back to the old model, from the
     old vectors still in SQL (no re-encoding), the new model's vectors dropped."""
-    with session_scope(settings.sqlalchemy_url) as s:
+    with unit_of_work(settings, redis) as uow:
+        s = uow.session
         up = upgrades.get_upgrade(s, upgrade_id)
         if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
@@ -150,8 +152,7 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         item_repo.return_to_model(s, from_model=up.to_model, to_model=up.from_model)
         catalog.set_serving_state(s, gallery_model=up.from_model, query_model=up.from_model)
         catalog.set_plan(s, None)  # the old system exactly: its query against its vectors
-        staged = indexlog.stage(s, "rollback", up.from_model)
-    indexlog.publish(redis, settings, staged)
+        uow.record(Change.rollback(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
     return new_state
 
@@ -159,7 +160,8 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
 def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
     """Retire the old model: delete its vectors. Refused while any item still lives on it (items
     whose re-encoding failed), because dropping the old segment would make them unsearchable."""
-    with session_scope(settings.sqlalchemy_url) as s:
+    with unit_of_work(settings, redis) as uow:
+        s = uow.session
         up = upgrades.get_upgrade(s, upgrade_id)
         if up is None:
             raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
@@ -173,8 +175,7 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
         new_state = upgrades.transition(s, upgrade_id, "commit")
         item_repo.delete_model_vectors(s, up.from_model)
         catalog.set_plan(s, None)  # one segment left: the new model's query against it
-        staged = indexlog.stage(s, "commit", up.from_model)
-    indexlog.publish(redis, settings, staged)
+        uow.record(Change.commit(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
     return new_state
 
@@ -208,11 +209,10 @@ def _relog_landed_leases(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         leased = BackfillQueue(redis, settings, upgrade_id).leased_ids()
     except redis_lib.RedisError:
         return
-    with session_scope(settings.sqlalchemy_url) as s:
-        landed = upgrades.done_among(s, upgrade_id, leased)
-        staged = indexlog.stage(s, "move", to_model, landed) if landed else None
-    if staged is not None:
-        indexlog.publish(redis, settings, staged)
+    with unit_of_work(settings, redis) as uow:
+        landed = upgrades.done_among(uow.session, upgrade_id, leased)
+        if landed:
+            uow.record(Change.move(to_model, landed))
 
 
 def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str) -> None:

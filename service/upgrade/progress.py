@@ -10,7 +10,7 @@ import logging
 
 import redis as redis_lib
 
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.metrics import BACKFILL_PROGRESS
 from service.queue import BackfillQueue
 from service.repositories import upgrades
@@ -34,7 +34,7 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     if orphans:
         queue.push(orphans, [-1.0] * len(orphans))
         return "requeued"
-    with session_scope(settings.sqlalchemy_url) as s:
+    with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
         pending = upgrades.pending_pairs(s, upgrade_id)
     if pending:
         n = queue.rebuild_if_lost(lambda: pending)

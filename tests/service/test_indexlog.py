@@ -10,6 +10,7 @@ import redis as redis_lib
 
 from service import indexlog
 from service.api.serving import Serving
+from service.api.serving.replica import Replica
 from service.db.session import session_scope
 from service.metrics import GALLERY_VECTORS
 from service.repositories import items as item_repo
@@ -64,15 +65,16 @@ def test_replicas_follow_a_stream_of_changes_and_match_sql(service_settings: Set
     w.commit("old")
     catch_up(a, b)
     assert replica_state(a) == replica_state(b) == sql_truth(service_settings)
-    assert a.index.counts() == b.index.counts() == {"new": len(items)}
-    assert a.reloads == b.reloads == 1  # followed the log, never fell back to a reload
+    assert a.status().counts == b.status().counts == {"new": len(items)}
+    assert a.status().reloads == b.status().reloads == 1  # followed the log, never fell back to a reload
 
 
 def test_entries_are_idempotent(service_settings: Settings, r) -> None:
     w = Writer(service_settings, r)
     w.switch("old")
     ids = w.add(8, "old")
-    a = replica(service_settings, r)
+    a = Replica(service_settings, r)  # the in-process adapter itself: its entries, applied again
+    a.load()
     w.move(ids[:4], "new")
     w.delete(ids[4:5])
     catch_up(a)
@@ -89,20 +91,21 @@ def test_replica_behind_retention_reloads_from_sql(service_settings: Settings, r
     w.add(5, "old")
     a = replica(settings, r)
     b = replica(settings, r)  # keeps up, so trimming never costs it a reload
-    reloads = a.reloads
+    reloads = a.status().reloads
     for n in range(400):  # far past MAXLEN ~100: the stream trims entries a never read
         w.add(1, "old")
         if n % 40 == 0:
             catch_up(b)
     catch_up(b)
-    assert b.reloads == 1 and replica_state(b) == sql_truth(settings)
+    assert b.status().reloads == 1 and replica_state(b) == sql_truth(settings)
     info = indexlog.stream_info(r, settings)
-    assert indexlog.missed_entries(info, a.last_id, a.ordinal), "precondition: the stream was trimmed"
+    st = a.status()
+    assert indexlog.missed_entries(info, st.position, st.ordinal), "precondition: the stream was trimmed"
     assert r.xlen(indexlog.stream_key(settings)) < 400
-    assert a.step() == -1
-    assert a.reloads == reloads + 1
+    assert a.poll() == -1
+    assert a.status().reloads == reloads + 1
     assert replica_state(a) == sql_truth(settings)
-    assert len(a.external_ids) == 405
+    assert len(a.items()) == 405
 
 
 def test_replica_reloads_when_redis_lost_the_stream(service_settings: Settings, r) -> None:
@@ -117,10 +120,10 @@ def test_replica_reloads_when_redis_lost_the_stream(service_settings: Settings, 
         for item in item_repo.get_items_by_ids(s, ids[:2]):
             item_repo.delete_item(s, item)
     w.add(3, "old")  # a new stream with a new epoch
-    assert a.step() == -1
+    assert a.poll() == -1
     assert replica_state(a) == sql_truth(service_settings)
-    assert len(a.external_ids) == 7
-    assert a.step() == 0  # and follows the new stream from there
+    assert len(a.items()) == 7
+    assert a.poll() == 0  # and follows the new stream from there
 
 
 def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
@@ -132,10 +135,10 @@ def test_follower_thread_and_gauges(service_settings: Settings, r) -> None:
     a = Serving(service_settings, r)
     a.start()
     try:
-        assert a.ready.wait(30)
+        assert a.wait_ready(30)
         w.add(3, "old")
         deadline = time.monotonic() + 20
-        while len(a.external_ids) < 7 and time.monotonic() < deadline:
+        while len(a.items()) < 7 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert replica_state(a) == sql_truth(service_settings)
         assert GALLERY_VECTORS.labels(model="old")._value.get() == 7
@@ -148,30 +151,30 @@ def test_follower_recovers_from_a_failed_apply_by_reloading(
 ) -> None:
     import time
 
-    from service.api.serving import applying
+    from service.api.serving import replica as replica_module
 
     w = Writer(service_settings, r)
     w.switch("old")
     w.add(3, "old")
     a = Serving(service_settings, r)
-    original = applying.sync_ids
+    original = replica_module.item_repo.get_item_states
     calls = {"n": 0}
 
-    def flaky(replica, ids):
+    def flaky(session, ids):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected failure while applying an entry")
-        return original(replica, ids)
+        return original(session, ids)
 
-    monkeypatch.setattr(applying, "sync_ids", flaky)
+    monkeypatch.setattr(replica_module.item_repo, "get_item_states", flaky)
     a.start()
     try:
-        assert a.ready.wait(30)
+        assert a.wait_ready(30)
         w.add(2, "old")
         deadline = time.monotonic() + 30
         while replica_state(a) != sql_truth(service_settings) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert replica_state(a) == sql_truth(service_settings)
-        assert calls["n"] >= 1 and a.reloads >= 2  # the failure led to a reload from SQL
+        assert calls["n"] >= 1 and a.status().reloads >= 2  # the failure led to a reload from SQL
     finally:
         a.stop()

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select, update
 
 from service import indexlog
 from service.api.serving import Serving
+from service.api.serving.replica import Replica
 from service.db.schema import Embedding, GalleryItem
 from service.db.session import session_scope
 from service.repositories import catalog
@@ -81,14 +82,13 @@ def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
         return items, catalog.get_serving_state(s).query_model
 
 
-def replica_state(serving: Serving) -> tuple[dict[int, str], str | None]:
+def replica_state(serving: Serving | Replica) -> tuple[dict[int, str], str | None]:
     """What a replica serves, in the shape of :func:`sql_truth`: the model per item, the query model."""
-    ids = sorted(serving.external_ids)
-    return dict(zip(ids, serving.index.model_of(ids), strict=True)), serving.query_model
+    return serving.items(), serving.status().query_model
 
 
-def catch_up(*replicas: Serving) -> None:
+def catch_up(*replicas: Serving | Replica) -> None:
     """Apply everything the log holds, without waiting for more."""
     for rep in replicas:
-        while rep.step(block_ms=None) != 0:
+        while rep.poll(block_ms=None) != 0:
             pass

@@ -57,22 +57,23 @@ def _top(replica: Serving, image: bytes, k: int = 5) -> list[str]:
 def test_a_plan_travels_through_sql_and_the_log_and_replicas_switch_together(make_gallery, redis_client) -> None:
     g = make_gallery(n=40)
     a, b = Serving(g.settings, redis_client), Serving(g.settings, redis_client)
-    a.load_from_sql()
-    b.load_from_sql()
-    assert a.plan is None and b.plan is None  # outside an upgrade: no plan
+    a.reload()
+    b.reload()
+    assert a.status().plan is None and b.status().plan is None  # outside an upgrade: no plan
     ctx, uid = _start(g, strategy="random", plan="dual")
-    a.step()
-    b.step()
+    a.poll()
+    b.poll()
     with session_scope(ctx.url) as s:
         stored = catalog.get_serving_state(s).plan
     assert stored is not None and stored["name"] == "dual" and stored["old_model"] == g.old
-    assert a.plan is not None and b.plan is not None
-    assert a.plan.to_json() == b.plan.to_json() == stored  # fitted at scoring, the same on every replica
-    assert a.plan.version >= 2  # the start plan, then its fitted calibration
+    plan_a, plan_b = a.status().plan, b.status().plan
+    assert plan_a is not None and plan_b is not None
+    assert plan_a.to_json() == plan_b.to_json() == stored  # fitted at scoring, the same on every replica
+    assert plan_a.version >= 2  # the start plan, then its fitted calibration
     control.act(g.settings, ctx.redis, uid, "rollback")
-    a.step()
-    b.step()
-    assert a.plan is None and b.plan is None
+    a.poll()
+    b.poll()
+    assert a.status().plan is None and b.status().plan is None
 
 
 @pytest.mark.parametrize("plan", ["dual", "auto"])
@@ -82,9 +83,10 @@ def test_dual_finds_each_items_own_image_first_backfilled_or_not(make_gallery, r
     ctx, uid = _start(g, strategy="margin", batch_size=16, plan=plan)
     drain(ctx, uid, budget_s=0.0)  # one batch: a third of the gallery moves
     replica = Serving(g.settings, redis_client)
-    replica.load_from_sql()
-    assert replica.plan is not None and replica.plan.name == "dual"
-    counts = replica.index.counts()
+    replica.reload()
+    plan = replica.status().plan
+    assert plan is not None and plan.name == "dual"
+    counts = replica.status().counts
     assert counts.get(g.new, 0) == 16 and counts.get(g.old, 0) == 32
     images = _images(g, ctx)
     for ext, image in images.items():
@@ -106,23 +108,23 @@ def test_an_upgrade_between_models_of_different_dimensions_completes(make_galler
             control.start(g.settings, ctx.redis, model="wide", **{"strategy": "random", **refused})
     ctx, uid = _start(g, strategy="random", plan="auto")
     replica = Serving(g.settings, redis_client)
-    replica.load_from_sql()
+    replica.reload()
     images = _images(g, ctx)
     for ext, image in list(images.items())[:10]:
         assert _top(replica, image)[0] == ext  # all old still: the old system, exactly
     _finish(ctx, uid)
-    replica.step()
+    replica.poll()
     with session_scope(ctx.url) as s:
         up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 40
         assert {p.get("plan") for p in up.checkpoints} <= {"dual", "transform", "blend"}  # never the paper's
-    assert replica.index.counts() == {g.old: 0, "wide": 40} or replica.index.counts() == {"wide": 40}
-    assert replica.index.dim("wide") == 48
+    assert replica.status().counts in ({g.old: 0, "wide": 40}, {"wide": 40})
+    assert replica.status().dims["wide"] == 48
     for ext, image in list(images.items())[:10]:
         assert _top(replica, image)[0] == ext
     control.commit(g.settings, ctx.redis, uid)
-    replica.step()
-    assert replica.plan is None and g.old not in replica.encoders.loaded()
+    replica.poll()
+    assert replica.status().plan is None and g.old not in replica.encoders.loaded()
     for ext, image in list(images.items())[:10]:
         assert _top(replica, image)[0] == ext
 
@@ -132,7 +134,7 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
     g = make_gallery(n=40)
     g.settings.__dict__["batch_size"] = 8
     before = Serving(g.settings, redis_client)
-    before.load_from_sql()
+    before.reload()
     images = _images(g, WorkerContext.from_settings(g.settings))
     answers = {
         ext: before.search_vector(before.encode_query(im, DEFAULT_MAX_PIXELS)[1], 10) for ext, im in images.items()
@@ -141,10 +143,10 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
     drain(ctx, uid, budget_s=0.0)
     drain(ctx, uid, budget_s=0.0)
     replica = Serving(g.settings, redis_client)
-    replica.load_from_sql()
-    assert replica.index.counts()[g.new] > 0
+    replica.reload()
+    assert replica.status().counts[g.new] > 0
     control.act(g.settings, ctx.redis, uid, "rollback")
-    replica.step()
+    replica.poll()
     for ext, image in images.items():
         got = replica.search_vector(replica.encode_query(image, DEFAULT_MAX_PIXELS)[1], 10)
         assert [e for e, _, _ in got] == [e for e, _, _ in answers[ext]]
@@ -157,6 +159,7 @@ def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery
     import torch
 
     from models.plans import mixed_scores
+    from service.repositories import items as item_repo
     from service.upgrade import probes
 
     g = make_gallery(n=80)
@@ -164,13 +167,14 @@ def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery
     ctx, uid = _start(g, strategy="mixed", batch_size=40, plan="blend")
     drain(ctx, uid, budget_s=0.0)  # one batch: half the gallery, enough pairs to fit T
     replica = Serving(g.settings, redis_client)
-    replica.load_from_sql()
-    plan = replica.plan
+    replica.reload()
+    plan = replica.status().plan
     assert plan is not None and plan.name == "blend" and plan.version > 1
     assert plan.spec.transform is not None and plan.spec.transform.pairs == 40
     assert plan.query_models() == [g.old, g.new]
     with session_scope(ctx.url) as s:
         gallery = probes.load_gallery(s)
+        external = item_repo.external_id_map(s)
     on_new = torch.from_numpy(gallery.on(g.new).astype(bool))
     assert 0 < int(on_new.sum()) < 80
     g_old, g_new = (torch.from_numpy(gallery.dense(m, gallery.dim(m))) for m in (g.old, g.new))
@@ -181,6 +185,6 @@ def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery
             plan.spec, torch.from_numpy(emb[g.old]), torch.from_numpy(emb[g.new]), g_old, g_new, on_new
         )[0]
         top = torch.argsort(scores, descending=True)[:10].tolist()
-        expected = [replica.external_ids[int(gallery.ids[j])] for j in top]
+        expected = [external[int(gallery.ids[j])] for j in top]
         assert [e for e, _, _ in got] == expected
         np.testing.assert_allclose([s for _, s, _ in got], scores[top].numpy(), rtol=1e-4, atol=1e-5)

@@ -1,8 +1,9 @@
 """``/gallery``: add a batch of images, read one item, delete one item.
 
 A write is all-or-nothing and ordered: validate and decode everything, encode, store the raw
-images, commit the rows and vectors in one transaction, and only then append to the index log
-and apply the change to this replica. Any bad input is refused before the first write.
+images, commit the rows and vectors in one unit of work (its index change published after the
+commit: ``service.indexport``), and only then apply the change to this process's serving index
+(read-your-writes). Any bad input is refused before the first write.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from service import indexlog
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import (
     GalleryCreateOut,
@@ -21,10 +21,10 @@ from service.api.schemas import (
     Label,
     error_responses,
 )
-from service.db.session import session_scope
 from service.errors import BadRequest, NotFound, TooLarge
 from service.gallery import Upload, add_batch, check_ids
 from service.images import read_limited
+from service.indexport import Change, unit_of_work
 from service.repositories import items as item_repo
 from service.repositories import upgrades
 
@@ -66,7 +66,7 @@ def add_items(
         for i, (f, ext, lab) in enumerate(zip(image, external_id, labels, strict=True))
     ]
     added = add_batch(settings, redis, store, serving.encoders, uploads)
-    serving.sync_ids([a.id for a in added])
+    serving.catch_up([Change.add(added[0].model, [a.id for a in added])])  # one batch, one model
     return GalleryCreateOut(
         items=[GalleryItemCreated(external_id=a.external_id, model=a.model, id=a.id) for a in added]
     )
@@ -82,7 +82,7 @@ def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> G
         label=item.label,
         model=item.active_model,
         created_at=item.created_at,
-        index_model=serving.index.model_of(item.id),
+        index_model=serving.model_of(item.id),
     )
 
 
@@ -94,7 +94,8 @@ def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> G
     responses=error_responses(401, 403, 404),
 )
 def delete_item(external_id: ItemId, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
-    with session_scope(settings.sqlalchemy_url) as s:
+    with unit_of_work(settings, redis) as uow:
+        s = uow.session
         item = item_repo.get_item(s, external_id)
         if item is None:
             raise NotFound(f"no gallery item with external_id {external_id!r}")
@@ -102,12 +103,10 @@ def delete_item(external_id: ItemId, settings: SettingsDep, serving: ServingDep,
         upgrade = upgrades.active_upgrade(s)
         upgrade_id = upgrade.id if upgrade is not None else None
         item_repo.delete_item(s, item)
-        staged = indexlog.stage(s, "delete", model, [item_id])
-
-    indexlog.publish(redis, settings, staged)
+        uow.record(Change.delete([item_id], model))
     if upgrade_id is not None:
         _unqueue(redis, settings, upgrade_id, item_id)
-    serving.sync_ids([item_id])
+    serving.catch_up(uow.changes)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

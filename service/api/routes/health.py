@@ -10,7 +10,6 @@ from sqlalchemy import text
 
 from service.api.deps import RedisDep, ServingDep, SessionDep
 from service.api.schemas import HealthOut, ReadyOut, error_responses
-from service.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
@@ -22,14 +21,14 @@ def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
 def readyz(serving: ServingDep, session: SessionDep, redis: RedisDep) -> ReadyOut:
-    if not serving.ready.is_set():
-        raise Unavailable("the index is still loading")
+    serving.require_ready()  # 503 "the index is still loading"
     session.execute(text("SELECT 1"))  # a lost connection is a 503 "database unavailable"
     redis.ping()  # ... and "redis unavailable"
+    st = serving.status()
     return ReadyOut(
-        query_model=serving.query_model,
-        counts=serving.index.counts(),
-        log_position=serving.last_id,
-        loaded_from=serving.loaded_from,
-        plan=None if serving.plan is None else {"name": serving.plan.name, "version": serving.plan.version},
+        query_model=st.query_model,
+        counts=st.counts,
+        log_position=st.position,
+        loaded_from=st.loaded_from,
+        plan=None if st.plan is None else {"name": st.plan.name, "version": st.plan.version},
     )

@@ -6,13 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy.exc import IntegrityError
 
-from service import indexlog
 from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses
 from service.db.schema import ModelRow, ServingState
-from service.db.session import session_scope
 from service.errors import BadRequest, Conflict
 from service.images import read_limited
+from service.indexport import Change, unit_of_work
 from service.registry import parse_metadata_upload, register, resolve_model_path, save_upload
 from service.repositories import catalog, upgrades
 
@@ -50,7 +49,8 @@ def _out(
 
 @router.get("", response_model=ModelsOut)
 def list_models(session: SessionDep) -> ModelsOut:
-    state = catalog.get_serving_state(session)
+    # A read-only session: before the first registration there is no row, and an empty one says so.
+    state = catalog.peek_serving_state(session) or ServingState(gallery_model=None, query_model=None)
     rows = catalog.list_models(session)
     by_name = {row.name: row for row in rows}
     replaced = upgrades.committed_sources(session)
@@ -97,14 +97,13 @@ def register_model(
             ckpt, uploaded = save_upload(settings, file.file, MAX_CHECKPOINT_BYTES), True
         else:
             ckpt, uploaded = resolve_model_path(settings, path or ""), False
-        with session_scope(settings.sqlalchemy_url) as s:
+        with unit_of_work(settings, redis) as uow:
+            s = uow.session
             row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded, metadata=doc)
             out = _out(row, catalog.get_serving_state(s), {m.name: m for m in catalog.list_models(s)})
-            # The query model changed from none to this one: every replica must hear of it.
-            staged = indexlog.stage(s, "switch", out.name) if first else None
+            if first:  # the query model changed from none to this one: every replica must hear of it
+                uow.record(Change.switch(out.name))
     except IntegrityError:
         raise Conflict("a model with this name was registered concurrently") from None
-    if staged is not None:
-        indexlog.publish(redis, settings, staged)
-        serving.refresh_query_model()
+    serving.catch_up(uow.changes)
     return out

@@ -1,86 +1,116 @@
-"""The serving state of one API process, and the jobs around it, one module each:
+"""Serving: what the routes hold to answer searches. One object, :class:`Serving`: the encoders
+this process loaded and the serving index (the read side of the index port,
+:class:`~service.api.serving.port.ServingIndex`), with a small public surface:
 
-- ``state``: what the replica holds (index, external ids, query model, encoders, log position);
-- ``loading``: from a snapshot plus the log, else from SQL; snapshots at shutdown;
-- ``applying``: index-log entries and a request's own writes, converging to SQL;
-- ``follower``: the thread that tails the index log and relays the outbox;
-- ``query``: the search path.
+- ``start`` / ``stop`` / ``save_snapshot``: the app's lifespan;
+- ``ready`` / ``require_ready``: may this process answer yet;
+- ``search`` (``encode_query`` then ``search_vector``): encode with every model the serving plan
+  needs and take the plan's top-k;
+- ``model_of``: the segment an item is searched in (``GET /gallery``);
+- ``catch_up``: read-your-writes, after a request's own unit of work;
+- ``status``: ``/readyz``, operators and tests; with ``load``, ``reload``, ``poll`` and
+  ``items`` as the operator's and the tests' surface;
+- ``encoders``: the encoder cache, shared with this process's writes (``POST /gallery``).
 
-:class:`Serving` is the replica the app and the routes hold: the state with each job as a
-method, so callers need not know which module does what.
+Modules: ``port`` (the read side of the port), ``replica`` (its in-process replicated adapter)
+and ``follower`` (its thread), ``backends`` (the adapter by setting), ``query`` (encoding and
+the query plan, the same for every backend).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import redis as redis_lib
 
-from service import indexlog
-from service.api.serving import applying, follower, loading, query
-from service.api.serving.query import NoModel, NotReady
-from service.api.serving.state import ReplicaState
+from service.api.serving.backends import serving_index_for
+from service.api.serving.port import Hit, IndexStatus, ServingIndex
+from service.api.serving.query import Embeddings, NoModel, NotReady, encode, plan_for
+from service.indexport import Change
+from service.registry import EncoderCache
 from service.settings import Settings
 
-if TYPE_CHECKING:
-    from models.checkpoint import LoadedModel
-
-__all__ = ["NoModel", "NotReady", "ReplicaState", "Serving"]
+__all__ = ["Hit", "IndexStatus", "NoModel", "NotReady", "Serving", "ServingIndex"]
 
 
-class Serving(ReplicaState):
-    def __init__(self, settings: Settings, redis: redis_lib.Redis) -> None:
-        super().__init__(settings, redis)
-        self._follower = follower.Follower(self)
+class Serving:
+    def __init__(self, settings: Settings, redis: redis_lib.Redis, index: ServingIndex | None = None) -> None:
+        self._url = settings.sqlalchemy_url
+        self.encoders = EncoderCache(settings.device)
+        self._index = index or serving_index_for(settings, redis, on_retired=self.encoders.release)
 
-    # loading
-    def load(self) -> None:
-        loading.load(self)
-
-    def load_from_sql(self) -> None:
-        loading.load_from_sql(self)
-
-    def save_snapshot(self) -> Path | None:
-        return loading.save_snapshot(self)
-
-    # applying
-    def sync_ids(self, ids: Iterable[int]) -> None:
-        applying.sync_ids(self, ids)
-
-    def refresh_query_model(self) -> None:
-        applying.refresh_query_model(self)
-
-    def apply(self, entry: indexlog.Entry) -> None:
-        applying.apply(self, entry)
-
-    # following
+    # -- the app's lifespan ----------------------------------------------------------------------
     def start(self) -> None:
-        self._follower.start()
+        self._index.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._follower.stop(timeout)
+        self._index.stop(timeout)
 
-    def step(self, block_ms: int | None = None) -> int:
-        return follower.step(self, block_ms)
+    def save_snapshot(self) -> Path | None:
+        return self._index.save_snapshot()
 
-    def needs_reload(self) -> bool:
-        return follower.needs_reload(self)
+    # -- the routes ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._index.wait_ready(0)
 
-    def relay_staged(self) -> int:
-        return follower.relay_staged(self)
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._index.wait_ready(timeout)
 
-    # querying
     def require_ready(self) -> None:
-        query.require_ready(self)
+        if not self.ready:
+            raise NotReady("the index is still loading")
 
-    def encoder(self, model: str) -> LoadedModel:
-        return query.encoder(self, model)
+    def search(self, data: bytes, k: int, max_pixels: int) -> tuple[str, list[tuple[str, float, str]]]:
+        """The query model and the (external_id, score, model) of the top ``k`` for one image."""
+        model, embeddings = self.encode_query(data, max_pixels)
+        return model, self.search_vector(embeddings, k, model)
 
-    def encode_query(self, data: bytes, max_pixels: int) -> tuple[str, query.Embeddings]:
-        return query.encode_query(self, data, max_pixels)
+    def encode_query(self, data: bytes, max_pixels: int) -> tuple[str, Embeddings]:
+        """The query model's name and the embeddings the serving plan needs for one image."""
+        self.require_ready()
+        return encode(self.encoders, self._url, self._index.view(), data, max_pixels)
 
-    def search_vector(self, embeddings: query.Embeddings | np.ndarray, k: int) -> list[tuple[str, float, str]]:
-        return query.search_vector(self, embeddings, k)
+    def search_vector(
+        self, embeddings: Embeddings | np.ndarray, k: int, query_model: str | None = None
+    ) -> list[tuple[str, float, str]]:
+        """(external_id, score, model) of the top ``k`` for the first query, merged over segments
+        as the serving plan says. A bare array is the query model's embedding (no plan)."""
+        view = self._index.view()
+        model = query_model or view.query_model or ""
+        if isinstance(embeddings, np.ndarray):
+            embeddings = {model: embeddings}
+        query_plan = plan_for(view, embeddings, model)
+        if query_plan is None:
+            return []
+        return [(h.external_id, h.score, h.model) for h in self._index.search(query_plan, k)]
+
+    def model_of(self, item_id: int) -> str | None:
+        return self._index.model_of(item_id)
+
+    def catch_up(self, changes: Iterable[Change]) -> None:
+        """Read-your-writes: the changes a request's unit of work committed, reflected here before
+        it answers (``service.indexport.UnitOfWork.changes``)."""
+        self._index.catch_up(changes)
+
+    def status(self) -> IndexStatus:
+        return self._index.status()
+
+    # -- the operator's and the tests' surface ---------------------------------------------------
+    def load(self) -> None:
+        """Load now, in this thread (``start`` loads in the background)."""
+        self._index.load()
+
+    def reload(self) -> None:
+        """Rebuild from SQL."""
+        self._index.reload()
+
+    def poll(self, block_ms: int | None = None) -> int:
+        """Apply what changed since; -1 when it reloaded instead."""
+        return self._index.poll(block_ms)
+
+    def items(self) -> dict[int, str]:
+        """Every item in the index and its segment (O(N))."""
+        return self._index.items()

@@ -24,7 +24,7 @@ def test_restart_from_snapshot_plus_log(service_settings: Settings, r) -> None:
     ids = w.add(30, "old")
     a = Serving(service_settings, r)
     a.load()
-    assert a.loaded_from == "sql"
+    assert a.status().loaded_from == "sql"
     w.switch("new")
     w.move(ids[:10], "new")  # parked old vectors go into the snapshot too
     catch_up(a)
@@ -37,10 +37,11 @@ def test_restart_from_snapshot_plus_log(service_settings: Settings, r) -> None:
 
     b = Serving(service_settings, r)
     b.load()
-    assert b.loaded_from == "snapshot" and b.reloads == 0
+    st = b.status()
+    assert st.loaded_from == "snapshot" and st.reloads == 0
     catch_up(b)
     assert replica_state(b) == sql_truth(service_settings)
-    assert b.index.parked_counts().get("old") == 15  # rollback stays instant after a restart
+    assert b.status().parked.get("old") == 15  # rollback stays instant after a restart
 
     w.rollback("old")
     catch_up(b)
@@ -68,7 +69,7 @@ def test_unusable_snapshot_falls_back_to_sql(service_settings: Settings, r, spoi
         w.add(2, "old")
     b = Serving(settings, r)
     b.load()
-    assert b.loaded_from == "sql"
+    assert b.status().loaded_from == "sql"
     assert replica_state(b) == sql_truth(settings)
 
 
@@ -86,7 +87,7 @@ def test_snapshot_of_another_database_is_not_used(service_settings: Settings, r,
     upgrade_head(other.sqlalchemy_url)
     b = Serving(other, r)
     b.load()
-    assert b.loaded_from == "sql" and b.index.counts() == {}
+    assert b.status().loaded_from == "sql" and b.status().counts == {}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
