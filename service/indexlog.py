@@ -17,7 +17,6 @@ whose position is older than the stream's trimmed tail knows it missed entries a
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -29,8 +28,6 @@ from redis.typing import EncodableT, FieldT
 
 from service import keys
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 OPS = ("add", "move", "delete", "switch", "rollback", "commit", "reset")
 

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     index_log_maxlen: int = Field(default=1_000_000, ge=100)
     index_log_poll_ms: int = Field(default=200, ge=1)
     # A staged index-log entry older than this is taken as left behind by its writer, and a
-    # replica's follower publishes it; also how often followers look (service.indexlog.relay).
+    # replica's follower publishes it; also how often followers look (service.indexport.relay).
     index_log_relay_s: float = Field(default=5.0, gt=0)
     # Fault injection for the process tests, honoured only with HOTREFRESH_ENV=test:
     # "before_publish" SIGKILLs this process between a write's SQL commit and its index-log append.

@@ -165,7 +165,7 @@ class IndexLogOutbox(Base):
     writer that dies in between, or whose Redis call fails while Redis keeps the stream, would
     otherwise leave every other replica without the change until its next full reload; a
     replica's follower publishes rows older than ``index_log_relay_s`` instead
-    (``service.indexlog.relay``). Normally empty: one short-lived row per API write.
+    (``service.indexport.relay``). Normally empty: one short-lived row per API write.
     """
 
     __tablename__ = "index_log_outbox"

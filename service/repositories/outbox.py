@@ -1,5 +1,5 @@
-"""Index-log entries staged in SQL (the ``index_log_outbox`` table): written inside the
-transaction of the change they describe, dropped once published (``service.indexlog``)."""
+"""Index changes staged in SQL (the ``index_log_outbox`` table): written inside the transaction
+of the change they describe, dropped once published (``service.indexport.unit_of_work``)."""
 
 from __future__ import annotations
 
