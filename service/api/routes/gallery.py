@@ -66,7 +66,8 @@ def add_items(
         for i, (f, ext, lab) in enumerate(zip(image, external_id, labels, strict=True))
     ]
     added = add_batch(settings, redis, store, serving.encoders, uploads)
-    serving.catch_up([Change.add(added[0].model, [a.id for a in added])])  # one batch, one model
+    if added:  # one batch, one model
+        serving.catch_up([Change.add(added[0].model, [a.id for a in added])])
     return GalleryCreateOut(
         items=[GalleryItemCreated(external_id=a.external_id, model=a.model, id=a.id) for a in added]
     )
