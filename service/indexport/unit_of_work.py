@@ -59,6 +59,28 @@ class UnitOfWork:
         staged for the relay). The request's own read-your-writes applies these."""
         return list(self._changes)
 
+    def publish(self, settings: Settings, publisher: ChangePublisher) -> None:
+        """After the commit (:func:`unit_of_work` calls it): hand the changes to ``publisher``,
+        then drop their outbox rows."""
+        if not self._outbox:
+            publisher.publish(self._changes)
+            return
+        if settings.failpoint == "before_publish" and settings.env == "test":
+            os.kill(os.getpid(), signal.SIGKILL)  # the crash the outbox exists for (tests/e2e/test_outages.py)
+        try:
+            publisher.publish(self._changes)
+        except Exception:  # the store or Redis away, whatever its client raises: the relay retries
+            log.exception(
+                "publishing %s failed; the changes stay in the outbox and a replica's relay publishes them",
+                ", ".join(f"{c.op} ({len(c.ids)} ids)" for c in self._changes),
+            )
+            return
+        try:
+            with session_scope(settings.sqlalchemy_url) as s:
+                outbox_repo.drop(s, self._rows)
+        except SQLAlchemyError:
+            log.exception("published outbox rows %s but could not drop them; they will be published again", self._rows)
+
 
 @contextmanager
 def unit_of_work(
@@ -81,29 +103,8 @@ def unit_of_work(
     with session_scope(settings.sqlalchemy_url) as session:
         uow = UnitOfWork(session, outbox=outbox)
         yield uow
-    if uow._changes:
-        _publish(settings, publisher or publisher_for(settings, redis), uow)
-
-
-def _publish(settings: Settings, publisher: ChangePublisher, uow: UnitOfWork) -> None:
-    if not uow._outbox:
-        publisher.publish(uow._changes)
-        return
-    if settings.failpoint == "before_publish" and settings.env == "test":
-        os.kill(os.getpid(), signal.SIGKILL)  # the crash the outbox exists for (tests/e2e/test_outages.py)
-    try:
-        publisher.publish(uow._changes)
-    except Exception:  # the store or Redis away, whatever its client raises: the relay retries
-        log.exception(
-            "publishing %s failed; the changes stay in the outbox and a replica's relay publishes them",
-            ", ".join(f"{c.op} ({len(c.ids)} ids)" for c in uow._changes),
-        )
-        return
-    try:
-        with session_scope(settings.sqlalchemy_url) as s:
-            outbox_repo.drop(s, uow._rows)
-    except SQLAlchemyError:
-        log.exception("published outbox rows %s but could not drop them; they will be published again", uow._rows)
+    if uow.changes:
+        uow.publish(settings, publisher or publisher_for(settings, redis))
 
 
 def relay(settings: Settings, publisher: ChangePublisher, min_age_s: float) -> int:

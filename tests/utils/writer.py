@@ -1,5 +1,6 @@
 """A stand-in for every writer of the system (API, backfill workers, upgrade control) in the
-replica tests: commits to SQL first, then appends to the index log, as docs/design.md requires."""
+replica tests: each change is one unit of work (``service.indexport``), as the real writers' are:
+SQL commits with the change staged, then it is published to the index log."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import numpy as np
 import redis as redis_lib
 from sqlalchemy import delete, select, update
 
-from service import indexlog
 from service.api.serving import Serving
 from service.api.serving.replica import Replica
 from service.db.schema import Embedding, GalleryItem
 from service.db.session import session_scope
+from service.indexport import Change, unit_of_work
 from service.repositories import catalog
 from service.repositories import items as item_repo
 from service.settings import Settings
@@ -25,7 +26,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 class Writer:
-    """Plays the API and the backfill workers: commit to SQL, then append to the log."""
+    """Plays the API and the backfill workers: one unit of work per change."""
 
     def __init__(self, settings: Settings, r: redis_lib.Redis, seed: int = 0) -> None:
         self.settings, self.r, self.url = settings, r, settings.sqlalchemy_url
@@ -40,40 +41,46 @@ class Writer:
             if also:
                 vecs[also] = unit(self.rng, 1)[0]
             items.append(item_repo.NewItem(f"e{self.n}", None, "0" * 64, vecs))
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             ids = [row.id for row in item_repo.add_items(s, items, active_model=model)]
-        indexlog.append(self.r, self.settings, "add", model, ids)
+            uow.record(Change.add(model, ids))
         return ids
 
     def move(self, ids: list[int], model: str) -> None:
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             for i, v in zip(ids, unit(self.rng, len(ids)), strict=True):
                 item_repo.upsert_embedding(s, i, model, v)
             s.execute(update(GalleryItem).where(GalleryItem.id.in_(ids)).values(active_model=model))
-        indexlog.append(self.r, self.settings, "move", model, ids)
+            uow.record(Change.move(model, ids))
 
     def delete(self, ids: list[int]) -> None:
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             for item in item_repo.get_items_by_ids(s, ids):
                 item_repo.delete_item(s, item)
-        indexlog.append(self.r, self.settings, "delete", None, ids)
+            uow.record(Change.delete(ids))
 
     def switch(self, model: str) -> None:
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             catalog.set_serving_state(s, gallery_model=model, query_model=model)
-        indexlog.append(self.r, self.settings, "switch", model)
+            uow.record(Change.switch(model))
 
     def rollback(self, to_model: str) -> None:
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             have_old = select(Embedding.item_id).where(Embedding.model == to_model)
             s.execute(update(GalleryItem).where(GalleryItem.id.in_(have_old)).values(active_model=to_model))
             catalog.set_serving_state(s, gallery_model=to_model, query_model=to_model)
-        indexlog.append(self.r, self.settings, "rollback", to_model)
+            uow.record(Change.rollback(to_model))
 
     def commit(self, old: str) -> None:
-        with session_scope(self.url) as s:
+        with unit_of_work(self.settings, self.r) as uow:
+            s = uow.session
             s.execute(delete(Embedding).where(Embedding.model == old))
-        indexlog.append(self.r, self.settings, "commit", old)
+            uow.record(Change.commit(old))
 
 
 def sql_truth(settings: Settings) -> tuple[dict[int, str], str | None]:
