@@ -117,7 +117,7 @@ def main() -> None:
 
         local = Serving(settings, r)
         local.load()
-        assert sum(local.index.counts().values()) == args.gallery
+        assert sum(local.status().counts.values()) == args.gallery
         with httpx.Client(base_url=api.url, timeout=60) as c:
             http_s, local_s = measure(c, local)
             # The floor of any request on this stack: a GET with no body and no work; and the

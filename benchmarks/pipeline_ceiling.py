@@ -107,10 +107,10 @@ def instrumented(clock: StageClock) -> Iterator[None]:
     from sqlalchemy.orm import Session
 
     from service.imagestore import LocalImageStore
+    from service.indexport import LogPublisher
     from service.queue import BackfillQueue
     from service.repositories import items, upgrades
     from service.upgrade import images as upgrade_images
-    from workers import batch
 
     targets = [
         (BackfillQueue, "lease", "lease"),
@@ -120,7 +120,7 @@ def instrumented(clock: StageClock) -> Iterator[None]:
         (upgrade_images, "pixels_of", "decode"),
         (upgrades, "record_encoded", "write (SQL)"),
         (Session, "commit", "commit (SQL)"),
-        (batch.indexlog, "append", "index log"),
+        (LogPublisher, "publish", "index log"),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
     try:
