@@ -19,9 +19,9 @@ import redis as redis_lib
 from sqlalchemy.exc import IntegrityError
 
 from service import indexlog
-from service.db.session import session_scope
+from service.db.session import read_scope, session_scope
 from service.errors import BadRequest, Conflict
-from service.images import decode_image, pixel_batch
+from service.images import decode_slot, pixels_for
 from service.imagestore import ImageStore
 from service.registry import EncoderCache
 from service.repositories import catalog, upgrades
@@ -66,25 +66,31 @@ def add_batch(
     Raises BadRequest / TooLarge / Conflict (nothing written) as ``POST /gallery`` answers them."""
     ext_ids = [u.external_id for u in uploads]
     check_ids(ext_ids)
-    for i, u in enumerate(uploads):
-        decode_image(u.data, f"{what} {i} (external_id {u.external_id!r})", settings.max_image_pixels)
-    # A short read transaction (SQLite takes its write lock at BEGIN, so no encoding in here).
-    with session_scope(settings.sqlalchemy_url) as s:
+    # A read-only transaction (no write lock while encoders load): which models encode the batch.
+    with read_scope(settings.sqlalchemy_url) as s:
         state = catalog.get_serving_state(s)
         gallery_model = state.gallery_model
         if gallery_model is None:
             raise Conflict("no model is registered yet; POST /models first")
         taken = item_repo.existing_external_ids(s, ext_ids)
-        if taken:
-            raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
         upgrade = upgrades.active_upgrade(s)
         models = [gallery_model]
         if upgrade is not None and upgrade.from_model != gallery_model:
             models.append(upgrade.from_model)
         encs = {m: encoders.get(s, m) for m in models}
-    blobs = [u.data for u in uploads]
+    # Every image decoded once, completely, before anything is written: a bad one refuses the
+    # batch (422/413), and that one decode gives every model its pixels.
+    metas = {m: e.meta for m, e in encs.items()}
     limit = settings.max_image_pixels
-    vectors: dict[str, np.ndarray] = {m: e.embed_tensor(pixel_batch(blobs, e.meta, limit)) for m, e in encs.items()}
+    with decode_slot(settings):
+        decoded = [
+            pixels_for(u.data, metas, f"{what} {i} (external_id {u.external_id!r})", limit)
+            for i, u in enumerate(uploads)
+        ]
+    if taken:
+        raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
+    vectors: dict[str, np.ndarray] = {m: e.embed_tensor(np.stack([d[m] for d in decoded])) for m, e in encs.items()}
+    blobs = [u.data for u in uploads]
     keys = [store.put(data) for data in blobs]
     new = [
         item_repo.NewItem(

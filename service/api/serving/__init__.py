@@ -79,8 +79,8 @@ class Serving(ReplicaState):
     def encoder(self, model: str) -> LoadedModel:
         return query.encoder(self, model)
 
-    def encode_query(self, data: bytes, max_pixels: int) -> tuple[str, query.Embeddings]:
-        return query.encode_query(self, data, max_pixels)
+    def encode_query(self, data: bytes) -> tuple[str, query.Embeddings]:
+        return query.encode_query(self, data, self.settings)
 
     def search_vector(self, embeddings: query.Embeddings | np.ndarray, k: int) -> list[tuple[str, float, str]]:
         return query.search_vector(self, embeddings, k)

@@ -13,8 +13,9 @@ import numpy as np
 from service.api.serving.state import ReplicaState
 from service.db.session import read_scope
 from service.errors import Conflict, Unavailable
-from service.images import pixels_of
+from service.images import decode_slot, pixels_for
 from service.index import QueryPlan
+from service.settings import Settings
 from service.upgrade import plans
 
 Embeddings = dict[str, np.ndarray]  # model -> (m, D) query embeddings
@@ -44,20 +45,27 @@ def encoder(replica: ReplicaState, model: str) -> LoadedModel:
         return replica.encoders.get(s, model)
 
 
-def encode_query(replica: ReplicaState, data: bytes, max_pixels: int) -> tuple[str, Embeddings]:
-    """The query model's name and the embeddings the serving plan needs for one image's bytes
-    (validated by the caller): one call per model (during an upgrade under ``dual``, the old and
-    the new encoder), each on the pixels its own input size and mode give."""
+def encode_query(replica: ReplicaState, data: bytes, settings: Settings) -> tuple[str, Embeddings]:
+    """The query model's name and the embeddings the serving plan needs for one image's bytes:
+    the bytes validated and decoded once (``service.images.pixels_for``: the same 4xx as an
+    upload's, within ``/search``'s own pixel budget and a decode slot), then one encoder call
+    per model (during an upgrade under ``dual``, the old and the new encoder)."""
     require_ready(replica)
     model, plan = replica.query_model, replica.plan
     if model is None:
         raise NoModel("no model is registered yet; POST /models first")
     needed = plan.query_models() if plan is not None else [model]
-    out = {}
-    for m in needed:
-        enc = encoder(replica, m)
-        out[m] = enc.embed_tensor(pixels_of(data, enc.meta, max_pixels, "query image")[None])
-    return model, out
+    encs = {m: encoder(replica, m) for m in needed}
+    with decode_slot(settings):
+        pixels = pixels_for(
+            data,
+            {m: e.meta for m, e in encs.items()},
+            "query image",
+            settings.max_image_pixels,
+            max_decoded=settings.max_query_pixels,
+            limit_name="HOTREFRESH_MAX_QUERY_PIXELS",
+        )
+    return model, {m: e.embed_tensor(pixels[m][None]) for m, e in encs.items()}
 
 
 def plan_for(replica: ReplicaState, embeddings: Embeddings, query_model: str) -> QueryPlan | None:
