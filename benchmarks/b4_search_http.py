@@ -53,7 +53,6 @@ def main() -> None:
     from models.data import load_fashion_mnist
     from service.api.serving import Serving
     from service.db.migrate import upgrade_head
-    from service.images import DEFAULT_MAX_PIXELS, decode_image
     from service.settings import Settings
     from tests.utils.checkpoints import make_tiny_checkpoint
 
@@ -95,8 +94,7 @@ def main() -> None:
 
         def measure(c: httpx.Client, local: Serving) -> tuple[list[float], list[float]]:
             def in_process(data: bytes) -> None:
-                decode_image(data)
-                _, q = local.encode_query(data, DEFAULT_MAX_PIXELS)
+                _, q = local.encode_query(data)  # validates and decodes once, as the route does
                 local.search_vector(q, args.k)
 
             http_s: list[float] = []

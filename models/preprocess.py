@@ -86,18 +86,30 @@ def source_box(width: int, height: int, meta: InputSpec) -> tuple[float, float, 
     return left, top, left + cw, top + ch
 
 
+def jpeg_draft(width: int, height: int, meta: InputSpec) -> tuple[str, tuple[int, int]]:
+    """What :func:`draft_jpeg` asks libjpeg for, for a ``width`` x ``height`` JPEG: the model's
+    mode and the whole image's size at which the crop is exactly the model's input."""
+    left, top, right, bottom = source_box(width, height, meta)
+    h, w = int(meta.input_size[0]), int(meta.input_size[1])
+    need = (max(1, int(np.ceil(width * w / (right - left)))), max(1, int(np.ceil(height * h / (bottom - top)))))
+    return ("L" if meta.input_channels == 1 else "RGB"), need
+
+
+def jpeg_scale(width: int, height: int, need: tuple[int, int]) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) libjpeg decodes at for ``need`` (Pillow's
+    ``JpegImageFile.draft`` rule: the largest that still keeps at least ``need``). Two models
+    whose drafts land on the same scale and mode share one decode."""
+    fit = min(width // max(1, need[0]), height // max(1, need[1]))
+    return next(s for s in (8, 4, 2, 1) if fit >= s or s == 1)
+
+
 def draft_jpeg(img: Image.Image, meta: InputSpec) -> None:
     """Before ``load()``: have libjpeg decode an opened JPEG at the smallest DCT scale whose
     crop still has at least the model's input size, in the model's mode (grey straight from
     the luma plane). Anything but a not-yet-loaded JPEG is left alone."""
     if img.format != "JPEG":  # a loaded JPEG has no tiles left, and draft() then does nothing
         return
-    width, height = img.size
-    left, top, right, bottom = source_box(width, height, meta)
-    h, w = int(meta.input_size[0]), int(meta.input_size[1])
-    # The whole image at the size where the crop is exactly the input size (draft keeps >= it).
-    need = (max(1, int(np.ceil(width * w / (right - left)))), max(1, int(np.ceil(height * h / (bottom - top)))))
-    img.draft("L" if meta.input_channels == 1 else "RGB", need)
+    img.draft(*jpeg_draft(img.size[0], img.size[1], meta))
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.db.session import read_scope
 from service.errors import BadRequest, Conflict
-from service.images import decode_image, pixel_batch
+from service.images import decode_slot, pixels_for
 from service.imagestore import ImageStore
 from service.indexport import Change, unit_of_work
 from service.registry import EncoderCache
@@ -66,8 +66,6 @@ def add_batch(
     Raises BadRequest / TooLarge / Conflict (nothing written) as ``POST /gallery`` answers them."""
     ext_ids = [u.external_id for u in uploads]
     check_ids(ext_ids)
-    for i, u in enumerate(uploads):
-        decode_image(u.data, f"{what} {i} (external_id {u.external_id!r})", settings.max_image_pixels)
     # A read-only transaction: it never holds SQLite's write lock, so loading an encoder the first
     # time (seconds) holds back no writer.
     with read_scope(settings.sqlalchemy_url) as s:
@@ -76,16 +74,24 @@ def add_batch(
         if gallery_model is None:
             raise Conflict("no model is registered yet; POST /models first")
         taken = item_repo.existing_external_ids(s, ext_ids)
-        if taken:
-            raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
         upgrade = upgrades.active_upgrade(s)
         models = [gallery_model]
         if upgrade is not None and upgrade.from_model != gallery_model:
             models.append(upgrade.from_model)
         encs = {m: encoders.get(s, m) for m in models}
-    blobs = [u.data for u in uploads]
+    # Every image decoded once, completely, before anything is written: a bad one refuses the
+    # batch (422/413), and that one decode gives every model its pixels.
+    metas = {m: e.meta for m, e in encs.items()}
     limit = settings.max_image_pixels
-    vectors: dict[str, np.ndarray] = {m: e.embed_tensor(pixel_batch(blobs, e.meta, limit)) for m, e in encs.items()}
+    with decode_slot(settings):
+        decoded = [
+            pixels_for(u.data, metas, f"{what} {i} (external_id {u.external_id!r})", limit)
+            for i, u in enumerate(uploads)
+        ]
+    if taken:
+        raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
+    vectors: dict[str, np.ndarray] = {m: e.embed_tensor(np.stack([d[m] for d in decoded])) for m, e in encs.items()}
+    blobs = [u.data for u in uploads]
     keys = [store.put(data) for data in blobs]
     new = [
         item_repo.NewItem(

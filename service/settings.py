@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     # a few hundred KB cost hundreds of MB per request.
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_images_per_request: int = Field(default=256, ge=1)
+    # /search's own budget: the pixels a query may decode to (after a JPEG's reduced-scale draft,
+    # so a 24-megapixel phone photo decodes to a fraction of that for a 224-pixel model), and how
+    # many requests of a process decode images at once (queries and uploads; a request that waits
+    # decode_wait_s for a slot is answered 503 with Retry-After). Memory held by decoding is then
+    # about decode_slots x one image at its limit. Why and measurements: docs/service.md.
+    max_query_pixels: int = Field(default=4_194_304, ge=1)
+    decode_slots: int = Field(default=4, ge=1, le=256)
+    decode_wait_s: float = Field(default=2.0, ge=0)
 
     index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
     ivf_nlist: int = Field(default=1024, ge=1)

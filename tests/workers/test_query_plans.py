@@ -12,7 +12,6 @@ import pytest
 
 from service.api.serving import Serving
 from service.db.session import session_scope
-from service.images import DEFAULT_MAX_PIXELS
 from service.repositories import catalog, upgrades
 from service.upgrade import control
 from service.upgrade.scoring import run_scoring
@@ -50,7 +49,7 @@ def _images(g, ctx: WorkerContext) -> dict[str, bytes]:
 
 
 def _top(replica: Serving, image: bytes, k: int = 5) -> list[str]:
-    _, emb = replica.encode_query(image, DEFAULT_MAX_PIXELS)
+    _, emb = replica.encode_query(image)
     return [e for e, _, _ in replica.search_vector(emb, k)]
 
 
@@ -136,9 +135,7 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
     before = Serving(g.settings, redis_client)
     before.reload()
     images = _images(g, WorkerContext.from_settings(g.settings))
-    answers = {
-        ext: before.search_vector(before.encode_query(im, DEFAULT_MAX_PIXELS)[1], 10) for ext, im in images.items()
-    }
+    answers = {ext: before.search_vector(before.encode_query(im)[1], 10) for ext, im in images.items()}
     ctx, uid = _start(g, strategy="margin", batch_size=8, plan=plan)
     drain(ctx, uid, budget_s=0.0)
     drain(ctx, uid, budget_s=0.0)
@@ -148,7 +145,7 @@ def test_after_a_rollback_every_search_answers_as_the_old_system_did(make_galler
     control.act(g.settings, ctx.redis, uid, "rollback")
     replica.poll()
     for ext, image in images.items():
-        got = replica.search_vector(replica.encode_query(image, DEFAULT_MAX_PIXELS)[1], 10)
+        got = replica.search_vector(replica.encode_query(image)[1], 10)
         assert [e for e, _, _ in got] == [e for e, _, _ in answers[ext]]
         np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in answers[ext]], rtol=1e-5)
 
@@ -179,7 +176,7 @@ def test_blend_serves_one_query_per_segment_that_ranks_as_its_maths(make_gallery
     assert 0 < int(on_new.sum()) < 80
     g_old, g_new = (torch.from_numpy(gallery.dense(m, gallery.dim(m))) for m in (g.old, g.new))
     for image in list(_images(g, ctx).values())[:8]:
-        _, emb = replica.encode_query(image, DEFAULT_MAX_PIXELS)
+        _, emb = replica.encode_query(image)
         got = replica.search_vector(emb, 10)
         scores = mixed_scores(
             plan.spec, torch.from_numpy(emb[g.old]), torch.from_numpy(emb[g.new]), g_old, g_new, on_new

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from service.api.deps import ServingDep, SettingsDep
 from service.api.schemas import SearchOut, SearchResult, error_responses
 from service.errors import ServiceError
-from service.images import decode_image, read_limited
+from service.images import read_limited
 from service.metrics import SEARCH_REQUESTS, SEARCH_SECONDS
 
 router = APIRouter(tags=["search"])
@@ -29,8 +29,7 @@ def search(
     code = 500
     try:
         data = read_limited(image.file, settings.max_upload_bytes, "query image")
-        decode_image(data, "query image", settings.max_image_pixels)  # a clear 4xx for bad bytes
-        model, query = serving.encode_query(data, settings.max_image_pixels)
+        model, query = serving.encode_query(data)  # one decode: a clear 4xx for bad bytes
         hits = serving.search_vector(query, k)
         code = 200
         return SearchOut(

@@ -37,7 +37,7 @@ __all__ = ["Hit", "IndexStatus", "NoModel", "NotReady", "Serving", "ServingIndex
 
 class Serving:
     def __init__(self, settings: Settings, redis: redis_lib.Redis, index: ServingIndex | None = None) -> None:
-        self._url = settings.sqlalchemy_url
+        self._settings = settings
         self.encoders = EncoderCache(settings.device)
         self._index = index or serving_index_for(settings, redis, on_retired=self.encoders.release)
 
@@ -63,15 +63,16 @@ class Serving:
         if not self.ready:
             raise NotReady("the index is still loading")
 
-    def search(self, data: bytes, k: int, max_pixels: int) -> tuple[str, list[tuple[str, float, str]]]:
+    def search(self, data: bytes, k: int) -> tuple[str, list[tuple[str, float, str]]]:
         """The query model and the (external_id, score, model) of the top ``k`` for one image."""
-        model, embeddings = self.encode_query(data, max_pixels)
+        model, embeddings = self.encode_query(data)
         return model, self.search_vector(embeddings, k, model)
 
-    def encode_query(self, data: bytes, max_pixels: int) -> tuple[str, Embeddings]:
-        """The query model's name and the embeddings the serving plan needs for one image."""
+    def encode_query(self, data: bytes) -> tuple[str, Embeddings]:
+        """The query model's name and the embeddings the serving plan needs for one image, from
+        one decode of its bytes (a clear 4xx for bad ones)."""
         self.require_ready()
-        return encode(self.encoders, self._url, self._index.view(), data, max_pixels)
+        return encode(self.encoders, self._index.view(), data, self._settings)
 
     def search_vector(
         self, embeddings: Embeddings | np.ndarray, k: int, query_model: str | None = None

@@ -14,9 +14,10 @@ import numpy as np
 from service.api.serving.port import IndexView
 from service.db.session import read_scope
 from service.errors import Conflict, Unavailable
-from service.images import pixels_of
+from service.images import decode_slot, pixels_for
 from service.index import QueryPlan
 from service.registry import EncoderCache
+from service.settings import Settings
 from service.upgrade import plans
 
 Embeddings = dict[str, np.ndarray]  # model -> (m, D) query embeddings
@@ -41,19 +42,26 @@ def encoder(encoders: EncoderCache, url: str, model: str) -> LoadedModel:
         return encoders.get(s, model)
 
 
-def encode(encoders: EncoderCache, url: str, view: IndexView, data: bytes, max_pixels: int) -> tuple[str, Embeddings]:
-    """The query model's name and the embeddings the serving plan needs for one image's bytes
-    (validated by the caller): one call per model (during an upgrade under ``dual``, the old and
-    the new encoder), each on the pixels its own input size and mode give."""
+def encode(encoders: EncoderCache, view: IndexView, data: bytes, settings: Settings) -> tuple[str, Embeddings]:
+    """The query model's name and the embeddings the serving plan needs for one image's bytes:
+    the bytes validated and decoded once (``service.images.pixels_for``: the same 4xx as an
+    upload's, within ``/search``'s own pixel budget and a decode slot), then one encoder call
+    per model (during an upgrade under ``dual``, the old and the new encoder)."""
     model, plan = view.query_model, view.plan
     if model is None:
         raise NoModel("no model is registered yet; POST /models first")
     needed = plan.query_models() if plan is not None else [model]
-    out = {}
-    for m in needed:
-        enc = encoder(encoders, url, m)
-        out[m] = enc.embed_tensor(pixels_of(data, enc.meta, max_pixels, "query image")[None])
-    return model, out
+    encs = {m: encoder(encoders, settings.sqlalchemy_url, m) for m in needed}
+    with decode_slot(settings):
+        pixels = pixels_for(
+            data,
+            {m: e.meta for m, e in encs.items()},
+            "query image",
+            settings.max_image_pixels,
+            max_decoded=settings.max_query_pixels,
+            limit_name="HOTREFRESH_MAX_QUERY_PIXELS",
+        )
+    return model, {m: e.embed_tensor(pixels[m][None]) for m, e in encs.items()}
 
 
 def plan_for(view: IndexView, embeddings: Embeddings, query_model: str) -> QueryPlan | None:
