@@ -17,6 +17,7 @@ from service.db.migrate import upgrade_head
 from service.settings import Settings, get_settings
 from tests.utils.env import ADMIN_TOKEN, PG_ADMIN_URL, REDIS_TEST_URL, _pg_url, isolated_env
 from tests.utils.gallery import Gallery, build_gallery, cached_tiny_pair
+from tests.utils.servers import OwnMilvus
 from tests.utils.wait import wait_ready
 
 
@@ -47,6 +48,15 @@ def postgres_url() -> Iterator[str]:
 def database_url(request: pytest.FixtureRequest) -> str:
     """Runs the test once on SQLite and once on PostgreSQL."""
     return request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param])
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[OwnMilvus]:
+    """A real Milvus standalone for the whole session (started on first use, about 3-10 s)."""
+    server = OwnMilvus()
+    server.start()
+    yield server
+    server.remove()
 
 
 @pytest.fixture
