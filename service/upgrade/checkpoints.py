@@ -24,6 +24,7 @@ import time
 import redis as redis_lib
 from sqlalchemy.orm import Session
 
+from models.plans import PAPER
 from service import indexlog, keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
@@ -45,7 +46,7 @@ def progress_of(up: Upgrade) -> float:
 def set_live_gauges(upgrade_id: int, point: dict) -> None:
     """Every plan measured at this point, and which one is served. No labels, no probes: the
     gauges are left unset ("unavailable"), never written as 0."""
-    serving = point.get("plan") or "paper"
+    serving = point.get("plan") or PAPER
     measured = point.get("candidates") or {serving: {"nfr": point["nfr"], "map": point["map"]}}
     label = str(upgrade_id)
     for plan, m in measured.items():

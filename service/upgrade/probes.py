@@ -19,7 +19,7 @@ import torch
 from sqlalchemy.orm import Session
 
 from models.metrics import evaluate_scores, negative_flip_rate
-from models.plans import PlanSpec, mixed_scores
+from models.plans import PAPER, PlanSpec, mixed_scores
 from service.repositories import items as item_repo
 from service.upgrade.plans import ServingPlan
 
@@ -246,7 +246,9 @@ def measure(
     if len(probes.ids) == 0 or len(gallery.ids) == 0:
         return Measurement(fraction, None, None, None)
     k = baseline.get("map_k")
-    if plan is None or (plan.name == "paper" and gallery.vectors.shape[1]):
+    # Without old queries (an upgrade recorded before query plans) only a plan that scores every
+    # segment with the new query raw can be measured, as one embedding against every vector.
+    if plan is None or (probes.old_queries is None and plan.spec == PlanSpec(PAPER) and gallery.vectors.shape[1]):
         top1, ap = leave_one_out(probes.queries, probes.ids, probes.labels, gallery, k)
     else:
         top1, ap = leave_one_out_plan(plan.spec, plan.old_model, plan.new_model, probes, gallery, k)

@@ -14,10 +14,12 @@ from sqlalchemy.orm import Session
 
 from service.db.schema import BackfillFailure, Upgrade
 from service.queue import BackfillQueue
+from service.records import parse
 from service.repositories import catalog, upgrades
 from service.settings import Settings
 from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING
 from service.timestamps import UtcDatetime
+from service.upgrade.plans import PlanRecord
 from service.upgrade.progress import moved_fraction
 
 
@@ -90,13 +92,15 @@ class UpgradeView(BaseModel):
 
 def _serving_plan(session: Session, up: Upgrade) -> dict | None:
     state = catalog.peek_serving_state(session)
-    plan = state.plan if state is not None else None
-    if not plan or plan.get("new_model") != up.to_model or up.state not in ACTIVE:
+    if state is None or not state.plan or up.state not in ACTIVE:
+        return None
+    plan = parse(PlanRecord, state.plan, "serving plan (serving_state.plan)")
+    if plan.new_model != up.to_model:
         return None
     return {
-        "name": plan["name"],
-        "version": plan["version"],
-        "transform_pairs": (plan.get("transform") or {}).get("pairs"),
+        "name": plan.name,
+        "version": plan.version,
+        "transform_pairs": plan.transform.pairs if plan.transform is not None else None,
     }
 
 
