@@ -148,8 +148,10 @@ def choose_at_cut(
 ) -> Choice:
     """Fit and measure every candidate at this cut; the serving plan from here on. The scoring
     run's step 0 serves the start plan whatever the measurements say: nothing has moved yet."""
-    baseline = up.baseline or {}
-    probe_set = probes.ProbeSet.from_json(baseline)
+    baseline = probes.baseline_of(up)
+    if baseline is None:
+        raise ValueError(f"upgrade {up.id} has no baseline yet: its scoring run takes one before any checkpoint")
+    probe_set = baseline.probe_set()
     names = candidates(session, up)
     # Read once per cut: the pairs T is fitted on (auto's candidates always include transform),
     # and the label codes every fit and the final-NFR estimate share.

@@ -29,6 +29,7 @@ from service.settings import Settings
 from service.states import SCORING, TransitionError
 from service.upgrade import checkpoints, chooser, probes
 from service.upgrade.images import load_pixels
+from service.upgrade.records import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ def run_scoring(
     extra: dict = {}
     with read_scope(url) as s:
         current = checkpoints.serving_plan_of(s, up)
-        if current is not None and baseline.get("old_queries_b64") and baseline.get("probe_ids"):
+        if current is not None and baseline.measures_plans():
             # Fit the start plan (each space's calibration) and measure it: what users get now.
-            up.baseline = baseline  # the detached row, read by the chooser only
+            up.baseline = baseline.stored()  # the detached row, read by the chooser only
             choice = chooser.choose_at_cut(s, settings, up, current, probes.load_gallery(s), step=0)
             first, plan_json = choice.measurement, choice.plan.to_json()
             extra = {"plan": choice.plan.name, "candidates": choice.candidates, "nfr_bound": choice.nfr_bound}
@@ -100,22 +101,27 @@ def run_scoring(
             first, plan_json = probes.measure(s, baseline, to_model), None
     if plan_json is not None:
         checkpoints.serve(settings, redis, upgrade_id, plan_json)
-    baseline["running_since"] = time.time()
-    baseline["scoring_seconds"] = time.perf_counter() - t0
-    checkpoint = {
-        "step": 0,
-        "fraction": first.fraction,
-        "progress": 0.0,
-        "nfr": first.nfr,
-        "map": first.map,
-        "top1": first.top1,
-        "at": time.time(),
+    baseline = baseline.model_copy(update={"running_since": time.time(), "scoring_seconds": time.perf_counter() - t0})
+    checkpoint = Checkpoint(
+        step=0,
+        fraction=first.fraction,
+        progress=0.0,
+        nfr=first.nfr,
+        map=first.map,
+        top1=first.top1,
+        at=time.time(),
         **extra,
-    }
+    )
     try:
         with session_scope(url) as s:
             upgrades.transition(
-                s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint], nfr=first.nfr, map=first.map
+                s,
+                upgrade_id,
+                "scored",
+                baseline=baseline.stored(),
+                checkpoints=[checkpoint.stored()],
+                nfr=first.nfr,
+                map=first.map,
             )
     except TransitionError:
         queue.clear()  # rolled back or cancelled while scoring
@@ -125,6 +131,6 @@ def run_scoring(
         upgrade_id,
         len(ids),
         len(probe_set.ids),
-        baseline["scoring_seconds"],
+        baseline.scoring_seconds,
     )
     return True
