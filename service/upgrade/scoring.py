@@ -48,7 +48,7 @@ def compute_priorities(session: Session, upgrade: Upgrade, new_model: LoadedMode
     chunks = (c for c in item_repo.iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
         ids, vecs = chunk.ids, np.array(chunk.vectors)  # writable, for torch
-        seed = int(upgrade.id) * 1_000_003 + n  # "random" differs per upgrade, reproducible
+        seed = int(upgrade.id) * 1_000_003 + n  # a drawn order differs per upgrade, reproducibly
         all_ids.append(ids)
         all_prio.append(score_uncertainty(vecs, w, b, upgrade.strategy, seed=seed))
     return np.concatenate(all_ids), np.concatenate(all_prio)
