@@ -42,8 +42,8 @@ def candidates(session: Session, up: Upgrade) -> list[str]:
     if up.plan != AUTO:
         return [up.plan]
     old, new = catalog.get_model(session, up.from_model), catalog.get_model(session, up.to_model)
-    if old is None or new is None:
-        return [START_PLAN]
+    if old is None or new is None:  # a model row gone: promise nothing about the pair
+        return plan_candidates(UpgradeShape(same_dimension=False, compatible=False))
     return plan_candidates(shape_of(old, new))
 
 
