@@ -22,7 +22,7 @@ class Checkpoint(Record):
     map: float | None = None
     top1: float | None = None
     at: float = Field(description="Unix time of the measurement.")
-    quiesced: bool | None = Field(default=None, description="Whether every batch in flight had landed when measured.")
+    quiesced: bool = Field(default=True, description="Whether every batch in flight had landed when measured.")
     plan: str | None = Field(default=None, description="The serving plan measured (and, under auto, chosen) here.")
     nfr_bound: float | None = Field(
         default=None,

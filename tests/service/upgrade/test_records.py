@@ -95,7 +95,7 @@ def test_a_baseline_from_before_query_plans_parses_and_a_broken_one_is_named() -
 def test_checkpoints_old_and_broken() -> None:
     old = {"step": 0, "fraction": 0.0, "progress": 0.0, "nfr": None, "map": 0.4, "top1": 0.5, "at": 1.0}
     (point,) = checkpoints_of(3, [old])
-    assert point.map == 0.4 and point.plan is None and point.quiesced is None
+    assert point.map == 0.4 and point.plan is None and point.quiesced  # absent: measured at a clean cut
     stored = Checkpoint(fraction=0.5, at=2.0, plan="dual", serving_plan={"name": "dual"}).stored()
     assert "serving_plan" not in stored and stored["plan"] == "dual"  # the plan to serve is not stored
     with pytest.raises(StoredRecordError, match="checkpoint 1 of upgrade 3"):
