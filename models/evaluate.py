@@ -21,7 +21,7 @@ from models.checkpoint import LoadedModel
 from models.metrics import evaluate_scores, negative_flip_rate
 from models.plan_curves import DEFAULT_NFR_TARGET, DEFAULT_PROBES, Spaces, plan_curves
 from models.plans import AUTO, PAPER, UpgradeShape, get_plan
-from models.uncertainty import backfill_order, get_ordering, ordering_names, score_uncertainty
+from models.uncertainty import backfill_order, get_ordering, ordering_names, score_uncertainty, without_classifier
 
 METHODS = ("ract", "vanilla", "bct", "ract+bct", "independent")
 DEFAULT_FRACTIONS = tuple(round(i / 10, 1) for i in range(11))
@@ -148,7 +148,7 @@ def evaluate_backfill(
             if get_ordering(ordering).uses_classifier and w.shape[1] != g_old_np.shape[1]:
                 raise ValueError(
                     f"{method}: ordering {ordering!r} puts old vectors through the new classifier, "
-                    "which needs equal dimensions; use an order without it"
+                    f"which needs equal dimensions; use {' or '.join(without_classifier())}"
                 )
             pri = score_uncertainty(g_old_np, w, b, ordering, seed=seed)
             order = backfill_order(pri)

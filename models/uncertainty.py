@@ -57,6 +57,11 @@ def ordering_names() -> tuple[str, ...]:
     return tuple(_ORDERINGS)
 
 
+def without_classifier() -> tuple[str, ...]:
+    """The orderings any new model can take (another dimension, no classifier head)."""
+    return tuple(o.name for o in _ORDERINGS.values() if not o.uses_classifier)
+
+
 def describe() -> str:
     return "; ".join(f"{o.name} ({o.summary})" for o in _ORDERINGS.values())
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import redis as redis_lib
 
 from models.plans import AUTO, get_plan, requestable
-from models.uncertainty import default_ordering, get_ordering, ordering_names
+from models.uncertainty import default_ordering, get_ordering, ordering_names, without_classifier
 from service import indexlog
 from service.db.schema import Upgrade
 from service.db.session import session_scope
@@ -87,13 +87,14 @@ def start(
         if target.num_classes == 0 and uses_classifier:
             raise UpgradeRequestError(
                 f"model {model!r} has no classifier head, and the {strategy!r} order scores old vectors "
-                "with the new classifier; use an order without it (or register the model with its head)"
+                f"with the new classifier; use strategy {' or '.join(without_classifier())} "
+                "(or register the model with its head)"
             )
         if target.embedding_dim != current.embedding_dim and uses_classifier:
             raise UpgradeRequestError(
                 f"model {model!r} embeds in {target.embedding_dim} dimensions, the gallery model "
                 f"{current.name!r} in {current.embedding_dim}, and the {strategy!r} order puts old vectors "
-                "through the new classifier; use an order without it"
+                f"through the new classifier; use strategy {' or '.join(without_classifier())}"
             )
         refusal = None if plan == AUTO else get_plan(plan).refusal(chooser.shape_of(current, target))
         if refusal is not None:
