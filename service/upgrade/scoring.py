@@ -17,7 +17,7 @@ import redis as redis_lib
 from sqlalchemy.orm import Session
 
 from models.checkpoint import LoadedModel
-from models.uncertainty import score_uncertainty
+from models.uncertainty import get_ordering, score_uncertainty
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
@@ -37,11 +37,11 @@ SCORE_CHUNK = 65_536
 
 
 def compute_priorities(session: Session, upgrade: Upgrade, new_model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
-    # random never uses the classifier, and a model registered without one has none
+    # an order without the classifier never uses it, and a model registered without one has none
     dim = new_model.meta.embedding_dim
     w, b = (
         new_model.classifier_weights()
-        if upgrade.strategy != "random"
+        if get_ordering(upgrade.strategy).uses_classifier
         else (np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
     )
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
