@@ -67,9 +67,6 @@ def _train_models(cache: Path, train_size: int, epochs: int, seed: int, colour: 
     return old_path, new_path
 
 
-PLAN_COLOURS = {"paper": "tab:blue", "dual": "tab:green", "transform": "tab:purple", "blend": "tab:orange"}
-
-
 def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     """The backfill curve as the service measured it live: probe mAP and NFR@1 per checkpoint of
     the plan served (solid, each point coloured by the plan served there) and, under ``auto``,
@@ -79,17 +76,22 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from models.plans import get_plan, plan_names
+
+    def colour(name: str | None) -> str:
+        return get_plan(name).colour if name in plan_names() else "tab:red"
+
     pts = sorted((c for c in upgrade["checkpoints"] if c.get("map") is not None), key=lambda c: c["fraction"])
     x = [100 * c["fraction"] for c in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = sorted(
         {n for c in pts for n in (c.get("candidates") or {})},
-        key=lambda n: list(PLAN_COLOURS).index(n) if n in PLAN_COLOURS else len(PLAN_COLOURS),
+        key=lambda n: plan_names().index(n) if n in plan_names() else len(plan_names()),
     )
     for name in names:
         cx = [100 * c["fraction"] for c in pts if name in (c.get("candidates") or {})]
         cand = [c["candidates"][name] for c in pts if name in (c.get("candidates") or {})]
-        style = {"linestyle": "--", "linewidth": 1, "color": PLAN_COLOURS.get(name, "gray"), "alpha": 0.8}
+        style = {"linestyle": "--", "linewidth": 1, "color": colour(name), "alpha": 0.8}
         ax1.plot(
             cx,
             [100 * v["map"] if v.get("map") is not None else float("nan") for v in cand],
@@ -97,12 +99,12 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
             label=f"candidate: {name}",
         )
         ax2.plot(cx, [100 * v["nfr"] if v.get("nfr") is not None else float("nan") for v in cand], **style)
-    served = f"{upgrade['to_model']}, served ({upgrade.get('plan', 'paper')})"
+    served = f"{upgrade['to_model']}, served ({upgrade.get('plan')})"
     ax1.plot(x, [100 * c["map"] for c in pts], color="tab:red", linewidth=2, label=served)
     ax2.plot(
         x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], color="tab:red", linewidth=2
     )
-    colours = [PLAN_COLOURS.get(c.get("plan") or "paper", "tab:red") for c in pts]
+    colours = [colour(c.get("plan")) for c in pts]
     ax1.scatter(x, [100 * c["map"] for c in pts], c=colours, s=18, zorder=3)
     ax2.scatter(
         x, [100 * c["nfr"] if c.get("nfr") is not None else float("nan") for c in pts], c=colours, s=18, zorder=3
@@ -117,7 +119,7 @@ def plot_live_curve(upgrade: dict[str, Any], path: Path) -> None:
     ax1.legend(fontsize=7)
     fig.suptitle(
         f"hot refresh {upgrade['from_model']} -> {upgrade['to_model']}, {upgrade['strategy']} order, "
-        f"plan {upgrade.get('plan', 'paper')} (dots: the plan served at each checkpoint)"
+        f"plan {upgrade.get('plan')} (dots: the plan served at each checkpoint)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -135,11 +137,14 @@ def demo(
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="Backfill order: margin | least | entropy | random | mixed; default: the plan's (POST /upgrade)",
+            help="Backfill order (models/uncertainty.py); default: the plan's (POST /upgrade)",
             show_default=False,
         ),
     ] = None,
-    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
+    plan: Annotated[
+        str | None,
+        typer.Option(help="Query plan (models/plans/), or the chooser; default: the chooser", show_default=False),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path("var/demo"),
@@ -200,7 +205,11 @@ def demo(
             probe = client.get(f"/gallery/fmnist-test-{0:05d}").json()
             typer.echo(f"gallery: {gallery} items on {probe.get('model')}; starting the hot refresh")
             t0 = time.monotonic()
-            body = {"model": new_name, "plan": plan, **({"strategy": strategy} if strategy else {})}
+            body = {
+                "model": new_name,
+                **({"plan": plan} if plan else {}),
+                **({"strategy": strategy} if strategy else {}),
+            }
             r = client.post("/upgrade", json=body)
             if r.status_code != 202:
                 raise typer.Exit(_fail("POST /upgrade", r))

@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 
 PlansOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="comma-separated query plans: paper (the paper's), dual, transform, blend, auto (the live chooser); "
-        "each adds one curve per method x ordering"
+        help="comma-separated query plans (models/plans/: the paper's, ours) or the live chooser; "
+        "each adds one curve per method x ordering; default: the paper's plan alone",
+        show_default=False,
     ),
 ]
 CalibrationOpt = Annotated[
@@ -193,7 +194,7 @@ def _sequential(
     seeds: str | None,
     methods: str | None,
     orderings: str | None,
-    plans: str,
+    plans: str | None,
     epochs: int | None,
     train_limit: int | None,
     queries: int | None,
@@ -217,7 +218,9 @@ def _sequential(
             raise typer.BadParameter(f"unknown method(s) {unknown}", param_hint="--methods")
     if orderings:
         cfg.ordering = _csv(orderings)[0]
-    ours = [p for p in _csv(plans) if p != "paper"]
+    from models.plans import PAPER
+
+    ours = [p for p in _csv(plans or PAPER) if p != PAPER]
     cfg.plan = ours[0] if ours else cfg.plan
     for name, value in (
         ("epochs", epochs),
@@ -247,8 +250,8 @@ def experiment(
     orderings: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated backfill orders: random,margin,least,entropy; "
-            "default all four (--quick: random,margin)",
+            help="comma-separated backfill orders (models/uncertainty.py); "
+            "default the paper's four (--quick: random and margin)",
             show_default=False,
         ),
     ] = None,
@@ -279,7 +282,7 @@ def experiment(
     ),
     data_root: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST .gz files")] = None,
     progress: Annotated[bool, typer.Option()] = True,
-    plans: PlansOpt = "paper",
+    plans: PlansOpt = None,
     calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
@@ -352,7 +355,9 @@ def experiment(
         if gallery:
             cfg.n_gallery = gallery
         cfg.overrides, cfg.k = overrides, k
-        cfg.plans, cfg.calibration, cfg.transform = _csv(plans), calibration, transform
+        if plans:
+            cfg.plans = _csv(plans)
+        cfg.calibration, cfg.transform = calibration, transform
         cfg.nfr_target = nfr_target  # None: the relative bound, as a live upgrade's default
         cfg.data_root = str(data_root) if data_root else None
         summary = run_experiment(cfg, out, models_dir=models_dir, progress=progress)
@@ -364,9 +369,10 @@ def evaluate(
     old: Annotated[Path, typer.Option(help="old model checkpoint")],
     new: Annotated[list[str], typer.Option(help="METHOD=PATH, e.g. ract=var/new.pt (repeatable)")],
     out: Annotated[Path, typer.Option(help="folder for curve.json/.md/.png")] = Path("var/evaluate"),
-    orderings: Annotated[str, typer.Option(help="comma-separated: random,margin,least,entropy")] = (
-        "random,margin,least,entropy"
-    ),
+    orderings: Annotated[
+        str | None,
+        typer.Option(help="comma-separated backfill orders (models/uncertainty.py); default: the paper's four"),
+    ] = None,
     fractions: Annotated[str, typer.Option(help="backfill percentages")] = "0,10,20,30,40,50,60,70,80,90,100",
     queries: Annotated[int, typer.Option(min=1)] = 2000,
     gallery: Annotated[int, typer.Option(min=1)] = 8000,
@@ -376,7 +382,7 @@ def evaluate(
     dataset: Annotated[str, typer.Option(help="without --folder: fashion-mnist or digits (its test split)")] = (
         "fashion-mnist"
     ),
-    plans: PlansOpt = "paper",
+    plans: PlansOpt = None,
     calibration: CalibrationOpt = "raw",
     transform: TransformOpt = "lstsq",
     nfr_target: NfrTargetOpt = None,
@@ -386,6 +392,8 @@ def evaluate(
     from models.checkpoint import load_checkpoint
     from models.data import eval_split, load_dataset, load_image_folder
     from models.evaluate import evaluate_backfill, parse_fractions, write_outputs
+    from models.plans import PAPER
+    from models.uncertainty import PAPER_ORDERINGS
 
     pairs = {}
     for item in new:
@@ -406,12 +414,12 @@ def evaluate(
         labels,
         q,
         g,
-        orderings=[o.strip() for o in orderings.split(",") if o.strip()],
+        orderings=_csv(orderings) if orderings else list(PAPER_ORDERINGS),
         fractions=parse_fractions(fractions),
         k=k,
         seed=seed,
         meta={"dataset": dataset, "allocation": None},
-        plans=_csv(plans),
+        plans=_csv(plans or PAPER),
         calibration=calibration,
         transform=transform,
         nfr_target=nfr_target,

@@ -24,7 +24,7 @@ def _fmt_plan(u: dict) -> str:
     """The plan asked for, the one served now, and (auto) each candidate's last probe NFR/mAP."""
     serving = (u.get("serving_plan") or {}).get("name")
     last = (u.get("checkpoints") or [{}])[-1]
-    text = u.get("plan", "paper") + (f" → serving {serving}" if serving and serving != u.get("plan") else "")
+    text = str(u.get("plan")) + (f" → serving {serving}" if serving and serving != u.get("plan") else "")
     cands = last.get("candidates") or {}
     if cands:
         text += (
@@ -87,14 +87,21 @@ def start(
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="margin | least | entropy | random | mixed (margin's order, every other slot random); "
-            "default: margin for the paper's plan, mixed otherwise",
+            help="Backfill order, one the server registers (models/uncertainty.py; the API schema lists them); "
+            "default: the plan's (POST /upgrade)",
             show_default=False,
         ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
     nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")] = None,
-    plan: Annotated[str, typer.Option(help="Query plan: auto | paper | dual | transform | blend.")] = "auto",
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help="Query plan, one the server registers (models/plans/; the API schema lists them) or the chooser; "
+            "default: the server's (the chooser)",
+            show_default=False,
+        ),
+    ] = None,
     nfr_target: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")
     ] = None,
@@ -110,7 +117,8 @@ def start(
         body["batch_size"] = batch_size
     if nfr_guardrail is not None:
         body["nfr_guardrail"] = nfr_guardrail
-    body["plan"] = plan
+    if plan is not None:
+        body["plan"] = plan
     if nfr_target is not None:
         body["nfr_target"] = nfr_target
     u = call(api, token, "POST", "/upgrade", json=body)

@@ -20,7 +20,8 @@ import torch
 from models.checkpoint import LoadedModel
 from models.metrics import evaluate_scores, negative_flip_rate
 from models.plan_curves import DEFAULT_NFR_TARGET, DEFAULT_PROBES, Spaces, plan_curves
-from models.uncertainty import STRATEGIES, backfill_order, score_uncertainty
+from models.plans import AUTO, PAPER, UpgradeShape, get_plan
+from models.uncertainty import backfill_order, get_ordering, ordering_names, score_uncertainty, without_classifier
 
 METHODS = ("ract", "vanilla", "bct", "ract+bct", "independent")
 DEFAULT_FRACTIONS = tuple(round(i / 10, 1) for i in range(11))
@@ -85,12 +86,12 @@ def evaluate_backfill(
     query_idx: np.ndarray,
     gallery_idx: np.ndarray,
     *,
-    orderings: Iterable[str] = STRATEGIES,
+    orderings: Iterable[str] | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     k: int | None = None,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
-    plans: Sequence[str] = ("paper",),
+    plans: Sequence[str] = (PAPER,),
     calibration: str = "raw",
     transform: str = "lstsq",
     nfr_target: float | None = DEFAULT_NFR_TARGET,
@@ -98,11 +99,10 @@ def evaluate_backfill(
 ) -> dict[str, Any]:
     """Evaluates every new model x ordering x plan; returns the ``curve.json`` document
     (docs/models.md). Curves carry a ``"plan"`` field unless only the paper's plan is asked for;
-    an absent plan means ``paper``."""
-    orderings = list(orderings)
+    an absent plan means ``paper``. ``orderings`` default: every registered one."""
+    orderings = list(ordering_names() if orderings is None else orderings)
     for o in orderings:
-        if o not in STRATEGIES:
-            raise ValueError(f"unknown ordering {o!r}; choose from {', '.join(STRATEGIES)}")
+        get_ordering(o)  # an unknown name is refused with the choices
     for m in new_models:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -125,20 +125,19 @@ def evaluate_backfill(
         "curves": [],
     }
     plans = list(plans)
-    only_paper = plans == ["paper"]
+    only_paper = plans == [PAPER]
     if not only_paper:
-        doc["plan_settings"] = {
-            "calibration": calibration,
-            "transform": transform,
-            "nfr_target": nfr_target,
-            "probe_size": probe_size,
-        }
+        doc["plan_settings"] = dict(
+            calibration=calibration, transform=transform, nfr_target=nfr_target, probe_size=probe_size
+        )
     for method, model in new_models.items():
-        if "paper" in plans and model.meta.embedding_dim != old.meta.embedding_dim:
-            raise ValueError(
-                f"{method}: embedding_dim {model.meta.embedding_dim} != old {old.meta.embedding_dim}"
-                " (the paper's plan compares across spaces; dual and transform do not)"
-            )
+        same_dimension = model.meta.embedding_dim == old.meta.embedding_dim
+        for p in plans:
+            why = None if p == AUTO else get_plan(p).refusal(UpgradeShape(same_dimension, True))
+            if why:
+                raise ValueError(
+                    f"{method}: embedding_dim {model.meta.embedding_dim} vs old {old.meta.embedding_dim}: {why}"
+                )
         q_new = torch.from_numpy(model.embed_tensor(q_imgs)).to(dev)
         g_new = torch.from_numpy(model.embed_tensor(g_imgs)).to(dev)
         nn_ = evaluate_scores(q_new @ g_new.T, ql, gl, k=k)
@@ -146,10 +145,10 @@ def evaluate_backfill(
         w, b = model.classifier_weights()
         spaces = Spaces(q_old, q_new, g_old, g_new, ql, gl)
         for ordering in orderings:
-            if ordering != "random" and w.shape[1] != g_old_np.shape[1]:
+            if get_ordering(ordering).uses_classifier and w.shape[1] != g_old_np.shape[1]:
                 raise ValueError(
                     f"{method}: ordering {ordering!r} puts old vectors through the new classifier, "
-                    "which needs equal dimensions; use random"
+                    f"which needs equal dimensions; use {' or '.join(without_classifier())}"
                 )
             pri = score_uncertainty(g_old_np, w, b, ordering, seed=seed)
             order = backfill_order(pri)
@@ -212,6 +211,13 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _line_style(ordering: str) -> str:
+    try:
+        return get_ordering(ordering).line_style
+    except ValueError:  # a document written with an ordering this build does not have
+        return "-"
+
+
 def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
     """mAP and NFR@1 against backfill fraction, one line per method x ordering."""
     import matplotlib
@@ -220,7 +226,6 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"random": "-", "margin": "--", "least": ":", "entropy": "-."}
     colors = {
         "ract": "tab:red",
         "vanilla": "tab:blue",
@@ -230,7 +235,7 @@ def plot_curves(doc: dict[str, Any], path: str | Path) -> None:
     }
     for c in doc["curves"]:
         x = [100 * p["fraction"] for p in c["points"]]
-        kw = {"linestyle": styles.get(c["ordering"], "-"), "color": colors.get(c["method"]), "marker": "."}
+        kw = {"linestyle": _line_style(c["ordering"]), "color": colors.get(c["method"]), "marker": "."}
         label = curve_label(c, " / ")
         ax1.plot(x, [100 * p["map"] for p in c["points"]], label=label, **kw)
         nfr = [100 * p["nfr"] if p["nfr"] is not None else float("nan") for p in c["points"]]

@@ -23,7 +23,9 @@ from models.data import allocate, eval_split, load_dataset
 from models.encoders import default_device
 from models.evaluate import DEFAULT_FRACTIONS, evaluate_backfill, write_outputs
 from models.plan_curves import DEFAULT_NFR_TARGET
+from models.plans import AUTO, PAPER
 from models.train import TrainConfig, train_and_save
+from models.uncertainty import MARGIN, PAPER_ORDERINGS, RANDOM
 
 log = logging.getLogger("hotrefresh.experiment")
 
@@ -45,7 +47,7 @@ class ExperimentConfig:
     allocation: str = "expansion"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = field(default_factory=lambda: ["ract", "vanilla", "bct", "independent"])
-    orderings: list[str] = field(default_factory=lambda: ["random", "margin", "least", "entropy"])
+    orderings: list[str] = field(default_factory=lambda: list(PAPER_ORDERINGS))
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     old_arch: str = "conv2"
     new_arch: str = "conv4"
@@ -67,8 +69,8 @@ class ExperimentConfig:
     # rest; the test split is never read.
     validation_size: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method tau/lam/topk
-    # Query plans (models.plans): ["paper"] is the paper's protocol; others add a curve each.
-    plans: list[str] = field(default_factory=lambda: ["paper"])
+    # Query plans (models.plans): [PAPER] is the paper's protocol; others add a curve each.
+    plans: list[str] = field(default_factory=lambda: [PAPER])
     calibration: str = "raw"
     transform: str = "lstsq"
     nfr_target: float | None = DEFAULT_NFR_TARGET
@@ -80,7 +82,7 @@ class ExperimentConfig:
             allocation=allocation,
             seeds=[0],
             methods=["ract", "vanilla"],
-            orderings=["random", "margin"],
+            orderings=[RANDOM.name, MARGIN.name],
             epochs_old=2,
             epochs_new=2,
             train_limit=12000,
@@ -237,18 +239,18 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def find_curve(doc: dict[str, Any], method: str, ordering: str, plan: str = "paper") -> list[dict[str, Any]] | None:
+def find_curve(doc: dict[str, Any], method: str, ordering: str, plan: str = PAPER) -> list[dict[str, Any]] | None:
     """The points of one (method, ordering, plan) curve; a curve without a plan field is ``paper``'s."""
     for c in doc["curves"]:
-        if c["method"] == method and c["ordering"] == ordering and c.get("plan", "paper") == plan:
+        if c["method"] == method and c["ordering"] == ordering and c.get("plan", PAPER) == plan:
             return c["points"]
     return None
 
 
 def check_plans(
     doc: dict[str, Any],
-    plan: str = "auto",
-    baseline: tuple[str, str] = ("ract", "margin"),
+    plan: str = AUTO,
+    baseline: tuple[str, str] = ("ract", MARGIN.name),
     min_gain_pts: float = 4.0,
     nfr_slack_pts: float = 1.0,
 ) -> dict[str, Any]:
@@ -256,11 +258,11 @@ def check_plans(
     (e) mAP at every step >= old-to-old; (f) NFR@1 at every step <= the finished upgrade's + 1
     point; (g) mean mAP over the steps >= the paper's method (RACT, ``paper`` plan, margin) + 4."""
     o2o = doc["old_to_old"]["map"]
-    ref = find_curve(doc, baseline[0], baseline[1], "paper")
+    ref = find_curve(doc, baseline[0], baseline[1], PAPER)
     ref_mean = float(np.mean([p["map"] for p in ref])) if ref else None
     out: dict[str, Any] = {}
     for c in doc["curves"]:
-        if c.get("plan", "paper") != plan:
+        if c.get("plan", PAPER) != plan:
             continue
         pts = c["points"]
         maps = [p["map"] for p in pts]
@@ -287,8 +289,8 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
     """The issue's checks (a)-(d) on one curve document (a seed or the mean over seeds)."""
     res: dict[str, Any] = {}
     o2o = doc["old_to_old"]["map"]
-    ract_r = find_curve(doc, "ract", "random")
-    van_r = find_curve(doc, "vanilla", "random")
+    ract_r = find_curve(doc, "ract", RANDOM.name)
+    van_r = find_curve(doc, "vanilla", RANDOM.name)
     if ract_r:
         at0 = ract_r[0]["map"]
         res["a_ract_compatible"] = {"holds": at0 >= o2o, "ract_map_at_0": at0, "old_to_old_map": o2o}
@@ -314,15 +316,15 @@ def check_claims(doc: dict[str, Any]) -> dict[str, Any]:
         }
     means = {}
     for m in ("ract", "vanilla", "bct", "ract+bct", "independent"):
-        r, mg = find_curve(doc, m, "random"), find_curve(doc, m, "margin")
+        r, mg = find_curve(doc, m, RANDOM.name), find_curve(doc, m, MARGIN.name)
         if r and mg:
             means[m] = {
-                "margin": float(np.mean([p["map"] for p in mg])),
-                "random": float(np.mean([p["map"] for p in r])),
+                MARGIN.name: float(np.mean([p["map"] for p in mg])),
+                RANDOM.name: float(np.mean([p["map"] for p in r])),
             }
     if "ract" in means:
         res["d_margin_mean_ge_random"] = {
-            "holds": means["ract"]["margin"] >= means["ract"]["random"],
+            "holds": means["ract"][MARGIN.name] >= means["ract"][RANDOM.name],
             "mean_map_over_steps": means,
         }
     return res
@@ -345,7 +347,7 @@ def run_experiment(
     summary["config"] = asdict(cfg)
     summary["checks"] = check_claims(summary)
     summary["checks_per_seed"] = {str(d["seed"]): {k: v["holds"] for k, v in check_claims(d).items()} for d in docs}
-    if "auto" in cfg.plans:
+    if AUTO in cfg.plans:
         summary["plan_checks"] = check_plans(summary)
         summary["plan_checks_per_seed"] = {
             str(d["seed"]): {curve: {k: v["holds"] for k, v in res.items()} for curve, res in check_plans(d).items()}

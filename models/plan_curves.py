@@ -24,10 +24,22 @@ import numpy as np
 import torch
 
 from models.metrics import evaluate_scores, negative_flip_rate
-from models.plans import PLANS, Candidate, build_spec, choose, estimate_final_nfr, mixed_scores, nfr_bound
+from models.plans import (
+    AUTO,
+    START_PLAN,
+    Candidate,
+    UpgradeShape,
+    build_spec,
+    choose,
+    estimate_final_nfr,
+    get_plan,
+    mixed_scores,
+    nfr_bound,
+    plan_names,
+    requestable,
+)
+from models.plans import candidates as plan_candidates
 
-AUTO = "auto"
-START_PLAN = "dual"
 DEFAULT_NFR_TARGET: float | None = None  # relative: the estimated final NFR@1 + 1 point
 DEFAULT_PROBES = 1000
 
@@ -49,8 +61,8 @@ class Spaces:
 
 
 def candidates_for(spaces: Spaces, compatible: bool) -> list[str]:
-    """The plans a live upgrade may serve: ``paper`` only for a compatible model of the same dimension."""
-    return [p for p in PLANS if p != "paper" or (compatible and spaces.same_space)]
+    """The plans a live upgrade of these models may serve (``models.plans.candidates``)."""
+    return plan_candidates(UpgradeShape(same_dimension=spaces.same_space, compatible=compatible))
 
 
 def choose_probes(n_gallery: int, size: int, seed: int) -> np.ndarray:
@@ -71,12 +83,17 @@ def plan_curves(
     k: int | None = None,
     seed: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
-    """One list of points per plan (``paper``, ``dual``, ``transform``, ``auto``)."""
-    unknown = [p for p in plans if p not in (*PLANS, AUTO)]
+    """One list of points per plan asked for (any registered plan, or ``auto``). A plan is
+    evaluated on any model pair whose dimensions it can score; ``compatible`` only narrows what
+    ``auto`` may choose, as it does live."""
+    unknown = [p for p in plans if p not in requestable()]
     if unknown:
-        raise ValueError(f"unknown plan(s) {unknown}; choose from {', '.join((*PLANS, AUTO))}")
-    if "paper" in plans and not spaces.same_space:
-        raise ValueError("the paper's plan needs old and new models of the same dimension")
+        raise ValueError(f"unknown plan(s) {unknown}; choose from {', '.join(requestable())}")
+    shape = UpgradeShape(same_dimension=spaces.same_space, compatible=True)
+    for p in plans:
+        why = None if p == AUTO else get_plan(p).refusal(shape)
+        if why is not None:
+            raise ValueError(why)
     s = spaces
     g_old_np, g_new_np = s.g_old.cpu().numpy(), s.g_new.cpu().numpy()
     n_g = len(g_old_np)
@@ -87,7 +104,7 @@ def plan_curves(
     p_old, p_new = s.g_old[probes], s.g_new[probes]
     p_base = evaluate_scores(p_old @ s.g_old.T, p_labels, s.g_labels, k=k, exclude=exclude)
     candidates = candidates_for(s, compatible) if AUTO in plans else []
-    wanted = sorted(set(p for p in plans if p != AUTO) | set(candidates), key=list(PLANS).index)
+    wanted = sorted(set(p for p in plans if p != AUTO) | set(candidates), key=list(plan_names()).index)
     out: dict[str, list[dict[str, Any]]] = {p: [] for p in plans}
     order_t = torch.as_tensor(order, device=s.g_old.device)
     for f in fractions:

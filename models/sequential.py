@@ -29,7 +29,9 @@ from models.data import eval_split, load_dataset
 from models.encoders import default_device
 from models.evaluate import evaluate_backfill
 from models.experiment import LOSS_OF_METHOD, find_curve
+from models.plans import PAPER, blend
 from models.train import TrainConfig, train_and_save
+from models.uncertainty import MARGIN, RANDOM
 
 log = logging.getLogger("hotrefresh.sequential")
 
@@ -41,8 +43,8 @@ class SequentialConfig:
     dataset: str = "fashion-mnist"
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     methods: list[str] = field(default_factory=lambda: ["ract", "vanilla"])
-    ordering: str = "margin"
-    plan: str = "blend"  # ours, beside the paper's; models.plans
+    ordering: str = MARGIN.name
+    plan: str = blend.NAME  # ours, beside the paper's; models.plans
     data_fractions: tuple[float, ...] = DATA_FRACTIONS
     first_arch: str = "conv2"
     arch: str = "conv4"
@@ -128,7 +130,7 @@ def run_seed(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, Any]:
         for t in range(2, len(chain) + 1):
             new = model(chain[t - 1])
             never = evaluate_backfill(
-                model(chain[0]), {method: new}, xt, yt, q, g, orderings=["random"], fractions=[0.0], seed=seed
+                model(chain[0]), {method: new}, xt, yt, q, g, orderings=[RANDOM.name], fractions=[0.0], seed=seed
             )
             hot = evaluate_backfill(
                 model(chain[t - 2]),
@@ -140,9 +142,9 @@ def run_seed(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, Any]:
                 orderings=[cfg.ordering],
                 fractions=cfg.fractions,
                 seed=seed,
-                plans=["paper", cfg.plan],
+                plans=[PAPER, cfg.plan],
             )
-            paper = find_curve(hot, method, cfg.ordering, "paper")
+            paper = find_curve(hot, method, cfg.ordering, PAPER)
             ours = find_curve(hot, method, cfg.ordering, cfg.plan)
             assert paper is not None and ours is not None  # both asked for above
             rows.append(
@@ -156,7 +158,7 @@ def run_seed(cfg: SequentialConfig, seed: int, mdir: Path) -> dict[str, Any]:
                     "new_to_new_map": hot["new_to_new"][method]["map"],
                     "hot_paper": _point_summary(paper),
                     "hot_plan": _point_summary(ours),
-                    "curves": {"paper": paper, cfg.plan: ours},
+                    "curves": {PAPER: paper, cfg.plan: ours},
                 }
             )
             log.info(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from models.experiment import ExperimentConfig, run_seed
+from models.uncertainty import RANDOM
 
 log = logging.getLogger("hotrefresh.tune")
 
@@ -41,7 +42,7 @@ def tune(
         cfg = replace(
             base,
             seeds=[seed],
-            orderings=["random"],
+            orderings=[RANDOM.name],
             tau=tau,
             lam=lam,
             topk=topk,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from models.plans.calibration import RAW
 from service.index.backend import BackendFactory, VectorBackend, backend_factory, factory_from_settings
 from service.index.errors import (
     DimensionError,
@@ -145,8 +146,8 @@ class MixedIndex:
             parts = []
             for j, (seg, sq) in enumerate(resolved):
                 scores, ids = seg.search(sq.queries, k)
-                if sq.scale != 1.0 or sq.shift != 0.0:
-                    scores = scores * np.float32(sq.scale) + np.float32(sq.shift)
+                if sq.calibration != RAW:
+                    scores = sq.calibration.apply(scores).astype(np.float32, copy=False)
                 parts.append((scores, ids, j))
         return _merge(parts, m, k, names)
 

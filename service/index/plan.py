@@ -2,8 +2,10 @@
 common scale before the merge.
 
 The paper's plan is one embedding (the new model's) against every segment with raw inner
-products. Plans with an embedding per segment (of that segment's dimension) and a linear
-calibration ``scale * score + shift`` per segment need no change of the index's interface.
+products. Plans with an embedding per segment (of that segment's dimension) and a calibration
+per segment need no change of the index's interface. The calibration is the query plans' own
+type (``models.plans.Calibration``, ``(score - shift) / scale``): what the plan fitted is what
+the merge applies, with no conversion between conventions on the way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.plans.calibration import RAW, Calibration
 from service.index.errors import IndexInputError
 from service.index.validation import as_queries
 
@@ -27,21 +30,23 @@ class Hit:
 
 @dataclass(frozen=True)
 class SegmentQuery:
-    """The queries (m, D_segment) for one segment and its score calibration. ``scale`` must be
-    positive: a segment's top-k under a negative scale would be its bottom-k."""
+    """The queries (m, D_segment) for one segment and its score calibration. The calibration's
+    ``scale`` must be positive: a segment's top-k under a negative scale would be its bottom-k."""
 
     model: str
     queries: np.ndarray
-    scale: float = 1.0
-    shift: float = 0.0
+    calibration: Calibration = RAW
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise IndexInputError("a segment query needs a model name")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise IndexInputError(f"scale must be a positive finite number, got {self.scale}")
-        if not math.isfinite(self.shift):
-            raise IndexInputError(f"shift must be finite, got {self.shift}")
+        cal = self.calibration
+        if not isinstance(cal, Calibration):
+            raise IndexInputError(f"a segment's calibration is a models.plans.Calibration, got {type(cal).__name__}")
+        if not (math.isfinite(cal.scale) and cal.scale > 0):
+            raise IndexInputError(f"scale must be a positive finite number, got {cal.scale}")
+        if not math.isfinite(cal.shift):
+            raise IndexInputError(f"shift must be finite, got {cal.shift}")
         object.__setattr__(self, "queries", as_queries(self.queries))
 
 

@@ -24,6 +24,7 @@ import time
 import redis as redis_lib
 from sqlalchemy.orm import Session
 
+from models.plans import PAPER
 from service import keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
@@ -35,6 +36,7 @@ from service.settings import Settings
 from service.states import ACTIVE, TransitionError
 from service.upgrade import chooser, plans, probes
 from service.upgrade.plans import ServingPlan
+from service.upgrade.records import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,19 @@ def progress_of(up: Upgrade) -> float:
     return 1.0 if up.total <= 0 else min(1.0, up.done / up.total)
 
 
-def set_live_gauges(upgrade_id: int, point: dict) -> None:
+def set_live_gauges(upgrade_id: int, point: Checkpoint) -> None:
     """Every plan measured at this point, and which one is served. No labels, no probes: the
     gauges are left unset ("unavailable"), never written as 0."""
-    serving = point.get("plan") or "paper"
-    measured = point.get("candidates") or {serving: {"nfr": point["nfr"], "map": point["map"]}}
+    serving = point.plan or PAPER
+    measured = point.candidates or {serving: {"nfr": point.nfr, "map": point.map}}
     label = str(upgrade_id)
     for plan, m in measured.items():
-        if m.get("nfr") is not None:
-            LIVE_NFR.labels(label, plan).set(m["nfr"])
-        if m.get("map") is not None:
-            LIVE_MAP.labels(label, plan).set(m["map"])
-        if point["nfr"] is not None or point["map"] is not None:
+        nfr, map_ = m.get("nfr"), m.get("map")
+        if nfr is not None:
+            LIVE_NFR.labels(label, plan).set(nfr)
+        if map_ is not None:
+            LIVE_MAP.labels(label, plan).set(map_)
+        if point.nfr is not None or point.map is not None:
             SERVING_PLAN.labels(label, plan).set(1.0 if plan == serving else 0.0)
 
 
@@ -64,44 +67,45 @@ def measure_point(
     step: int,
     gallery: probes.Gallery | None = None,
     quiesced: bool = True,
-) -> dict | None:
+) -> Checkpoint | None:
     """Measure the probes against the gallery as SQL holds it (or the snapshot ``gallery``);
     None when the upgrade has no baseline. A read-only transaction: reading the gallery must
     not hold SQLite's write lock and stall every writer for the length of the read."""
     with read_scope(settings.sqlalchemy_url) as s:
         up = upgrades.get_upgrade(s, upgrade_id)
-        if up is None or not up.baseline:
+        baseline = probes.baseline_of(up) if up is not None else None
+        if up is None or baseline is None:
             return None
         progress = progress_of(up)
         current = serving_plan_of(s, up)
-        if current is None or not up.baseline.get("old_queries_b64") or not up.baseline.get("probe_ids"):
-            m = probes.measure(s, up.baseline, up.to_model, gallery)
-            return {
-                "step": step,
-                "fraction": m.fraction,
-                "progress": progress,
-                "nfr": m.nfr,
-                "map": m.map,
-                "top1": m.top1,
-                "at": time.time(),
-                "quiesced": quiesced,
-            }
+        if current is None or not baseline.measures_plans():
+            m = probes.measure(s, baseline, up.to_model, gallery)
+            return Checkpoint(
+                step=step,
+                fraction=m.fraction,
+                progress=progress,
+                nfr=m.nfr,
+                map=m.map,
+                top1=m.top1,
+                at=time.time(),
+                quiesced=quiesced,
+            )
         choice = chooser.choose_at_cut(s, settings, up, current, gallery or probes.load_gallery(s), step)
     m = choice.measurement
-    return {
-        "step": step,
-        "fraction": m.fraction,
-        "progress": progress,
-        "nfr": m.nfr,
-        "map": m.map,
-        "top1": m.top1,
-        "at": time.time(),
-        "quiesced": quiesced,
-        "plan": choice.plan.name,
-        "candidates": choice.candidates,
-        "nfr_bound": choice.nfr_bound,
-        "serving_plan": choice.plan.to_json(),
-    }
+    return Checkpoint(
+        step=step,
+        fraction=m.fraction,
+        progress=progress,
+        nfr=m.nfr,
+        map=m.map,
+        top1=m.top1,
+        at=time.time(),
+        quiesced=quiesced,
+        plan=choice.plan.name,
+        candidates=choice.candidates,
+        nfr_bound=choice.nfr_bound,
+        serving_plan=choice.plan.to_json(),
+    )
 
 
 def serving_plan_of(session: Session, up: Upgrade) -> ServingPlan | None:
@@ -131,18 +135,17 @@ def record(
     step: int,
     gallery: probes.Gallery | None = None,
     quiesced: bool = True,
-) -> dict | None:
+) -> Checkpoint | None:
     """Measure and record one point, then apply the guardrail to it."""
     point = measure_point(settings, upgrade_id, step, gallery, quiesced)
     if point is None:
         return None
-    plan_json = point.pop("serving_plan", None)
-    if plan_json is not None:
-        serve(settings, redis, upgrade_id, plan_json)
+    if point.serving_plan is not None:
+        serve(settings, redis, upgrade_id, point.serving_plan)
     with session_scope(settings.sqlalchemy_url) as s:
-        up = upgrades.append_checkpoint(s, upgrade_id, point)
+        up = upgrades.append_checkpoint(s, upgrade_id, point.stored())
         guardrail = up.nfr_guardrail
-    nfr = point["nfr"]
+    nfr = point.nfr
     set_live_gauges(upgrade_id, point)
     if guardrail is not None and nfr is not None and nfr > guardrail:
         try:
@@ -152,7 +155,7 @@ def record(
                     upgrade_id,
                     "guardrail",
                     error=f"paused by the NFR guardrail: live NFR {nfr:.4f} > {guardrail:.4f} "
-                    f"at {point['fraction']:.0%} backfilled",
+                    f"at {point.fraction:.0%} backfilled",
                 )
             log.warning("upgrade %s paused: live NFR %.4f above guardrail %.4f", upgrade_id, nfr, guardrail)
         except TransitionError:
@@ -184,14 +187,15 @@ def has_probes(settings: Settings, upgrade_id: int) -> bool:
     """Whether the upgrade's checkpoints measure anything (labeled probes were drawn at its start)."""
     with read_scope(settings.sqlalchemy_url) as s:
         up = upgrades.get_upgrade(s, upgrade_id)
-        return bool(up is not None and up.baseline and up.baseline.get("probe_ids"))
+        baseline = probes.baseline_of(up) if up is not None else None
+        return baseline is not None and baseline.has_probes()
 
 
 BARRIER_RENEW_S = 3.0  # the checkpoint barrier's TTL while its owner waits for in-flight batches
 BARRIER_READ_S = 30.0  # ... and while it reads the gallery
 
 
-def measure_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> dict | None:
+def measure_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, step: int) -> Checkpoint | None:
     """Measure at a consistent cut: raise the queue's barrier (nobody leases), wait until every
     batch in flight has landed, snapshot the gallery from SQL, lower the barrier, then compute.
     The items on the new model are then exactly the first n of the backfill order, the state the
@@ -199,22 +203,16 @@ def measure_at_cut(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, 
     A lease held by a dead worker is waited for at most ``lease_seconds`` (then reclaimed)."""
     with session_scope(settings.sqlalchemy_url) as s:
         up = upgrades.get_upgrade(s, upgrade_id)
-        if up is None or not up.baseline:
+        baseline = probes.baseline_of(up) if up is not None else None
+        if up is None or baseline is None:
             return None
-        if not up.baseline.get("probe_ids"):
+        if not baseline.has_probes():
             # No labeled items, no probes: NFR/mAP are unavailable; record progress only and
             # do not stall the workers for a measurement that cannot be made.
-            point = {
-                "step": step,
-                "fraction": progress_of(up),
-                "progress": progress_of(up),
-                "nfr": None,
-                "map": None,
-                "top1": None,
-                "at": time.time(),
-                "quiesced": False,
-            }
-            upgrades.append_checkpoint(s, upgrade_id, point)
+            point = Checkpoint(
+                step=step, fraction=progress_of(up), progress=progress_of(up), at=time.time(), quiesced=False
+            )
+            upgrades.append_checkpoint(s, upgrade_id, point.stored())
             return point
     queue = BackfillQueue(redis, settings, upgrade_id)
     # The barrier is kept up by this process while it waits (short TTL, renewed every round), so

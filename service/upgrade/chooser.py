@@ -15,28 +15,43 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from models.plans import PLANS, Candidate, PlanSpec, build_spec, choose, estimate_final_nfr, nfr_bound
-from service.db.schema import Upgrade
+from models.plans import (
+    AUTO,
+    START_PLAN,
+    Candidate,
+    PlanSpec,
+    UpgradeShape,
+    build_spec,
+    choose,
+    estimate_final_nfr,
+    get_plan,
+    nfr_bound,
+)
+from models.plans import candidates as plan_candidates
+from service.db.schema import ModelRow, Upgrade
 from service.repositories import catalog
 from service.repositories import items as item_repo
 from service.settings import Settings
 from service.upgrade import probes
-from service.upgrade.plans import START_PLAN, ServingPlan
+from service.upgrade.plans import ServingPlan
 
 
 def candidates(session: Session, up: Upgrade) -> list[str]:
-    """The plans this upgrade may serve: a fixed plan alone; under ``auto`` every plan, ``paper``
-    only for a new model declared compatible with the old one, of the same dimension."""
-    if up.plan != "auto":
+    """The plans this upgrade may serve: a fixed plan alone; under ``auto`` every registered plan
+    that does not refuse these two models (``Plan.refusal``)."""
+    if up.plan != AUTO:
         return [up.plan]
     old, new = catalog.get_model(session, up.from_model), catalog.get_model(session, up.to_model)
-    compatible = (
-        old is not None
-        and new is not None
-        and new.compatible_with == old.name
-        and new.embedding_dim == old.embedding_dim
+    if old is None or new is None:  # a model row gone: promise nothing about the pair
+        return plan_candidates(UpgradeShape(same_dimension=False, compatible=False))
+    return plan_candidates(shape_of(old, new))
+
+
+def shape_of(old: ModelRow, new: ModelRow) -> UpgradeShape:
+    """What the plans ask of an upgrade from ``old`` to ``new``."""
+    return UpgradeShape(
+        same_dimension=new.embedding_dim == old.embedding_dim, compatible=new.compatible_with == old.name
     )
-    return [p for p in PLANS if p != "paper" or compatible]
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,6 @@ def fit(
     codes: tuple[np.ndarray, np.ndarray],
 ) -> PlanSpec:
     """One plan fitted at this cut (``codes``: ``probes.label_codes`` of the probes and gallery)."""
-    if name == "paper":
-        return PlanSpec("paper")
     on_new = gallery.on(up.to_model)
     g_codes, p_codes = codes
     old_labels = g_codes[gallery.on(up.from_model)]
@@ -135,12 +148,15 @@ def choose_at_cut(
 ) -> Choice:
     """Fit and measure every candidate at this cut; the serving plan from here on. The scoring
     run's step 0 serves the start plan whatever the measurements say: nothing has moved yet."""
-    baseline = up.baseline or {}
-    probe_set = probes.ProbeSet.from_json(baseline)
+    baseline = probes.baseline_of(up)
+    if baseline is None:
+        raise ValueError(f"upgrade {up.id} has no baseline yet: its scoring run takes one before any checkpoint")
+    probe_set = baseline.probe_set()
     names = candidates(session, up)
     # Read once per cut: the pairs T is fitted on (auto's candidates always include transform),
     # and the label codes every fit and the final-NFR estimate share.
-    pairs = moved_pairs(session, settings, up, gallery, probe_set) if {"transform", "blend"} & set(names) else None
+    wants_pairs = any(get_plan(n).fits_on_pairs for n in names)
+    pairs = moved_pairs(session, settings, up, gallery, probe_set) if wants_pairs else None
     codes = probes.label_codes(probe_set.labels, gallery)
     measured: dict[str, tuple[ServingPlan, probes.Measurement]] = {}
     for name in names:
@@ -148,7 +164,7 @@ def choose_at_cut(
         measured[name] = (plan, probes.measure(session, baseline, up.to_model, gallery, plan=plan))
     table = {name: {"map": m.map, "nfr": m.nfr} for name, (_, m) in measured.items()}
     bound = None
-    if up.plan != "auto":
+    if up.plan != AUTO:
         chosen = up.plan
     else:
         target = up.nfr_target if up.nfr_target is not None else settings.nfr_target

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import redis as redis_lib
 
-from models.uncertainty import STRATEGIES
+from models.plans import AUTO, get_plan, requestable
+from models.uncertainty import default_ordering, get_ordering, ordering_names, without_classifier
 from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
@@ -20,7 +21,7 @@ from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
 from service.settings import Settings
 from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
-from service.upgrade import plans
+from service.upgrade import chooser, plans
 
 
 class UpgradeRequestError(BadRequest):
@@ -43,27 +44,28 @@ def start(
     strategy: str | None = None,
     batch_size: int | None = None,
     nfr_guardrail: float | None = None,
-    plan: str = "auto",
+    plan: str = AUTO,
     nfr_target: float | None = None,
 ) -> Upgrade:
     """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once
     (the hot refresh): from this commit on, queries follow the upgrade's query plan against the
     mixed index and new inserts are encoded with the new model. Returns the row in state ``scoring``.
 
-    Only the paper's plan compares the new model's queries with old vectors, so only it needs a
-    backward-compatible model of the same dimension; ``dual``, ``transform`` and ``auto`` take any
-    new model. The uncertainty orders put old vectors through the new classifier, so they need
-    the same dimension; ``random`` does not. Without a ``strategy``: :func:`default_strategy`."""
-    if strategy is not None and strategy not in STRATEGIES:
-        raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+    A plan may refuse the two models (``models.plans.Plan.refusal``: the paper's needs a
+    backward-compatible model of the same dimension); ``auto`` takes any new model and chooses
+    among the plans that do not refuse it. The uncertainty orders put old vectors through the new
+    classifier, so they need the same dimension and a head; ``random`` does not. Without a
+    ``strategy``: :func:`default_strategy`."""
+    if strategy is not None and strategy not in ordering_names():
+        raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(ordering_names())}")
     if batch_size is not None and not 1 <= batch_size <= 4096:
         raise UpgradeRequestError("batch_size must be between 1 and 4096")
     if nfr_guardrail is not None and not 0.0 <= nfr_guardrail <= 1.0:
         raise UpgradeRequestError("nfr_guardrail is a ratio between 0 and 1")
     if nfr_target is not None and not 0.0 <= nfr_target <= 1.0:
         raise UpgradeRequestError("nfr_target is a ratio between 0 and 1")
-    if plan not in plans.REQUESTABLE:
-        raise UpgradeRequestError(f"unknown plan {plan!r}; expected one of {list(plans.REQUESTABLE)}")
+    if plan not in requestable():
+        raise UpgradeRequestError(f"unknown plan {plan!r}; expected one of {list(requestable())}")
     with unit_of_work(settings, redis) as uow:
         s = uow.session
         serving = catalog.lock_serving_state(s)  # concurrent starts queue here
@@ -83,27 +85,26 @@ def start(
             strategy = default_strategy(
                 plan, target.embedding_dim == current.embedding_dim, has_classifier=target.num_classes > 0
             )
-        if target.num_classes == 0 and strategy != "random":
+        uses_classifier = get_ordering(strategy).uses_classifier
+        if target.num_classes == 0 and uses_classifier:
             raise UpgradeRequestError(
                 f"model {model!r} has no classifier head, and the {strategy!r} order scores old vectors "
-                "with the new classifier; use strategy random (or register the model with its head)"
+                f"with the new classifier; use strategy {' or '.join(without_classifier())} "
+                "(or register the model with its head)"
             )
-        if target.embedding_dim != current.embedding_dim and (plan == "paper" or strategy != "random"):
-            why = (
-                "the paper's plan compares the new query with old vectors"
-                if plan == "paper"
-                else (f"the {strategy!r} order puts old vectors through the new classifier")
-            )
+        if target.embedding_dim != current.embedding_dim and uses_classifier:
             raise UpgradeRequestError(
                 f"model {model!r} embeds in {target.embedding_dim} dimensions, the gallery model "
-                f"{current.name!r} in {current.embedding_dim}, and {why}; use plan dual, transform or auto"
-                + ("" if strategy == "random" else " with strategy random")
+                f"{current.name!r} in {current.embedding_dim}, and the {strategy!r} order puts old vectors "
+                f"through the new classifier; use strategy {' or '.join(without_classifier())}"
             )
-        if plan == "paper" and target.compatible_with != current.name:
+        refusal = None if plan == AUTO else get_plan(plan).refusal(chooser.shape_of(current, target))
+        if refusal is not None:
             raise UpgradeRequestError(
-                f"model {model!r} is declared compatible with {target.compatible_with!r}, not with the "
-                f"gallery model {current.name!r}; the paper's plan needs backward-compatible embeddings "
-                "(plans dual, transform and auto do not)"
+                f"model {model!r} embeds in {target.embedding_dim} dimensions and is declared compatible with "
+                f"{target.compatible_with!r}, the gallery model {current.name!r} embeds in {current.embedding_dim}: "
+                f"{refusal}; "
+                f"plan {AUTO} chooses among the plans that take it"
             )
         total = item_repo.count_on_model(s, current.name)
         row = upgrades.add_upgrade(
@@ -130,14 +131,11 @@ def start(
 
 
 def default_strategy(plan: str, same_dimension: bool, *, has_classifier: bool = True) -> str:
-    """The backfill order an upgrade takes when none is asked for, as measured (README, "Query
-    plans"): ``margin`` (the paper's) for the paper's plan, which only needs the hardest items
-    moved first; ``mixed`` for the plans that fit T on the items moved so far, where half the
-    slots drawn at random keep that fit unbiased and lower the NFR at every step; ``random``
-    when the new model's classifier cannot score old vectors (another dimension, or no head)."""
-    if not same_dimension or not has_classifier:
-        return "random"
-    return "margin" if plan == "paper" else "mixed"
+    """The backfill order an upgrade takes when none is asked for (``models.uncertainty.default_ordering``):
+    the plan says whether it needs every prefix of the backfill to be an unbiased sample (``auto``
+    may serve any plan, so it does)."""
+    unbiased = plan == AUTO or get_plan(plan).wants_unbiased_backfill
+    return default_ordering(unbiased, classifier_usable=same_dimension and has_classifier)
 
 
 def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, action: str) -> str:

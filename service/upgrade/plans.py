@@ -1,10 +1,11 @@
 """The query plan a service serves during an upgrade, as data (docs/design.md, "Query plans").
 
 A :class:`ServingPlan` is a fitted ``models.plans.PlanSpec`` bound to the upgrade's two models,
-with a version. It lives in SQL (``serving_state.plan``), every replica re-reads it on the
-index log's ``switch`` entry, and :func:`query_plan` turns it and a query's embeddings into the
-index's ``QueryPlan``: which embedding scores which segment, with which calibration. Outside an
-upgrade there is no plan (null): the query model against every segment, as before.
+with a version. It lives in SQL (``serving_state.plan``, one :class:`PlanRecord`), every replica
+re-reads it on the index log's ``switch`` entry, and :func:`query_plan` turns it and a query's
+embeddings into the index's ``QueryPlan``: which embedding scores which segment, with the plan's
+own ``Calibration`` (the index applies it as it is). Outside an upgrade there is no plan (null):
+the query model against every segment, as before.
 """
 
 from __future__ import annotations
@@ -15,13 +16,55 @@ from typing import Any
 
 import numpy as np
 
-from models.plans import PLANS, Calibration, LinearMap, PlanSpec
+from models.plans import AUTO, Calibration, LinearMap, PlanSpec, requestable, start_plan
 from service.errors import BadRequest
 from service.index import QueryPlan, SegmentQuery
+from service.records import Record, StoredRecordError
+from service.records import parse as parse_record
 
-# What POST /upgrade accepts: a fixed plan, or "auto" (the chooser, service.upgrade.checkpoints).
-REQUESTABLE = (*PLANS, "auto")
-START_PLAN = "dual"  # what "auto" serves until its first checkpoint: the old system, exactly
+__all__ = ["AUTO", "PlanRecord", "ServingPlan", "parse", "query_plan", "requestable", "starting"]
+
+
+class CalibrationRecord(Record):
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def value(self) -> Calibration:
+        return Calibration(self.shift, self.scale)
+
+    @classmethod
+    def of(cls, c: Calibration) -> CalibrationRecord:
+        return cls(shift=c.shift, scale=c.scale)
+
+
+class TransformRecord(Record):
+    kind: str
+    pairs: int
+    shape: tuple[int, int]
+    weight_b64: str
+
+    def value(self) -> LinearMap:
+        weight = np.frombuffer(base64.b64decode(self.weight_b64), "<f4").astype(np.float32).reshape(self.shape)
+        return LinearMap(weight, self.kind, self.pairs)
+
+    @classmethod
+    def of(cls, t: LinearMap) -> TransformRecord:
+        raw = base64.b64encode(np.ascontiguousarray(t.weight, "<f4").tobytes()).decode()
+        rows, cols = t.weight.shape
+        return cls(kind=t.kind, pairs=t.pairs, shape=(int(rows), int(cols)), weight_b64=raw)
+
+
+class PlanRecord(Record):
+    """``serving_state.plan``: the fitted plan and the two models it binds."""
+
+    name: str
+    version: int = 1
+    old_model: str
+    new_model: str
+    old: CalibrationRecord = CalibrationRecord()
+    new: CalibrationRecord = CalibrationRecord()
+    mapped: CalibrationRecord | None = None
+    transform: TransformRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -37,43 +80,40 @@ class ServingPlan:
 
     def query_models(self) -> list[str]:
         """The encoders a query needs under this plan, each run once per search."""
-        if self.name == "paper" or (self.name == "transform" and self.spec.transform is not None):
-            return [self.new_model]
-        return [self.old_model, self.new_model]
+        return [self.old_model, self.new_model] if self.spec.needs_old_query() else [self.new_model]
 
     def bumped(self, spec: PlanSpec) -> ServingPlan:
         return replace(self, spec=spec, version=self.version + 1)
 
+    def record(self) -> PlanRecord:
+        s = self.spec
+        return PlanRecord(
+            name=s.name,
+            version=self.version,
+            old_model=self.old_model,
+            new_model=self.new_model,
+            old=CalibrationRecord.of(s.old),
+            new=CalibrationRecord.of(s.new),
+            mapped=CalibrationRecord.of(s.mapped),
+            transform=None if s.transform is None else TransformRecord.of(s.transform),
+        )
+
     def to_json(self) -> dict[str, Any]:
-        t = self.spec.transform
-        return {
-            "name": self.name,
-            "version": self.version,
-            "old_model": self.old_model,
-            "new_model": self.new_model,
-            "old": self.spec.old.to_json(),
-            "new": self.spec.new.to_json(),
-            "mapped": self.spec.mapped.to_json(),
-            "transform": None
-            if t is None
-            else {
-                "kind": t.kind,
-                "pairs": t.pairs,
-                "shape": list(t.weight.shape),
-                "weight_b64": base64.b64encode(np.ascontiguousarray(t.weight, "<f4").tobytes()).decode(),
-            },
-        }
+        return self.record().model_dump(mode="json")
+
+    @classmethod
+    def of(cls, r: PlanRecord) -> ServingPlan:
+        mapped = r.mapped.value() if r.mapped is not None else Calibration()
+        transform = r.transform.value() if r.transform is not None else None
+        try:
+            spec = PlanSpec(r.name, r.old.value(), r.new.value(), transform, mapped)
+        except ValueError as e:  # a plan this build does not register
+            raise StoredRecordError(f"stored serving plan (serving_state.plan) cannot be served: {e}") from None
+        return cls(spec, r.old_model, r.new_model, r.version)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ServingPlan:
-        t = d.get("transform")
-        transform = None
-        if t:
-            weight = np.frombuffer(base64.b64decode(t["weight_b64"]), "<f4").astype(np.float32).reshape(t["shape"])
-            transform = LinearMap(weight, str(t["kind"]), int(t["pairs"]))
-        mapped = Calibration(**d["mapped"]) if d.get("mapped") else Calibration()
-        spec = PlanSpec(str(d["name"]), Calibration(**d["old"]), Calibration(**d["new"]), transform, mapped)
-        return cls(spec, str(d["old_model"]), str(d["new_model"]), int(d.get("version", 1)))
+        return cls.of(parse_record(PlanRecord, d, "serving plan (serving_state.plan)"))
 
 
 def parse(d: dict[str, Any] | None) -> ServingPlan | None:
@@ -82,27 +122,23 @@ def parse(d: dict[str, Any] | None) -> ServingPlan | None:
 
 def starting(requested: str, old_model: str, new_model: str) -> ServingPlan:
     """The plan served from the moment an upgrade starts: the requested one, unfitted (raw scores,
-    no transform yet), or ``dual`` for ``auto``."""
-    if requested not in REQUESTABLE:
-        raise BadRequest(f"unknown plan {requested!r}; expected one of {list(REQUESTABLE)}")
-    name = START_PLAN if requested == "auto" else requested
-    return ServingPlan(PlanSpec(name), old_model, new_model)
-
-
-def _segment(model: str, queries: np.ndarray, cal: Calibration) -> SegmentQuery:
-    # The plan's calibration is (s - shift) / scale; the index's is scale * s + shift.
-    return SegmentQuery(model, queries, scale=1.0 / cal.scale, shift=-cal.shift / cal.scale)
+    no transform yet), or auto's start plan."""
+    if requested not in requestable():
+        raise BadRequest(f"unknown plan {requested!r}; expected one of {list(requestable())}")
+    return ServingPlan(PlanSpec(start_plan(requested)), old_model, new_model)
 
 
 def query_plan(plan: ServingPlan, embeddings: dict[str, np.ndarray], segments: set[str]) -> QueryPlan:
-    """The index's plan for one batch of queries (``embeddings``: model -> (m, D) queries)."""
+    """The index's plan for one batch of queries (``embeddings``: model -> (m, D) queries): one
+    query and one calibration per segment, as the plan gives them (blend's two terms are folded
+    into one query and one affine calibration)."""
     spec, q_new = plan.spec, embeddings[plan.new_model]
+    q_old = embeddings.get(plan.old_model)
     parts = []
     if plan.old_model in segments:
-        # One query per segment whatever the plan (``PlanSpec.old_queries``: blend's two terms
-        # are folded into one query and one affine calibration).
-        queries, cal = spec.old_queries(embeddings.get(plan.old_model), q_new)
-        parts.append(_segment(plan.old_model, queries, cal))
+        queries, cal = spec.plan.old_query(spec, q_old, q_new)
+        parts.append(SegmentQuery(plan.old_model, queries, cal))
     if plan.new_model in segments:
-        parts.append(_segment(plan.new_model, q_new, spec.new))
+        queries, cal = spec.plan.new_query(spec, q_old, q_new)
+        parts.append(SegmentQuery(plan.new_model, queries, cal))
     return QueryPlan.of(parts)

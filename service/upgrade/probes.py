@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
 from models.metrics import evaluate_scores, negative_flip_rate
-from models.plans import PlanSpec, mixed_scores
+from models.plans import PAPER, PlanSpec, mixed_scores
+from service.db.schema import Upgrade
+from service.records import Record, parse
 from service.repositories import items as item_repo
 from service.upgrade.plans import ServingPlan
 
@@ -46,24 +49,64 @@ class ProbeSet:
     # old query of plans that score old vectors with it; None in upgrades recorded before plans
     old_queries: np.ndarray | None = None
 
+    def record(self, **measured: Any) -> BaselineRecord:
+        """This probe set as stored in ``upgrade.baseline`` (with the old system's ``measured``)."""
+        old = self.old_queries
+        return BaselineRecord(
+            probe_ids=self.ids.tolist(),
+            probe_labels=self.labels,
+            queries_b64=_b64(self.queries),
+            dim=int(self.queries.shape[1]) if self.queries.size else 0,
+            old_queries_b64=None if old is None else _b64(old),
+            old_dim=int(old.shape[1]) if old is not None and old.size else 0,
+            **measured,
+        )
+
     def to_json(self) -> dict:
-        d = {
-            "probe_ids": self.ids.tolist(),
-            "probe_labels": self.labels,
-            "queries_b64": _b64(self.queries),
-            "dim": int(self.queries.shape[1]) if self.queries.size else 0,
-        }
-        if self.old_queries is not None:
-            d["old_queries_b64"] = _b64(self.old_queries)
-            d["old_dim"] = int(self.old_queries.shape[1]) if self.old_queries.size else 0
-        return d
+        return self.record().stored()
 
     @classmethod
     def from_json(cls, d: dict) -> ProbeSet:
-        ids = np.asarray(d.get("probe_ids", []), dtype=np.int64)
-        queries = _unb64(d.get("queries_b64", ""), len(ids), int(d.get("dim", 0)))
-        old = _unb64(d["old_queries_b64"], len(ids), int(d.get("old_dim", 0))) if "old_queries_b64" in d else None
-        return cls(ids, list(d.get("probe_labels", [])), queries, old)
+        return parse(BaselineRecord, d, "probe set").probe_set()
+
+
+class BaselineRecord(Record):
+    """``upgrade.baseline``: the probe set (ids, labels, the new and old models' embeddings of their
+    images) and the old system measured on it once at the start."""
+
+    probe_ids: list[int] = []
+    probe_labels: list[str] = []
+    queries_b64: str = ""
+    dim: int = 0
+    old_queries_b64: str | None = None  # absent in upgrades recorded before query plans
+    old_dim: int = 0
+    old_top1: list[bool] = []
+    old_map: float | None = None
+    old_top1_rate: float | None = None
+    map_k: int | None = None
+    running_since: float | None = None  # unix time the scoring run finished: the rate's origin
+    scoring_seconds: float | None = None
+
+    def probe_set(self) -> ProbeSet:
+        ids = np.asarray(self.probe_ids, dtype=np.int64)
+        queries = _unb64(self.queries_b64, len(ids), self.dim)
+        old = None if self.old_queries_b64 is None else _unb64(self.old_queries_b64, len(ids), self.old_dim)
+        return ProbeSet(ids, list(self.probe_labels), queries, old)
+
+    def has_probes(self) -> bool:
+        return bool(self.probe_ids)
+
+    def measures_plans(self) -> bool:
+        """Whether query plans can be measured on these probes (they have old queries)."""
+        return self.has_probes() and bool(self.old_queries_b64)
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def baseline_of(up: Upgrade) -> BaselineRecord | None:
+    """The upgrade's stored baseline, or None before the scoring run took it."""
+    return parse(BaselineRecord, up.baseline, f"baseline of upgrade {up.id}") if up.baseline else None
 
 
 def choose_probes(session: Session, model: str, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -205,31 +248,25 @@ class Measurement:
     top1: float | None
 
 
-def take_baseline(session: Session, probes: ProbeSet, old_model: str) -> dict:
+def take_baseline(session: Session, probes: ProbeSet, old_model: str) -> BaselineRecord:
     """The old system on the probes: old query vector (each probe's stored old vector) against the
-    gallery as it is now, before any item moved. Returns the JSON kept in ``upgrade.baseline``."""
-    base = probes.to_json()
+    gallery as it is now, before any item moved: what ``upgrade.baseline`` keeps."""
     if len(probes.ids) == 0:
-        return {**base, "old_top1": [], "old_map": None, "old_top1_rate": None, "map_k": None}
+        return probes.record()
     gallery = load_gallery(session)
     k = None if len(gallery.ids) <= FULL_RANKING_MAX else 100
     got_ids, old_q = item_repo.get_vectors(session, old_model, probes.ids.tolist())
     if len(got_ids) != len(probes.ids):
         raise RuntimeError(f"{len(probes.ids) - len(got_ids)} probe items have no {old_model!r} vector")
     top1, ap = leave_one_out(old_q, got_ids, probes.labels, gallery, k)
-    base = ProbeSet(probes.ids, probes.labels, probes.queries, old_q).to_json()
-    return {
-        **base,
-        "old_top1": top1.tolist(),
-        "old_map": float(ap.mean()),
-        "old_top1_rate": float(top1.mean()),
-        "map_k": k,
-    }
+    return ProbeSet(probes.ids, probes.labels, probes.queries, old_q).record(
+        old_top1=top1.tolist(), old_map=float(ap.mean()), old_top1_rate=float(top1.mean()), map_k=k
+    )
 
 
 def measure(
     session: Session,
-    baseline: dict,
+    baseline: BaselineRecord,
     new_model: str,
     gallery: Gallery | None = None,
     plan: ServingPlan | None = None,
@@ -237,7 +274,7 @@ def measure(
     """NFR@1 and mAP of the probes against the live mixed gallery (as loaded by
     :func:`load_gallery`, now or at a chosen moment), searched as ``plan`` says (None: the new
     model's query against every vector, the paper's plan)."""
-    probes = ProbeSet.from_json(baseline)
+    probes = baseline.probe_set()
     if len(probes.ids) == 0 and gallery is None:
         # Nothing to measure: the fraction alone is one COUNT, not a read of every vector.
         return Measurement(item_repo.fraction_on(session, new_model), None, None, None)
@@ -245,10 +282,12 @@ def measure(
     fraction = gallery.fraction_on(new_model)
     if len(probes.ids) == 0 or len(gallery.ids) == 0:
         return Measurement(fraction, None, None, None)
-    k = baseline.get("map_k")
-    if plan is None or (plan.name == "paper" and gallery.vectors.shape[1]):
+    k = baseline.map_k
+    # Without old queries (an upgrade recorded before query plans) only a plan that scores every
+    # segment with the new query raw can be measured, as one embedding against every vector.
+    if plan is None or (probes.old_queries is None and plan.spec == PlanSpec(PAPER) and gallery.vectors.shape[1]):
         top1, ap = leave_one_out(probes.queries, probes.ids, probes.labels, gallery, k)
     else:
         top1, ap = leave_one_out_plan(plan.spec, plan.old_model, plan.new_model, probes, gallery, k)
-    nfr = negative_flip_rate(np.asarray(baseline["old_top1"], bool), top1)
+    nfr = negative_flip_rate(np.asarray(baseline.old_top1, bool), top1)
     return Measurement(fraction, nfr, float(ap.mean()), float(top1.mean()))

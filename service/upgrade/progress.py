@@ -43,9 +43,8 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
         return "requeued"
     # The final point is measured before the state changes and recorded in the same transaction
     # as the transition, so whoever reads "completed" also reads the 100% point.
+    # Every item is on the new model: every plan scores alike, so the point's plan is not served.
     point = checkpoints.measure_point(settings, upgrade_id, step=-1)
-    if point is not None:
-        point.pop("serving_plan", None)  # every item is on the new model: every plan scores alike
     try:
         with session_scope(settings.sqlalchemy_url) as s:
             # Re-checked inside the transition's transaction: nothing pending, still running.
@@ -54,16 +53,14 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
                 return "requeued"
             upgrades.transition(s, upgrade_id, "complete", completed_at=utcnow())
             if point is not None:
-                upgrades.append_checkpoint(s, upgrade_id, point)
+                upgrades.append_checkpoint(s, upgrade_id, point.stored())
     except TransitionError:
         return "wait"
     # The same fraction GET /upgrade reports: items that failed are not on the new model.
     BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts) or 0.0)
     if point is not None:
         checkpoints.set_live_gauges(upgrade_id, point)
-    log.info(
-        "upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point["nfr"], point and point["map"]
-    )
+    log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point.nfr, point and point.map)
     return "completed"
 
 

@@ -17,7 +17,7 @@ import redis as redis_lib
 from sqlalchemy.orm import Session
 
 from models.checkpoint import LoadedModel
-from models.uncertainty import score_uncertainty
+from models.uncertainty import get_ordering, score_uncertainty
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
@@ -29,6 +29,7 @@ from service.settings import Settings
 from service.states import SCORING, TransitionError
 from service.upgrade import checkpoints, chooser, probes
 from service.upgrade.images import load_pixels
+from service.upgrade.records import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,18 @@ SCORE_CHUNK = 65_536
 
 
 def compute_priorities(session: Session, upgrade: Upgrade, new_model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
-    # random never uses the classifier, and a model registered without one has none
+    # an order without the classifier never uses it, and a model registered without one has none
     dim = new_model.meta.embedding_dim
     w, b = (
         new_model.classifier_weights()
-        if upgrade.strategy != "random"
+        if get_ordering(upgrade.strategy).uses_classifier
         else (np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
     )
     all_ids, all_prio = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     chunks = (c for c in item_repo.iter_active_vectors(session, chunk=SCORE_CHUNK) if c.model == upgrade.from_model)
     for n, chunk in enumerate(chunks):
         ids, vecs = chunk.ids, np.array(chunk.vectors)  # writable, for torch
-        seed = int(upgrade.id) * 1_000_003 + n  # "random" differs per upgrade, reproducible
+        seed = int(upgrade.id) * 1_000_003 + n  # a drawn order differs per upgrade, reproducibly
         all_ids.append(ids)
         all_prio.append(score_uncertainty(vecs, w, b, upgrade.strategy, seed=seed))
     return np.concatenate(all_ids), np.concatenate(all_prio)
@@ -90,9 +91,9 @@ def run_scoring(
     extra: dict = {}
     with read_scope(url) as s:
         current = checkpoints.serving_plan_of(s, up)
-        if current is not None and baseline.get("old_queries_b64") and baseline.get("probe_ids"):
+        if current is not None and baseline.measures_plans():
             # Fit the start plan (each space's calibration) and measure it: what users get now.
-            up.baseline = baseline  # the detached row, read by the chooser only
+            up.baseline = baseline.stored()  # the detached row, read by the chooser only
             choice = chooser.choose_at_cut(s, settings, up, current, probes.load_gallery(s), step=0)
             first, plan_json = choice.measurement, choice.plan.to_json()
             extra = {"plan": choice.plan.name, "candidates": choice.candidates, "nfr_bound": choice.nfr_bound}
@@ -100,22 +101,27 @@ def run_scoring(
             first, plan_json = probes.measure(s, baseline, to_model), None
     if plan_json is not None:
         checkpoints.serve(settings, redis, upgrade_id, plan_json)
-    baseline["running_since"] = time.time()
-    baseline["scoring_seconds"] = time.perf_counter() - t0
-    checkpoint = {
-        "step": 0,
-        "fraction": first.fraction,
-        "progress": 0.0,
-        "nfr": first.nfr,
-        "map": first.map,
-        "top1": first.top1,
-        "at": time.time(),
+    baseline = baseline.model_copy(update={"running_since": time.time(), "scoring_seconds": time.perf_counter() - t0})
+    checkpoint = Checkpoint(
+        step=0,
+        fraction=first.fraction,
+        progress=0.0,
+        nfr=first.nfr,
+        map=first.map,
+        top1=first.top1,
+        at=time.time(),
         **extra,
-    }
+    )
     try:
         with session_scope(url) as s:
             upgrades.transition(
-                s, upgrade_id, "scored", baseline=baseline, checkpoints=[checkpoint], nfr=first.nfr, map=first.map
+                s,
+                upgrade_id,
+                "scored",
+                baseline=baseline.stored(),
+                checkpoints=[checkpoint.stored()],
+                nfr=first.nfr,
+                map=first.map,
             )
     except TransitionError:
         queue.clear()  # rolled back or cancelled while scoring
@@ -125,6 +131,6 @@ def run_scoring(
         upgrade_id,
         len(ids),
         len(probe_set.ids),
-        baseline["scoring_seconds"],
+        baseline.scoring_seconds,
     )
     return True

@@ -14,30 +14,15 @@ from sqlalchemy.orm import Session
 
 from service.db.schema import BackfillFailure, Upgrade
 from service.queue import BackfillQueue
+from service.records import parse
 from service.repositories import catalog, upgrades
 from service.settings import Settings
 from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING
 from service.timestamps import UtcDatetime
+from service.upgrade import probes
+from service.upgrade.plans import PlanRecord
 from service.upgrade.progress import moved_fraction
-
-
-class Checkpoint(BaseModel):
-    step: int | None = Field(None, description="Checkpoint number (0 at start, -1 at completion).")
-    fraction: float = Field(description="Share of the gallery on the new model when measured.")
-    progress: float | None = None
-    nfr: float | None = Field(None, description="NFR@1 (Eq. 12) of the probes; null when unavailable.")
-    map: float | None = None
-    top1: float | None = None
-    at: float = Field(description="Unix time of the measurement.")
-    plan: str | None = Field(None, description="The serving plan measured (and, under auto, chosen) here.")
-    nfr_bound: float | None = Field(
-        None,
-        description="auto: the probe NFR@1 the chosen plan had to stay within at this cut (nfr_target, or "
-        "the finished upgrade's NFR@1 estimated here plus one point).",
-    )
-    candidates: dict[str, dict[str, float | None]] | None = Field(
-        None, description="auto: every candidate plan's probe map and nfr at this cut."
-    )
+from service.upgrade.records import Checkpoint, checkpoints_of
 
 
 class Failure(BaseModel):
@@ -90,13 +75,15 @@ class UpgradeView(BaseModel):
 
 def _serving_plan(session: Session, up: Upgrade) -> dict | None:
     state = catalog.peek_serving_state(session)
-    plan = state.plan if state is not None else None
-    if not plan or plan.get("new_model") != up.to_model or up.state not in ACTIVE:
+    if state is None or not state.plan or up.state not in ACTIVE:
+        return None
+    plan = parse(PlanRecord, state.plan, "serving plan (serving_state.plan)")
+    if plan.new_model != up.to_model:
         return None
     return {
-        "name": plan["name"],
-        "version": plan["version"],
-        "transform_pairs": (plan.get("transform") or {}).get("pairs"),
+        "name": plan.name,
+        "version": plan.version,
+        "transform_pairs": plan.transform.pairs if plan.transform is not None else None,
     }
 
 
@@ -104,9 +91,9 @@ def view(
     session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings, failures_limit: int = 100
 ) -> UpgradeView:
     counts = upgrades.task_counts(session, up.id)
-    base = up.baseline or {}
+    base = probes.baseline_of(up)
     items_per_s = eta = None
-    running_since = base.get("running_since")
+    running_since = base.running_since if base is not None else None
     if running_since and up.done:
         end = up.completed_at.timestamp() if up.completed_at else time.time()
         elapsed = max(1e-6, end - float(running_since))
@@ -122,8 +109,10 @@ def view(
             depth, leased = q.depth(), q.leased()
         except redis_lib.RedisError:
             pass
-    summary = {k: base.get(k) for k in ("old_map", "old_top1_rate", "map_k") if k in base}
-    summary["probes"] = len(base.get("probe_ids", []))
+    summary = None
+    if base is not None:
+        summary = {"old_map": base.old_map, "old_top1_rate": base.old_top1_rate, "map_k": base.map_k}
+        summary["probes"] = len(base.probe_ids)
     return UpgradeView(
         id=up.id,
         from_model=up.from_model,
@@ -141,8 +130,8 @@ def view(
         items_per_s=items_per_s,
         queue_depth=depth,
         leased=leased,
-        baseline=summary if base else None,
-        checkpoints=[Checkpoint.model_validate(p) for p in up.checkpoints or []],
+        baseline=summary,
+        checkpoints=checkpoints_of(up.id, up.checkpoints),
         failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
         error=up.error,
         batch_size=up.batch_size,

@@ -270,3 +270,50 @@ def test_the_final_nfr_estimate_is_exact_once_everything_is_backfilled() -> None
     # the bound: the user's target when set, else the estimate plus one point, else 5%
     assert nfr_bound(0.2, 0.03) == 0.2 and nfr_bound(None, 0.03) == pytest.approx(0.04)
     assert nfr_bound(None, None) == 0.05
+
+
+def test_a_plan_is_one_registered_object_and_names_are_refused_twice() -> None:
+    from models.plans import UpgradeShape, candidates, get_plan, plan_names, register_plan, requestable, unregister_plan
+    from models.plans.registry import Plan
+
+    assert plan_names() == ("paper", "dual", "transform", "blend")
+    assert requestable()[-1] == "auto" and "auto" not in plan_names()
+    # paper only where the new model is compatible and of the same dimension
+    assert candidates(UpgradeShape(same_dimension=True, compatible=True))[0] == "paper"
+    assert "paper" not in candidates(UpgradeShape(same_dimension=False, compatible=True))
+    assert "paper" not in candidates(UpgradeShape(same_dimension=True, compatible=False))
+    with pytest.raises(ValueError, match="already registered"):
+        register_plan(type(get_plan("dual")))
+    with pytest.raises(ValueError, match="unknown plan 'nope'"):
+        PlanSpec("nope")
+
+    class NewOnly(Plan):
+        name = "new-only-test"
+        summary = "scores old vectors with the new query, raw, on any upgrade of equal dimensions"
+
+        def refusal(self, upgrade: UpgradeShape) -> str | None:
+            return None if upgrade.same_dimension else "needs equal dimensions"
+
+        def needs_old_query(self, spec: PlanSpec) -> bool:
+            return False
+
+        def old_query(self, spec, q_old, q_new):
+            return q_new, spec.old
+
+    class TooLong(NewOnly):
+        name = "x" * 17
+
+    with pytest.raises(ValueError, match="1 to 16 characters"):
+        register_plan(TooLong)
+    register_plan(NewOnly)
+    try:
+        assert plan_names()[-1] == "new-only-test" and "new-only-test" in requestable()
+        assert "new-only-test" not in candidates(UpgradeShape(same_dimension=False, compatible=False))
+        rng = np.random.default_rng(9)
+        g = torch.from_numpy(_unit(rng, 10, 4))
+        q = torch.from_numpy(_unit(rng, 2, 4))
+        spec = build_spec("new-only-test", old_space=g.numpy(), new_space=g.numpy())
+        torch.testing.assert_close(mixed_scores(spec, None, q, g, g, torch.zeros(10, dtype=torch.bool)), q @ g.T)
+    finally:
+        unregister_plan("new-only-test")
+    assert "new-only-test" not in plan_names()

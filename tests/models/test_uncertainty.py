@@ -120,3 +120,14 @@ def test_mixed_strategy_is_margin_interleaved_with_random() -> None:
     margin = score_uncertainty(v, w, b, "margin")
     mixed = score_uncertainty(v, w, b, "mixed", seed=7)
     assert np.array_equal(backfill_order(mixed), backfill_order(interleave_random(margin, 0.5, seed=7)))
+
+
+def test_orderings_are_registered_once_and_the_default_follows_the_plan() -> None:
+    from models.uncertainty import MIXED, Ordering, default_ordering, get_ordering, register_ordering
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_ordering(Ordering("margin", "again"))
+    assert get_ordering("random").uses_classifier is False and get_ordering("margin").uses_classifier
+    assert default_ordering(wants_unbiased_prefix=False, classifier_usable=True) == "margin"
+    assert default_ordering(wants_unbiased_prefix=True, classifier_usable=True) == MIXED.name == "mixed"
+    assert default_ordering(wants_unbiased_prefix=True, classifier_usable=False) == "random"

@@ -12,6 +12,7 @@ from service.db.schema import ModelRow, ServingState
 from service.errors import BadRequest, Conflict
 from service.images import read_limited
 from service.indexport import Change, unit_of_work
+from service.records import model_meta
 from service.registry import parse_metadata_upload, register, resolve_model_path, save_upload
 from service.repositories import catalog, upgrades
 
@@ -25,12 +26,12 @@ MAX_METADATA_BYTES = 1 << 20
 def _out(
     row: ModelRow, state: ServingState, models: dict[str, ModelRow], replaced: dict[str, str] | None = None
 ) -> ModelOut:
-    meta = row.meta or {}
+    meta = model_meta(row.name, row.meta)
     return ModelOut(
-        format=str((meta.get("extra") or {}).get("format", "checkpoint")),
-        input_channels=int(meta.get("input_channels", 1)),
-        input_size=[int(v) for v in meta.get("input_size", [28, 28])],
-        resize=str(meta.get("resize", "stretch")),
+        format=str(meta.extra.get("format", "checkpoint")),
+        input_channels=meta.input_channels,
+        input_size=list(meta.input_size),
+        resize=meta.resize,
         has_classifier=row.num_classes > 0,
         lineage=catalog.lineage(models, row.name),
         replaced=(replaced or {}).get(row.name),

@@ -7,11 +7,14 @@ transition is 409) and dispatches Celery work after the SQL change has committed
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from models import plans as plan_registry
+from models import uncertainty
 from service import dispatch
 from service.api.deps import AdminDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import StoredText, error_responses
@@ -29,26 +32,48 @@ router = APIRouter(prefix="/upgrade", tags=["upgrade"])
 UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
+def _one_of(choices: Callable[[], tuple[str, ...]], what: str) -> Callable[[str], str]:
+    """A validator against a registry read when the request arrives, so a plan or an ordering
+    registered after this module was imported is accepted (and listed in the schema)."""
+
+    def check(value: str) -> str:
+        if value not in choices():
+            raise ValueError(f"unknown {what} {value!r}; expected one of {list(choices())}")
+        return value
+
+    return check
+
+
+def _enum(choices: Callable[[], tuple[str, ...]]) -> Callable[[dict[str, Any]], None]:
+    def extra(schema: dict[str, Any]) -> None:
+        schema["enum"] = list(choices())
+
+    return extra
+
+
+PlanName = Annotated[str, AfterValidator(_one_of(plan_registry.requestable, "plan"))]
+OrderingName = Annotated[str, AfterValidator(_one_of(uncertainty.ordering_names, "strategy"))]
+
+
 class UpgradeIn(BaseModel):
     model: StoredText = Field(
         min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
     )
-    strategy: Literal["margin", "least", "entropy", "random", "mixed"] | None = Field(
+    strategy: OrderingName | None = Field(
         None,
-        description="Backfill order: uncertainty of the old vector under the new classifier (mixed: "
-        "margin's order with every other slot random). Default: margin under the paper's plan, mixed under the "
-        "others, random for a new model of another dimension.",
+        description="Backfill order: " + uncertainty.describe() + ". Default: margin under a plan that needs only "
+        "the hardest items first (the paper's), mixed under the others, random for a new model of another "
+        "dimension or without a classifier.",
+        json_schema_extra=_enum(uncertainty.ordering_names),
     )
     batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
     nfr_guardrail: float | None = Field(
         None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
-    plan: Literal["paper", "dual", "transform", "blend", "auto"] = Field(
-        "auto",
-        description="Query plan during the upgrade: paper (the new query against every vector), dual "
-        "(old query on old vectors, new on new), transform (new query, old vectors mapped by a map fitted on "
-        "the backfilled pairs), blend (old vectors scored by the mean of dual's and transform's calibrated scores), "
-        "auto (at each checkpoint, the plan with the best probe mAP within nfr_target).",
+    plan: PlanName = Field(
+        plan_registry.AUTO,
+        description="Query plan during the upgrade: " + plan_registry.describe() + ".",
+        json_schema_extra=_enum(plan_registry.requestable),
     )
     nfr_target: float | None = Field(
         None,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from models.plans import Calibration
 from service.index import (
     DimensionError,
     DuplicateIdError,
@@ -152,7 +153,10 @@ def test_plan_with_per_segment_embeddings_dimensions_and_calibration() -> None:
     idx.add("small", np.arange(60), a)
     idx.add("big", np.arange(60, 100), b)
     qa, qb = unit_vectors(rng, 3, 8), unit_vectors(rng, 3, 24)
-    plan = QueryPlan.of([SegmentQuery("small", qa, scale=2.0, shift=-0.5), SegmentQuery("big", qb, shift=0.25)])
+    # (s - 0.25) / 0.5 = 2 s - 0.5 and (s + 0.25) / 1 = s + 0.25
+    plan = QueryPlan.of(
+        [SegmentQuery("small", qa, Calibration(0.25, 0.5)), SegmentQuery("big", qb, Calibration(-0.25))]
+    )
     got = idx.search(plan, k=20)
     calibrated = np.concatenate([2.0 * (qa @ a.T) - 0.5, qb @ b.T + 0.25], axis=1)
     expected = -np.sort(-calibrated, axis=1)[:, :20]
@@ -188,7 +192,7 @@ def test_bad_requests_raise_clear_errors_and_change_nothing() -> None:
         (IndexInputError, lambda: idx.search(old[:1], k=2.5)),  # type: ignore[arg-type]
         (DimensionError, lambda: idx.search(np.ones((1, D + 1), dtype=np.float32), k=3)),
         (UnknownSegmentError, lambda: idx.search(QueryPlan.single(old[:1], ["old", "nope"]), k=3)),
-        (IndexInputError, lambda: SegmentQuery("old", old[:1], scale=-1.0)),
+        (IndexInputError, lambda: SegmentQuery("old", old[:1], Calibration(scale=-1.0))),
         (IndexInputError, lambda: QueryPlan.of([SegmentQuery("old", old[:1]), SegmentQuery("new", old[:2])])),
         (IndexInputError, lambda: QueryPlan.of([])),
         (UnknownSegmentError, lambda: idx.rollback("nope")),
