@@ -142,7 +142,10 @@ def test_without_labels_live_nfr_is_unavailable_not_zero(make_gallery) -> None:
 
     g = make_gallery(n=30, labeled=False)
     ctx, uid = start_and_score(g, strategy="margin", batch_size=10)
-    for plan in ("paper", "dual", "transform", "blend"):  # the registry is per process; an earlier test's upgrade 1
+    # The metrics registry is per process: an earlier test's upgrade of the same id (under any
+    # plan, a test's own included) may have left series; this upgrade starts from none.
+    stale = {s.labels["plan"] for m in LIVE_NFR.collect() for s in m.samples if s.labels.get("upgrade") == str(uid)}
+    for plan in stale:
         with contextlib.suppress(KeyError):
             LIVE_NFR.remove(str(uid), plan)
     run_to_end(ctx, uid)
