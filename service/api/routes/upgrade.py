@@ -39,9 +39,10 @@ class UpgradeIn(BaseModel):
         "margin's order with every other slot random). Default: margin under the paper's plan, mixed under the "
         "others, random for a new model of another dimension.",
     )
-    batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
+    # strict: JSON true is not the number 1, nor "8" the number 8 (a 422, not a silent coercion)
+    batch_size: int | None = Field(None, ge=1, le=4096, strict=True, description="Items per leased batch.")
     nfr_guardrail: float | None = Field(
-        None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
+        None, ge=0.0, le=1.0, strict=True, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
     plan: Literal["paper", "dual", "transform", "blend", "auto"] = Field(
         "auto",
@@ -54,6 +55,7 @@ class UpgradeIn(BaseModel):
         None,
         ge=0.0,
         le=1.0,
+        strict=True,
         description="auto: the probe NFR@1 a plan must stay within (default HOTREFRESH_NFR_TARGET).",
     )
 
