@@ -118,7 +118,7 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX
             f"{what} declares more pixels than the limit of {max_pixels} (HOTREFRESH_MAX_IMAGE_PIXELS): {e}"
         ) from e
     except UnidentifiedImageError as e:
-        raise BadImage(f"{what} is not a decodable image: {e}") from e
+        raise BadImage(f"{what} is not a decodable image (no image format recognised)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:
         # PIL reports truncated and corrupt data through these.
         raise BadImage(f"{what} could not be decoded: {e}") from e
