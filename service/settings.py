@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # a few hundred KB cost hundreds of MB per request.
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_images_per_request: int = Field(default=256, ge=1)
+    # An uploaded TorchScript encoder is loaded, run and frozen in a sandboxed child process
+    # (models/sandbox.py) with these limits: wall-clock seconds, and bytes of address space.
+    model_check_seconds: float = Field(default=60.0, gt=0, le=3600)
+    model_check_memory_bytes: int = Field(default=4 << 30, ge=1 << 30)
 
     index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
     ivf_nlist: int = Field(default=1024, ge=1)
