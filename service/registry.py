@@ -163,7 +163,7 @@ def register(
     An uploaded file is moved to a permanent name on success and deleted on failure; metadata
     sent beside a TorchScript file is kept as the file's sidecar, where every process reads it.
     """
-    from models.checkpoint import CheckpointError, load_checkpoint, read_meta
+    from models.checkpoint import CheckpointError, load_checkpoint
     from models.sandbox import SandboxLimits, vet_torchscript
     from models.torchscript import is_torchscript, load_torchscript, metadata_meta, read_metadata, sidecar
 
@@ -176,12 +176,12 @@ def register(
         )
     try:
         try:
-            # The name and every field first: a taken name or a bad field is refused before any of
-            # the file's code runs (a checkpoint's metadata is data: torch.load with weights_only).
+            # A TorchScript archive is code: its name and every field are checked first, so a
+            # taken name or a bad field is refused before any of it runs. (A checkpoint is data,
+            # read with torch.load(weights_only=True); its name is checked once it is read.)
             doc = read_metadata(path, metadata) if scripted else None
-            early = metadata_meta(doc, path.name) if doc is not None else read_meta(path)
-            if catalog.get_model(session, early.name) is not None:
-                raise ModelExists(f"a model named {early.name!r} is already registered")
+            if doc is not None and catalog.get_model(session, metadata_meta(doc, path.name).name) is not None:
+                raise ModelExists(f"a model named {doc['name']!r} is already registered")
             if scripted and uploaded:
                 # Code from outside runs only in the sandbox; what is kept is what it wrote back.
                 limits = SandboxLimits(settings.model_check_seconds, settings.model_check_memory_bytes)
