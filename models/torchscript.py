@@ -14,11 +14,12 @@ uncertainty orders are refused for it.
 Why TorchScript: it loads without the Python class that defined the model and without Python's
 pickle. It is still code (``torch.jit.load`` runs an archive's ``__setstate__``, and TorchScript
 can map host files with ``torch.from_file``): this module loads archives the service trusts (the
-model directory, and what :mod:`models.sandbox` wrote back after vetting an upload). Registration runs a blank batch and a noise batch and
-checks the output's shape, that it is finite and that no row has zero norm, before the model is
-accepted. ONNX (through onnxruntime) is not offered: a second runtime for the same contract, and
-the backfill's background encoding (``models.runtime``) is built on TorchScript's fork; uploads
-from outside go through the sandbox instead (docs/models.md).
+model directory, and what :mod:`models.sandbox` wrote back after vetting an upload).
+Registration runs a blank batch and a noise batch and checks the output's shape, that it is
+finite and that no row has zero norm, before the model is accepted. ONNX (through onnxruntime)
+is not offered: a second runtime for the same contract, and the backfill's background encoding
+(``models.runtime``) is built on TorchScript's fork; uploads from outside go through the
+sandbox instead (docs/models.md).
 
 The metadata: ``name``, ``embedding_dim``, ``input_channels``, ``input_size`` ([H, W]),
 ``mean``/``std`` (one number, or one per channel), optionally ``resize`` (``center_crop``, the
