@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import CheckpointError
+from models.sandbox_child import defines_setstate
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 VETTED_WEIGHT, VETTED_BIAS = "classifier_weight", "classifier_bias"  # the head's buffers in a vetted archive
@@ -131,6 +132,8 @@ def vet_torchscript(archive: Path, doc: dict[str, Any], limits: SandboxLimits) -
         if status != 0:
             raise CheckpointError(f"{archive.name}: {said or _death(status, limits)}")
         vetted = out_path.read_bytes()
+    if defines_setstate(vetted):  # the child checks this too; this process trusts only what it sees
+        raise CheckpointError(f"{archive.name}: the vetted archive still defines __setstate__")
     renamed = dict(doc)
     if doc.get("classifier") is not None:
         renamed["classifier"] = {**doc["classifier"], "weight": VETTED_WEIGHT, "bias": VETTED_BIAS}

@@ -30,6 +30,7 @@ import math
 import os
 import resource
 import sys
+import zipfile
 from typing import NoReturn
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x10000000, 0x40000000, 0x08000000
@@ -128,7 +129,15 @@ def vet(archive: bytes, spec: dict) -> bytes:
         frozen._c._register_attribute(name, torch._C.TensorType.get(), t)  # plain tensors, no code
     out = io.BytesIO()
     torch.jit.save(frozen, out)
+    if defines_setstate(out.getvalue()):  # an object the graph still mutates kept its class
+        refuse("after freezing, the module still holds an object whose class defines __setstate__")
     return out.getvalue()
+
+
+def defines_setstate(archive: bytes) -> bool:
+    """Whether any code in a TorchScript archive defines ``__setstate__`` (what a load runs)."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        return any(b"__setstate__" in z.read(n) for n in z.namelist() if n.endswith(".py"))
 
 
 def _refused_ops(graph: object) -> set[str]:

@@ -22,6 +22,7 @@ from tests.utils.hostile_encoders import (
     MARKER,
     SIZE,
     HarmlessState,
+    KeepsAnObject,
     OverwritesOnLoad,
     ReadsInForward,
     Slow,
@@ -98,3 +99,11 @@ def test_a_user_encoder_with_its_head_survives_vetting(tmp_path: Path) -> None:
     for a, b in zip(after.classifier_weights(), before.classifier_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert json.dumps(renamed["classifier"]) != json.dumps(meta["classifier"])
+
+
+def test_an_object_whose_class_would_run_on_load_is_refused(tmp_path: Path) -> None:
+    """Freezing drops the module's own methods, but an object the graph still mutates keeps its
+    class in the printed archive; a ``__setstate__`` there would run in every later load."""
+    archive = save(KeepsAnObject(), tmp_path / "object.pt")
+    with pytest.raises(CheckpointError, match="__setstate__"):
+        vet_torchscript(archive, doc(), SandboxLimits())

@@ -100,3 +100,31 @@ def doc(name: str = "m") -> dict:
 def save(module: nn.Module, path: Path) -> Path:
     torch.jit.script(module.eval()).save(str(path))
     return path
+
+
+@torch.jit.script
+class Counter:
+    """A TorchScript class with its own ``__setstate__``, which a load runs."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __getstate__(self) -> int:
+        return self.v
+
+    def __setstate__(self, state: int) -> None:
+        self.v = state + 1
+
+
+class KeepsAnObject(nn.Module):
+    """``forward`` mutates an object's field, so freezing cannot fold the object away and the
+    archive it prints still holds the object's class, ``__setstate__`` included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter = Counter(3)
+        self.w = torch.randn(4, 3 * SIZE * SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counter.v = self.counter.v + 1
+        return x.flatten(1) @ self.w.t() + float(self.counter.v)
