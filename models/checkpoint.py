@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 FORMAT = "hotrefresh-checkpoint/1"
 # "external": a bring-your-own encoder whose recipe the service does not know (models/torchscript.py).
 TRAINED_WITH = ("classification", "vanilla", "ract", "bct", "ract+bct", "independent", "external")
+# Bounds of the metadata: far above any model this service is for, far below what would make the
+# loader allocate gigabytes on a file's say-so (an embedding_dim of 2e9 was a 500).
+MAX_EMBEDDING_DIM = 65_536
+MAX_CLASSES = 1_000_000
+MAX_NAME_LEN = 128
 
 
 class CheckpointError(ValueError):
@@ -84,29 +89,65 @@ class ModelMeta:
             raise CheckpointError(f"checkpoint metadata lacks {sorted(missing)}")
         d = {"resize": "stretch", **d}  # written before the field existed: they stretched
         meta = cls(**{k: v for k, v in d.items() if k in names})
-        meta.input_size = (int(meta.input_size[0]), int(meta.input_size[1]))
+        size = meta.input_size
+        if not isinstance(size, list | tuple) or len(size) != 2 or not all(_is_int(v) for v in size):
+            raise CheckpointError(f"checkpoint metadata: input_size must be [height, width], got {_shown(size)}")
+        meta.input_size = (int(size[0]), int(size[1]))
         meta.validate()
         return meta
 
     def validate(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise CheckpointError("checkpoint metadata: name must be a non-empty string")
-        if self.trained_with not in TRAINED_WITH:
-            raise CheckpointError(f"checkpoint metadata: trained_with {self.trained_with!r} not in {TRAINED_WITH}")
-        for k, least in (("embedding_dim", 1), ("num_classes", 0)):  # 0 classes: no classifier head
+        """Every field typed and bounded before anything is built from it: a wrong value is a
+        CheckpointError naming the field (the API's 422), never an allocation of whatever size a
+        file asks for, nor another exception type (a 500)."""
+        for k in ("name", "arch"):
             v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < least:
-                raise CheckpointError(f"checkpoint metadata: {k} must be an integer >= {least}, got {v!r}")
-        if self.input_channels not in (1, 3):
-            raise CheckpointError(f"checkpoint metadata: input_channels must be 1 or 3, got {self.input_channels!r}")
-        if not self.heads or not all(isinstance(h, str) for h in self.heads):
+            if not isinstance(v, str) or not v.strip() or len(v) > MAX_NAME_LEN or not v.isprintable():
+                raise CheckpointError(
+                    f"checkpoint metadata: {k} must be a non-empty string of printable characters, at "
+                    f"most {MAX_NAME_LEN}, got {_shown(v)}"
+                )
+        if self.compatible_with is not None and not isinstance(self.compatible_with, str):
+            raise CheckpointError(
+                f"checkpoint metadata: compatible_with must be a model name or null, got {_shown(self.compatible_with)}"
+            )
+        if not isinstance(self.trained_with, str) or self.trained_with not in TRAINED_WITH:
+            raise CheckpointError(
+                f"checkpoint metadata: trained_with {_shown(self.trained_with)} not in {TRAINED_WITH}"
+            )
+        for k, least, most in (("embedding_dim", 1, MAX_EMBEDDING_DIM), ("num_classes", 0, MAX_CLASSES)):
+            v = getattr(self, k)  # 0 classes: no classifier head
+            if not _is_int(v) or not least <= v <= most:
+                raise CheckpointError(
+                    f"checkpoint metadata: {k} must be an integer in [{least}, {most}], got {_shown(v)}"
+                )
+        if not _is_int(self.input_channels) or self.input_channels not in (1, 3):
+            raise CheckpointError(
+                f"checkpoint metadata: input_channels must be 1 or 3, got {_shown(self.input_channels)}"
+            )
+        if not isinstance(self.heads, list) or not self.heads or not all(isinstance(h, str) for h in self.heads):
             raise CheckpointError("checkpoint metadata: heads must be a non-empty list of names")
         try:
             check_input_spec(self)
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint metadata: {e}") from e
-        if not isinstance(self.arch_options, dict):
+        if not isinstance(self.arch_options, dict) or not all(isinstance(k, str) for k in self.arch_options):
             raise CheckpointError("checkpoint metadata: arch_options must be an object")
+        if not isinstance(self.extra, dict):
+            raise CheckpointError("checkpoint metadata: extra must be an object")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shown(v: object) -> str:
+    """A value for an error message: short, and never an object's repr with its address."""
+    if v is None or isinstance(v, bool | int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return repr(v[:40] + "..." if len(v) > 40 else v)
+    return f"a {type(v).__name__}"
 
 
 def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -158,7 +199,7 @@ def _read(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
         raise CheckpointError(f"checkpoint {str(path)!r}: missing meta or state_dict")
     try:
         meta = ModelMeta.from_dict(blob["meta"])
-    except TypeError as e:
+    except (TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r}: bad metadata: {e}") from e
     state = blob["state_dict"]
     if meta.content_hash and weights_hash(state) != meta.content_hash:
@@ -313,8 +354,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> Lo
     meta, state = _read(path)
     try:
         model = create_model(meta.arch, meta.embedding_dim, meta.num_classes, meta.input_channels, **meta.arch_options)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from e
+    except (ValueError, RuntimeError) as e:  # RuntimeError: an allocation the options ask for failed
+        raise CheckpointError(f"checkpoint {str(path)!r}: arch {meta.arch!r} with arch_options: {e}") from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

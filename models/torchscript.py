@@ -12,11 +12,14 @@ citizen (gallery model, upgrade target, query-plan member, backfill encoder); on
 uncertainty orders are refused for it.
 
 Why TorchScript: it loads without the Python class that defined the model and without Python's
-pickle (``torch.jit.load`` reads TorchScript code and tensors, never arbitrary Python objects),
-so a registry can take a file from anyone. Registration runs a blank batch and a noise batch and
-checks the output's shape, that it is finite and that no row has zero norm, before the model is
-accepted. ONNX (through onnxruntime) is not offered: a second runtime for the same contract, and
-the backfill's background encoding (``models.runtime``) is built on TorchScript's fork.
+pickle. It is still code (``torch.jit.load`` runs an archive's ``__setstate__``, and TorchScript
+can map host files with ``torch.from_file``): this module loads archives the service trusts (the
+model directory, and what :mod:`models.sandbox` wrote back after vetting an upload).
+Registration runs a blank batch and a noise batch and checks the output's shape, that it is
+finite and that no row has zero norm, before the model is accepted. ONNX (through onnxruntime)
+is not offered: a second runtime for the same contract, and the backfill's background encoding
+(``models.runtime``) is built on TorchScript's fork; uploads from outside go through the
+sandbox instead (docs/models.md).
 
 The metadata: ``name``, ``embedding_dim``, ``input_channels``, ``input_size`` ([H, W]),
 ``mean``/``std`` (one number, or one per channel), optionally ``resize`` (``center_crop``, the
@@ -157,6 +160,32 @@ def read_metadata(path: Path, metadata: dict[str, Any] | None = None) -> dict[st
         raise CheckpointError(f"{path.name}: metadata is not valid JSON: {e}") from e
 
 
+def metadata_meta(doc: dict[str, Any], where: str, num_classes: int = 0, content_hash: str = "") -> ModelMeta:
+    """The metadata document as a validated ModelMeta, before (or without) loading the archive:
+    the registry checks the name and every field of an upload before any of its code runs."""
+    try:
+        meta = ModelMeta(
+            name=doc["name"],
+            arch=str(doc.get("arch", SCRIPTED_ARCH)),
+            embedding_dim=doc["embedding_dim"],
+            num_classes=num_classes,
+            trained_with=doc.get("trained_with", "external"),
+            compatible_with=doc.get("compatible_with"),
+            input_channels=doc["input_channels"],
+            input_size=tuple(doc["input_size"]),
+            mean=doc["mean"],
+            std=doc["std"],
+            resize=doc.get("resize", "center_crop"),
+            crop_ratio=doc.get("crop_ratio", 1.0),
+            content_hash=content_hash,
+            extra={"format": "torchscript", "metadata": doc},
+        )
+        meta.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: bad metadata: {e}") from e
+    return meta
+
+
 def load_torchscript(
     path: str | Path, device: str | torch.device = "auto", metadata: dict[str, Any] | None = None
 ) -> LoadedModel:
@@ -165,6 +194,7 @@ def load_torchscript(
     that does not fit)."""
     path = Path(path)
     doc = read_metadata(path, metadata)
+    metadata_meta(doc, path.name)  # every field checked before the archive is opened
     dev = _resolve_device(device)
     try:
         module = torch.jit.load(str(path), map_location=dev)
@@ -173,27 +203,7 @@ def load_torchscript(
     module.eval()
     head_doc = doc.get("classifier")
     head = _head(module, head_doc, path.name) if head_doc is not None else None
-    trained_with = doc.get("trained_with", "external")
-    try:
-        meta = ModelMeta(
-            name=doc["name"],
-            arch=str(doc.get("arch", SCRIPTED_ARCH)),
-            embedding_dim=doc["embedding_dim"],
-            num_classes=0 if head is None else int(head.weight.shape[0]),
-            trained_with=trained_with,
-            compatible_with=doc.get("compatible_with"),
-            input_channels=doc["input_channels"],
-            input_size=tuple(doc["input_size"]),
-            mean=doc["mean"],
-            std=doc["std"],
-            resize=doc.get("resize", "center_crop"),
-            crop_ratio=doc.get("crop_ratio", 1.0),
-            content_hash=file_hash(path, doc),
-            extra={"format": "torchscript", "metadata": doc},
-        )
-        meta.validate()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: bad metadata: {e}") from e
+    meta = metadata_meta(doc, path.name, 0 if head is None else int(head.weight.shape[0]), file_hash(path, doc))
     if head is not None and tuple(head.weight.shape[1:]) != (meta.embedding_dim,):
         raise CheckpointError(
             f"{path.name}: classifier weight is {tuple(head.weight.shape)}, expected (classes, {meta.embedding_dim})"
@@ -208,6 +218,8 @@ def _head(module: torch.jit.ScriptModule, doc: dict[str, Any], where: str) -> Li
     got = []
     for key in ("weight", "bias"):
         t = tensors.get(str(doc[key]))
+        if t is None and hasattr(module, str(doc[key])):  # a vetted archive's head (models.sandbox)
+            t = attr if isinstance(attr := getattr(module, str(doc[key])), torch.Tensor) else None
         if t is None:
             raise CheckpointError(
                 f"{where}: classifier {key} {doc[key]!r} is not a parameter or buffer of the "

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.db.session import read_scope
 from service.errors import BadRequest, Conflict
+from service.ids import id_problem
 from service.images import decode_slot, pixels_for
 from service.imagestore import ImageStore
 from service.indexport import Change, unit_of_work
@@ -44,10 +45,14 @@ class Added:
 
 
 def check_ids(external_ids: Sequence[str]) -> None:
-    """The request-level checks: ids not blank, not repeated within the batch."""
+    """The request-level checks: ids not blank, text a user can type in NFC (``service.ids``),
+    not repeated within the batch."""
     for ext in external_ids:
         if not ext.strip():
             raise BadRequest(f"external_id must not be blank: {ext!r}")
+        problem = id_problem(ext)
+        if problem is not None:
+            raise BadRequest(f"external_id {ext!r} {problem}")
     repeated = [e for e, c in Counter(external_ids).items() if c > 1]
     if repeated:
         raise Conflict(f"external_id repeated within the request: {repeated[:10]}")

@@ -139,6 +139,14 @@ def parse_metadata_upload(data: bytes) -> dict[str, Any]:
     return doc
 
 
+def _public(message: str) -> str:
+    """An error message fit for a client: no heap addresses (torch names objects by them)."""
+    return _ADDRESS.sub("0x…", message)
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
 def register(
     session: Session,
     settings: Settings,
@@ -156,7 +164,8 @@ def register(
     sent beside a TorchScript file is kept as the file's sidecar, where every process reads it.
     """
     from models.checkpoint import CheckpointError, load_checkpoint
-    from models.torchscript import is_torchscript, load_torchscript, sidecar
+    from models.sandbox import SandboxLimits, vet_torchscript
+    from models.torchscript import is_torchscript, load_torchscript, metadata_meta, read_metadata, sidecar
 
     scripted = is_torchscript(path)
     if metadata is not None and not scripted:
@@ -167,13 +176,24 @@ def register(
         )
     try:
         try:
-            loaded = (
-                load_torchscript(path, cache.device, metadata)
-                if scripted
-                else load_checkpoint(path, device=cache.device)
-            )
+            # A TorchScript archive is code: its name and every field are checked first, so a
+            # taken name or a bad field is refused before any of it runs. (A checkpoint is data,
+            # read with torch.load(weights_only=True); its name is checked once it is read.)
+            doc = read_metadata(path, metadata) if scripted else None
+            if doc is not None and catalog.get_model(session, metadata_meta(doc, path.name).name) is not None:
+                raise ModelExists(f"a model named {doc['name']!r} is already registered")
+            if scripted and uploaded:
+                # Code from outside runs only in the sandbox; what is kept is what it wrote back.
+                limits = SandboxLimits(settings.model_check_seconds, settings.model_check_memory_bytes)
+                vetted, metadata = vet_torchscript(path, doc or {}, limits)
+                path.write_bytes(vetted)
+                doc = metadata
+            if scripted:
+                loaded = load_torchscript(path, cache.device, doc)
+            else:
+                loaded = load_checkpoint(path, device=cache.device)
         except CheckpointError as e:
-            raise InvalidCheckpoint(str(e).replace(str(path), path.name)) from e
+            raise InvalidCheckpoint(_public(str(e).replace(str(path), path.name))) from e
         meta = loaded.meta
         if catalog.get_model(session, meta.name) is not None:
             raise ModelExists(f"a model named {meta.name!r} is already registered")

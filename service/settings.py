@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_query_pixels: int = Field(default=4_194_304, ge=1)
     decode_slots: int = Field(default=4, ge=1, le=256)
     decode_wait_s: float = Field(default=2.0, ge=0)
+    # An uploaded TorchScript encoder is loaded, run and frozen in a sandboxed child process
+    # (models/sandbox.py) with these limits: wall-clock seconds, and bytes of address space.
+    model_check_seconds: float = Field(default=60.0, gt=0, le=3600)
+    model_check_memory_bytes: int = Field(default=4 << 30, ge=1 << 30)
 
     index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
     ivf_nlist: int = Field(default=1024, ge=1)

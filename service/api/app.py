@@ -15,8 +15,9 @@ import redis as redis_lib
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
+from service.api.admission import DEFAULT_BODY_LIMIT, Admission, admin_routes
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
 from service.errors import DEPENDENCY_ERRORS, ServiceError, dependency_down
@@ -27,29 +28,6 @@ from service.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 1 << 20  # form fields and part headers around the files
-
-
-class BodyLimit:
-    """Refuse, by ``Content-Length``, a body no valid request to that path could have, before any of
-    it is read or spooled to disk. Per-file limits are checked again while reading."""
-
-    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
-        self.app = app
-        self.limits = limits
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            limit = self.limits.get(scope["path"].rstrip("/") or "/")
-            if limit is not None:
-                length = dict(scope["headers"]).get(b"content-length")
-                if length is not None and length.isdigit() and int(length) > limit:
-                    response = JSONResponse(
-                        status_code=413,
-                        content={"detail": f"request body of {int(length)} bytes exceeds the limit {limit}"},
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -127,11 +105,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(upgrade.router)
 
     per_image = settings.max_upload_bytes
+    limits = {  # the most body bytes a request to each route may send; any other route: a JSON body
+        "/search": per_image + MULTIPART_OVERHEAD,
+        "/gallery": per_image * settings.max_images_per_request + MULTIPART_OVERHEAD,
+        "/models": models.MAX_CHECKPOINT_BYTES + models.MAX_METADATA_BYTES + MULTIPART_OVERHEAD,
+    }
+
+    def limit_of(scope: Scope) -> int:
+        if scope["method"] != "POST":
+            return DEFAULT_BODY_LIMIT
+        return limits.get(scope["path"].rstrip("/") or "/", DEFAULT_BODY_LIMIT)
+
     app.add_middleware(
-        BodyLimit,
-        limits={
-            "/search": per_image + MULTIPART_OVERHEAD,
-            "/gallery": per_image * settings.max_images_per_request + MULTIPART_OVERHEAD,
-        },
+        Admission,
+        is_admin=admin_routes(app.openapi),
+        limit_of=limit_of,
+        token=settings.admin_token,
     )
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from service.ids import normal_form
 from service.timestamps import UtcDatetime
 
 MAX_TEXT_LEN = 256  # external ids and labels: what the columns hold on both databases
@@ -25,8 +26,22 @@ def storable(value: str) -> str:
     return value
 
 
+def nfc(value: str) -> str:
+    """An external id in the one form it is stored and looked up in (``service.ids``), so a
+    composed and a decomposed ``café`` name one item; still no longer than a column holds."""
+    value = normal_form(value)
+    if len(value) > MAX_TEXT_LEN:
+        raise ValueError(f"must be at most {MAX_TEXT_LEN} characters in Unicode NFC")
+    return value
+
+
 StoredText = Annotated[str, AfterValidator(storable)]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_LEN), AfterValidator(storable)]
+# Lenient on purpose beyond NFC: GET and DELETE take it too, so an id stored before
+# service.ids.id_problem refused control characters can still be read and deleted; what a new
+# item's id may be is checked by service.gallery.check_ids on every write path.
+ItemId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TEXT_LEN), AfterValidator(storable), AfterValidator(nfc)
+]
 Label = Annotated[str, StringConstraints(max_length=MAX_TEXT_LEN), AfterValidator(storable)]
 
 

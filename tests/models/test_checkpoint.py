@@ -175,3 +175,37 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     torch.save({"format": "hotrefresh-checkpoint/1", "meta": evil, "state_dict": {}}, tmp_path / "e.pt")
     with pytest.raises(CheckpointError, match="not a readable"):
         load_checkpoint(tmp_path / "e.pt")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"embedding_dim": 2_000_000_000}, "embedding_dim"),
+        ({"embedding_dim": True}, "embedding_dim"),
+        ({"num_classes": 10**9}, "num_classes"),
+        ({"input_channels": 10**6}, "input_channels"),
+        ({"input_size": [10**6, 28]}, "input_size"),
+        ({"input_size": ["a", 28]}, "input_size"),
+        ({"input_size": [28]}, "input_size"),
+        ({"input_size": 28}, "input_size"),
+        ({"name": "x" * 10_000}, "name"),
+        ({"name": "a\x00b"}, "name"),
+        ({"arch": ["conv2"]}, "arch"),
+        ({"compatible_with": 7}, "compatible_with"),
+        ({"arch_options": {"no_such_option": 1}}, "arch_options"),
+        ({"arch": "resnet18", "arch_options": {"width": 10**9}}, "arch_options"),
+        ({"heads": "embedding"}, "heads"),
+        ({"crop_ratio": "1"}, "crop_ratio"),
+    ],
+)
+def test_every_metadata_field_is_bounded_and_named(tmp_path: Path, change: dict, field: str) -> None:
+    """Metadata is checked before any module is built: no field can make the loader allocate
+    without bound or fail with anything but a CheckpointError naming the field (the API's 422)."""
+    good = tmp_path / "good.pt"
+    make_tiny_checkpoint(good, "g")
+    blob = torch.load(good, weights_only=True)
+    blob["meta"].update(change, content_hash="")
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=field) as caught:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert " at 0x" not in str(caught.value)

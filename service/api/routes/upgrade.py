@@ -66,9 +66,10 @@ class UpgradeIn(BaseModel):
         "dimension or without a classifier.",
         json_schema_extra=_enum(uncertainty.ordering_names),
     )
-    batch_size: int | None = Field(None, ge=1, le=4096, description="Items per leased batch.")
+    # strict: JSON true is not the number 1, nor "8" the number 8 (a 422, not a silent coercion)
+    batch_size: int | None = Field(None, ge=1, le=4096, strict=True, description="Items per leased batch.")
     nfr_guardrail: float | None = Field(
-        None, ge=0.0, le=1.0, description="Pause the upgrade by itself when live NFR@1 exceeds this."
+        None, ge=0.0, le=1.0, strict=True, description="Pause the upgrade by itself when live NFR@1 exceeds this."
     )
     plan: PlanName = Field(
         plan_registry.AUTO,
@@ -79,6 +80,7 @@ class UpgradeIn(BaseModel):
         None,
         ge=0.0,
         le=1.0,
+        strict=True,
         description="auto: the probe NFR@1 a plan must stay within (default HOTREFRESH_NFR_TARGET).",
     )
 

@@ -49,6 +49,9 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:
             ({"model": "new", "strategy": "best"}, ADMIN, 422),
             ({"model": "new", "batch_size": 0}, ADMIN, 422),
             ({"model": "new", "nfr_guardrail": 1.5}, ADMIN, 422),
+            ({"model": "new", "batch_size": True}, ADMIN, 422),  # strict types: no true for 1
+            ({"model": "new", "batch_size": "8"}, ADMIN, 422),
+            ({"model": "new", "nfr_guardrail": True}, ADMIN, 422),
             ({}, ADMIN, 422),
         ]
         for body, headers, status in cases:
