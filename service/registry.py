@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -25,7 +26,7 @@ from service.repositories import catalog
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from models.checkpoint import LoadedModel
+    from models.checkpoint import LoadedModel, ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,17 @@ def _public(message: str) -> str:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
-def register(
+@dataclass
+class Prepared:
+    """An encoder validated, loaded and ready to add (:func:`prepare`), not yet in the registry."""
+
+    loaded: LoadedModel
+    path: Path
+    uploaded: bool
+    metadata: dict[str, Any] | None
+
+
+def prepare(
     session: Session,
     settings: Settings,
     cache: EncoderCache,
@@ -155,17 +166,16 @@ def register(
     *,
     uploaded: bool,
     metadata: dict[str, Any] | None = None,
-) -> tuple[ModelRow, bool]:
-    """Validate the encoder at ``path`` (a checkpoint, or a TorchScript encoder with ``metadata``
-    or the metadata it carries) and add it to the registry (not committed).
-
-    Returns the row and whether it became the serving model (the first one registered).
-    An uploaded file is moved to a permanent name on success and deleted on failure; metadata
-    sent beside a TorchScript file is kept as the file's sidecar, where every process reads it.
-    """
+) -> Prepared:
+    """Everything slow about registering, on a read-only ``session``: validate the encoder at
+    ``path`` (a checkpoint, or a TorchScript encoder with ``metadata`` or the metadata it
+    carries), run an uploaded TorchScript file in the sandbox, load it, and check its name and
+    declared compatibility. Why apart from :func:`add`: this can take up to
+    ``HOTREFRESH_MODEL_CHECK_SECONDS``, and no write transaction (SQLite's one write lock) may be
+    held for that long. An uploaded file is deleted on failure."""
     from models.checkpoint import CheckpointError, load_checkpoint
     from models.sandbox import SandboxLimits, vet_torchscript
-    from models.torchscript import is_torchscript, load_torchscript, metadata_meta, read_metadata, sidecar
+    from models.torchscript import is_torchscript, load_torchscript, metadata_meta, read_metadata
 
     scripted = is_torchscript(path)
     if metadata is not None and not scripted:
@@ -194,24 +204,44 @@ def register(
                 loaded = load_checkpoint(path, device=cache.device)
         except CheckpointError as e:
             raise InvalidCheckpoint(_public(str(e).replace(str(path), path.name))) from e
-        meta = loaded.meta
-        if catalog.get_model(session, meta.name) is not None:
-            raise ModelExists(f"a model named {meta.name!r} is already registered")
-        if meta.compatible_with is not None:
-            base = catalog.get_model(session, meta.compatible_with)
-            if base is None:
-                raise IncompatibleModel(
-                    f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, which is not registered"
-                )
-            if base.embedding_dim != meta.embedding_dim:
-                raise IncompatibleModel(
-                    f"model {meta.name!r} has embedding_dim {meta.embedding_dim} but the model it declares "
-                    f"compatibility with, {base.name!r}, has {base.embedding_dim}"
-                )
+        _check_catalog(session, loaded.meta)
+    except BaseException:
         if uploaded:
+            path.unlink(missing_ok=True)
+        raise
+    return Prepared(loaded, path, uploaded, metadata)
+
+
+def _check_catalog(session: Session, meta: ModelMeta) -> None:
+    if catalog.get_model(session, meta.name) is not None:
+        raise ModelExists(f"a model named {meta.name!r} is already registered")
+    if meta.compatible_with is not None:
+        base = catalog.get_model(session, meta.compatible_with)
+        if base is None:
+            raise IncompatibleModel(
+                f"model {meta.name!r} declares compatibility with {meta.compatible_with!r}, which is not registered"
+            )
+        if base.embedding_dim != meta.embedding_dim:
+            raise IncompatibleModel(
+                f"model {meta.name!r} has embedding_dim {meta.embedding_dim} but the model it declares "
+                f"compatibility with, {base.name!r}, has {base.embedding_dim}"
+            )
+
+
+def add(session: Session, settings: Settings, cache: EncoderCache, prepared: Prepared) -> tuple[ModelRow, bool]:
+    r"""Add a :func:`prepare`\ d encoder to the registry in the caller's write transaction (quick:
+    the checks again, a file rename, two rows). Returns the row and whether it became the serving
+    model (the first one registered). An uploaded file is moved to a permanent name, with the
+    metadata sent beside a TorchScript file as its sidecar, where every process reads it."""
+    from models.torchscript import sidecar
+
+    meta, path = prepared.loaded.meta, prepared.path
+    try:
+        _check_catalog(session, meta)  # again: another registration may have committed since
+        if prepared.uploaded:
             final = settings.models_path / f"{_SAFE_NAME.sub('_', meta.name)}-{meta.content_hash[:12]}.pt"
-            if metadata is not None:
-                sidecar(final).write_text(json.dumps(metadata, indent=2) + "\n")
+            if prepared.metadata is not None:
+                sidecar(final).write_text(json.dumps(prepared.metadata, indent=2) + "\n")
             os.replace(path, final)
             path = final
         row = catalog.add_model(
@@ -229,14 +259,14 @@ def register(
             ),
         )
     except BaseException:
-        if uploaded:
+        if prepared.uploaded:
             path.unlink(missing_ok=True)
         raise
     state = catalog.get_serving_state(session)
     first = state.gallery_model is None and state.query_model is None
     if first:
         catalog.set_serving_state(session, gallery_model=meta.name, query_model=meta.name)
-    cache.put(meta.name, loaded)
+    cache.put(meta.name, prepared.loaded)
     log.info(
         "registered model %s (%s, D=%d)%s",
         meta.name,
@@ -245,3 +275,17 @@ def register(
         " as the serving model" if first else "",
     )
     return row, first
+
+
+def register(
+    session: Session,
+    settings: Settings,
+    cache: EncoderCache,
+    path: Path,
+    *,
+    uploaded: bool,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[ModelRow, bool]:
+    """:func:`prepare` and :func:`add` in one (write) session: for tests and tools that register a
+    trusted file from the model directory. ``POST /models`` runs the two apart."""
+    return add(session, settings, cache, prepare(session, settings, cache, path, uploaded=uploaded, metadata=metadata))

@@ -9,11 +9,12 @@ from sqlalchemy.exc import IntegrityError
 from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses
 from service.db.schema import ModelRow, ServingState
+from service.db.session import read_scope
 from service.errors import BadRequest, Conflict
 from service.images import read_limited
 from service.indexport import Change, unit_of_work
 from service.records import model_meta
-from service.registry import parse_metadata_upload, register, resolve_model_path, save_upload
+from service.registry import add, parse_metadata_upload, prepare, resolve_model_path, save_upload
 from service.repositories import catalog, upgrades
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -98,9 +99,12 @@ def register_model(
             ckpt, uploaded = save_upload(settings, file.file, MAX_CHECKPOINT_BYTES), True
         else:
             ckpt, uploaded = resolve_model_path(settings, path or ""), False
+        # The slow part (the sandbox, loading) on a read-only session, then a short write.
+        with read_scope(settings.sqlalchemy_url) as s:
+            prepared = prepare(s, settings, serving.encoders, ckpt, uploaded=uploaded, metadata=doc)
         with unit_of_work(settings, redis) as uow:
             s = uow.session
-            row, first = register(s, settings, serving.encoders, ckpt, uploaded=uploaded, metadata=doc)
+            row, first = add(s, settings, serving.encoders, prepared)
             out = _out(row, catalog.get_serving_state(s), {m.name: m for m in catalog.list_models(s)})
             if first:  # the query model changed from none to this one: every replica must hear of it
                 uow.record(Change.switch(out.name))
