@@ -38,8 +38,8 @@ class _Refused(Exception):
 
 
 def admin_refusal(authorization: str | None, token: str) -> ServiceError | None:
-    """``require_admin``'s check on a raw ``Authorization`` header: None if it carries the admin
-    token; compared in constant time."""
+    """The admin check on a raw ``Authorization`` header (the middleware and ``require_admin`` both
+    run it): None if it carries the admin token; compared in constant time."""
     scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not credentials:
         return Unauthorized("admin bearer token required (Authorization: Bearer $HOTREFRESH_ADMIN_TOKEN)")
