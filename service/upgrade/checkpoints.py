@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import redis as redis_lib
 from sqlalchemy.orm import Session
@@ -79,19 +80,22 @@ def measure_point(
         progress = progress_of(up)
         current = serving_plan_of(s, up)
         if current is None or not baseline.measures_plans():
-            m = probes.measure(s, baseline, up.to_model, gallery)
-            return Checkpoint(
-                step=step,
-                fraction=m.fraction,
-                progress=progress,
-                nfr=m.nfr,
-                map=m.map,
-                top1=m.top1,
-                at=time.time(),
-                quiesced=quiesced,
-            )
+            return _point(probes.measure(s, baseline, up.to_model, gallery), step, progress, quiesced)
         choice = chooser.choose_at_cut(s, settings, up, current, gallery or probes.load_gallery(s), step)
-    m = choice.measurement
+    return _point(
+        choice.measurement,
+        step,
+        progress,
+        quiesced,
+        plan=choice.plan.name,
+        candidates=choice.candidates,
+        nfr_bound=choice.nfr_bound,
+        serving_plan=choice.plan.to_json(),
+    )
+
+
+def _point(m: probes.Measurement, step: int, progress: float, quiesced: bool, **chosen: Any) -> Checkpoint:
+    """The checkpoint record of one measurement (``chosen``: under a plan, what was chosen)."""
     return Checkpoint(
         step=step,
         fraction=m.fraction,
@@ -101,10 +105,7 @@ def measure_point(
         top1=m.top1,
         at=time.time(),
         quiesced=quiesced,
-        plan=choice.plan.name,
-        candidates=choice.candidates,
-        nfr_bound=choice.nfr_bound,
-        serving_plan=choice.plan.to_json(),
+        **chosen,
     )
 
 

@@ -21,7 +21,7 @@ from service.images import (
     pixels_of,
 )
 from service.settings import Settings
-from tests.utils.images import synthetic_png
+from tests.utils.images import count_decodes, synthetic_png
 
 
 def _meta(**kw: object) -> SimpleNamespace:
@@ -77,32 +77,16 @@ def test_every_model_gets_the_pixels_the_backfill_path_gives_it(image: str) -> N
         np.testing.assert_array_equal(got[name], pixels_of(data, meta), err_msg=name)
 
 
-def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size of every decode PIL runs (``ImageFile.load`` with tiles left to decode)."""
-    from PIL import ImageFile
-
-    sizes: list[tuple[int, int]] = []
-    real = ImageFile.ImageFile.load
-
-    def counting(self: ImageFile.ImageFile):
-        if self.tile:
-            sizes.append(self.size)
-        return real(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
-    return sizes
-
-
 def test_a_png_is_decoded_once_for_all_models(monkeypatch: pytest.MonkeyPatch) -> None:
     data = synthetic_png(3, size=(90, 60))
-    sizes = _count_loads(monkeypatch)
+    sizes = count_decodes(monkeypatch)
     pixels_for(data, METAS, "image")
     assert len(sizes) == 1
 
 
 def test_a_jpeg_is_decoded_once_per_dct_scale_and_at_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _encoded(_photo(1600, 1600), "JPEG")
-    sizes = _count_loads(monkeypatch)
+    sizes = count_decodes(monkeypatch)
     same_scale = {"a": _meta(input_channels=3, input_size=(32, 32)), "b": _meta(input_channels=3, input_size=(40, 40))}
     pixels_for(data, same_scale, "image")
     assert sizes == [(200, 200)]  # 1/8: both crops fit, one decode

@@ -34,3 +34,20 @@ def synthetic_png(seed: int, size: tuple[int, int] = (40, 32), mode: str = "RGB"
     else:
         arr = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
     return png_bytes(arr)
+
+
+def count_decodes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every decode PIL runs in this process from now on (``ImageFile.load`` with
+    tiles left to decode), for tests that count how often an image is decoded."""
+    from PIL import ImageFile
+
+    sizes: list[tuple[int, int]] = []
+    real = ImageFile.ImageFile.load
+
+    def counting(self: ImageFile.ImageFile):
+        if self.tile:
+            sizes.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return sizes

@@ -8,28 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import ImageFile
 
 from service.images import decode_slot
 from service.settings import Settings
 from tests.service.api.test_api import register, snapshot, upload
-from tests.utils.images import synthetic_png
+from tests.utils.images import count_decodes, synthetic_png
 from tests.utils.wait import wait_ready
 
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size of every decode PIL runs in this process."""
-    sizes: list[tuple[int, int]] = []
-    real = ImageFile.ImageFile.load
-
-    def counting(self: ImageFile.ImageFile):
-        if self.tile:
-            sizes.append(self.size)
-        return real(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
-    return sizes
+    return count_decodes(monkeypatch)
 
 
 @pytest.fixture
