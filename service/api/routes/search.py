@@ -29,8 +29,7 @@ def search(
     code = 500
     try:
         data = read_limited(image.file, settings.max_upload_bytes, "query image")
-        model, query = serving.encode_query(data)  # one decode: a clear 4xx for bad bytes
-        hits = serving.search_vector(query, k)
+        model, hits = serving.search(data, k)  # one decode: a clear 4xx for bad bytes
         code = 200
         return SearchOut(
             query_model=model,

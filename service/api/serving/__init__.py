@@ -26,7 +26,7 @@ import numpy as np
 import redis as redis_lib
 
 from service.api.serving.backends import serving_index_for
-from service.api.serving.port import Hit, IndexStatus, ServingIndex
+from service.api.serving.port import Hit, IndexStatus, IndexView, ServingIndex
 from service.api.serving.query import Embeddings, NoModel, NotReady, encode, plan_for
 from service.indexport import Change
 from service.registry import EncoderCache
@@ -64,9 +64,13 @@ class Serving:
             raise NotReady("the index is still loading")
 
     def search(self, data: bytes, k: int) -> tuple[str, list[tuple[str, float, str]]]:
-        """The query model and the (external_id, score, model) of the top ``k`` for one image."""
-        model, embeddings = self.encode_query(data)
-        return model, self.search_vector(embeddings, k, model)
+        """The query model and the (external_id, score, model) of the top ``k`` for one image: the
+        route's one call. One view of the index serves both halves, so the embeddings and the
+        plan they are searched with come from the same moment (and the view is taken once)."""
+        self.require_ready()
+        view = self._index.view()
+        model, embeddings = encode(self.encoders, view, data, self._settings)
+        return model, self._search(view, embeddings, k, model)
 
     def encode_query(self, data: bytes) -> tuple[str, Embeddings]:
         """The query model's name and the embeddings the serving plan needs for one image, from
@@ -79,7 +83,11 @@ class Serving:
     ) -> list[tuple[str, float, str]]:
         """(external_id, score, model) of the top ``k`` for the first query, merged over segments
         as the serving plan says. A bare array is the query model's embedding (no plan)."""
-        view = self._index.view()
+        return self._search(self._index.view(), embeddings, k, query_model)
+
+    def _search(
+        self, view: IndexView, embeddings: Embeddings | np.ndarray, k: int, query_model: str | None
+    ) -> list[tuple[str, float, str]]:
         model = query_model or view.query_model or ""
         if isinstance(embeddings, np.ndarray):
             embeddings = {model: embeddings}
