@@ -35,6 +35,12 @@ HEADLINES: dict[str, dict[str, str]] = {
         "dual http p50 ms": "during_upgrade.dual.http_ms.p50",
         "dual in-process p50 ms": "during_upgrade.dual.in_process_ms.p50",
     },
+    "search_in_process.py": {
+        "p50 ms": "no upgrade.p50_ms",
+        "mean ms": "no upgrade.mean_ms",
+        "dual p50 ms": "dual.p50_ms",
+        "dual mean ms": "dual.mean_ms",
+    },
     "b1_backfill.py": {
         "raw items/s": "runs.0.raw_items_per_s",
         "backfill items/s": "runs.0.backfill.items_per_s",
@@ -54,8 +60,10 @@ def pick(doc: Any, path: str) -> float | None:
     return float(doc) if isinstance(doc, int | float) else None
 
 
-def run_once(checkout: Path, script: str, args: list[str], out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, str(checkout / "benchmarks" / script), *args, "--out", str(out)]
+def run_once(
+    checkout: Path, script: str, args: list[str], out: Path, script_root: Path | None = None
+) -> dict[str, Any]:
+    cmd = [sys.executable, str((script_root or checkout) / "benchmarks" / script), *args, "--out", str(out)]
     started = time.time()
     subprocess.run(cmd, cwd=checkout, check=True, env=_env(checkout))
     doc = json.loads(out.read_text())
@@ -76,6 +84,12 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True, help="the other checkout (e.g. a worktree of HEAD~1)")
     ap.add_argument("--rounds", type=int, default=2, help="alternated base/head pairs (the order flips each round)")
     ap.add_argument("--out", type=Path, default=None, help="default: results/compare_<script>.json")
+    ap.add_argument(
+        "--same-script",
+        action="store_true",
+        help="run this checkout's copy of the script for both (a script that imports from its working "
+        "directory, written after the base commit)",
+    )
     ap.add_argument("script", help="a script in benchmarks/, e.g. b4_search_http.py")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="after --: the script's own arguments")
     ns = ap.parse_args()
@@ -87,7 +101,8 @@ def main() -> None:
             order = (("base", ns.base.resolve()), ("head", ROOT))
             for label, checkout in order if r % 2 == 0 else order[::-1]:
                 print(f"round {r + 1}/{ns.rounds}: {label} ({checkout})", flush=True)
-                runs[label].append(run_once(checkout, ns.script, args, Path(tmp) / f"{label}-{r}.json"))
+                root = ROOT if ns.same_script else None
+                runs[label].append(run_once(checkout, ns.script, args, Path(tmp) / f"{label}-{r}.json", root))
     headlines = HEADLINES.get(ns.script, {})
     summary: dict[str, dict[str, float | None]] = {}
     for name, path in headlines.items():
