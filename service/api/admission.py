@@ -199,7 +199,7 @@ def admin_routes(openapi: Callable[[], dict[str, Any]]) -> Callable[[Scope], boo
     """``is_admin`` for :class:`Admission`: the operations the app's own OpenAPI document marks
     with the bearer scheme (every route that depends on ``require_admin``), read at the first
     request, so the list is the routes themselves, not a copy to keep in step. A path parameter
-    matches any text, slashes and newlines included, as ``{external_id:path}`` does."""
+    matches any text, slashes and newlines included, as ``{external_id:anytext}`` does."""
     found: list[tuple[str, re.Pattern[str]]] | None = None
 
     def is_admin(scope: Scope) -> bool:

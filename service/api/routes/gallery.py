@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
 from service.api.schemas import (
@@ -29,6 +30,23 @@ from service.repositories import items as item_repo
 from service.repositories import upgrades
 
 log = logging.getLogger(__name__)
+
+
+class AnyText(Convertor[str]):
+    """A path parameter of any text, newlines included: Starlette's ``path`` (``.*``) stops at a
+    newline, so an id stored before control characters were refused (``service.ids``) could not
+    be read or deleted. The URL carries it percent-encoded (``%0A``)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", AnyText())
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
 
@@ -73,7 +91,7 @@ def add_items(
     )
 
 
-@router.get("/{external_id:path}", response_model=GalleryItemOut, responses=error_responses(404))
+@router.get("/{external_id:anytext}", response_model=GalleryItemOut, responses=error_responses(404))
 def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
     item = item_repo.get_item(session, external_id)
     if item is None:
@@ -88,7 +106,7 @@ def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> G
 
 
 @router.delete(
-    "/{external_id:path}",
+    "/{external_id:anytext}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     dependencies=[AdminDep],

@@ -141,3 +141,24 @@ def test_error_bodies_carry_no_object_reprs(client: TestClient, gallery: list[st
     for r in answers:
         assert r.status_code == 422, r.text
         assert " at 0x" not in r.json()["detail"] and "object at" not in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("legacy", ["a\nb", "Set-Cookie\r\nx=1", "tab\there", "esc\x1b[0m"])
+def test_an_id_stored_before_the_rules_can_still_be_read_and_deleted(
+    client: TestClient, gallery: list[str], admin_headers: dict, service_settings: Settings, legacy: str
+) -> None:
+    """An item whose id an older version stored (control characters, newlines: refused on writes
+    now) is still reachable: GET and DELETE match any text in the path, newlines included."""
+    from sqlalchemy import update
+
+    from service.db.schema import GalleryItem
+    from service.db.session import session_scope
+
+    with session_scope(service_settings.sqlalchemy_url) as s:  # as an older version stored it
+        s.execute(update(GalleryItem).where(GalleryItem.external_id == gallery[0]).values(external_id=legacy))
+    got = client.get(url_of(legacy))
+    assert got.status_code == 200, got.text
+    assert got.json()["external_id"] == legacy
+    assert client.delete(url_of(legacy), headers=admin_headers).status_code == 204
+    assert client.get(url_of(legacy)).status_code == 404
+    assert client.get(url_of(gallery[1])).status_code == 200  # the others untouched
