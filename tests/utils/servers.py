@@ -6,13 +6,15 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from cli.embedded_milvus import EmbeddedMilvus as OwnMilvus
 from cli.launcher import free_port
+
+__all__ = ["OwnMilvus", "OwnPostgres"]
 
 
 def _pg_bin(name: str) -> str:
@@ -82,128 +84,4 @@ class OwnPostgres:
     def remove(self) -> None:
         with contextlib.suppress(RuntimeError):  # already stopped
             self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-MILVUS_PORTS = (
-    "root_coord_port",
-    "proxy_port",
-    "proxy_internal_port",
-    "query_coord_port",
-    "query_node_port",
-    "index_coord_port",
-    "index_node_port",
-    "data_coord_port",
-    "data_node_port",
-)
-
-
-class OwnMilvus:
-    """A real Milvus standalone (the Go/C++ engine PyPI's ``milvus`` package ships, with embedded
-    etcd and local storage) with its own data directory and every port free; never
-    ``milvus-lite``, a Python re-implementation. :meth:`kill` is a crash (SIGKILL), :meth:`start`
-    brings it back on the same ports with its data.
-
-    The package's ``milvus-server`` launcher is not used to run it: it picks the next port when
-    one is still in TIME_WAIT after a crash (so a restarted server would come back elsewhere),
-    and it leaves the engine's etcd on the fixed ports 2379/2380 (two servers on one machine
-    collide). Its configuration writer is used once, then the engine runs from that file."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hotrefresh-milvus-"))
-        self.ports = {name: free_port() for name in (*MILVUS_PORTS, "etcd_port", "etcd_peer_port", "metrics_port")}
-        self.proc: subprocess.Popen | None = None
-        self._configure()
-
-    @property
-    def port(self) -> int:
-        return self.ports["proxy_port"]
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _configure(self) -> None:
-        from milvus import MilvusServerConfig, _initialize_data_files
-
-        config = MilvusServerConfig(data_dir=str(self.dir))
-        config.resolve_storage()
-        for name in (*MILVUS_PORTS, "etcd_port"):
-            config.set(name, self.ports[name])
-        config.write_config()
-        _initialize_data_files(str(self.dir))
-        etcd = self.dir / "configs" / "etcd.yaml"
-        client, peer = f"http://127.0.0.1:{self.ports['etcd_port']}", f"http://127.0.0.1:{self.ports['etcd_peer_port']}"
-        etcd.write_text(
-            f"name: default\ndata-dir: {self.dir / 'data' / 'etcd.data'}\n"
-            f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
-            f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
-            f"initial-cluster: default={peer}\n"
-        )
-        yaml = self.dir / "configs" / "milvus.yaml"
-        text = yaml.read_text()
-        marker = "  use:\n    embed: true"
-        assert marker in text, "the milvus package's config template changed"
-        yaml.write_text(text.replace(marker, f"{marker}\n  config:\n    path: {etcd}", 1))
-
-    def start(self, timeout: float = 180) -> None:
-        binary = self.dir / "bin" / "milvus"
-        env = {
-            **os.environ,
-            "DEPLOY_MODE": "STANDALONE",
-            "METRICS_PORT": str(self.ports["metrics_port"]),
-            "MILVUS_RUN_DIR": str(self.dir / "run"),
-            "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}",
-        }
-        log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [str(binary), "run", "standalone"],
-            cwd=self.dir,  # it reads configs/milvus.yaml from here
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.wait_serving(timeout)
-
-    def wait_serving(self, timeout: float = 180) -> None:
-        """Until a fresh client can list collections (health alone is not enough: the proxy
-        answers before the coordinators have recovered)."""
-        from pymilvus import MilvusClient
-        from pymilvus.exceptions import MilvusException
-
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"milvus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                client = MilvusClient(uri=self.uri, timeout=5)
-                try:
-                    client.list_collections()
-                    return
-                finally:
-                    client.close()
-            except MilvusException:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Milvus not serving after {timeout:.0f}s:\n{self.log_tail()}") from None
-                time.sleep(0.5)
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join((self.dir / "server.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL the engine: the crash a fault test wants."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
