@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import demo, ingest, models, serve, upgrade, worker
+from cli import demo, index, ingest, models, serve, upgrade, worker
 
 app = typer.Typer(help="hotrefresh: hot-refresh model upgrades for image retrieval.", no_args_is_help=True)
 
@@ -13,6 +13,7 @@ app.command("serve")(serve.serve)
 app.command("ingest")(ingest.ingest)
 app.command("worker")(worker.worker)
 app.add_typer(upgrade.upgrade_app, name="upgrade")
+app.add_typer(index.index_app, name="index")
 app.command("demo")(demo.demo)
 app.command("train")(models.train)
 app.command("export")(models.export)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,10 +55,26 @@ class Settings(BaseSettings):
     model_check_seconds: float = Field(default=60.0, gt=0, le=3600)
     model_check_memory_bytes: int = Field(default=4 << 30, ge=1 << 30)
 
-    index_backend: Literal["auto", "flat", "ivf", "gpu"] = "auto"
+    # Where the gallery's vectors are searched: "auto", "flat", "ivf" and "gpu" are kinds of the
+    # in-process index every API replica holds (and follows the index log into); "milvus" keeps
+    # them in Milvus, one collection per model, and API replicas hold no gallery (docs/index.md).
+    index_backend: Literal["auto", "flat", "ivf", "gpu", "milvus"] = "auto"
     ivf_nlist: int = Field(default=1024, ge=1)
     ivf_nprobe: int = Field(default=32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The Milvus backend (index_backend "milvus"): server or cluster, credentials ("user:password"
+    # or an API key), database, the prefix of its collection names, the index each model's
+    # collection is built with (GPU_* on a GPU Milvus) with its build and search parameters, and
+    # the consistency level of searches (Strong: a search sees every write acknowledged before it).
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_db: str = ""
+    milvus_prefix: str = "hotrefresh"
+    milvus_index_type: str = "HNSW"
+    milvus_index_params: dict[str, Any] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    milvus_search_params: dict[str, Any] = Field(default_factory=lambda: {"ef": 128})
+    milvus_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    milvus_timeout_s: float = Field(default=10.0, gt=0)
 
     index_log_maxlen: int = Field(default=1_000_000, ge=100)
     index_log_poll_ms: int = Field(default=200, ge=1)
@@ -109,6 +125,8 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secret(self) -> Settings:
         if self.env == "production" and self.admin_token == PLACEHOLDER_TOKEN:
             raise ValueError("HOTREFRESH_ADMIN_TOKEN must be set to a real secret when HOTREFRESH_ENV=production")
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise ValueError("HOTREFRESH_INDEX_BACKEND=milvus needs HOTREFRESH_MILVUS_URI (e.g. http://milvus:19530)")
         return self
 
     @property

@@ -18,7 +18,7 @@ from service.index.errors import (
     UnknownIdError,
     UnknownSegmentError,
 )
-from service.index.mixed import ArrayHits, MixedIndex
+from service.index.mixed import ArrayHits, MixedIndex, merge_segments
 from service.index.plan import Hit, QueryPlan, SegmentQuery
 from service.index.rwlock import RWLock
 
@@ -42,4 +42,5 @@ __all__ = [
     "create_backend",
     "cuda_available",
     "factory_from_settings",
+    "merge_segments",
 ]

@@ -92,6 +92,12 @@ def _translate(e: Exception) -> Exception:
     return MilvusIndexError(f"Milvus refused the request: {getattr(e, 'message', None) or e}")
 
 
+def _not_found(e: BaseException) -> bool:
+    """Milvus's answer for a collection that does not exist (any version's wording)."""
+    text = str(e).lower()
+    return "collection not found" in text or "can't find collection" in text or "collection not exist" in text
+
+
 class MilvusSpaces:
     """One collection per model (vector space) on one Milvus server or cluster."""
 
@@ -100,6 +106,7 @@ class MilvusSpaces:
 
         self.config = config
         self._dims: dict[str, int] = {}
+        self._ensured: dict[str, int] = {}  # collections this client made or loaded (dimension)
         # The client connects when made: a server that is down is the same 503 as later.
         self._client = self._call(
             MilvusClient, uri=config.uri, token=config.token, db_name=config.db_name, timeout=config.timeout_s
@@ -112,12 +119,16 @@ class MilvusSpaces:
         return collection_name(self.config.prefix, model)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """A client call, its failures translated (:func:`_translate`)."""
+        """A client call, its failures translated (:func:`_translate`). A collection another
+        process dropped is forgotten here, so the next :meth:`ensure` looks again."""
         from pymilvus.exceptions import MilvusException
 
         try:
             return fn(*args, **kwargs)
         except MilvusException as e:
+            if _not_found(e):
+                self._dims.clear()
+                self._ensured.clear()
             raise _translate(e) from e
 
     def _read(self, model: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,12 +149,15 @@ class MilvusSpaces:
         must have this dimension. Refuses an index type the server cannot build (its answer)."""
         if int(dim) < 1:
             raise DimensionError(f"dimension must be positive, got {dim}")
+        if self._ensured.get(model) == int(dim):
+            return  # this process made or loaded it (a drop elsewhere shows as "not found": forget)
         name = self.name(model)
         if self._call(self._client.has_collection, name):
             have = self.dim(model)
             if have != int(dim):
                 raise DimensionError(f"Milvus collection {name} holds {have}-d vectors, model {model!r} has {dim}")
             self._call(self._client.load_collection, name)
+            self._ensured[model] = int(dim)
             return
         from pymilvus import DataType, MilvusClient
 
@@ -168,6 +182,7 @@ class MilvusSpaces:
             self._client.drop_collection(name)
             raise
         self._dims[model] = int(dim)
+        self._ensured[model] = int(dim)
 
     def dim(self, model: str) -> int | None:
         if model in self._dims:
@@ -210,8 +225,12 @@ class MilvusSpaces:
         for start in range(0, len(ids), MAX_BATCH):
             self._call(self._client.delete, name, ids=ids[start : start + MAX_BATCH])
 
+    def exists(self, model: str) -> bool:
+        return bool(self._call(self._client.has_collection, self.name(model)))
+
     def drop(self, model: str) -> None:
         self._dims.pop(model, None)
+        self._ensured.pop(model, None)
         self._call(self._client.drop_collection, self.name(model))
 
     def count(self, model: str, live_for: int | None = None) -> int:
@@ -234,20 +253,56 @@ class MilvusSpaces:
         ids = np.full((m, k), -1, np.int64)
         scores = np.full((m, k), -np.inf, np.float32)
         name = self.name(model)
-        if k < 1 or not m or not self._call(self._client.has_collection, name):
+        if k < 1 or not m:
             return ids, scores
-        res = self._read(
-            model,
-            self._client.search,
-            name,
-            data=[row for row in q],
-            limit=int(k),
-            filter="" if hide_moved_by is None else f"moved_by != {int(hide_moved_by)}",
-            output_fields=[],
-            search_params={"metric_type": "IP", "params": dict(self.config.search_params)},
-        )
+
+        try:
+            res = self._read(
+                model,
+                self._client.search,
+                name,
+                data=[row for row in q],
+                limit=int(k),
+                filter="" if hide_moved_by is None else f"moved_by != {int(hide_moved_by)}",
+                output_fields=[],
+                search_params={"metric_type": "IP", "params": dict(self.config.search_params)},
+            )
+        except MilvusIndexError as e:
+            if isinstance(e.__cause__, Exception) and _not_found(e.__cause__):
+                return ids, scores  # no collection (yet, or dropped by a commit): nothing there
+            raise
         for r, hits in enumerate(res):
             for c, hit in enumerate(hits[:k]):
                 ids[r, c] = int(hit["id"])
                 scores[r, c] = float(hit["distance"])
         return ids, scores
+
+    def where(self, model: str, ids: Sequence[int], hide_moved_by: int | None = None) -> set[int]:
+        """Which of ``ids`` the model's space holds (live during upgrade ``hide_moved_by``)."""
+        want = [int(i) for i in ids]
+        if not want:
+            return set()
+        filt = f"id in {want}" + ("" if hide_moved_by is None else f" and moved_by != {int(hide_moved_by)}")
+        try:
+            rows = self._read(model, self._client.query, self.name(model), filter=filt, output_fields=["id"])
+        except MilvusIndexError as e:
+            if isinstance(e.__cause__, Exception) and _not_found(e.__cause__):
+                return set()
+            raise
+        return {int(r["id"]) for r in rows}
+
+    def all_ids(self, model: str, hide_moved_by: int | None = None, batch: int = 10_000) -> list[int]:
+        """Every id of the model's space (O(N): tests and operators only)."""
+        if not self.exists(model):
+            return []
+        filt = "id >= 0" if hide_moved_by is None else f"moved_by != {int(hide_moved_by)}"
+        it = self._read(
+            model, self._client.query_iterator, self.name(model), batch_size=batch, filter=filt, output_fields=["id"]
+        )
+        out: list[int] = []
+        try:
+            while page := self._call(it.next):
+                out.extend(int(r["id"]) for r in page)
+        finally:
+            it.close()
+        return out

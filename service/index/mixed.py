@@ -13,7 +13,7 @@ changes are applied one at a time between them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -141,15 +141,8 @@ class MixedIndex:
             plan = QueryPlan.single(plan)
         m = plan.num_queries
         with self._lock.read():
-            resolved = self._resolve(plan)
-            names = tuple(sq.model for _, sq in resolved)
-            parts = []
-            for j, (seg, sq) in enumerate(resolved):
-                scores, ids = seg.search(sq.queries, k)
-                if sq.calibration != RAW:
-                    scores = sq.calibration.apply(scores).astype(np.float32, copy=False)
-                parts.append((scores, ids, j))
-        return _merge(parts, m, k, names)
+            results = [(sq, *seg.search(sq.queries, k)) for seg, sq in self._resolve(plan)]
+        return merge_segments(results, m, k)
 
     # --- changing -----------------------------------------------------------------------------
     def add(self, model: str, ids: Iterable[int] | np.ndarray, vecs: np.ndarray) -> None:
@@ -412,6 +405,18 @@ def _check_entry(entry: dict[str, Any], backend: VectorBackend) -> None:
             f"segment {entry['model']!r}: manifest says {entry['count']}x{entry['dim']}, "
             f"files hold {backend.count()}x{backend.dim}"
         )
+
+
+def merge_segments(results: Sequence[tuple[SegmentQuery, np.ndarray, np.ndarray]], m: int, k: int) -> ArrayHits:
+    """The query plan's merge, whatever searched the segments (this index, or Milvus:
+    ``service.api.serving.milvus``): each segment's (scores, ids) top-k, (m, k) best first with
+    id -1 for none, put on the common scale by its calibration, then one top-k per query."""
+    parts = []
+    for j, (sq, scores, ids) in enumerate(results):
+        if sq.calibration != RAW:
+            scores = sq.calibration.apply(scores).astype(np.float32, copy=False)
+        parts.append((scores, ids, j))
+    return _merge(parts, m, k, tuple(sq.model for sq, _, _ in results))
 
 
 def _merge(parts: list[tuple[np.ndarray, np.ndarray, int]], m: int, k: int, names: tuple[str, ...]) -> ArrayHits:

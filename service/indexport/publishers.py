@@ -59,4 +59,8 @@ def publisher_for(settings: Settings, redis: redis_lib.Redis) -> ChangePublisher
     """The publisher of the configured backend."""
     if settings.index_backend in IN_PROCESS:
         return LogPublisher(settings, redis)
-    raise ValueError(f"no index backend {settings.index_backend!r}; expected one of {IN_PROCESS}")
+    if settings.index_backend == "milvus":
+        from service.indexport.milvus import MilvusPublisher  # pymilvus only where it is used
+
+        return MilvusPublisher(settings)
+    raise ValueError(f"no index backend {settings.index_backend!r}; expected one of {(*IN_PROCESS, 'milvus')}")

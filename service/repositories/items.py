@@ -70,6 +70,20 @@ def external_id_map(session: Session) -> dict[int, str]:
     return {int(i): e for i, e in rows}
 
 
+def id_range(session: Session) -> tuple[int, int] | None:
+    """The smallest and largest item id (None: an empty gallery)."""
+    lo, hi = session.execute(select(func.min(GalleryItem.id), func.max(GalleryItem.id))).one()
+    return None if lo is None else (int(lo), int(hi))
+
+
+def ids_from(session: Session, start: int, limit: int) -> list[int]:
+    """Up to ``limit`` item ids from ``start`` on, ascending (a keyset page: O(limit) at any N)."""
+    rows = session.scalars(
+        select(GalleryItem.id).where(GalleryItem.id >= int(start)).order_by(GalleryItem.id).limit(int(limit))
+    )
+    return [int(i) for i in rows]
+
+
 def count_items(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(GalleryItem)) or 0)
 

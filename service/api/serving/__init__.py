@@ -94,7 +94,7 @@ class Serving:
         query_plan = plan_for(view, embeddings, model)
         if query_plan is None:
             return []
-        return [(h.external_id, h.score, h.model) for h in self._index.search(query_plan, k)]
+        return [(h.external_id, h.score, h.model) for h in self._index.search(view, query_plan, k)]
 
     def model_of(self, item_id: int) -> str | None:
         return self._index.model_of(item_id)

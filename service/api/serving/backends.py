@@ -21,4 +21,8 @@ def serving_index_for(
     index, so its encoder can be released."""
     if settings.index_backend in IN_PROCESS:
         return Replica(settings, redis, on_retired=on_retired)
-    raise ValueError(f"no index backend {settings.index_backend!r}; expected one of {IN_PROCESS}")
+    if settings.index_backend == "milvus":
+        from service.api.serving.milvus import MilvusIndex  # pymilvus only where it is used
+
+        return MilvusIndex(settings, on_retired=on_retired)
+    raise ValueError(f"no index backend {settings.index_backend!r}; expected one of {(*IN_PROCESS, 'milvus')}")

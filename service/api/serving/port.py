@@ -4,10 +4,10 @@ the gallery's vectors (the write side is ``service.indexport``).
 Two kinds of adapter fit it. *In-process, replicated* (:class:`~service.api.serving.replica.Replica`,
 today's): every API replica holds the whole mixed index in memory and follows the index log into
 it; ``load``/``poll`` do real work and ``save_snapshot`` makes restarts fast. *Shared, external*
-(Milvus, issue 24): the store is written by the outbox's publisher and relay, replicas hold no
-gallery, ``search`` is one batched call per segment of the plan and then the same merge
-(``service.index.plan``), ``catch_up`` has nothing to wait for, ``poll`` returns 0 and
-``save_snapshot`` None. ``service.api.serving.backends.serving_index_for`` picks one by
+(:class:`~service.api.serving.milvus.MilvusIndex`): the store is written by the outbox's publisher
+and relay, replicas hold no gallery, ``search`` is one batched call per segment of the plan and
+then the same merge (``service.index.merge_segments``), ``catch_up`` has nothing to wait for,
+``poll`` returns 0 and ``save_snapshot`` None. ``service.api.serving.backends.serving_index_for`` picks one by
 ``HOTREFRESH_INDEX_BACKEND``.
 """
 
@@ -72,8 +72,9 @@ class ServingIndex(Protocol):
 
     def view(self) -> IndexView: ...
 
-    def search(self, plan: QueryPlan, k: int) -> list[Hit]:
-        """The top ``k`` of the plan's first query, merged over its segments."""
+    def search(self, view: IndexView, plan: QueryPlan, k: int) -> list[Hit]:
+        """The top ``k`` of the plan's first query, merged over its segments; ``view`` is the one
+        the plan was built from (this adapter's own, from :meth:`view`)."""
 
     def model_of(self, item_id: int) -> str | None:
         """The segment the item is searched in; None: not in the index."""

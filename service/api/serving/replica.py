@@ -177,7 +177,7 @@ class Replica:
         index = self._index
         return IndexView(self._query_model, self._plan, {m: index.dim(m) for m, n in index.counts().items() if n})
 
-    def search(self, plan: QueryPlan, k: int) -> list[Hit]:
+    def search(self, view: IndexView, plan: QueryPlan, k: int) -> list[Hit]:
         hits = self._index.search(plan, k)[0]
         external = self._external
         out = []
