@@ -1,0 +1,111 @@
+"""``service.indexport.milvus`` on real SQLite and a real Milvus standalone: a change published
+late, twice, or after a newer one leaves Milvus as SQL says; a crash between the SQL commit and
+the Milvus write (the write failed: Milvus unreachable) converges through the outbox's relay;
+``rebuild`` fills an empty Milvus from SQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from service.db.schema import ModelRow
+from service.db.session import read_scope
+from service.indexport import Change, relay, unit_of_work
+from service.indexport.milvus import MilvusPublisher, rebuild, spaces_for
+from service.repositories import catalog
+from service.repositories import items as item_repo
+from service.repositories import outbox as outbox_repo
+from service.settings import Settings
+from tests.utils.servers import OwnMilvus
+from tests.utils.writer import D, unit
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def milvus_settings(service_settings: Settings, milvus_server: OwnMilvus) -> Settings:
+    """A gallery model "old" of dimension D registered in SQL; Milvus collections of our own."""
+    settings = service_settings.model_copy(
+        update={
+            "index_backend": "milvus",
+            "milvus_uri": milvus_server.uri,
+            "milvus_prefix": f"t{uuid.uuid4().hex[:12]}",
+            "milvus_index_type": "FLAT",
+            "milvus_index_params": {},
+            "milvus_search_params": {},
+        }
+    )
+    with unit_of_work(settings, None, publisher=MilvusPublisher(settings)) as uow:  # type: ignore[arg-type]
+        catalog.add_model(
+            uow.session,
+            ModelRow(
+                name="old",
+                path="old.pt",
+                arch="conv2",
+                embedding_dim=D,
+                num_classes=10,
+                trained_with="ce",
+                content_hash="0" * 64,
+                meta={},
+            ),
+        )
+        catalog.set_serving_state(uow.session, gallery_model="old", query_model="old")
+        uow.record(Change.switch("old"))
+    return settings
+
+
+def _add(settings: Settings, n: int, prefix: str, publisher) -> list[int]:
+    rng = np.random.default_rng(n)
+    with unit_of_work(settings, None, publisher=publisher) as uow:  # type: ignore[arg-type]
+        items = [item_repo.NewItem(f"{prefix}{k}", None, "0" * 64, {"old": unit(rng, 1)[0]}) for k in range(n)]
+        ids = [row.id for row in item_repo.add_items(uow.session, items, active_model="old")]
+        uow.record(Change.add("old", ids))
+    return ids
+
+
+class Unreachable:
+    """A publisher whose store is away: what a writer sees when Milvus is down."""
+
+    def publish(self, changes, *, late: bool = False) -> None:
+        raise ConnectionError("milvus unavailable")
+
+
+def test_late_and_repeated_changes_leave_what_sql_says(milvus_settings: Settings) -> None:
+    publisher = MilvusPublisher(milvus_settings)
+    spaces = publisher.spaces
+    ids = _add(milvus_settings, 20, "a", publisher)
+    assert sorted(spaces.all_ids("old")) == ids
+    with unit_of_work(milvus_settings, None, publisher=publisher) as uow:  # type: ignore[arg-type]
+        for item in item_repo.get_items_by_ids(uow.session, ids[:5]):
+            item_repo.delete_item(uow.session, item)
+        uow.record(Change.delete(ids[:5]))
+    # The first add, published again late (a relay of a row whose drop failed): SQL decides.
+    publisher.publish([Change.add("old", ids)], late=True)
+    publisher.publish([Change.add("old", ids)])
+    assert sorted(spaces.all_ids("old")) == ids[5:]
+    hits, _ = spaces.search("old", unit(np.random.default_rng(20), 1), 30)
+    assert set(hits[0][hits[0] >= 0].tolist()) == set(ids[5:])
+
+
+def test_a_write_lost_after_the_sql_commit_converges_through_the_relay(milvus_settings: Settings) -> None:
+    spaces = spaces_for(milvus_settings)
+    ids = _add(milvus_settings, 12, "b", Unreachable())  # committed; the Milvus write failed
+    assert spaces.all_ids("old") == []
+    with read_scope(milvus_settings.sqlalchemy_url) as s:
+        assert outbox_repo.any_staged_before(s, float("inf"))
+    assert relay(milvus_settings, MilvusPublisher(milvus_settings), 0.0) == 1
+    assert sorted(spaces.all_ids("old")) == ids
+    assert relay(milvus_settings, MilvusPublisher(milvus_settings), 0.0) == 0  # nothing left staged
+
+
+def test_rebuild_fills_an_empty_milvus_from_sql(milvus_settings: Settings) -> None:
+    publisher = MilvusPublisher(milvus_settings)
+    ids = _add(milvus_settings, 30, "c", publisher)
+    spaces = publisher.spaces
+    spaces.drop("old")
+    seen: list[tuple[int, int]] = []
+    assert rebuild(milvus_settings, spaces, chunk=7, progress=lambda done, total: seen.append((done, total))) == 30
+    assert sorted(spaces.all_ids("old")) == ids
+    assert seen[-1] == (30, 30) and len(seen) == 5
