@@ -61,7 +61,7 @@ class Serving:
 
     def require_ready(self) -> None:
         if not self.ready:
-            raise NotReady("the index is still loading")
+            raise NotReady(self._index.not_ready_because())
 
     def search(self, data: bytes, k: int) -> tuple[str, list[tuple[str, float, str]]]:
         """The query model and the (external_id, score, model) of the top ``k`` for one image: the

@@ -27,7 +27,7 @@ from service.api.serving.port import Hit, IndexStatus, IndexView
 from service.db.session import read_scope
 from service.errors import Unavailable
 from service.index import QueryPlan, SegmentQuery, merge_segments
-from service.index.milvus import MilvusSpaces
+from service.index.milvus import MilvusIndexError, MilvusSpaces
 from service.indexport import Change, relay
 from service.indexport.milvus import MilvusPublisher, World, read_world, spaces_for, unused_models
 from service.metrics import GALLERY_VECTORS
@@ -60,6 +60,7 @@ class MilvusIndex:
         self._on_retired = on_retired or (lambda _model: None)
         self._in_use: set[str] = set()
         self._unused: set[str] = set()  # collections found unused at the last look
+        self._refusal: str | None = None  # Milvus refused the configuration: never ready
         self._url = settings.sqlalchemy_url
         self._spaces = spaces
         self._ready = threading.Event()
@@ -85,6 +86,9 @@ class MilvusIndex:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+    def not_ready_because(self) -> str:
+        return self._refusal or "connecting to Milvus"
 
     def save_snapshot(self) -> Path | None:
         return None  # nothing held here: a restart is as fast as the first start
@@ -126,7 +130,18 @@ class MilvusIndex:
                 self._retire()
                 backoff = 0.5
                 self._stop.wait(relay_s)
-            except Exception as e:  # Milvus, SQL or a bad configuration: logged, retried
+            except MilvusIndexError as e:
+                if self._ready.is_set():
+                    log.warning("Milvus refused a request: %s", e)
+                    self._stop.wait(backoff)
+                    continue
+                # The configuration itself (an index type this server cannot build, a bad
+                # parameter): no retry can fix it. Refused for good, with Milvus's answer in the
+                # log and in every 503 (/readyz, /search).
+                self._refusal = f"Milvus refused the configured index {self._settings.milvus_index_type!r}: {e}"
+                log.error("%s; set HOTREFRESH_MILVUS_INDEX_TYPE / _INDEX_PARAMS and restart", self._refusal)
+                return
+            except Exception as e:  # Milvus or SQL away: logged, retried
                 if isinstance(e, Unavailable) or self._ready.is_set():
                     log.warning("Milvus index: %s; retrying in %.1fs", e, backoff)
                 else:

@@ -67,6 +67,9 @@ class ServingIndex(Protocol):
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Whether the index answers searches (after waiting up to ``timeout``)."""
 
+    def not_ready_because(self) -> str:
+        """Why it does not answer yet (the 503's detail): still loading, or refused for good."""
+
     def save_snapshot(self) -> Path | None:
         """Keep what this process holds for a fast restart (at shutdown); None: nothing to keep."""
 

@@ -157,6 +157,9 @@ class Replica:
         self._ready.set()
         return True
 
+    def not_ready_because(self) -> str:
+        return "the index is still loading"
+
     def save_snapshot(self) -> Path | None:
         """Write this replica's index and log position (at shutdown), for a fast restart."""
         if not self._ready.is_set():
