@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -155,13 +156,17 @@ needs_compose = pytest.mark.skipif(
 )
 
 
-def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    cmd = [*(_compose_cmd() or []), "-f", str(COMPOSE), "config"]
+def _compose_config(
+    env: dict[str, str], files: tuple[Path, ...] = (COMPOSE,), profiles: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*(_compose_cmd() or []), *(a for f in files for a in ("-f", str(f)))]
+    cmd += [*(a for p in profiles for a in ("--profile", p)), "config"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("HOTREFRESH_", "POSTGRES_", "GRAFANA_"))}
+    prefixes = ("HOTREFRESH_", "POSTGRES_", "GRAFANA_", "MILVUS_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
 @needs_compose
@@ -224,3 +229,281 @@ def test_compose_refuses_to_start_without_an_admin_token() -> None:
     r = _compose_config(_clean_env())
     assert r.returncode != 0
     assert "HOTREFRESH_ADMIN_TOKEN" in r.stderr
+
+
+# --- The Milvus profile (docker-compose.milvus.yml, docker-compose.milvus-gpu.yml) ----------------
+
+MILVUS_COMPOSE = REPO / "docker-compose.milvus.yml"
+MILVUS_GPU_COMPOSE = REPO / "docker-compose.milvus-gpu.yml"
+MILVUS_FILES = (COMPOSE, MILVUS_COMPOSE)
+MILVUS_GPU_FILES = (COMPOSE, MILVUS_COMPOSE, MILVUS_GPU_COMPOSE)
+MINIO_USER, MINIO_SECRET = "hotrefresh-milvus", "minio-s3cret-0123456789"
+
+
+def _milvus_env(**extra: str) -> dict[str, str]:
+    return {
+        **_clean_env(),
+        "HOTREFRESH_ADMIN_TOKEN": "s3cret-token",
+        "MILVUS_MINIO_ACCESS_KEY": MINIO_USER,
+        "MILVUS_MINIO_SECRET_KEY": MINIO_SECRET,
+        **extra,
+    }
+
+
+def _services(files: tuple[Path, ...], env: dict[str, str] | None = None, profiles: tuple[str, ...] = ()) -> dict:
+    r = _compose_config(env or _milvus_env(), files, profiles)
+    assert r.returncode == 0, r.stderr
+    return yaml.safe_load(r.stdout)["services"]
+
+
+def _profiled(services: dict) -> dict[str, dict]:
+    """The services only `--profile milvus` starts."""
+    return {name: svc for name, svc in services.items() if svc.get("profiles")}
+
+
+def _host_port(address: str) -> tuple[str | None, int | None]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    return parts.hostname, parts.port
+
+
+@needs_compose
+def test_milvus_profile_adds_etcd_minio_and_milvus_and_wires_api_and_workers() -> None:
+    default = _services((COMPOSE,), _milvus_env())
+    services = _services(MILVUS_FILES, profiles=("milvus",))
+    milvus_stack = _profiled(services)
+    assert set(milvus_stack) == {"etcd", "minio", "milvus"}
+    assert all(svc["profiles"] == ["milvus"] for svc in milvus_stack.values())
+    # the services of plain `docker compose up` are the same ones, with no profile
+    assert set(services) - set(milvus_stack) == set(default)
+    assert not _profiled(default)
+
+    def cond(svc: str, dep: str) -> str:
+        return services[svc]["depends_on"][dep]["condition"]
+
+    # Milvus waits for its metadata and object stores, the API and the workers for Milvus
+    milvus_env = services["milvus"]["environment"]
+    assert _host_port(milvus_env["ETCD_ENDPOINTS"]) == ("etcd", 2379)
+    assert _host_port(milvus_env["MINIO_ADDRESS"]) == ("minio", 9000)
+    assert cond("milvus", "etcd") == cond("milvus", "minio") == "service_healthy"
+    assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
+    # Milvus signs in to MinIO with MinIO's own root credentials, both from the variables
+    minio_env = services["minio"]["environment"]
+    assert (milvus_env["MINIO_ACCESS_KEY_ID"], milvus_env["MINIO_SECRET_ACCESS_KEY"]) == (MINIO_USER, MINIO_SECRET)
+    assert (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"]) == (MINIO_USER, MINIO_SECRET)
+
+    for svc in ("api", "worker"):
+        env = services[svc]["environment"]
+        assert env["HOTREFRESH_INDEX_BACKEND"] == "milvus"
+        host, port = _host_port(env["HOTREFRESH_MILVUS_URI"])
+        assert host in milvus_stack and services[host]["image"].startswith("milvusdb/milvus:"), host
+        assert port == 19530
+        assert cond(svc, "milvus") == "service_healthy"
+        # everything the default file gives them is still there
+        assert {k: v for k, v in env.items() if k in default[svc]["environment"]} == {
+            **default[svc]["environment"],
+            "HOTREFRESH_INDEX_BACKEND": "milvus",
+        }
+        assert set(services[svc]["depends_on"]) == set(default[svc]["depends_on"]) | {"milvus"}
+
+
+@needs_compose
+def test_milvus_profile_images_are_pinned_and_documented() -> None:
+    cpu = _profiled(_services(MILVUS_FILES, profiles=("milvus",)))
+    gpu = _profiled(_services(MILVUS_GPU_FILES, profiles=("milvus",)))
+    images = {name: svc["image"] for name, svc in cpu.items()}
+    assert re.fullmatch(r"quay\.io/coreos/etcd:v3\.5\.\d+", images["etcd"]), images["etcd"]
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images["minio"]), images["minio"]
+    assert re.fullmatch(r"milvusdb/milvus:v2\.6\.\d+", images["milvus"]), images["milvus"]
+    # the GPU variant is the same Milvus release, GPU build; etcd and MinIO do not change
+    assert gpu["milvus"]["image"] == images["milvus"] + "-gpu"
+    assert {n: s["image"] for n, s in gpu.items() if n != "milvus"} == {n: images[n] for n in ("etcd", "minio")}
+    # docs/deploy.md names the versions that run
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    for image in [*images.values(), gpu["milvus"]["image"]]:
+        assert f"`{image}`" in docs, image
+
+
+@needs_compose
+def test_milvus_profile_has_healthchecks_and_publishes_no_store_port() -> None:
+    for files in (MILVUS_FILES, MILVUS_GPU_FILES):
+        r = _compose_config(_milvus_env(), files, ("milvus",))
+        assert r.returncode == 0, r.stderr
+        config = yaml.safe_load(r.stdout)
+        services, volume_names = config["services"], set(config["volumes"])
+        for name, svc in _profiled(services).items():
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+            assert not svc.get("healthcheck", {}).get("disable"), name
+            # etcd and MinIO are reached on the compose network only; so is Milvus (no auth by default)
+            assert not svc.get("ports"), f"{name} publishes {svc['ports']}"
+            assert svc.get("network_mode") != "host", name
+        # every service the profile adds keeps its data on a named volume
+        for name in ("etcd", "minio", "milvus"):
+            volumes = services[name]["volumes"]
+            assert volumes and not _binds(services[name]), name
+            named = [v["type"] == "volume" if isinstance(v, dict) else v.split(":")[0] in volume_names for v in volumes]
+            assert all(named), (name, volumes)
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", ["MILVUS_MINIO_ACCESS_KEY", "MILVUS_MINIO_SECRET_KEY"])
+def test_milvus_profile_refuses_to_start_without_minio_credentials(missing: str) -> None:
+    env = _milvus_env()
+    del env[missing]
+    r = _compose_config(env, MILVUS_FILES, ("milvus",))
+    assert r.returncode != 0
+    assert missing in r.stderr
+    # ... and the default file does not ask for them
+    assert _compose_config(env).returncode == 0
+
+
+@needs_compose
+def test_default_compose_is_untouched_by_the_milvus_profile() -> None:
+    services = _services((COMPOSE,), {**_clean_env(), "HOTREFRESH_ADMIN_TOKEN": "s3cret-token"})
+    assert not {"etcd", "minio", "milvus"} & set(services)
+    assert not _profiled(services)
+    for svc in ("migrate", "api", "worker"):
+        env = services[svc]["environment"]
+        assert env["HOTREFRESH_INDEX_BACKEND"] == Settings.model_fields["index_backend"].default
+        assert not [k for k in env if k.startswith("HOTREFRESH_MILVUS_")]
+        assert "milvus" not in services[svc].get("depends_on", {})
+
+
+@needs_compose
+@pytest.mark.parametrize(("files", "gpu"), [(MILVUS_FILES, False), (MILVUS_GPU_FILES, True)], ids=["cpu", "gpu"])
+def test_milvus_index_settings_are_ones_the_backend_accepts(files: tuple[Path, ...], gpu: bool) -> None:
+    """The index the API and the workers ask for is one this Milvus image builds, with JSON
+    parameters, and the whole client configuration passes the backend's own checks."""
+    from service.index.milvus import CPU_INDEX_TYPES, GPU_INDEX_TYPES, MilvusConfig
+
+    services = _services(files, profiles=("milvus",))
+    api, worker = (services[svc]["environment"] for svc in ("api", "worker"))
+    milvus_keys = {k: v for k, v in api.items() if k.startswith("HOTREFRESH_MILVUS_")}
+    assert milvus_keys == {k: v for k, v in worker.items() if k.startswith("HOTREFRESH_MILVUS_")}
+    env = api
+    index_type = env["HOTREFRESH_MILVUS_INDEX_TYPE"]
+    assert index_type in (GPU_INDEX_TYPES if gpu else CPU_INDEX_TYPES), index_type
+    params = json.loads(env["HOTREFRESH_MILVUS_INDEX_PARAMS"])
+    search = json.loads(env["HOTREFRESH_MILVUS_SEARCH_PARAMS"])
+    assert isinstance(params, dict) and params and isinstance(search, dict) and search
+    MilvusConfig(
+        uri=env["HOTREFRESH_MILVUS_URI"],
+        token=env["HOTREFRESH_MILVUS_TOKEN"],
+        db_name=env["HOTREFRESH_MILVUS_DB"],
+        prefix=env["HOTREFRESH_MILVUS_PREFIX"],
+        index_type=index_type,
+        index_params=params,
+        search_params=search,
+        consistency=env["HOTREFRESH_MILVUS_CONSISTENCY"],
+    )
+    milvus = services["milvus"]
+    assert milvus["image"].endswith("-gpu") == gpu
+    devices = milvus.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    assert bool(devices) == gpu
+    if gpu:
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+@needs_compose
+def test_milvus_index_env_file_can_be_replaced(tmp_path: Path) -> None:
+    custom = tmp_path / "ivf.env"
+    custom.write_text("HOTREFRESH_MILVUS_INDEX_TYPE=IVF_FLAT\nHOTREFRESH_MILVUS_INDEX_PARAMS='{\"nlist\":1024}'\n")
+    for files in (MILVUS_FILES, MILVUS_GPU_FILES):
+        services = _services(files, _milvus_env(MILVUS_INDEX_ENV_FILE=str(custom)), ("milvus",))
+        for svc in ("api", "worker"):
+            env = services[svc]["environment"]
+            assert env["HOTREFRESH_MILVUS_INDEX_TYPE"] == "IVF_FLAT"
+            assert json.loads(env["HOTREFRESH_MILVUS_INDEX_PARAMS"]) == {"nlist": 1024}
+
+
+@needs_compose
+def test_milvus_compose_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every HOTREFRESH_* variable the Milvus override gives the API and the workers is a field of
+    service/settings.py, and Settings reads the override's values as the backend's."""
+    if "milvus_uri" not in Settings.model_fields:
+        pytest.skip("service/settings.py does not declare the Milvus settings yet (HOTREFRESH_MILVUS_*)")
+    fields = {f"HOTREFRESH_{name.upper()}" for name in Settings.model_fields}
+    for files in (MILVUS_FILES, MILVUS_GPU_FILES):
+        services = _services(files, profiles=("milvus",))
+        for svc in ("api", "worker"):
+            env = services[svc]["environment"]
+            assert {k for k in env if k.startswith("HOTREFRESH_")} <= fields
+            for key in list(os.environ):
+                if key.startswith("HOTREFRESH_"):
+                    monkeypatch.delenv(key)
+            for key, value in env.items():
+                if key.startswith("HOTREFRESH_"):
+                    monkeypatch.setenv(key, str(value))
+            settings = Settings()
+            assert settings.index_backend == "milvus"
+            assert settings.milvus_uri == env["HOTREFRESH_MILVUS_URI"]
+            assert settings.milvus_index_type == env["HOTREFRESH_MILVUS_INDEX_TYPE"]
+            assert settings.milvus_index_params == json.loads(env["HOTREFRESH_MILVUS_INDEX_PARAMS"])
+
+
+def _legacy_compose_python() -> str | None:
+    """The interpreter of Debian's docker-compose 1.x (a Python script), if that is installed."""
+    legacy = shutil.which("docker-compose")
+    if not legacy:
+        return None
+    with open(legacy, "rb") as f:
+        first = f.readline()
+    return first[2:].decode().strip() if first.startswith(b"#!") and b"python" in first else None
+
+
+_START_SET = """
+import json, sys
+import docker.errors
+from compose.config import config
+from compose.config.environment import Environment
+from compose.project import Project
+
+class NoEngine:  # answers every Docker API call with "not found": nothing exists yet
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            raise docker.errors.NotFound(name)
+        return call
+
+details = config.find(".", sys.argv[2:], Environment.from_env_file("."))
+project = Project.from_config("hr", config.load(details), NoEngine(), enabled_profiles=json.loads(sys.argv[1]))
+try:
+    print(json.dumps(sorted(s.name for s in project.get_services(include_deps=True))))
+except Exception as e:
+    print(json.dumps({"refused": str(e)}))
+"""
+
+
+@pytest.mark.skipif(_legacy_compose_python() is None, reason="Debian's docker-compose 1.x is not installed")
+def test_docker_compose_v1_starts_milvus_only_with_the_profile() -> None:
+    """What `docker-compose ... up` would start, computed by docker-compose 1.29 itself: the
+    override with `--profile milvus` starts the Milvus stack with everything else, the override
+    without the profile is refused (not silently started without Milvus), the default file alone
+    starts what it always did."""
+
+    def start_set(profiles: list[str], *files: Path) -> list[str] | dict:
+        cmd = [_legacy_compose_python() or "python3", "-c", _START_SET, json.dumps(profiles), *map(str, files)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=_milvus_env())
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    default = start_set([], COMPOSE)
+    assert default == sorted(["postgres", "redis", "migrate", "api", "worker", "prometheus", "grafana"])
+    assert start_set(["milvus"], COMPOSE) == default
+    assert start_set(["milvus"], *MILVUS_FILES) == sorted([*default, "etcd", "minio", "milvus"])
+    assert start_set(["milvus"], *MILVUS_GPU_FILES) == sorted([*default, "etcd", "minio", "milvus"])
+    refused = start_set([], *MILVUS_FILES)
+    assert isinstance(refused, dict) and "not enabled by the active profiles" in refused["refused"]
+
+
+def test_images_install_the_milvus_extra() -> None:
+    """Both images can run HOTREFRESH_INDEX_BACKEND=milvus: their `pip install` of the project
+    names the `milvus` extra, which brings a pymilvus of the 2.6 line."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.fullmatch(r"pymilvus>=2\.6,<2\.7", dep) for dep in extras["milvus"]), extras["milvus"]
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        installs = re.findall(r"pip install '?\.(?:\[([a-z0-9_,-]*)\])?'?", (DOCKER / dockerfile).read_text())
+        assert installs, dockerfile
+        assert all("milvus" in extra.split(",") for extra in installs), (dockerfile, installs)
