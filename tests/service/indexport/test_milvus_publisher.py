@@ -109,3 +109,28 @@ def test_rebuild_fills_an_empty_milvus_from_sql(milvus_settings: Settings) -> No
     assert rebuild(milvus_settings, spaces, chunk=7, progress=lambda done, total: seen.append((done, total))) == 30
     assert sorted(spaces.all_ids("old")) == ids
     assert seen[-1] == (30, 30) and len(seen) == 5
+
+
+def test_an_index_type_milvus_cannot_build_is_refused_at_start_up(milvus_settings: Settings) -> None:
+    """GPU_CAGRA on a CPU Milvus: the read adapter never turns ready, says why in every 503, and
+    leaves no collection behind from its check."""
+    import time
+
+    from service.api.serving import NotReady, Serving
+    from service.api.serving.milvus import MilvusIndex
+
+    settings = milvus_settings.model_copy(update={"milvus_index_type": "GPU_CAGRA"})
+    before = set(spaces_for(milvus_settings)._client.list_collections())
+    index = MilvusIndex(settings)
+    serving = Serving(settings, None, index=index)  # type: ignore[arg-type]
+    serving.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "refused" not in index.not_ready_because() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with pytest.raises(NotReady, match="refused the configured index 'GPU_CAGRA'"):
+            serving.require_ready()
+        assert not serving.wait_ready(0)
+    finally:
+        serving.stop()
+    assert set(spaces_for(milvus_settings)._client.list_collections()) == before
