@@ -9,14 +9,27 @@ seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+class IndexChoice(StrEnum):
+    """Where the demo searches its gallery (``--index``)."""
+
+    IN_PROCESS = "in-process"
+    MILVUS = "milvus"
+
 
 DEMO_TOKEN = "demo-admin-token"
 
@@ -157,6 +170,14 @@ def demo(
             "old conv2, a new ResNet-18 layout.",
         ),
     ] = False,
+    index: Annotated[
+        IndexChoice,
+        typer.Option(
+            help="Where the gallery's vectors are searched: in-process (every API replica holds the "
+            "index) or milvus (a Milvus standalone the demo starts from the milvus package, unless "
+            "HOTREFRESH_MILVUS_URI names one).",
+        ),
+    ] = IndexChoice.IN_PROCESS,
 ) -> None:
     """Train (or reuse) an old and a RACT-new model, ingest a gallery, hot-refresh it live."""
     import httpx
@@ -183,11 +204,14 @@ def demo(
         "HOTREFRESH_DATA_DIR": str(run_dir / "data"),
         "HOTREFRESH_REDIS_PREFIX": f"hotrefresh-demo-{os.getpid()}",
     }
-    with System(run_dir, env=env) as system:
+    with System(run_dir, env=env) as system, contextlib.ExitStack() as servers:
         if settings.redis_url:
             typer.echo(f"redis: {settings.redis_url}")
         else:
             typer.echo(f"redis: embedded at {system.start_redis()}")
+        if index is IndexChoice.MILVUS:
+            system.env.update(_milvus(settings, servers))
+            typer.echo(f"index: Milvus at {system.env['HOTREFRESH_MILVUS_URI']} ({settings.milvus_index_type})")
         api = system.start_api(port=port or free_port())
         assert api.url is not None  # start_api sets it
         for i in range(workers):
@@ -232,6 +256,29 @@ def demo(
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+
+
+def _milvus(settings: Settings, servers: contextlib.ExitStack) -> dict[str, str]:
+    """The demo's Milvus settings: the configured server, else an embedded standalone (the real
+    engine from the ``milvus`` package), stopped and removed with the demo. Its own collection
+    prefix per run, so a shared server keeps other galleries apart."""
+    uri = settings.milvus_uri
+    if not uri:
+        from cli.embedded_milvus import EmbeddedMilvus
+
+        server = EmbeddedMilvus()
+        servers.callback(server.remove)
+        typer.echo("milvus: starting an embedded standalone (a few seconds)")
+        server.start()
+        uri = server.uri
+    return {
+        "HOTREFRESH_INDEX_BACKEND": "milvus",
+        "HOTREFRESH_MILVUS_URI": uri,
+        "HOTREFRESH_MILVUS_PREFIX": f"demo_{os.getpid()}",
+        "HOTREFRESH_MILVUS_INDEX_TYPE": settings.milvus_index_type,
+        "HOTREFRESH_MILVUS_INDEX_PARAMS": json.dumps(settings.milvus_index_params),
+        "HOTREFRESH_MILVUS_SEARCH_PARAMS": json.dumps(settings.milvus_search_params),
+    }
 
 
 def _pct(v: float | None) -> str:
