@@ -163,7 +163,7 @@ class MilvusIndex:
         dims = {m: w.dims[m] for m in dict.fromkeys(segments) if m is not None and m in w.dims}
         return MilvusView(w.query_model, plan, dims, upgrade=w.upgrade, old_model=w.old_model)
 
-    def search(self, view: IndexView, plan: QueryPlan, k: int) -> list[Hit]:
+    def search(self, view: IndexView, plan: QueryPlan, k: int, *, retry: bool = True) -> list[Hit]:
         upgrade = view.upgrade if isinstance(view, MilvusView) else None
         old_model = view.old_model if isinstance(view, MilvusView) else None
         spaces = self.spaces
@@ -190,18 +190,21 @@ class MilvusIndex:
         with read_scope(self._url) as s:
             external = item_repo.external_ids_of(s, [i for i, _, _ in picked])
         ghosts = [i for i, _, _ in picked if i not in external]
-        if ghosts:
-            self._forget(ghosts, list(view.dims))
+        if ghosts and self._forget(ghosts, list(view.dims)) and retry:
+            return self.search(view, plan, k, retry=False)  # the k-th hit may have been behind one
         return [Hit(external[i], float(score), model) for i, score, model in picked if i in external]
 
-    def _forget(self, ids: list[int], models: list[str]) -> None:
-        """Rows SQL does not have (deleted, or written by a stale writer after the delete)."""
+    def _forget(self, ids: list[int], models: list[str]) -> bool:
+        """Delete rows SQL does not have (deleted, or written by a stale writer after the
+        delete); whether that worked."""
         log.warning("deleting %d Milvus rows whose items are no longer in the gallery: %s", len(ids), ids[:10])
         try:
             for model in models:
                 self.spaces.delete(model, ids)
         except Exception:  # the next search finds them again
             log.exception("could not delete stale Milvus rows %s", ids[:10])
+            return False
+        return True
 
     def model_of(self, item_id: int) -> str | None:
         view = self.view()

@@ -134,3 +134,23 @@ def test_an_index_type_milvus_cannot_build_is_refused_at_start_up(milvus_setting
     finally:
         serving.stop()
     assert set(spaces_for(milvus_settings)._client.list_collections()) == before
+
+
+def test_a_row_sql_no_longer_has_is_left_out_of_results_and_deleted(milvus_settings: Settings) -> None:
+    """A stale writer's row (its item deleted in SQL before the write landed): searches never
+    return it, and the first one to meet it deletes it from Milvus."""
+    from service.api.serving.milvus import MilvusIndex
+    from service.index import QueryPlan
+
+    publisher = MilvusPublisher(milvus_settings)
+    ids = _add(milvus_settings, 10, "d", publisher)
+    spaces = publisher.spaces
+    ghost = max(ids) + 1000
+    q = unit(np.random.default_rng(99), 1)
+    spaces.upsert("old", [ghost], q)  # the best possible match for q, and no item of SQL's
+    index = MilvusIndex(milvus_settings, spaces)
+    view = index.view()
+    hits = index.search(view, QueryPlan.single(q, ["old"]), 5)
+    assert len(hits) == 5 and all(h.external_id.startswith("d") for h in hits)
+    assert ghost not in set(spaces.all_ids("old"))
+    assert index.model_of(ids[0]) == "old" and index.model_of(ghost) is None
