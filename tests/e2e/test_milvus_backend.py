@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.launcher import System
+from cli.launcher import Proc, System
 from cli.main import app
 from service.index.milvus import MilvusConfig, MilvusSpaces
 from service.settings import Settings, get_settings
@@ -82,6 +82,19 @@ def _start(
     return settings, env
 
 
+def _gallery(
+    system: System, settings: Settings, trained_pair: tuple[Path, Path], images: np.ndarray, labels: np.ndarray
+) -> tuple[Proc, Proc, str, str, list[str]]:
+    """An API and a worker on Milvus, both models registered, the gallery ingested on the old one:
+    (api, worker, old model, new model, external ids)."""
+    old_path, new_path = install_models(settings, trained_pair)
+    api = system.start_api(name="api")
+    old = register(api.url, old_path)["name"]
+    new = register(api.url, new_path)["name"]
+    ext = ingest(api.url, images, labels)
+    return api, system.start_worker(name="w1"), old, new, ext
+
+
 def _same_top_k(a: dict, b: dict) -> None:
     """The same ranking from two backends: ids in the same order where scores differ by more
     than float noise, and the same scores."""
@@ -109,12 +122,7 @@ def test_upgrade_rollback_upgrade_commit_and_rebuild_on_milvus(
     spaces = _spaces(settings)
     images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
     with System(tmp_path / "sys", env={**FAST_ENV, **env}) as system:
-        old_path, new_path = install_models(settings, trained_pair)
-        api = system.start_api(name="api")
-        old = register(api.url, old_path)["name"]
-        new = register(api.url, new_path)["name"]
-        ext = ingest(api.url, images, labels)
-        worker = system.start_worker(name="w1")
+        api, worker, old, new, ext = _gallery(system, settings, trained_pair, images, labels)
         logs = logs_of(api, worker)
         ready = httpx.get(f"{api.url}/readyz", timeout=30).json()
         assert ready["loaded_from"] == "milvus" and ready["counts"] == {old: N}, ready
@@ -185,12 +193,7 @@ def test_milvus_sigkilled_mid_upgrade_and_started_again(
     settings, env = _start(monkeypatch, tmp_path, sqlite_url, redis_prefix, own_milvus)
     images, labels = fmnist_test[0][:N], fmnist_test[1][:N]
     with System(tmp_path / "sys", env={**FAST_ENV, **env}) as system:
-        old_path, new_path = install_models(settings, trained_pair)
-        api = system.start_api(name="api")
-        old = register(api.url, old_path)["name"]
-        new = register(api.url, new_path)["name"]
-        ext = ingest(api.url, images, labels)
-        worker = system.start_worker(name="w1")
+        api, worker, old, new, ext = _gallery(system, settings, trained_pair, images, labels)
         logs = logs_of(api, worker)
         res = httpx.post(f"{api.url}/upgrade", json={"model": new, "batch_size": 4}, headers=ADMIN)
         assert res.status_code == 202, res.text
