@@ -124,8 +124,13 @@ def test_upgrade_rollback_upgrade_commit_and_rebuild_on_milvus(
     with System(tmp_path / "sys", env={**FAST_ENV, **env}) as system:
         api, worker, old, new, ext = _gallery(system, settings, trained_pair, images, labels)
         logs = logs_of(api, worker)
-        ready = httpx.get(f"{api.url}/readyz", timeout=30).json()
-        assert ready["loaded_from"] == "milvus" and ready["counts"] == {old: N}, ready
+        ready = wait_for(
+            lambda: (r := httpx.get(f"{api.url}/readyz", timeout=30).json())["counts"] == {old: N} and r,
+            30,
+            "/readyz to count the gallery",
+            logs,
+        )
+        assert ready["loaded_from"] == "milvus", ready
         probe = SearchProbe(lambda: api.url, images, ext, k=N).start()
 
         # An upgrade under the dual plan (two query embeddings, one search per collection).

@@ -61,6 +61,7 @@ class MilvusIndex:
         self._in_use: set[str] = set()
         self._unused: set[str] = set()  # collections found unused at the last look
         self._refusal: str | None = None  # Milvus refused the configuration: never ready
+        self._counts: dict[str, int] = {}  # live rows per model, as last counted
         self._url = settings.sqlalchemy_url
         self._spaces = spaces
         self._ready = threading.Event()
@@ -226,9 +227,14 @@ class MilvusIndex:
         }
 
     def status(self) -> IndexStatus:
+        """Cheap at any N (``/readyz`` calls it): one round trip shows Milvus answers (a 503
+        naming it when not); the counts are the background thread's last (every
+        ``index_log_relay_s``), since a filtered count scans the collection."""
         ready = self._ready.is_set()
         view = self.view()
-        counts = self._live(view) if ready else {}
+        if ready:
+            self.spaces.exists(view.query_model or "")
+        counts = dict(self._counts) if ready else {}
         return IndexStatus(
             ready=ready,
             query_model=view.query_model,
@@ -261,7 +267,7 @@ class MilvusIndex:
         self._unused = unused - self._unused
 
     def _update_gauges(self) -> None:
-        counts = self._live(self.view())
+        counts = self._counts = self._live(self.view())
         for model in self._gauged - set(counts):
             GALLERY_VECTORS.labels(model=model).set(0)
         for model, n in counts.items():
