@@ -3,21 +3,42 @@ way a user with that many would (``hotrefresh ingest --bulk``: Fashion-MNIST's t
 seeded augmented copies of it), an API replica started from SQL and then from its snapshot, a
 full upgrade by a real Celery worker with ``/search`` called throughout.
 
-Reported per N (default 100,000; run ``--n 100000,1000000`` for the issue's ratio): bulk ingest
-items/s; database bytes per item; API start-up seconds and peak RSS, from SQL and from a
-snapshot; scoring seconds and the worker's peak RSS; backfill items/s over the first and the
-last tenth; ``/search`` p50/p99 during the backfill; Redis's peak memory. Then the upgrade is
-committed and a second one (to a third model of the same backbone) runs with no ``/search``
-load: its backfill rate beside the first's says what serving queries costs the backfill.
+Reported per N (default 100,000; run ``--n 100000,1000000`` for the issue's ratio) and per index
+backend: bulk ingest items/s; database bytes per item; API start-up seconds, peak RSS (VmHWM)
+and RSS right after ``/readyz`` (VmRSS), from SQL and from a snapshot; scoring seconds and the
+worker's peak RSS; backfill items/s overall and over the first and the last tenth; ``/search``
+p50/p99 during the backfill; Redis's peak memory; the API's peak RSS by the end. Then the
+upgrade is committed and a second one (to a third model of the same backbone) runs with no
+``/search`` load: its backfill rate beside the first's says what serving queries costs the
+backfill.
+
+``--index`` picks the index backend(s), comma-separated: ``in-process`` (the default: the
+service's own ``auto`` backend, every API replica holding the gallery in memory and following
+the index log) and/or ``milvus``. With ``milvus`` one embedded Milvus standalone
+(``cli.embedded_milvus.EmbeddedMilvus``, the real engine from the ``milvus`` package) serves the
+whole run and is removed at the end; every process B6 starts (the bulk ingest, the API
+replicas, the worker) gets ``HOTREFRESH_INDEX_BACKEND=milvus``, its URI, a fresh
+``HOTREFRESH_MILVUS_PREFIX`` per run and the index type of ``--milvus-index`` (default HNSW,
+``{"M": 16, "efConstruction": 200}``, searched with ``{"ef": 128}``). The replica then holds no
+gallery (searches go to Milvus; the ingest and the worker write it after their SQL commit), so
+its start-up RSS should be small and independent of N; there is no snapshot, so the
+start-up-from-snapshot measures are null for it (with a note) and the replica started "from
+SQL" (``/readyz`` says ``loaded_from: "milvus"``) serves the upgrades. The Milvus server's own
+RSS after each run is recorded too (one server for the whole run, so it accumulates across runs).
+With both backends each N runs in-process then milvus, with identical data and seeds, so the
+JSON holds them side by side.
 
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000    # -> benchmarks/results/b6_scale.json
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000,1000000 --database postgresql \
         --out benchmarks/results/b6_scale_postgresql.json
+    nice .venv/bin/python benchmarks/b6_scale.py --n 100000 --index in-process,milvus \
+        --out benchmarks/results/b6_scale_milvus.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -58,7 +79,17 @@ def _proc_kib(pid: int, field: str) -> int:
     return total
 
 
-def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_admin: str) -> dict[str, Any]:
+def one_size(
+    n: int,
+    work: Path,
+    redis_url: str,
+    arch: str,
+    database: str,
+    pg_admin: str,
+    index: str = "in-process",
+    milvus: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One run: N items, one index backend (``milvus``: ``{"server": EmbeddedMilvus, "env": ...}``)."""
     import redis as redis_lib
 
     from cli.launcher import System
@@ -82,8 +113,16 @@ def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_ad
         "HOTREFRESH_DEVICE": "cpu",
         "HOTREFRESH_PROBE_SIZE": "0",
     }
+    if index == "milvus":
+        assert milvus is not None
+        env.update(milvus["env"])
+        env["HOTREFRESH_MILVUS_PREFIX"] = prefix.replace("-", "_")  # fresh per run
     auth = {"Authorization": f"Bearer {ADMIN}"}
-    out: dict[str, Any] = {"items": n, "database": database}
+    out: dict[str, Any] = {"items": n, "database": database, "index_backend": index}
+    if index == "milvus":
+        out["milvus"] = {
+            k: v for k, v in env.items() if k.startswith("HOTREFRESH_MILVUS_") and k != "HOTREFRESH_MILVUS_URI"
+        }
     r = redis_lib.Redis.from_url(redis_url)
     with ExitStack() as stack:
         if database == "postgresql":
@@ -127,13 +166,22 @@ def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_ad
         # the registering replica's snapshot (taken before the ingest) must not stand in for SQL
         shutil.rmtree(data / "snapshots", ignore_errors=True)
         for how in ("sql", "snapshot"):
+            if how == "snapshot" and index == "milvus":
+                for k in ("s", "rss_mib", "rss_now_mib", "loaded_from"):
+                    out[f"startup_from_snapshot_{k}"] = None
+                out["startup_from_snapshot_note"] = (
+                    "skipped: with the milvus backend the replica holds no gallery and writes no snapshot "
+                    "(save_snapshot returns None); the replica started above serves the upgrades"
+                )
+                break
             t0 = time.perf_counter()
             api = system.start_api(name=f"api-{how}", timeout=1800)
             ready = httpx.get(f"{api.url}/readyz", timeout=30).json()
             out[f"startup_from_{how}_s"] = time.perf_counter() - t0
             out[f"startup_from_{how}_rss_mib"] = _proc_kib(api.popen.pid, "VmHWM") / 1024
+            out[f"startup_from_{how}_rss_now_mib"] = _proc_kib(api.popen.pid, "VmRSS") / 1024
             out[f"startup_from_{how}_loaded_from"] = ready.get("loaded_from")
-            if how == "sql":
+            if how == "sql" and index != "milvus":
                 system.stop()  # a graceful stop writes the snapshot the second start loads
         worker = system.start_worker(name="w1")
         query = encode_png(load_fashion_mnist("test")[0][0])
@@ -143,11 +191,29 @@ def one_size(n: int, work: Path, redis_url: str, arch: str, database: str, pg_ad
         assert res.status_code == 200, res.text
         quiet = _upgrade(api.url, auth, "newer", n, r, worker, None)
         out["without_search_load"] = {k: v for k, v in quiet.items() if k.startswith("backfill") or k == "scoring_s"}
+        out["api_peak_rss_mib"] = _proc_kib(api.popen.pid, "VmHWM") / 1024
+        if milvus is not None and index == "milvus":
+            out["milvus_server_rss_after_mib"] = _proc_kib(milvus["server"].proc.pid, "VmRSS") / 1024
+    if milvus is not None and index == "milvus":
+        _drop_collections(milvus["server"].uri, env["HOTREFRESH_MILVUS_PREFIX"])
     keys = list(r.scan_iter(f"{prefix}:*", count=1000))
     if keys:
         r.delete(*keys)
     shutil.rmtree(data, ignore_errors=True)
     return out
+
+
+def _drop_collections(uri: str, prefix: str) -> None:
+    """This run's collections, so the next run's Milvus holds only its own."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri, timeout=30)
+    try:
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                client.drop_collection(name)
+    finally:
+        client.close()
 
 
 def _database_bytes(url: str | None, data: Path) -> int:
@@ -245,27 +311,71 @@ def main() -> None:
         "--pg-admin-url",
         default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     )
+    ap.add_argument(
+        "--index",
+        default="in-process",
+        help="comma-separated index backends: in-process (the default) and/or milvus (an embedded standalone)",
+    )
+    ap.add_argument("--milvus-index", default="HNSW", help="HOTREFRESH_MILVUS_INDEX_TYPE for --index milvus")
+    ap.add_argument("--milvus-index-params", default='{"M": 16, "efConstruction": 200}', help="JSON")
+    ap.add_argument("--milvus-search-params", default='{"ef": 128}', help="JSON")
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. what else ran on the machine)")
     ap.add_argument("--out", type=Path, default=RESULTS / "b6_scale.json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
+    indexes = [x.strip() for x in args.index.split(",") if x.strip()]
+    if not indexes or any(x not in ("in-process", "milvus") for x in indexes):
+        ap.error("--index takes a comma-separated list of in-process and milvus")
     runs = []
-    with tempfile.TemporaryDirectory(prefix="b6-") as tmp:
+    t_wall = time.perf_counter()
+    milvus: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="b6-") as tmp, ExitStack() as stack:
+        if "milvus" in indexes:
+            from cli.embedded_milvus import EmbeddedMilvus
+
+            server = EmbeddedMilvus()
+            stack.callback(server.remove)  # try/finally: removed however the run ends
+            t0 = time.perf_counter()
+            server.start()
+            print(f"milvus: embedded standalone at {server.uri} in {time.perf_counter() - t0:.1f}s", flush=True)
+            milvus = {
+                "server": server,
+                "env": {
+                    "HOTREFRESH_INDEX_BACKEND": "milvus",
+                    "HOTREFRESH_MILVUS_URI": server.uri,
+                    "HOTREFRESH_MILVUS_INDEX_TYPE": args.milvus_index,
+                    "HOTREFRESH_MILVUS_INDEX_PARAMS": json.dumps(json.loads(args.milvus_index_params)),
+                    "HOTREFRESH_MILVUS_SEARCH_PARAMS": json.dumps(json.loads(args.milvus_search_params)),
+                },
+            }
         for n in sizes:
-            runs.append(one_size(n, Path(tmp), args.redis, args.arch, args.database, args.pg_admin_url))
-            print(runs[-1], flush=True)
+            for index in indexes:  # same N, same checkpoints and data: side by side
+                runs.append(
+                    one_size(n, Path(tmp), args.redis, args.arch, args.database, args.pg_admin_url, index, milvus)
+                )
+                print(runs[-1], flush=True)
+    wall_s = time.perf_counter() - t_wall
     for run in runs:  # the quiet upgrade's rates as rows of their own
         run.update({f"{k} (no search load)": v for k, v in run["without_search_load"].items()})
-    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float) and k != "upgrade_id"]
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run if isinstance(run[k], int | float) and k != "upgrade_id" and k not in keys]
+    ratio = len(sizes) > 1 and len(indexes) == 1
     rows = [
-        [k, *[run[k] for run in runs]] + ([runs[-1][k] / runs[0][k]] if len(runs) > 1 and runs[0][k] else [])
+        [k, *[run.get(k) for run in runs]]
+        + ([runs[-1][k] / runs[0][k] if runs[0].get(k) and runs[-1].get(k) is not None else None] if ratio else [])
         for k in keys
     ]
-    print(table(["measure", *[f"N={n}" for n in sizes]] + (["ratio"] if len(runs) > 1 else []), rows))
+    headers = [f"N={run['items']} {run['index_backend']}" if len(indexes) > 1 else f"N={run['items']}" for run in runs]
+    print(table(["measure", *headers] + (["ratio"] if ratio else []), rows))
     write_json(
         args.out,
         {
             "benchmark": "B6: the service end to end at scale (bulk ingest, start-up, upgrade)",
             "machine": machine(),
+            "index_backends": indexes,
+            "wall_s": wall_s,
+            **({"note": args.note} if args.note else {}),
             "runs": runs,
         },
     )
