@@ -18,6 +18,12 @@ from pathlib import Path
 
 from cli.launcher import free_port
 
+# The proxy's time tick (ms). A Strong search waits until the query node has seen a tick at or
+# after the search's timestamp, so it costs about two ticks: 400 ms at Milvus's default of 200,
+# 18-20 ms at 10 (measured on this machine, docs/index.md). The service searches Strong by
+# default; deployments set ``proxy.timeTickInterval`` the same way (docs/deploy.md).
+TIME_TICK_MS = 10
+
 MILVUS_PORTS = (
     "root_coord_port",
     "proxy_port",
@@ -42,7 +48,8 @@ class EmbeddedMilvus:
     and it leaves the engine's etcd on the fixed ports 2379/2380 (two servers on one machine
     collide). Its configuration writer is used once, then the engine runs from that file."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_tick_ms: int = TIME_TICK_MS) -> None:
+        self.time_tick_ms = int(time_tick_ms)
         self.dir = Path(tempfile.mkdtemp(prefix="hotrefresh-milvus-"))
         self.ports = {name: free_port() for name in (*MILVUS_PORTS, "etcd_port", "etcd_peer_port", "metrics_port")}
         self.proc: subprocess.Popen | None = None
@@ -77,7 +84,10 @@ class EmbeddedMilvus:
         text = yaml.read_text()
         marker = "  use:\n    embed: true"
         assert marker in text, "the milvus package's config template changed"
-        yaml.write_text(text.replace(marker, f"{marker}\n  config:\n    path: {etcd}", 1))
+        text = text.replace(marker, f"{marker}\n  config:\n    path: {etcd}", 1)
+        tick = "  timeTickInterval: 200 #"
+        assert tick in text, "the milvus package's config template changed"
+        yaml.write_text(text.replace(tick, f"  timeTickInterval: {self.time_tick_ms} #", 1))
 
     def start(self, timeout: float = 180) -> None:
         binary = self.dir / "bin" / "milvus"

@@ -20,8 +20,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from service.api.serving.port import Hit, IndexStatus, IndexView
 from service.db.session import read_scope
@@ -62,6 +65,7 @@ class MilvusIndex:
         self._unused: set[str] = set()  # collections found unused at the last look
         self._refusal: str | None = None  # Milvus refused the configuration: never ready
         self._counts: dict[str, int] = {}  # live rows per model, as last counted
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus-search")
         self._url = settings.sqlalchemy_url
         self._spaces = spaces
         self._ready = threading.Event()
@@ -84,6 +88,7 @@ class MilvusIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._pool.shutdown(wait=False)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -173,11 +178,14 @@ class MilvusIndex:
         if plan.default is not None:
             named = {sq.model for sq in segments}
             segments += [SegmentQuery(name, plan.default) for name in view.dims if name not in named]
-        results = []
-        for sq in segments:
+
+        def one(sq: SegmentQuery) -> tuple[SegmentQuery, np.ndarray, np.ndarray]:
             hide = upgrade if sq.model == old_model else None
             ids, scores = spaces.search(sq.model, sq.queries, k, hide_moved_by=hide)
-            results.append((sq, scores, ids))
+            return sq, scores, ids
+
+        # The segments' searches at once (each waits on Milvus, not on this process's CPU).
+        results = list(self._pool.map(one, segments)) if len(segments) > 1 else [one(sq) for sq in segments]
         merged = merge_segments(results, m, k)
         row_ids = merged.ids[0].tolist()
         row_scores = merged.scores[0].tolist()

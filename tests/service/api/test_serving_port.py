@@ -24,11 +24,24 @@ def test_every_in_process_kind_is_the_replicated_adapter(service_settings: Setti
 
 
 def test_a_backend_not_built_is_refused_by_name(service_settings: Settings, r) -> None:
-    settings = service_settings.model_copy(update={"index_backend": "milvus"})  # not validated: as a typo would be
-    with pytest.raises(ValueError, match="no index backend 'milvus'"):
+    settings = service_settings.model_copy(update={"index_backend": "cassandra"})  # not validated: as a typo would be
+    with pytest.raises(ValueError, match="no index backend 'cassandra'"):
         serving_index_for(settings, r)
-    with pytest.raises(ValueError, match="no index backend 'milvus'"):
+    with pytest.raises(ValueError, match="no index backend 'cassandra'"):
         publisher_for(settings, r)
+
+
+def test_milvus_picks_the_milvus_adapters_and_needs_its_uri(service_settings: Settings, r) -> None:
+    from pydantic import ValidationError
+
+    from service.api.serving.milvus import MilvusIndex
+    from service.indexport.milvus import MilvusPublisher
+
+    settings = service_settings.model_copy(update={"index_backend": "milvus", "milvus_uri": "http://127.0.0.1:1"})
+    assert isinstance(serving_index_for(settings, r), MilvusIndex)  # connects on first use, not here
+    assert isinstance(publisher_for(settings, r), MilvusPublisher)
+    with pytest.raises(ValidationError, match="HOTREFRESH_MILVUS_URI"):
+        Settings(index_backend="milvus", milvus_uri="")
 
 
 def test_serving_is_not_ready_until_loaded_then_reports_its_status(service_settings: Settings, r) -> None:
