@@ -55,10 +55,10 @@ def _png(rng: np.random.Generator) -> bytes:
 
 def _jpeg(rng: np.random.Generator) -> bytes:
     base = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
-    img = Image.fromarray(base).resize((320, 320), Image.Resampling.BICUBIC)
-    noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-12, 12, (320, 320, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(base).resize((400, 400), Image.Resampling.BICUBIC)
+    noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-12, 12, (400, 400, 3)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(noisy).save(buf, format="JPEG", quality=85)
+    Image.fromarray(noisy).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
