@@ -62,7 +62,7 @@ def _jpeg(rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def boto3_client(server: OwnSeaweed):  # noqa: ANN201
+def boto3_client(server: OwnSeaweed):
     import boto3
     from botocore.config import Config
 
@@ -74,7 +74,7 @@ def boto3_client(server: OwnSeaweed):  # noqa: ANN201
     )
 
 
-def obstore_store(server: OwnSeaweed):  # noqa: ANN201
+def obstore_store(server: OwnSeaweed):
     from obstore.store import S3Store
 
     return S3Store(server.bucket, endpoint=server.endpoint, region=server.region, client_options={"allow_http": True})
@@ -177,7 +177,9 @@ print(json.dumps({"import_s": t1 - t0, "client_s": t2 - t1, "rss_start_mb": r0, 
 def footprint(which: str, server: OwnSeaweed, keys: list[str]) -> dict[str, float]:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key)
     args = [sys.executable, "-c", _FOOTPRINT, which, server.endpoint, server.bucket, server.region, *keys]
-    runs = [json.loads(subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout) for _ in range(3)]
+    runs = [
+        json.loads(subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout) for _ in range(3)
+    ]
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 

@@ -196,7 +196,7 @@ class OwnSeaweed:
                 raise TimeoutError(f"own SeaweedFS never served S3:\n{self.log_tail()}")
             time.sleep(0.2)
 
-    def client(self):  # noqa: ANN201 - a boto3 S3 client, for set-up and checks
+    def client(self):  # a boto3 S3 client, for set-up and checks
         import boto3
         from botocore.config import Config
 
@@ -223,7 +223,7 @@ class OwnSeaweed:
                 client.put_object(Bucket=self.bucket, Key="ready", Body=b"ok")
                 if client.get_object(Bucket=self.bucket, Key="ready")["Body"].read() == b"ok":
                     return
-            except Exception:  # noqa: BLE001 - not ready yet
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.3)
