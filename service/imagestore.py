@@ -5,8 +5,24 @@ identical uploads share one file, and a key is a 64-character lowercase hex stri
 nothing else. That strict shape is what makes it impossible for a key to name a path outside
 the root (no separators, no ``..``, no absolute paths) — checked on every access, not trusted.
 
-:class:`ImageStore` is the interface; :class:`LocalImageStore` keeps files on disk. An object
-store (S3, GCS) implements the same three methods with the key as the object name.
+:class:`ImageStore` is the interface; :class:`LocalImageStore` keeps files on disk,
+:class:`S3ImageStore` objects in an S3-compatible bucket (AWS, SeaweedFS, MinIO, ...) with the key
+as the object name under a prefix. ``HOTREFRESH_IMAGE_STORE`` picks one (:func:`image_store_for`).
+
+Two kinds of failure, kept apart: an image that is missing or unreadable is that item's fault
+(:class:`ImageNotFound`, a decode error: the backfill counts an attempt for it), while a store
+that cannot be reached (refused connections, timeouts, 5xx answers) is an outage,
+:class:`~service.errors.DependencyDown` naming "object store": the worker's batch is not landed
+and is redone once the store is back, and an upload is answered 503.
+
+The S3 client is obstore (the Python binding of Rust's ``object_store``, maintained by
+Development Seed, used by Apache Arrow and its ecosystem), chosen over boto3 by measurement
+(``benchmarks/image_store_s3.py`` on SeaweedFS, results/image_store_s3.json, 2 cores): a GET of a
+~330-byte PNG 0.73 ms against boto3's 2.0 ms, a batch of 64 fetched at once 18 ms against 112
+ms (50 KB JPEGs: 27 ms against 91 ms), PUTs 870/s against 410/s, imported in 0.04 s against 0.12
+s with 12 MB less resident. Its blocking calls release the GIL, so a batch is fetched by a
+thread pool (in the benchmark a little faster than its asyncio API under ``gather``, and usable
+from any thread without an event loop).
 """
 
 from __future__ import annotations
@@ -17,8 +33,18 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+from service.errors import DependencyDown
+from service.settings import image_store_location
+
+OBJECT_STORE = "object store"  # the dependency a DependencyDown from S3ImageStore names
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -52,6 +78,22 @@ class ImageStore(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | Exception]:
+        """The bytes of each of ``keys``, or the error reading it raised (:class:`ImageNotFound`,
+        :class:`InvalidImageKey`, ...): one bad image does not sink the others. A store that
+        cannot be reached raises :class:`~service.errors.DependencyDown` for the whole call.
+        This default reads one after another; a remote store reads them concurrently."""
+        out: dict[str, bytes | Exception] = {}
+        for key in keys:
+            if key not in out:
+                try:
+                    out[key] = self.get(key)
+                except DependencyDown:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this key's error, returned for it
+                    out[key] = exc
+        return out
 
 
 class LocalImageStore(ImageStore):
@@ -150,5 +192,140 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+class S3ImageStore(ImageStore):
+    """Objects ``<prefix>/<key>`` in ``bucket`` of an S3-compatible store (``endpoint_url``:
+    SeaweedFS, MinIO, ...; unset: AWS). Credentials from the standard AWS environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, web identity, the
+    instance metadata service), as obstore's ``S3Store`` reads them.
+
+    A request is retried twice on a connection error or a 5xx (obstore's retry, backing off from
+    100 ms), and gives up after ``timeout_s``; what still fails is :class:`DependencyDown`.
+    ``get_many`` runs up to ``concurrency`` GETs at once on a thread pool of this process."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str = "",
+        region: str = "",
+        timeout_s: float = 10.0,
+        concurrency: int = 32,
+    ) -> None:
+        try:
+            from obstore.store import S3Store
+        except ImportError as exc:
+            raise RuntimeError("an s3:// image store needs obstore: pip install 'hotrefresh[s3]'") from exc
+
+        self.bucket, self.prefix, self.concurrency = bucket, prefix.strip("/"), concurrency
+        config: dict[str, Any] = {}
+        if endpoint_url:
+            config["endpoint"] = endpoint_url
+        if region:
+            config["region"] = region
+        timeout = timedelta(seconds=timeout_s)
+        self._store = S3Store(
+            bucket,
+            prefix=self.prefix or None,
+            config=config,  # type: ignore[arg-type] # a TypedDict built key by key
+            client_options={
+                "allow_http": endpoint_url.startswith("http://"),
+                "timeout": timeout,
+                "connect_timeout": min(timeout, timedelta(seconds=5)),
+            },
+            retry_config={
+                "max_retries": 2,
+                "retry_timeout": timeout,
+                "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1)},
+            },
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3ImageStore(s3://{self.bucket}/{self.prefix})"
+
+    def put(self, data: bytes) -> str:
+        import obstore
+
+        key = content_key(data)
+        try:  # same key, same bytes: writing it again is harmless, and cheaper than asking first
+            obstore.put(self._store, key, data)
+        except Exception as exc:
+            raise _failure(exc, key) from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        import obstore
+
+        validate_key(key)
+        try:
+            return bytes(obstore.get(self._store, key).bytes())
+        except Exception as exc:
+            raise _failure(exc, key) from exc
+
+    def exists(self, key: str) -> bool:
+        import obstore
+
+        validate_key(key)
+        try:
+            obstore.head(self._store, key)
+        except Exception as exc:
+            err = _failure(exc, key)
+            if isinstance(err, ImageNotFound):
+                return False
+            raise err from exc
+        return True
+
+    def _get_or_error(self, key: str) -> bytes | Exception:
+        try:
+            return self.get(key)
+        except Exception as exc:  # noqa: BLE001 - returned to get_many, which sorts it
+            return exc
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | Exception]:
+        unique = list(dict.fromkeys(keys))
+        if len(unique) <= 1:
+            return super().get_many(unique)
+        pool = self._executor()
+        results = dict(zip(unique, pool.map(self._get_or_error, unique), strict=True))
+        for value in results.values():
+            if isinstance(value, DependencyDown):
+                raise value
+        return results
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """This process's pool (a pool made before a fork has no threads in the child)."""
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="imagestore")
+                self._pool_pid = os.getpid()
+            return self._pool
+
+
+def _failure(exc: Exception, key: str) -> Exception:
+    """An obstore error as this module's: a missing object is :class:`ImageNotFound` (the item's
+    fault), anything else the store answered or failed to answer is :class:`DependencyDown`."""
+    from obstore.exceptions import NotFoundError
+
+    if isinstance(exc, NotFoundError | FileNotFoundError):  # obstore 0.12 raises the builtin one
+        return ImageNotFound(key)
+    if isinstance(exc, ImageNotFound | InvalidImageKey | DependencyDown):
+        return exc
+    return DependencyDown(OBJECT_STORE, exc)
+
+
 def image_store_for(settings) -> ImageStore:  # noqa: ANN001 - service.settings.Settings
+    """The store ``settings.image_store`` names (unset or ``file://``: files on disk)."""
+    scheme, location, prefix = image_store_location(settings.image_store)
+    if scheme == "s3":
+        return S3ImageStore(
+            location,
+            prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            timeout_s=settings.s3_timeout_s,
+            concurrency=settings.image_fetch_concurrency,
+        )
     return LocalImageStore(settings.images_path)

@@ -11,9 +11,11 @@ the CLI can set the environment first and clear the cache between runs.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +35,16 @@ class Settings(BaseSettings):
     redis_prefix: str = "hotrefresh"  # every Redis key starts with this (lets tests and tenants share a server)
 
     image_root: Path | None = None  # default: data_dir / "images"
+    # Where gallery images are kept (service.imagestore): unset or ``file:///path`` for files on
+    # disk (unset: image_root above), ``s3://bucket/prefix`` for an S3-compatible object store
+    # at s3_endpoint_url (unset: AWS) in s3_region, credentials from the standard AWS variables
+    # (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...). A worker reads a batch's images with up to
+    # image_fetch_concurrency requests at once; one request gives up after s3_timeout_s.
+    image_store: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_timeout_s: float = Field(default=10.0, gt=0)
+    image_fetch_concurrency: int = Field(default=32, ge=1, le=1024)
     model_dir: Path | None = None  # default: data_dir / "models"
     snapshot_dir: Path | None = None  # default: data_dir / "snapshots"
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -125,6 +137,7 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secret(self) -> Settings:
         if self.env == "production" and self.admin_token == PLACEHOLDER_TOKEN:
             raise ValueError("HOTREFRESH_ADMIN_TOKEN must be set to a real secret when HOTREFRESH_ENV=production")
+        image_store_location(self.image_store)  # a bad URL refused at start-up, with the reason
         if self.index_backend == "milvus" and not self.milvus_uri:
             raise ValueError("HOTREFRESH_INDEX_BACKEND=milvus needs HOTREFRESH_MILVUS_URI (e.g. http://milvus:19530)")
         return self
@@ -135,6 +148,10 @@ class Settings(BaseSettings):
 
     @property
     def images_path(self) -> Path:
+        """The local image store's folder (``file://`` or unset ``image_store``)."""
+        scheme, location, _ = image_store_location(self.image_store)
+        if scheme == "file":
+            return Path(location)
         return self.image_root or self.data_dir / "images"
 
     @property
@@ -148,6 +165,32 @@ class Settings(BaseSettings):
     @property
     def effective_redis_url(self) -> str:
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+
+def image_store_location(url: str) -> tuple[str, str, str]:
+    """``HOTREFRESH_IMAGE_STORE`` taken apart: ("local", "", "") when unset, ("file", path, "")
+    for ``file:///path``, ("s3", bucket, prefix) for ``s3://bucket/prefix``; ValueError naming
+    what is wrong otherwise."""
+    if not url:
+        return "local", "", ""
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"HOTREFRESH_IMAGE_STORE={url!r}: no query or fragment expected")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"HOTREFRESH_IMAGE_STORE={url!r}: a file URL takes an absolute path, file:///path")
+        return "file", unquote(parts.path), ""
+    if parts.scheme == "s3":
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"HOTREFRESH_IMAGE_STORE={url!r}: {bucket!r} is not a bucket name (s3://bucket/prefix)")
+        if "//" in prefix or any(p in (".", "..") for p in prefix.split("/")):
+            raise ValueError(f"HOTREFRESH_IMAGE_STORE={url!r}: the prefix must be plain path segments")
+        return "s3", bucket, prefix
+    raise ValueError(f"HOTREFRESH_IMAGE_STORE={url!r}: expected file:///path or s3://bucket/prefix")
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
 @lru_cache

@@ -17,7 +17,7 @@ from service.db.migrate import upgrade_head
 from service.settings import Settings, get_settings
 from tests.utils.env import ADMIN_TOKEN, PG_ADMIN_URL, REDIS_TEST_URL, _pg_url, isolated_env
 from tests.utils.gallery import Gallery, build_gallery, cached_tiny_pair
-from tests.utils.servers import OwnMilvus
+from tests.utils.servers import OwnMilvus, OwnSeaweed
 from tests.utils.wait import wait_ready
 
 
@@ -54,6 +54,16 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def milvus_server() -> Iterator[OwnMilvus]:
     """A real Milvus standalone for the whole session (started on first use, about 3-10 s)."""
     server = OwnMilvus()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[OwnSeaweed]:
+    """A real SeaweedFS S3 gateway for the whole session (started on first use, about 4 s). A test
+    that stops it starts it again before it ends; each test uses its own prefix in the bucket."""
+    server = OwnSeaweed()
     server.start()
     yield server
     server.remove()

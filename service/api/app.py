@@ -20,7 +20,7 @@ from starlette.types import Scope
 from service.api.admission import DEFAULT_BODY_LIMIT, Admission, admin_routes
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
-from service.errors import DEPENDENCY_ERRORS, ServiceError, dependency_down
+from service.errors import DEPENDENCY_ERRORS, DependencyDown, ServiceError, dependency_down
 from service.imagestore import image_store_for
 from service.metrics import DEPENDENCY_UNAVAILABLE
 from service.settings import Settings, get_settings
@@ -74,14 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _refused(_request: Request, exc: ServiceError) -> JSONResponse:
         # The one place a refusal becomes HTTP (service.errors): status and headers travel with it.
+        if isinstance(exc, DependencyDown):  # raised as such (the object store, Milvus) or sorted below
+            DEPENDENCY_UNAVAILABLE.labels(exc.dependency).inc()
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=exc.headers)
 
     async def _dependency(request: Request, exc: Exception) -> JSONResponse:
         down = dependency_down(exc)
         if down is None:  # a DBAPIError that is not a lost connection: a bug, the 500 below
             return await _unexpected(request, exc)
-        # The database or Redis went away: 503 naming it, never a 500.
-        DEPENDENCY_UNAVAILABLE.labels(down.dependency).inc()
+        # The database or Redis went away: 503 naming it (counted by _refused), never a 500.
         log.warning("%s %s: %s", request.method, request.url.path, down)
         return await _refused(request, down)
 

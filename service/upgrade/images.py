@@ -32,10 +32,16 @@ def load_pixels(
     pipeline_ceiling). One task per run, not per image: a future costs about as much as decoding
     a 28 x 28 PNG.
 
+    The batch's bytes are fetched first, all together (``ImageStore.get_many``: an object
+    store's GETs run concurrently, not one round trip after another), then decoded as above.
+
     The pixel limit is checked on the header before decoding (an image stored before the limit
     was lowered is refused here, as at upload); anything that fails here (a missing file,
-    corrupt data, too many pixels) is recorded as this item's attempt.
+    corrupt data, too many pixels) is recorded as this item's attempt. A store that cannot be
+    reached is no item's fault: its :class:`~service.errors.DependencyDown` propagates, and the
+    batch is redone once the store is back (its lease expires).
     """
+    fetched = store.get_many(keys)
     c, h, w = meta.input_channels, int(meta.input_size[0]), int(meta.input_size[1])
     out = np.empty((len(keys), c, h, w), np.uint8)  # filled in place: no per-image stack
     errors: dict[int, str] = {}
@@ -44,7 +50,10 @@ def load_pixels(
         failed: dict[int, str] = {}
         for k in range(start, stop):
             try:
-                out[k] = pixels_of(store.get(keys[k]), meta, max_pixels, "stored image")
+                data = fetched[keys[k]]
+                if isinstance(data, Exception):
+                    raise data
+                out[k] = pixels_of(data, meta, max_pixels, "stored image")
             except Exception as exc:  # noqa: BLE001 - any read, decode or conversion error is this item's
                 failed[k] = f"{type(exc).__name__}: {exc}"
         return failed
