@@ -20,7 +20,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,6 @@ class MilvusIndex:
         self._unused: set[str] = set()  # collections found unused at the last look
         self._refusal: str | None = None  # Milvus refused the configuration: never ready
         self._counts: dict[str, int] = {}  # live rows per model, as last counted
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus-search")
         self._url = settings.sqlalchemy_url
         self._spaces = spaces
         self._ready = threading.Event()
@@ -88,7 +86,6 @@ class MilvusIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._pool.shutdown(wait=False)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -184,8 +181,12 @@ class MilvusIndex:
             ids, scores = spaces.search(sq.model, sq.queries, k, hide_moved_by=hide)
             return sq, scores, ids
 
-        # The segments' searches at once (each waits on Milvus, not on this process's CPU).
-        results = list(self._pool.map(one, segments)) if len(segments) > 1 else [one(sq) for sq in segments]
+        # One after another, the old model's first: a Strong search reads as of when it arrives,
+        # and a move writes the new row before the old row's mark, so a mark the first search
+        # sees has its new row visible to the second. Searched at once, the old space could be
+        # read after a mark and the new one before its row: the item would be missing.
+        searched = {sq.model: one(sq) for sq in sorted(segments, key=lambda sq: sq.model != old_model)}
+        results = [searched[sq.model] for sq in segments]  # merged in the plan's order, as in-process
         merged = merge_segments(results, m, k)
         row_ids = merged.ids[0].tolist()
         row_scores = merged.scores[0].tolist()
