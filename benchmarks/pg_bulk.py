@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from index_bench import RESULTS, fresh_postgres, machine, table, unit_vectors, write_json
 from sqlalchemy import Engine, event
 from vector_upsert import postgres_cpu_seconds
