@@ -41,6 +41,12 @@ HEADLINES: dict[str, dict[str, str]] = {
         "dual p50 ms": "dual.p50_ms",
         "dual mean ms": "dual.mean_ms",
     },
+    "pg_bulk.py": {
+        "postgresql ingest items/s": "runs.after.postgresql.ingest.items_per_s",
+        "postgresql read s": "runs.after.postgresql.read.wall_s",
+        "sqlite ingest items/s": "runs.after.sqlite.ingest.items_per_s",
+        "sqlite read s": "runs.after.sqlite.read.wall_s",
+    },
     "b1_backfill.py": {
         "raw items/s": "runs.0.raw_items_per_s",
         "backfill items/s": "runs.0.backfill.items_per_s",
@@ -88,7 +94,8 @@ def main() -> None:
         "--same-script",
         action="store_true",
         help="run this checkout's copy of the script for both (a script that imports from its working "
-        "directory, written after the base commit)",
+        "directory, written after the base commit). Not for a script importing index_bench: that puts "
+        "its own checkout first on sys.path, so base would run this checkout's code",
     )
     ap.add_argument("script", help="a script in benchmarks/, e.g. b4_search_http.py")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="after --: the script's own arguments")
