@@ -125,26 +125,30 @@ def test_a_batch_loads_from_s3_with_missing_and_corrupt_images_failing_per_item(
     assert np.array_equal(pixels[:, 0], np.stack(images))
 
 
-def test_an_unreachable_store_is_an_outage_and_works_again_once_back(
-    store: S3ImageStore, seaweed_server: OwnSeaweed
-) -> None:
+def test_an_unreachable_store_is_an_outage_not_an_items_fault(store: S3ImageStore, seaweed_server: OwnSeaweed) -> None:
+    """Nothing listening where the store should be (a stopped server: the object-store outage test
+    in tests/e2e stops and restarts a real one mid-upgrade)."""
+    from cli.launcher import free_port
     from service.upgrade.images import load_pixels
 
     key = store.put(b"kept across the outage")
-    seaweed_server.kill()
-    try:
-        for call in (lambda: store.get(key), lambda: store.put(b"new"), lambda: store.exists(key)):
-            with pytest.raises(DependencyDown) as err:
-                call()
-            assert err.value.dependency == "object store" and err.value.status == 503
-            assert "object store unavailable" in str(err.value)
-        with pytest.raises(DependencyDown):  # not a dict of ImageNotFound: no item's fault
-            store.get_many([key, content_key(b"other")])
-        with pytest.raises(DependencyDown):  # a worker's batch: no item charged an attempt
-            load_pixels(store, [key, content_key(b"other")], _META)
-    finally:
-        seaweed_server.start()
-    assert store.get(key) == b"kept across the outage"
+    away = S3ImageStore(
+        seaweed_server.bucket,
+        store.prefix,
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region=seaweed_server.region,
+        timeout_s=2,
+        concurrency=4,
+    )
+    for call in (lambda: away.get(key), lambda: away.put(b"new"), lambda: away.exists(key)):
+        with pytest.raises(DependencyDown) as err:
+            call()
+        assert err.value.dependency == "object store" and err.value.status == 503
+        assert "object store unavailable" in str(err.value)
+    with pytest.raises(DependencyDown):  # not a dict of ImageNotFound: no item's fault
+        away.get_many([key, content_key(b"other")])
+    with pytest.raises(DependencyDown):  # a worker's batch: no item charged an attempt
+        load_pixels(away, [key, content_key(b"other")], _META)
     assert store.get_many([key])[key] == b"kept across the outage"
 
 

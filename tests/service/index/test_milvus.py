@@ -1,6 +1,7 @@
 """``service.index.milvus`` against a real Milvus standalone (PyPI's ``milvus`` package): exact
 top-k against brute force, moves that keep rollback a switch, idempotent writes, refusals, and
-a server SIGKILLed and restarted under a live client."""
+a server that is away (the SIGKILL and restart of a real one mid-upgrade, under the API's live
+client: tests/e2e/test_milvus_backend.py)."""
 
 from __future__ import annotations
 
@@ -115,32 +116,3 @@ def test_an_unreachable_server_is_a_dependency_error_naming_milvus() -> None:
 
     with pytest.raises(DependencyDown, match="milvus unavailable"):
         MilvusSpaces(MilvusConfig(uri=f"http://127.0.0.1:{free_port()}", timeout_s=2)).count("m")
-
-
-@pytest.mark.slow
-def test_a_sigkilled_server_comes_back_with_its_data_under_the_same_client() -> None:
-    server = OwnMilvus()
-    try:
-        server.start()
-        spaces = MilvusSpaces(MilvusConfig(uri=server.uri, timeout_s=5))
-        rng = np.random.default_rng(3)
-        vecs = _unit(rng, 50, 8)
-        spaces.ensure("m", 8)
-        spaces.upsert("m", np.arange(50), vecs)
-        server.kill()
-        with pytest.raises(DependencyDown, match="milvus"):
-            spaces.search("m", vecs[:1], 1)
-        server.start()
-        hits = None
-        for _ in range(60):  # the engine recovers its coordinators after it serves again
-            try:
-                hits, _ = spaces.search("m", vecs, 1)
-                break
-            except DependencyDown:
-                import time
-
-                time.sleep(1)
-        assert hits is not None and hits[:, 0].tolist() == list(range(50))
-        spaces.close()
-    finally:
-        server.remove()
