@@ -21,8 +21,11 @@ in-process); with an exact index (``FLAT``) the top-k equals brute force (tests)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,7 @@ INDEX_TYPES = CPU_INDEX_TYPES + GPU_INDEX_TYPES
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 NOT_MOVED = 0  # moved_by of a row that is live in its space
 MAX_BATCH = 4096  # rows per upsert or delete call (Milvus caps a request's size)
+RECONNECT_S = 1.0  # after a failed connect, calls fail fast this long before the next try
 
 
 class MilvusIndexError(BadRequest):
@@ -102,18 +106,55 @@ class MilvusSpaces:
     """One collection per model (vector space) on one Milvus server or cluster."""
 
     def __init__(self, config: MilvusConfig) -> None:
-        from pymilvus import MilvusClient
-
         self.config = config
         self._dims: dict[str, int] = {}
         self._ensured: dict[str, int] = {}  # collections this client made or loaded (dimension)
-        # The client connects when made: a server that is down is the same 503 as later.
-        self._client = self._call(
-            MilvusClient, uri=config.uri, token=config.token, db_name=config.db_name, timeout=config.timeout_s
-        )
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._retry_at = 0.0  # after a failed connect, none is tried again before this (monotonic)
+        self._connect()  # the client connects when made: a server that is down is the same 503 as later
+
+    @property
+    def _client(self) -> Any:
+        return self._conn if self._conn is not None else self._connect()
+
+    def _connect(self) -> Any:
+        """A client, connecting a new one when the last was dropped. A server that comes back
+        after a crash serves new clients at once but a client made before the crash only once
+        its old session has expired (about 25 s later here): so a lost server drops the client
+        (:meth:`_lost`) and the next call connects again, at most once a second."""
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        with self._lock:
+            if self._conn is not None:
+                return self._conn
+            if time.monotonic() < self._retry_at:
+                raise DependencyDown("milvus", ConnectionError(f"cannot reach Milvus at {self.config.uri}"))
+            c = self.config
+            try:
+                self._conn = MilvusClient(uri=c.uri, token=c.token, db_name=c.db_name, timeout=c.timeout_s)
+            except MilvusException as e:
+                self._retry_at = time.monotonic() + RECONNECT_S
+                raise _translate(e) from e
+            return self._conn
+
+    def _lost(self) -> None:
+        """The server went away: drop the client (the next call connects a new one)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def close(self) -> None:
-        self._client.close()
+        self._lost()
+
+    def _failed(self, e: Exception) -> Exception:
+        err = _translate(e)
+        if isinstance(err, DependencyDown):
+            self._lost()
+        return err
 
     def name(self, model: str) -> str:
         return collection_name(self.config.prefix, model)
@@ -129,7 +170,7 @@ class MilvusSpaces:
             if _not_found(e):
                 self._dims.clear()
                 self._ensured.clear()
-            raise _translate(e) from e
+            raise self._failed(e) from e
 
     def _read(self, model: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """A search or query of one collection. A restarted server serves before it has loaded
@@ -140,7 +181,7 @@ class MilvusSpaces:
             return fn(*args, **kwargs)
         except MilvusException as e:
             if "not loaded" not in str(e):
-                raise _translate(e) from e
+                raise self._failed(e) from e
         self._call(self._client.load_collection, self.name(model))
         return self._call(fn, *args, **kwargs)
 
