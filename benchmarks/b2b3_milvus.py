@@ -101,7 +101,7 @@ class _AtLevel:
 
 def at_level(spaces: MilvusSpaces, level: str) -> MilvusSpaces:
     view = copy.copy(spaces)
-    view._client = _AtLevel(spaces._client, level)
+    view._conn = _AtLevel(spaces._client, level)  # the client MilvusSpaces._client returns
     return view
 
 
