@@ -7,16 +7,13 @@ profile, or a cluster).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from cli.launcher import free_port
+from cli.launcher import ServerProcess, free_port
 
 # The proxy's time tick (ms). A Strong search waits until the query node has seen a tick at or
 # after the search's timestamp, so it costs about two ticks: 400 ms at Milvus's default of 200,
@@ -37,7 +34,7 @@ MILVUS_PORTS = (
 )
 
 
-class EmbeddedMilvus:
+class EmbeddedMilvus(ServerProcess):
     """A real Milvus standalone (the Go/C++ engine PyPI's ``milvus`` package ships, with embedded
     etcd and local storage) with its own data directory and every port free; never
     ``milvus-lite``, a Python re-implementation. :meth:`kill` is a crash (SIGKILL), :meth:`start`
@@ -50,9 +47,8 @@ class EmbeddedMilvus:
 
     def __init__(self, time_tick_ms: int = TIME_TICK_MS) -> None:
         self.time_tick_ms = int(time_tick_ms)
-        self.dir = Path(tempfile.mkdtemp(prefix="hotrefresh-milvus-"))
+        super().__init__(Path(tempfile.mkdtemp(prefix="hotrefresh-milvus-")))
         self.ports = {name: free_port() for name in (*MILVUS_PORTS, "etcd_port", "etcd_peer_port", "metrics_port")}
-        self.proc: subprocess.Popen | None = None
         self._configure()
 
     @property
@@ -131,22 +127,3 @@ class EmbeddedMilvus:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Milvus not serving after {timeout:.0f}s:\n{self.log_tail()}") from None
                 time.sleep(0.5)
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join((self.dir / "server.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL the engine: the crash a fault test wants."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -46,6 +46,35 @@ def wait_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen | None 
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
+class ServerProcess:
+    """A server run as a child in its own process group, with its own folder (``dir``) and log
+    (``dir / log_name``): the embedded Milvus, the tests' SeaweedFS. :meth:`kill` is a crash
+    (SIGKILL to the group), :meth:`remove` kills it and deletes its folder."""
+
+    log_name = "server.log"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.proc: subprocess.Popen | None = None
+
+    def log_tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join((self.dir / self.log_name).read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @dataclass
 class Proc:
     name: str

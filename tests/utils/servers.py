@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from cli.embedded_milvus import EmbeddedMilvus as OwnMilvus
-from cli.launcher import free_port
+from cli.launcher import ServerProcess, free_port
 
 __all__ = ["OwnMilvus", "OwnPostgres", "OwnSeaweed"]
 
@@ -105,19 +104,20 @@ def weed_binary() -> str:
     return found
 
 
-class OwnSeaweed:
+class OwnSeaweed(ServerProcess):
     """A throw-away SeaweedFS (``weed server -s3``: master, volume, filer and S3 gateway in one
     process) on free ports of 127.0.0.1, its data in its own temporary folder, one identity with
     the access key pair below. :meth:`kill` is a crash (SIGKILL), :meth:`start` brings it back
     with its data on the same ports (an outage, not a wipe)."""
 
+    log_name = "log"
     access_key = "hotrefresh-test"
     secret_key = "hotrefresh-test-secret"
     region = "us-east-1"
 
     def __init__(self, bucket: str = "hotrefresh") -> None:
         self.bucket = bucket
-        self.dir = Path(tempfile.mkdtemp(prefix="hotrefresh-seaweed-"))
+        super().__init__(Path(tempfile.mkdtemp(prefix="hotrefresh-seaweed-")))
         self.data = self.dir / "data"
         self.data.mkdir()
         names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
@@ -129,7 +129,6 @@ class OwnSeaweed:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         self.config.write_text(json.dumps({"identities": [identity]}))
-        self.proc: subprocess.Popen | None = None
         self._created = False
 
     @property
@@ -227,21 +226,3 @@ class OwnSeaweed:
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.3)
-
-    def log_tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join((self.dir / "log").read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def kill(self) -> None:
-        """A crash: SIGKILL to the whole process group; connections refused until :meth:`start`."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
