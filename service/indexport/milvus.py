@@ -143,7 +143,7 @@ def converge(settings: Settings, spaces: MilvusSpaces, ids: Iterable[int], *, re
         states = item_repo.get_item_states(s, wanted) if wanted else {}
         marks = _old_vectors(s, world, states)
         if retire_unused:
-            unused = _unused_models(s, world, spaces)
+            unused = unused_models(s, world, spaces)
     for model in world.in_use:
         if model in world.dims:
             spaces.ensure(model, world.dims[model])
@@ -210,16 +210,9 @@ def _write(
             spaces.delete(model, gone)
 
 
-def unused_models(settings: Settings, spaces: MilvusSpaces) -> list[str]:
-    """Models whose collection nothing uses any more (the old model's after a commit, the new
-    model's after a rollback)."""
-    with read_scope(settings.sqlalchemy_url) as s:
-        return _unused_models(s, read_world(s), spaces)
-
-
-def _unused_models(session: Session, world: World, spaces: MilvusSpaces) -> list[str]:
-    """Registered models with a collection that no serving plan, upgrade or item uses (one
-    COUNT per such model: rollbacks and commits only)."""
+def unused_models(session: Session, world: World, spaces: MilvusSpaces) -> list[str]:
+    """Registered models with a collection that no serving plan, upgrade or item uses (the old
+    model's after a commit, the new model's after a rollback; one COUNT per such model)."""
     in_use = set(world.in_use)
     out = []
     for model in sorted(set(world.dims) - in_use):

@@ -129,8 +129,11 @@ class MilvusIndex:
                     self.load()
                     log.info("Milvus index ready at %s", self._settings.milvus_uri)
                 relay(self._settings, MilvusPublisher(self._settings, self.spaces), relay_s)
-                self._update_gauges()
-                self._retire()
+                with read_scope(self._url) as s:  # one read of SQL's state per round
+                    world = read_world(s)
+                    unused = set(unused_models(s, world, self.spaces))
+                self._update_gauges(self._view_of(world))
+                self._retire(world, unused)
                 backoff = 0.5
                 self._stop.wait(relay_s)
             except MilvusIndexError as e:
@@ -158,7 +161,10 @@ class MilvusIndex:
             return read_world(s)
 
     def view(self) -> MilvusView:
-        w = self._world()
+        return self._view_of(self._world())
+
+    @staticmethod
+    def _view_of(w: World) -> MilvusView:
         plan = plans.parse(w.plan)
         segments = [w.query_model] if plan is None else [plan.old_model, plan.new_model]
         if w.upgrade is not None and w.old_model is not None and w.new_model is not None and plan is None:
@@ -261,22 +267,21 @@ class MilvusIndex:
             out.update(dict.fromkeys(self.spaces.all_ids(model, hide_moved_by=hide), model))
         return out
 
-    def _retire(self) -> None:
+    def _retire(self, world: World, unused: set[str]) -> None:
         """Models a commit or a rollback left unused: their encoders go, and their collections
         once found unused at two looks in a row (a search that read the serving state just
         before the switch may still be searching them)."""
-        in_use = set(self._world().in_use)
+        in_use = set(world.in_use)
         for model in self._in_use - in_use:
             self._on_retired(model)
         self._in_use = in_use
-        unused = set(unused_models(self._settings, self.spaces))
         for model in sorted(unused & self._unused):
             log.info("dropping Milvus collection %s: nothing uses model %r any more", self.spaces.name(model), model)
             self.spaces.drop(model)
         self._unused = unused - self._unused
 
-    def _update_gauges(self) -> None:
-        counts = self._counts = self._live(self.view())
+    def _update_gauges(self, view: MilvusView) -> None:
+        counts = self._counts = self._live(view)
         for model in self._gauged - set(counts):
             GALLERY_VECTORS.labels(model=model).set(0)
         for model, n in counts.items():
