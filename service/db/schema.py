@@ -137,10 +137,19 @@ class BackfillTask(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     # Partial indexes, so that a task moving from pending to done leaves one small index and
-    # joins another at its end instead of churning one (migration 0002). ``store.task_counts``
-    # and ``store.pending_pairs`` are written to be answered from them.
+    # joins another at its end instead of churning one (migration 0002). ``task_counts`` and
+    # ``pending_after`` are written to be answered from them: the pending index is in the
+    # queue's order (migration 0005), so the bounded Redis window refills with an index range
+    # scan instead of sorting every pending task.
     __table_args__ = (
-        Index("ix_backfill_tasks_pending", "upgrade_id", sqlite_where=_PENDING, postgresql_where=_PENDING),
+        Index(
+            "ix_backfill_tasks_pending",
+            "upgrade_id",
+            text("priority DESC"),
+            "item_id",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
         Index("ix_backfill_tasks_finished", "upgrade_id", "status", sqlite_where=_FINISHED, postgresql_where=_FINISHED),
     )
 
