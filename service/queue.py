@@ -1,7 +1,15 @@
-"""The backfill queue of one upgrade: a Redis sorted set by priority, plus leases with deadlines.
+"""The backfill queue of one upgrade: a bounded window of a Redis sorted set by priority, plus
+leases with deadlines.
 
 Redis holds only derived state (docs/design.md, invariant 2): every priority also lives in SQL
-(``backfill_tasks``), so the whole queue can be rebuilt from there when Redis comes back empty.
+(``backfill_tasks``). Redis holds a **window** of at most ``settings.queue_window`` queued ids,
+the top of the queue: when it falls below half, a worker refills it from SQL with the next
+pending tasks after the window's last one (:meth:`BackfillQueue.top_up`), so Redis memory per
+upgrade does not grow with the gallery (it held a member and a field per item before: 231.6
+MiB at 1M items). Every id in SQL after the cursor ranks below every id in the window, and
+none of them was ever handed out, so leasing the window's top is leasing the queue's top, and
+a refill can never hand out an id twice. When Redis comes back empty, the window is rebuilt
+from the start of SQL's pending tasks.
 
 Keys (``{prefix}`` is ``settings.redis_prefix``):
 
@@ -9,6 +17,8 @@ Keys (``{prefix}`` is ``settings.redis_prefix``):
 - ``{prefix}:upgrade:{id}:leases`` ZSET item id -> lease deadline (unix seconds)
 - ``{prefix}:upgrade:{id}:prio``   HASH item id -> priority, so an expired lease goes back to
   the queue with the priority it had rather than a made-up one
+- ``{prefix}:upgrade:{id}:cursor`` ``"<priority> <item id> <1 if SQL has no more>"`` of the
+  last id brought over from SQL; absent: nothing was (a new or a lost queue)
 - ``{prefix}:upgrade:{id}:barrier`` while set, nobody leases (a live-NFR checkpoint waits for
   in-flight batches to land, so it measures exactly the first n items of the order)
 
@@ -17,8 +27,9 @@ returns expired leases to the queue, then pops the top ``n`` and records their d
 
 Members are not the bare id but ``10**19 - 1 - id``, zero-padded to 19 digits: Redis orders
 equal scores by member bytes, and this encoding makes "highest priority first" break ties by
-ascending item id — the same order as ``models.uncertainty.backfill_order`` (a stable sort), so
-the live backfill and the offline evaluator agree on ties too.
+ascending item id — the same order as ``models.uncertainty.backfill_order`` (a stable sort) and
+as SQL's ``ORDER BY priority DESC, item_id`` — so the live backfill, the window's refills and
+the offline evaluator agree on ties too.
 """
 
 from __future__ import annotations
@@ -76,6 +87,19 @@ end
 return n
 """
 
+# Bring ids over from SQL: only if the cursor is still what the refiller read (a refill whose
+# lock expired during a slow SQL read must not write over a newer one), then move it.
+_FILL = """
+local cur = redis.call('GET', KEYS[3])
+if (cur or '') ~= ARGV[1] then return -1 end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+end
+redis.call('SET', KEYS[3], ARGV[2])
+return (#ARGV - 2) / 2
+"""
+
 _CHUNK = 5000
 _ID_SPACE = 10**19 - 1  # > any BIGINT id
 
@@ -86,6 +110,25 @@ def _member(item_id: int) -> str:
 
 def _item(member: bytes | str) -> int:
     return _ID_SPACE - int(member)
+
+
+Pairs = Sequence[tuple[int, float]]
+Cursor = tuple[float, int]
+# The next pending ``(item id, priority)`` pairs in queue order after a cursor ``(priority, item
+# id)`` (from the start with None), at most ``limit`` of them: SQL's side of the window.
+Loader = Callable[[Cursor | None, int], Pairs]
+
+
+def _cursor_value(last: tuple[int, float], exhausted: bool) -> str:
+    item_id, priority = last
+    return f"{float(priority)!r} {int(item_id)} {int(exhausted)}"
+
+
+def _parse_cursor(raw: bytes | str | None) -> tuple[Cursor | None, bool]:
+    if raw is None:
+        return None, False
+    priority, item_id, exhausted = (raw.decode() if isinstance(raw, bytes) else raw).split()
+    return (float(priority), int(item_id)), exhausted == "1"
 
 
 class BackfillQueue:
@@ -99,10 +142,13 @@ class BackfillQueue:
         self.prio_key = keys.priorities(settings, self.upgrade_id)
         self.rebuild_lock_key = keys.rebuild_lock(settings, self.upgrade_id)
         self.barrier_key = keys.barrier(settings, self.upgrade_id)
+        self.cursor_key = keys.cursor(settings, self.upgrade_id)
+        self.window = int(settings.queue_window)
         self.blocked = False  # the last lease() found the barrier up
         self._lease = redis.register_script(_LEASE)
         self._ack = redis.register_script(_ACK)
         self._release = redis.register_script(_RELEASE)
+        self._fill = redis.register_script(_FILL)
 
     @property
     def keys(self) -> list[str]:
@@ -174,7 +220,7 @@ class BackfillQueue:
         return int(q) == 0 and int(leased) == 0
 
     def clear(self) -> None:
-        self.redis.delete(*self.keys, self.barrier_key)
+        self.redis.delete(*self.keys, self.barrier_key, self.cursor_key)
 
     def raise_barrier(self, ttl_seconds: float) -> None:
         """Stop all leasing until :meth:`lower_barrier` (or the TTL, should the holder die)."""
@@ -183,35 +229,89 @@ class BackfillQueue:
     def lower_barrier(self) -> None:
         self.redis.delete(self.barrier_key)
 
-    def rebuild(self, pairs: Iterable[tuple[int, float]]) -> int:
-        """Replace the queue with ``(item_id, priority)`` pairs read from SQL.
+    # --- the window --------------------------------------------------------------------------
 
-        Only call it when :meth:`is_empty` (see :meth:`rebuild_if_lost`): a rebuild while leases
-        are outstanding would hand the leased ids out a second time.
-        """
-        pairs = list(pairs)
+    def start(self, pairs: Pairs) -> int:
+        """A new queue from the upgrade's tasks in queue order (scoring has them all at hand):
+        Redis takes the first window of them. Returns how many ids it took."""
         self.clear()
-        if pairs:
-            ids, prios = zip(*pairs, strict=True)
-            self.push(list(ids), list(prios))
-        return len(pairs)
+        head = list(pairs[: self.window])
+        return self._bring(None, head, exhausted=len(pairs) <= self.window)
 
-    def rebuild_if_lost(
-        self, load_pairs: Callable[[], Iterable[tuple[int, float]]], lock_seconds: float = 30.0
-    ) -> int | None:
-        """Rebuild from SQL when Redis lost the queue; at most one process does it at a time.
+    def top_up(self, load: Loader, need: int = 0, lock_seconds: float = 30.0) -> int:
+        """Refill the window from SQL when it fell below half (or below ``need``, the batch
+        about to be leased, should a batch be larger than the window) and SQL has more; at
+        most one process does it at a time (the others lease from what is there). Returns how
+        many ids came over (0 when none were needed, none were left, or another process is at
+        it)."""
+        low, size = max(self.window // 2, need), max(self.window, need)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.queue_key)
+        pipe.get(self.cursor_key)
+        depth, raw = pipe.execute()
+        after, exhausted = _parse_cursor(raw)
+        if after is None or exhausted or int(depth) >= low:
+            return 0  # no cursor: nothing started yet, or Redis lost it (see rebuild_if_lost)
+        token = self._lock(lock_seconds)
+        if token is None:
+            return 0
+        try:
+            depth = int(self.redis.zcard(self.queue_key))
+            raw = self.redis.get(self.cursor_key)
+            after, exhausted = _parse_cursor(raw)
+            if after is None or exhausted or depth >= low:
+                return 0
+            limit = size - depth
+            pairs = list(load(after, limit))
+            return max(0, self._bring(raw, pairs, exhausted=len(pairs) < limit))
+        finally:
+            self._unlock(token)
 
-        ``load_pairs()`` returns the pending ``(item_id, priority)`` pairs. Returns how many ids
-        were pushed, or None when another process holds the rebuild lock or the queue is not
-        empty after all.
+    def rebuild_if_lost(self, load: Loader, lock_seconds: float = 30.0) -> int | None:
+        """Rebuild the window from the start of SQL's pending tasks when Redis lost the queue (or
+        holds none of what SQL still has to do); at most one process does it at a time.
+
+        Only when :meth:`is_empty`: a rebuild while leases are outstanding would hand the leased
+        ids out a second time. Returns how many ids came over, or None when another process
+        holds the lock or the queue is not empty after all.
         """
-        token = str(time.time())
-        if not self.redis.set(self.rebuild_lock_key, token, nx=True, ex=max(1, int(lock_seconds))):
+        token = self._lock(lock_seconds)
+        if token is None:
             return None
         try:
             if not self.is_empty():
                 return None
-            return self.rebuild(load_pairs())
+            self.redis.delete(self.cursor_key)
+            pairs = list(load(None, self.window))
+            return self._bring(None, pairs, exhausted=len(pairs) < self.window)
         finally:
-            if self.redis.get(self.rebuild_lock_key) == token.encode():
-                self.redis.delete(self.rebuild_lock_key)
+            self._unlock(token)
+
+    def cursor(self) -> tuple[Cursor | None, bool]:
+        """The last ``(priority, item id)`` brought over from SQL, and whether SQL had no more."""
+        return _parse_cursor(self.redis.get(self.cursor_key))
+
+    def _bring(self, expected: bytes | str | None, pairs: Pairs, exhausted: bool) -> int:
+        """Push ``pairs`` (in queue order) and move the cursor to the last, atomically; -1 when
+        the cursor is no longer ``expected``."""
+        if not pairs:
+            if expected is None:  # nothing pending at all: the cursor stays absent
+                return 0
+            after, _ = _parse_cursor(expected)
+            assert after is not None
+            last = (after[1], after[0])
+        else:
+            last = pairs[-1]
+        expected_s = "" if expected is None else (expected.decode() if isinstance(expected, bytes) else expected)
+        args: list[str | float] = [expected_s, _cursor_value(last, exhausted)]
+        for item_id, priority in pairs:
+            args += [_member(item_id), repr(float(priority))]
+        return int(self._fill(keys=[self.queue_key, self.prio_key, self.cursor_key], args=args))
+
+    def _lock(self, seconds: float) -> str | None:
+        token = f"{time.time()!r}:{id(self)}"
+        return token if self.redis.set(self.rebuild_lock_key, token, nx=True, ex=max(1, int(seconds))) else None
+
+    def _unlock(self, token: str) -> None:
+        if self.redis.get(self.rebuild_lock_key) == token.encode():
+            self.redis.delete(self.rebuild_lock_key)

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=64, ge=1, le=4096)
     lease_seconds: float = Field(default=60.0, gt=0)
+    # Redis holds at most this many queued ids per upgrade, refilled from SQL in priority order
+    # when it falls below half (service.queue): Redis memory per upgrade does not grow with the
+    # gallery. Leased ids come on top (at most drain chains x 2 batches).
+    queue_window: int = Field(default=20_000, ge=16)
     max_attempts: int = Field(default=3, ge=1)
     probe_size: int = Field(default=1000, ge=0)
     nfr_checkpoint_every: float = Field(default=0.05, gt=0, le=1)

@@ -25,6 +25,7 @@ from service.queue import BackfillQueue
 from service.repositories import items as item_repo
 from service.repositories import upgrades
 from service.upgrade.images import load_pixels
+from service.upgrade.progress import window_loader
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ def lease_and_load(
     ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str, decoders: Executor | None = None
 ) -> Leased | str | None:
     """Lease a batch and load its pixels (with ``decoders``, the pool of ``decode_threads - 1``
-    threads, when the settings ask for more than one)."""
+    threads, when the settings ask for more than one). The queue's Redis window is topped up
+    from SQL first when it ran low (one ZCARD otherwise)."""
+    queue.top_up(window_loader(ctx.settings, queue.upgrade_id), need=batch_size)
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
     if not ids:
         return BLOCKED if queue.blocked else None

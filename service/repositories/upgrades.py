@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade
@@ -102,14 +102,25 @@ def replace_tasks(
     return ids, priorities
 
 
-def pending_pairs(session: Session, upgrade_id: int) -> list[tuple[int, float]]:
-    """(item id, priority) of every task still to do: what the Redis queue must hold."""
-    rows = session.execute(
-        select(BackfillTask.item_id, BackfillTask.priority).where(
-            BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == "pending"
-        )
-    )
+def pending_after(
+    session: Session, upgrade_id: int, after: tuple[float, int] | None, limit: int
+) -> list[tuple[int, float]]:
+    """The next ``limit`` pending ``(item id, priority)`` pairs in queue order (priority
+    descending, ties by ascending id) after ``after`` = (priority, item id), or from the start:
+    the Redis window's refill (``service.queue``). A range scan of the pending index, which is
+    in this order (migration 0005); ``priority <= p`` bounds the scan, the rest filters ties."""
+    rows = session.execute(pending_after_query(upgrade_id, after, limit))
     return [(int(i), float(p)) for i, p in rows]
+
+
+def pending_after_query(upgrade_id: int, after: tuple[float, int] | None, limit: int) -> Select:
+    """:func:`pending_after`'s statement (its test reads the planner's plan of it)."""
+    t = BackfillTask
+    query = select(t.item_id, t.priority).where(t.upgrade_id == int(upgrade_id), t.status == "pending")
+    if after is not None:
+        p, i = float(after[0]), int(after[1])
+        query = query.where(t.priority <= p, or_(t.priority < p, t.item_id > i))
+    return query.order_by(t.priority.desc(), t.item_id).limit(int(limit))
 
 
 def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:

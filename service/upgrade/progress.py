@@ -12,7 +12,7 @@ import redis as redis_lib
 
 from service.db.session import read_scope, session_scope
 from service.metrics import BACKFILL_PROGRESS
-from service.queue import BackfillQueue
+from service.queue import BackfillQueue, Cursor, Loader
 from service.repositories import upgrades
 from service.settings import Settings
 from service.states import RUNNING, SCORING, TransitionError
@@ -31,15 +31,14 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
         if up is None or up.state != RUNNING:
             return "wait"
         orphans = upgrades.add_orphans(s, up)
-    if orphans:
-        queue.push(orphans, [-1.0] * len(orphans))
-        return "requeued"
     with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
-        pending = upgrades.pending_pairs(s, upgrade_id)
+        pending = upgrades.task_counts(s, upgrade_id)["pending"]
     if pending:
-        n = queue.rebuild_if_lost(lambda: pending)
-        if n:
-            log.warning("upgrade %s: Redis had lost the queue; rebuilt %d items from SQL", upgrade_id, n)
+        # Nothing queued, nothing leased, and SQL has work: orphans just added, or a window Redis
+        # lost. Either way none of it is in Redis: the window starts again from SQL's top.
+        n = queue.rebuild_if_lost(window_loader(settings, upgrade_id))
+        if n and not orphans:
+            log.warning("upgrade %s: Redis had lost the queue; rebuilt its window from SQL (%d items)", upgrade_id, n)
         return "requeued"
     # The final point is measured before the state changes and recorded in the same transaction
     # as the transition, so whoever reads "completed" also reads the 100% point.
@@ -62,6 +61,17 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
         checkpoints.set_live_gauges(upgrade_id, point)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point.nfr, point and point.map)
     return "completed"
+
+
+def window_loader(settings: Settings, upgrade_id: int) -> Loader:
+    """SQL's side of the upgrade's Redis window: the next pending tasks in queue order, read in
+    a read-only transaction (a refill must never hold back the writers)."""
+
+    def load(after: Cursor | None, limit: int) -> list[tuple[int, float]]:
+        with read_scope(settings.sqlalchemy_url) as s:
+            return upgrades.pending_after(s, upgrade_id, after, limit)
+
+    return load
 
 
 def moved_fraction(counts: dict[str, int], state: str | None = None) -> float | None:

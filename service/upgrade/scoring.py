@@ -86,8 +86,7 @@ def run_scoring(
         ids, prio = upgrades.replace_tasks(s, upgrade_id, ids, prio)
         upgrades.set_total(s, upgrade_id, len(ids))
     queue = BackfillQueue(redis, settings, upgrade_id)
-    queue.clear()
-    queue.push(ids.tolist(), prio.tolist())
+    queue.start(list(zip(ids.tolist(), prio.tolist(), strict=True)))
     extra: dict = {}
     with read_scope(url) as s:
         current = checkpoints.serving_plan_of(s, up)

@@ -67,6 +67,15 @@ def test_put_is_idempotent(store: S3ImageStore, seaweed_server: OwnSeaweed) -> N
     assert _objects(seaweed_server, store.prefix) == [f"{store.prefix}/{key}"]
 
 
+def test_put_many_stores_every_blob_and_keys_them_in_order(store: S3ImageStore, seaweed_server: OwnSeaweed) -> None:
+    rng = np.random.default_rng(2)
+    blobs = [rng.integers(0, 256, 1000 + k, dtype=np.uint8).tobytes() for k in range(40)] + [b"dup", b"dup"]
+    keys = store.put_many(blobs)
+    assert keys == [content_key(b) for b in blobs]
+    assert sorted(_objects(seaweed_server, store.prefix)) == sorted({f"{store.prefix}/{k}" for k in keys})
+    assert all(store.get(k) == b for k, b in zip(keys, blobs, strict=True))
+
+
 def test_missing_key_is_not_found(store: S3ImageStore) -> None:
     with pytest.raises(ImageNotFound):
         store.get("0" * 64)

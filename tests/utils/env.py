@@ -24,4 +24,7 @@ def isolated_env(tmp_path: Path, database_url: str, redis_prefix: str) -> dict[s
         "HOTREFRESH_DATABASE_URL": database_url,
         "HOTREFRESH_REDIS_URL": REDIS_TEST_URL,
         "HOTREFRESH_REDIS_PREFIX": redis_prefix,
+        # Redis's window of each upgrade's queue, smaller than most test galleries: every upgrade
+        # in the suite (the fault tests' too) refills its window from SQL many times.
+        "HOTREFRESH_QUEUE_WINDOW": "32",
     }

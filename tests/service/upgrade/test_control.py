@@ -28,7 +28,7 @@ def test_transitions_and_instant_rollback(make_gallery) -> None:
             control.act(g.settings, ctx.redis, uid, bad)
     assert control.act(g.settings, ctx.redis, uid, "pause") == "paused"
     assert drain(ctx, uid, budget_s=1.0) == "stop"  # paused upgrades do not lease
-    assert BackfillQueue(ctx.redis, g.settings, uid).depth() == 40
+    assert BackfillQueue(ctx.redis, g.settings, uid).depth() == min(40, g.settings.queue_window)  # none leased
     with pytest.raises(TransitionError):
         control.act(g.settings, ctx.redis, uid, "pause")
     assert control.act(g.settings, ctx.redis, uid, "resume") == "running"
