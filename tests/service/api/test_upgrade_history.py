@@ -14,12 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from service.db.session import session_scope
-from service.upgrade import control
-from service.upgrade.scoring import run_scoring
 from tests.utils.gallery import Gallery
-from tests.utils.upgrade import run_to_end, start_and_score
-from workers.context import WorkerContext
+from tests.utils.upgrade import make_history
 
 pytestmark = pytest.mark.integration
 
@@ -39,27 +35,10 @@ def statements() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-def _history(make_gallery) -> tuple[Gallery, WorkerContext, dict[str, int]]:
-    """Four upgrades, oldest first: rolled back after a batch, cancelled, completed and
-    committed, and one left running."""
+def _history(make_gallery) -> tuple[Gallery, dict[str, int]]:
     g = make_gallery(n=24)
-    ctx, rolled = start_and_score(g, strategy="random", batch_size=8)
-    from workers.drain import drain
-
-    drain(ctx, rolled, budget_s=0.01)  # a batch lands: the rollback leaves done > 0
-    assert control.act(g.settings, ctx.redis, rolled, "rollback") == "rolled_back"
-    _, cancelled = start_and_score(g, strategy="random", batch_size=8)
-    assert control.act(g.settings, ctx.redis, cancelled, "cancel") == "cancelled"
-    _, committed = start_and_score(g, strategy="random", batch_size=8)
-    run_to_end(ctx, committed)
-    assert control.act(g.settings, ctx.redis, committed, "commit") == "committed"
-    # back to the first model: the fourth upgrade, scored and left running
-    up = control.start(g.settings, ctx.redis, model=g.old, strategy="random", batch_size=8)
-    with session_scope(ctx.url) as s:
-        model = ctx.encoders.get(s, g.old)
-    assert run_scoring(g.settings, ctx.redis, up.id, model, ctx.images)
-    running = up.id
-    return g, ctx, {"rolled_back": rolled, "cancelled": cancelled, "committed": committed, "running": running}
+    _ctx, ids = make_history(g)
+    return g, ids
 
 
 def _ready(client: TestClient) -> None:
@@ -71,7 +50,7 @@ def _ready(client: TestClient) -> None:
 def test_history_pages_newest_first_filters_by_state_and_matches_each_view(make_gallery) -> None:
     from service.api.app import create_app
 
-    g, _ctx, ids = _history(make_gallery)
+    g, ids = _history(make_gallery)
     newest_first = sorted(ids.values(), reverse=True)
     with TestClient(create_app(g.settings)) as client:
         _ready(client)
@@ -104,7 +83,7 @@ def test_a_page_of_finished_upgrades_counts_no_tasks(make_gallery) -> None:
     them there, while the running upgrade is still counted."""
     from service.api.app import create_app
 
-    g, _ctx, ids = _history(make_gallery)
+    g, ids = _history(make_gallery)
     with TestClient(create_app(g.settings)) as client:
         _ready(client)
         with statements() as seen:
