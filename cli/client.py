@@ -75,7 +75,7 @@ def send(url: str, token: str | None, method: str, path: str, timeout: float = 3
     try:
         with client(url, token, timeout) as c:
             r = c.request(method, path, **kw)
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # the URL itself, not the server
         typer.secho(f"invalid API URL {url!r}: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except httpx.HTTPError as exc:

@@ -70,8 +70,6 @@ def _render(u: dict) -> Any:
 
 def _json_lines(api: str | None, token: str | None, upgrade_id: int | None, interval: float) -> dict:
     """``watch --json``: the view once per poll, one JSON document a line, until it stops running."""
-    import json
-
     u = call(api, token, "GET", f"/upgrade/{upgrade_id}" if upgrade_id is not None else "/upgrade")
     while True:
         typer.echo(json.dumps(u))

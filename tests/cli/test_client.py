@@ -125,3 +125,8 @@ def test_help_lists_the_choices_and_the_defaults() -> None:
     r = runner.invoke(app, ["upgrade", "list", "--help"])
     text = " ".join(r.output.split())
     assert ", ".join(STATES) in text and "[default: 20]" in text
+
+
+def test_an_api_url_without_a_scheme_is_a_usage_error() -> None:
+    r = runner.invoke(app, ["upgrade", "list", "--api", "127.0.0.1:8000"])
+    assert r.exit_code == EXIT_USAGE and "invalid API URL '127.0.0.1:8000'" in r.output, r.output
