@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli import choices
+
 if TYPE_CHECKING:
     from service.settings import Settings
 
@@ -150,13 +152,16 @@ def demo(
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="Backfill order (models/uncertainty.py); default: the plan's (POST /upgrade)",
+            parser=choices.strategy,
+            help="Backfill order: {strategies} (default: the plan's, as POST /upgrade decides).",
             show_default=False,
         ),
     ] = None,
     plan: Annotated[
         str | None,
-        typer.Option(help="Query plan (models/plans/), or the chooser; default: the chooser", show_default=False),
+        typer.Option(
+            parser=choices.plan, help="Query plan: {plans} (default: the server's, auto).", show_default=False
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=8, help="Celery worker processes.")] = 1,
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8000,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.client import TokenOpt, resolve_client
+from cli.client import ApiOpt, TokenOpt, client, refused, require_token, resolve_client, unreachable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,13 +134,9 @@ def ingest(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many images.")] = None,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many images first.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per POST /gallery request.")] = 128,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            "--url", "--api", help="Base URL of a running API (default: HOTREFRESH_API_URL).", show_default=False
-        ),
-    ] = None,
+    api: ApiOpt = None,
     token: TokenOpt = None,
+    url: Annotated[str | None, typer.Option("--url", hidden=True, help="Deprecated: --api.")] = None,
 ) -> None:
     """Upload a gallery to a running API in batched multipart requests, with a progress bar."""
     import httpx
@@ -150,10 +146,12 @@ def ingest(
         raise typer.BadParameter("give either a FOLDER or --fashion-mnist")
     if (colour or copies > 1) and not fashion_mnist:
         raise typer.BadParameter("--colour and --copies go with --fashion-mnist")
+    if url is not None:
+        typer.echo("--url is deprecated; use --api", err=True)
+        api = api or url
     if not bulk:
-        url, token = resolve_client(url, token)
-        if not token:
-            raise typer.BadParameter("no admin token: pass --token or set HOTREFRESH_ADMIN_TOKEN")
+        api, token = resolve_client(api, token)
+        token = require_token(token)
 
     if fashion_mnist:
         from models.data import load_fashion_mnist
@@ -174,26 +172,25 @@ def ingest(
     if bulk:
         _bulk(items, total, batch_size)
         return
-    assert url is not None  # resolved above when not bulk
-    headers = {"Authorization": f"Bearer {token}"}
+    assert api is not None  # resolved above when not bulk
     done = 0
-    with (
-        httpx.Client(base_url=url, headers=headers, timeout=300) as client,
-        tqdm(total=total, unit="img", desc="ingest") as bar,
-    ):
+    with client(api, token, timeout=300) as http, tqdm(total=total, unit="img", desc="ingest") as bar:
         for batch in _batches(items, batch_size):
             files_part = [
                 ("image", (f"{ext.replace('/', '_')}.img", data, "application/octet-stream"))
                 for ext, _label, data in batch
             ]
             form = {"external_id": [ext for ext, _, _ in batch], "label": [lab for _, lab, _ in batch]}
-            r = client.post("/gallery", files=files_part, data=form)
-            if r.status_code != 201:
-                is_json = r.headers.get("content-type", "").startswith("application/json")
-                detail = r.json().get("detail") if is_json else r.text
+            try:
+                r = http.post("/gallery", files=files_part, data=form)
+            except httpx.HTTPError as exc:
                 bar.close()
-                typer.echo(f"error: POST /gallery answered {r.status_code}: {detail}", err=True)
-                raise typer.Exit(1)
+                typer.echo(f"stopped after {done} images", err=True)
+                unreachable(api, exc)
+            if r.status_code != 201:
+                bar.close()
+                typer.echo(f"stopped after {done} images", err=True)
+                refused(r)
             done += len(batch)
             bar.update(len(batch))
-    typer.echo(f"ingested {done} images into {url}")
+    typer.echo(f"ingested {done} images into {api}")

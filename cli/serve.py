@@ -7,13 +7,17 @@ from typing import Annotated
 
 import typer
 
+from cli import choices
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn processes (each a full index replica).")] = 1,
     migrate: Annotated[bool, typer.Option(help="Run `alembic upgrade head` first.")] = True,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", "-l", parser=choices.log_level, help="Log level: {log_levels}.")
+    ] = "info",
     threads: Annotated[
         int, typer.Option(min=1, help="CPU threads per process for torch/FAISS (OMP_NUM_THREADS, if unset).")
     ] = 1,

@@ -1,15 +1,21 @@
-"""``hotrefresh upgrade ...``: the operator's client for ``/upgrade``, with a live progress display."""
+"""``hotrefresh upgrade ...``: the operator's client for ``/upgrade`` and ``/upgrades`` (the
+history), with a live progress display."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
 import typer
 
-from cli.client import ApiOpt, TokenOpt, call
+from cli import choices
+from cli.choices import ChoicesCommand
+from cli.client import ApiOpt, JsonOpt, TokenOpt, call, emit
 
-upgrade_app = typer.Typer(help="Start and control hot-refresh upgrades through the HTTP API.", no_args_is_help=True)
+upgrade_app = typer.Typer(
+    help="Start, list, watch and control hot-refresh upgrades through the HTTP API.", no_args_is_help=True
+)
 
 
 def _fmt_ratio(x: float | None) -> str:
@@ -62,6 +68,17 @@ def _render(u: dict) -> Any:
     return t
 
 
+def _json_lines(api: str | None, token: str | None, upgrade_id: int | None, interval: float) -> dict:
+    """``watch --json``: the view once per poll, one JSON document a line, until it stops running."""
+    u = call(api, token, "GET", f"/upgrade/{upgrade_id}" if upgrade_id is not None else "/upgrade")
+    while True:
+        typer.echo(json.dumps(u))
+        if u["state"] not in ("scoring", "running"):
+            return u
+        time.sleep(interval)
+        u = call(api, token, "GET", f"/upgrade/{u['id']}")
+
+
 def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, interval: float) -> dict:
     from rich.console import Group
     from rich.live import Live
@@ -81,31 +98,48 @@ def watch_upgrade(api: str | None, token: str | None, upgrade_id: int | None, in
             u = call(api, token, "GET", f"/upgrade/{u['id']}")
 
 
-@upgrade_app.command("start")
+@upgrade_app.command("start", cls=ChoicesCommand)
 def start(
     model: Annotated[str, typer.Argument(help="Registered model to upgrade the gallery to.")],
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="Backfill order, one the server registers (models/uncertainty.py; the API schema lists them); "
-            "default: the plan's (POST /upgrade)",
+            parser=choices.strategy,
+            help="Backfill order: {strategies} (default: the plan's, as POST /upgrade decides).",
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
-    nfr_guardrail: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Pause above this live NFR.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=4096, help="Items per leased batch (default: HOTREFRESH_BATCH_SIZE).", show_default=False
+        ),
+    ] = None,
+    nfr_guardrail: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Pause by itself above this live NFR@1 (default: none).", show_default=False
+        ),
+    ] = None,
     plan: Annotated[
         str | None,
         typer.Option(
-            help="Query plan, one the server registers (models/plans/; the API schema lists them) or the chooser; "
-            "default: the server's (the chooser)",
+            parser=choices.plan,
+            help="Query plan during the upgrade: {plans} (default: the server's, auto).",
             show_default=False,
         ),
     ] = None,
     nfr_target: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="auto: the probe NFR@1 a plan must stay within (default: HOTREFRESH_NFR_TARGET).",
+            show_default=False,
+        ),
     ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
+    as_json: JsonOpt = False,
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -122,50 +156,101 @@ def start(
     if nfr_target is not None:
         body["nfr_target"] = nfr_target
     u = call(api, token, "POST", "/upgrade", json=body)
+    if as_json:
+        typer.echo(json.dumps(u))
+        if watch:
+            _json_lines(api, token, u["id"], 1.0)
+        return
     typer.echo(f"upgrade {u['id']} started ({u['state']}, {u['total']} items)")
     if watch:
         watch_upgrade(api, token, u["id"], 1.0)
 
 
+@upgrade_app.command("list", cls=ChoicesCommand)
+def list_cmd(
+    state: Annotated[
+        str | None,
+        typer.Option(parser=choices.state, help="Only upgrades in this state: {states}.", show_default=False),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Upgrades per page.")] = 20,
+    before: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only upgrades older than this id (the next page's cursor).", show_default=False),
+    ] = None,
+    as_json: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """The upgrades, newest first, a page at a time (GET /upgrades)."""
+    params: dict[str, Any] = {"limit": limit}
+    if state is not None:
+        params["state"] = state
+    if before is not None:
+        params["before"] = before
+    emit(call(api, token, "GET", "/upgrades", params=params), as_json, _history_table)
+
+
+def _history_table(page: dict) -> Any:
+    from rich.table import Table
+
+    t = Table("id", "state", "from -> to", "plan", "progress", "NFR@1", "mAP", "created", expand=False)
+    for u in page["items"]:
+        t.add_row(
+            str(u["id"]),
+            u["state"],
+            f"{u['from_model']} -> {u['to_model']}",
+            u["plan"],
+            f"{u['done']}/{u['total']} ({_percent(u['fraction'])}) failed {u['failed']}",
+            _fmt_ratio(u.get("nfr")),
+            _fmt_ratio(u.get("map")),
+            str(u["created_at"])[:19],
+        )
+    if page["next"] is not None:
+        t.caption = f"older upgrades: --before {page['next']}"
+    elif not page["items"]:
+        t.caption = "no upgrades"
+    return t
+
+
 @upgrade_app.command("watch")
 def watch_cmd(
-    upgrade_id: Annotated[int | None, typer.Argument(help="Default: the latest upgrade.")] = None,
-    interval: Annotated[float, typer.Option(min=0.1)] = 1.0,
+    upgrade_id: Annotated[int | None, typer.Argument(help="Default: the latest upgrade.", show_default=False)] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document a line, once per poll, instead of the live display.")
+    ] = False,
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Live progress: fraction, items/s, ETA, live NFR and mAP, until it stops running."""
+    if as_json:
+        _json_lines(api, token, upgrade_id, interval)
+        return
     u = watch_upgrade(api, token, upgrade_id, interval)
     typer.echo(f"upgrade {u['id']} is {u['state']}")
 
 
 @upgrade_app.command("status")
 def status_cmd(
-    upgrade_id: Annotated[int | None, typer.Argument(help="Default: the latest upgrade.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    upgrade_id: Annotated[int | None, typer.Argument(help="Default: the latest upgrade.", show_default=False)] = None,
+    as_json: JsonOpt = False,
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Print one upgrade's state, progress and live metrics."""
     u = call(api, token, "GET", f"/upgrade/{upgrade_id}" if upgrade_id is not None else "/upgrade")
-    if as_json:
-        import json
-
-        typer.echo(json.dumps(u, indent=2))
-        return
-    from rich.console import Console
-
-    Console().print(_render(u))
+    emit(u, as_json, _render)
 
 
 def _action(name: str, doc: str) -> None:
     def command(
-        upgrade_id: Annotated[int, typer.Argument()],
+        upgrade_id: Annotated[int, typer.Argument(min=1)],
+        as_json: JsonOpt = False,
         api: ApiOpt = None,
         token: TokenOpt = None,
     ) -> None:
         u = call(api, token, "POST", f"/upgrade/{upgrade_id}/{name}")
-        typer.echo(f"upgrade {upgrade_id}: {u['state']}")
+        emit(u, as_json, lambda u: f"upgrade {upgrade_id}: {u['state']}")
 
     command.__doc__ = doc
     upgrade_app.command(name)(command)
@@ -176,3 +261,5 @@ _action("resume", "Continue a paused upgrade.")
 _action("cancel", "Abandon an unfinished upgrade: every item back on the old model, instantly.")
 _action("rollback", "Return every item and queries to the old model, instantly (old vectors are kept).")
 _action("commit", "Retire the old model: delete its vectors (needs a completed upgrade).")
+# Commands that change a running upgrade's settings (``upgrade throttle``, issue 27 item 1) are
+# registered below this line, each an ``@upgrade_app.command`` of its own.

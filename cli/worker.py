@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from cli import choices
+
 
 def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Pool processes.")] = 1,
@@ -25,9 +27,17 @@ def worker(
         ),
     ] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Celery node name.")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    log_level: Annotated[
+        str, typer.Option("--log-level", "-l", parser=choices.log_level, help="Log level: {log_levels}.")
+    ] = "info",
+    loglevel: Annotated[
+        str | None, typer.Option("--loglevel", parser=choices.log_level, hidden=True, help="Deprecated: --log-level.")
+    ] = None,
 ) -> None:
     """Run a Celery backfill worker (encodes on CUDA when present, else CPU)."""
+    if loglevel is not None:
+        typer.echo("--loglevel is deprecated; use --log-level", err=True)
+        log_level = loglevel
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Multiprocess mode, so counters of all pool processes add up in one scrape.
         import atexit
@@ -41,4 +51,4 @@ def worker(
 
     if metrics_port is None:
         metrics_port = get_settings().worker_metrics_port
-    run_worker(concurrency=concurrency, metrics_port=metrics_port, hostname=hostname, loglevel=loglevel)
+    run_worker(concurrency=concurrency, metrics_port=metrics_port, hostname=hostname, loglevel=log_level.upper())

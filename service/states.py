@@ -26,6 +26,10 @@ ACTIVE = (SCORING, RUNNING, PAUSED, COMPLETED)
 # States in which a worker batch may still land its results (a batch in flight when the
 # operator pauses finishes; one in flight at rollback/cancel is discarded by the row lock).
 BATCH_MAY_COMMIT = (RUNNING, PAUSED)
+# States in which the upgrade's own work is over: no task will be added or change status again, so
+# its counts are taken once, on the way in (``repositories.upgrades.transition``), and its view
+# and the history (GET /upgrades) read them from the row instead of counting every task.
+FINISHED = (COMPLETED, *TERMINAL)
 
 # action -> (states it is allowed from, state it leads to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {

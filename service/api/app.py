@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.debug("service.api.routes.upgrade not present; /upgrade is not served")
     else:
         app.include_router(upgrade.router)
+        app.include_router(upgrade.history_router)
 
     per_image = settings.max_upload_bytes
     limits = {  # the most body bytes a request to each route may send; any other route: a JSON body

@@ -110,6 +110,9 @@ class Upgrade(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Tasks left pending when the upgrade finished (service.states.FINISHED), set with done and
+    # failed from its tasks by the transition; NULL while it runs (then they are counted).
+    pending_at_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
     nfr: Mapped[float | None] = mapped_column(Float, nullable=True)
     map: Mapped[float | None] = mapped_column(Float, nullable=True)
     baseline: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # probe ids, old top-1 hits, old mAP

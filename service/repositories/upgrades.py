@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, defer
 from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade
 from service.repositories.common import id_chunks, in_ids, table
 from service.repositories.items import external_ids_of, lock_items, set_active_model, upsert_embeddings
-from service.states import ACTIVE, BATCH_MAY_COMMIT, TRANSITIONS, TransitionError
+from service.states import ACTIVE, BATCH_MAY_COMMIT, FINISHED, TRANSITIONS, TransitionError
 from service.timestamps import utcnow
 
 
@@ -37,6 +37,19 @@ def latest_upgrade(session: Session) -> Upgrade | None:
     return session.scalar(select(Upgrade).order_by(Upgrade.id.desc()).limit(1))
 
 
+def list_upgrades(
+    session: Session, *, state: str | None = None, before: int | None = None, limit: int = 20
+) -> list[Upgrade]:
+    """Upgrades newest first (by id, which only grows), those with ``id < before`` when given,
+    in ``state`` when given: one page of the history (``GET /upgrades``)."""
+    q = select(Upgrade).order_by(Upgrade.id.desc()).limit(int(limit))
+    if state is not None:
+        q = q.where(Upgrade.state == state)
+    if before is not None:
+        q = q.where(Upgrade.id < int(before))
+    return list(session.scalars(q))
+
+
 def active_upgrade_ids(session: Session, states: Sequence[str] = ACTIVE) -> list[int]:
     return [int(i) for i in session.scalars(select(Upgrade.id).where(Upgrade.state.in_(states)))]
 
@@ -52,6 +65,15 @@ def transition(session: Session, upgrade_id: int, action: str, **fields: object)
     if res.rowcount != 1:
         current = session.scalar(select(Upgrade.state).where(Upgrade.id == int(upgrade_id)))
         raise TransitionError(int(upgrade_id), action, current)
+    if target in FINISHED:
+        # The row is locked by the UPDATE above, so every batch that held the state's share
+        # lock has landed and none lands after: the counts are final (service.states.FINISHED).
+        counts = task_counts(session, upgrade_id)
+        session.connection().execute(
+            update(Upgrade)
+            .where(Upgrade.id == int(upgrade_id))
+            .values(done=counts["done"], failed=counts["failed"], pending_at_end=counts["pending"])
+        )
     session.expire_all()
     return target
 
@@ -139,6 +161,14 @@ def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
     )
     counts.update({str(s): int(n) for s, n in rows})
     return counts
+
+
+def counts_of(session: Session, up: Upgrade) -> dict[str, int]:
+    """:func:`task_counts` of the upgrade, read from its row once it has finished (the
+    transition into a finished state wrote them there), so a finished upgrade costs no count."""
+    if up.state in FINISHED and up.pending_at_end is not None:
+        return {"pending": up.pending_at_end, "done": up.done, "failed": up.failed}
+    return task_counts(session, up.id)
 
 
 def done_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> list[int]:

@@ -17,8 +17,8 @@ from service.queue import BackfillQueue
 from service.records import parse
 from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING
-from service.timestamps import UtcDatetime
+from service.states import ACTIVE, COMMITTED, COMPLETED, FINISHED, RUNNING
+from service.timestamps import UtcDatetime, as_utc
 from service.upgrade import probes
 from service.upgrade.plans import PlanRecord
 from service.upgrade.progress import moved_fraction
@@ -74,8 +74,10 @@ class UpgradeView(BaseModel):
 
 
 def _serving_plan(session: Session, up: Upgrade) -> dict | None:
+    if up.state not in ACTIVE:  # asked first: a page of history reads no serving state
+        return None
     state = catalog.peek_serving_state(session)
-    if state is None or not state.plan or up.state not in ACTIVE:
+    if state is None or not state.plan:
         return None
     plan = parse(PlanRecord, state.plan, "serving plan (serving_state.plan)")
     if plan.new_model != up.to_model:
@@ -90,12 +92,15 @@ def _serving_plan(session: Session, up: Upgrade) -> dict | None:
 def view(
     session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings, failures_limit: int = 100
 ) -> UpgradeView:
-    counts = upgrades.task_counts(session, up.id)
+    counts = upgrades.counts_of(session, up)
     base = probes.baseline_of(up)
     items_per_s = eta = None
     running_since = base.running_since if base is not None else None
     if running_since and up.done:
-        end = up.completed_at.timestamp() if up.completed_at else time.time()
+        # A finished upgrade's rate ends when it did (a rollback has no completed_at, but its
+        # transition stamped updated_at), so its view does not change with the clock.
+        ended = up.completed_at or (up.updated_at if up.state in FINISHED else None)
+        end = as_utc(ended).timestamp() if ended else time.time()
         elapsed = max(1e-6, end - float(running_since))
         items_per_s = up.done / elapsed
         if up.state == RUNNING:

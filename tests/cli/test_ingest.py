@@ -32,7 +32,7 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         api = system.start_api()
         assert httpx.post(f"{api.url}/models", data={"path": "old.pt"}, headers=auth).status_code == 201
         run = subprocess.run(
-            [sys.executable, "-m", "cli", "ingest", str(root), "--batch-size", "4", "--url", api.url],
+            [sys.executable, "-m", "cli", "ingest", str(root), "--batch-size", "4", "--api", api.url],
             capture_output=True,
             text=True,
             timeout=120,
@@ -41,14 +41,16 @@ def test_ingest_a_labeled_folder(service_settings: Settings, checkpoints: dict, 
         assert "ingested 6 images" in run.stdout
         item = httpx.get(f"{api.url}/gallery/dogs/2.png").json()
         assert item["label"] == "dogs" and item["model"] == "old"
-        # Again: every id is taken now, so the API refuses and the command says why.
+        # Again, with the old spelling of --api: every id is taken now, so the API refuses, the
+        # command says why and exits 4 (refused), and that --url still works but is deprecated.
         again = subprocess.run(
             [sys.executable, "-m", "cli", "ingest", str(root), "--url", api.url],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert again.returncode == 1 and "409" in again.stderr and "already" in again.stderr
+        assert again.returncode == 4 and "409" in again.stderr and "already" in again.stderr, again.stderr
+        assert "--url is deprecated; use --api" in again.stderr and f"{api.url}/gallery" in again.stderr
 
 
 @pytest.mark.integration
@@ -85,7 +87,7 @@ def test_ingest_colour_photos_into_a_colour_resnet(service_settings: Settings, t
                 "5",
                 "--batch-size",
                 "8",
-                "--url",
+                "--api",
                 api.url,
             ],
             capture_output=True,

@@ -126,7 +126,7 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
             text=True,
             timeout=60,
         )
-        assert refused.returncode == 1 and "409" in refused.stderr
+        assert refused.returncode == 4 and "409" in refused.stderr
         scraped = [scrape(w.url) for w in workers]
         # both worker processes did part of the work
         done_by = {w.name: w.log_tail(400).count("succeeded") for w in workers}

@@ -1,4 +1,5 @@
-"""``/upgrade``: start a hot refresh and control it (docs/workers.md, "HTTP API").
+"""``/upgrade``: start a hot refresh and control it; ``/upgrades``: the history, a page at a
+time (docs/workers.md, "HTTP API").
 
 The state rules live in ``service.states``; this module only maps them to HTTP (a refused
 transition is 409) and dispatches Celery work after the SQL change has committed.
@@ -21,12 +22,14 @@ from service.api.schemas import StoredText, error_responses
 from service.errors import NotFound
 from service.repositories import upgrades
 from service.settings import Settings
+from service.states import STATES
 from service.upgrade import control
 from service.upgrade.view import Failure, UpgradeView, view
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/upgrade", tags=["upgrade"])
+history_router = APIRouter(prefix="/upgrades", tags=["upgrade"])
 
 # Bounded to the database's BIGINT range: a larger number is a 422, not a driver overflow (500).
 UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -53,6 +56,7 @@ def _enum(choices: Callable[[], tuple[str, ...]]) -> Callable[[dict[str, Any]], 
 
 PlanName = Annotated[str, AfterValidator(_one_of(plan_registry.requestable, "plan"))]
 OrderingName = Annotated[str, AfterValidator(_one_of(uncertainty.ordering_names, "strategy"))]
+StateName = Annotated[str, AfterValidator(_one_of(lambda: STATES, "state"))]
 
 
 class UpgradeIn(BaseModel):
@@ -96,6 +100,16 @@ class StateOut(BaseModel):
     state: str
 
 
+class UpgradePage(BaseModel):
+    items: list[UpgradeView] = Field(description="Upgrades, newest first, each as GET /upgrade/{id} shows it.")
+    next: int | None = Field(
+        description="Pass as `before` for the next (older) page; null on the last page.",
+    )
+
+
+MAX_PAGE = 100
+
+
 def _view(session: SessionDep, redis: RedisDep, settings: Settings, upgrade_id: int | None) -> UpgradeView:
     up = upgrades.latest_upgrade(session) if upgrade_id is None else upgrades.get_upgrade(session, upgrade_id)
     if up is None:
@@ -130,6 +144,30 @@ def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> Up
 def latest(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> UpgradeView:
     """The most recent upgrade."""
     return _view(session, redis, settings, None)
+
+
+@history_router.get("", response_model=UpgradePage, responses=error_responses(422))
+def history(
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    state: Annotated[
+        StateName | None,
+        Query(description="Only upgrades in this state.", json_schema_extra={"enum": list(STATES)}),
+    ] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="Only upgrades older than this id (the `next` of a page).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Upgrades per page.")] = 20,
+) -> UpgradePage:
+    """Every upgrade, newest first, a page at a time. A finished upgrade's counts come from its
+    row (written when it finished), so a page costs no count of the tasks of finished upgrades."""
+    rows = upgrades.list_upgrades(session, state=state, before=before, limit=limit + 1)
+    page = rows[:limit]
+    return UpgradePage(
+        items=[view(session, up, redis, settings) for up in page],
+        next=page[-1].id if len(rows) > limit else None,
+    )
 
 
 @router.get("/{upgrade_id}", response_model=UpgradeView, responses=error_responses(404))

@@ -67,7 +67,7 @@ def test_two_replicas_stay_identical_and_a_restart_reloads_the_same_state(
                 "40",
                 "--batch-size",
                 "16",
-                "--url",
+                "--api",
                 a.url,
             ],
             capture_output=True,

@@ -131,3 +131,53 @@ def test_0002_moves_a_database_with_an_upgrade_in_flight_to_the_partial_task_ind
     assert "<>" in definitions["ix_backfill_tasks_finished"].split("WHERE", 1)[1]
     assert [i["name"] for i in items_indexes if i["column_names"] == ["active_model"]] == []
     get_engine.cache_clear()
+
+
+def test_0006_writes_the_final_counts_of_upgrades_that_had_finished(database_url: str) -> None:
+    """A database at 0005 with a committed upgrade (its done counter off by an item deleted after
+    it moved) and a running one: the committed row gets its tasks' counts, the running one none."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from service.db.migrate import alembic_config
+    from service.db.schema import Upgrade
+    from service.db.session import get_engine, session_scope
+
+    command.upgrade(alembic_config(database_url), "0005")
+    engine = create_engine(database_url)
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO gallery_items (id, external_id, image_key, active_model, created_at) VALUES "
+                + ", ".join(f"({i},'e{i}','k','new',CURRENT_TIMESTAMP)" for i in range(1, 6))
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO upgrades (id, from_model, to_model, strategy, state, batch_size, total, done, "
+                "failed, checkpoints, created_at, updated_at) VALUES "
+                "(1,'old','new','margin','committed',2,4,3,1,'[]',CURRENT_TIMESTAMP,CURRENT_TIMESTAMP), "
+                "(2,'new','newer','margin','running',2,5,1,0,'[]',CURRENT_TIMESTAMP,CURRENT_TIMESTAMP)"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO backfill_tasks (upgrade_id, item_id, priority, status, attempts, updated_at) VALUES "
+                "(1,1,0.9,'done',0,CURRENT_TIMESTAMP), (1,2,0.5,'done',0,CURRENT_TIMESTAMP), "
+                "(1,3,0.7,'failed',3,CURRENT_TIMESTAMP), "
+                "(2,1,0.9,'done',0,CURRENT_TIMESTAMP), (2,2,0.5,'pending',0,CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+
+    upgrade_head(database_url)
+    get_engine.cache_clear()
+    with session_scope(database_url) as s:
+        done = s.get(Upgrade, 1)
+        running = s.get(Upgrade, 2)
+        assert done is not None and running is not None
+        assert (done.pending_at_end, done.done, done.failed) == (0, 2, 1)
+        assert upgrades.counts_of(s, done) == {"pending": 0, "done": 2, "failed": 1}
+        assert (running.pending_at_end, running.done) == (None, 1)  # still counted live
+        assert upgrades.counts_of(s, running) == {"pending": 1, "done": 1, "failed": 0}
+    get_engine.cache_clear()
