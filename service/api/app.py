@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from service.api.admission import DEFAULT_BODY_LIMIT, Admission, admin_routes
 from service.api.docs import serve_docs
+from service.api.http_metrics import HttpMetrics, openapi_templates
 from service.api.openapi import documented, package_version
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
@@ -129,4 +130,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit_of=limit_of,
         token=settings.admin_token,
     )
+    # The outermost: it counts Admission's refusals too.
+    app.add_middleware(HttpMetrics, template_of=openapi_templates(app.openapi))
     return app
