@@ -4,14 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Real data, a real Prometheus for the monitoring test, redis-server for the demo's embedded
-# Redis, and docker-compose (v1) to validate the compose file without a Docker engine.
-APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose
+# Redis, docker-compose (v1) to validate the compose file without a Docker engine, and the
+# PostgreSQL server's binaries: where nothing answers on HOTREFRESH_TEST_PG_ADMIN_URL (default
+# 127.0.0.1:5432), the tests initdb a private cluster of their own (tests/conftest.py).
+APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose postgresql
+# Debian puts initdb in /usr/lib/postgresql/<version>/bin, off the PATH.
+HAVE_INITDB := command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 
 .PHONY: setup demo test lint bench experiment clean
 
 $(STAMP): pyproject.toml
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null \
-	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null; then \
+	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null || ! { $(HAVE_INITDB); }; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)

@@ -86,6 +86,22 @@ SEARCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 SEARCH_REQUESTS = Counter("search_requests", "POST /search requests by outcome.", ["status"], namespace=NAMESPACE)
+# Every route (service.api.http_metrics), labelled by its template (/gallery/{external_id}, never
+# the raw path: one series per route, not per id), method and status class (2xx ... 5xx).
+# The two /search metrics above stay: the dashboard and docs/deploy.md read them.
+HTTP_REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests answered, by route template, method and status class.",
+    ["route", "method", "status"],
+    namespace=NAMESPACE,
+)
+HTTP_SECONDS = Histogram(
+    "http_request_seconds",
+    "Wall time from a request's arrival to the end of its answer, by route template and method.",
+    ["route", "method"],
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 INDEX_LOG_LAG = Gauge(
     "index_log_lag_seconds",
     "Age of the newest index-log entry this replica has not yet applied.",

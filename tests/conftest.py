@@ -4,6 +4,7 @@ Redis key prefix per test on the real Redis, and settings built from the environ
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,9 +16,18 @@ from sqlalchemy import create_engine, text
 
 from service.db.migrate import upgrade_head
 from service.settings import Settings, get_settings
-from tests.utils.env import ADMIN_TOKEN, PG_ADMIN_URL, REDIS_TEST_URL, _pg_url, isolated_env
+from tests.utils.env import (
+    ADMIN_TOKEN,
+    PG_ADMIN_URL,
+    PG_ADMIN_URL_SET,
+    REDIS_TEST_URL,
+    _pg_url,
+    answers,
+    isolated_env,
+    login_problem,
+)
 from tests.utils.gallery import Gallery, build_gallery, cached_tiny_pair
-from tests.utils.servers import OwnMilvus, OwnSeaweed
+from tests.utils.servers import OwnMilvus, OwnPostgres, OwnSeaweed
 from tests.utils.wait import wait_ready
 
 
@@ -26,15 +36,40 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hotrefresh.db'}"
 
 
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """The PostgreSQL server the tests create their databases on: ``HOTREFRESH_TEST_PG_ADMIN_URL``
+    (default 127.0.0.1:5432, database ``test``) when it logs in there; otherwise a private cluster
+    of this session's own (``OwnPostgres``: initdb in a temporary folder, a free port), started at
+    the first PostgreSQL test and removed at the end, so ``make test`` needs only the PostgreSQL
+    binaries, which the Makefile's setup installs. A URL set in the variable that answers but
+    refuses the login is a configuration error, reported as such rather than replaced."""
+    problem = login_problem(PG_ADMIN_URL)
+    if problem is None:
+        yield PG_ADMIN_URL
+        return
+    if PG_ADMIN_URL_SET and answers(PG_ADMIN_URL):
+        raise RuntimeError(f"HOTREFRESH_TEST_PG_ADMIN_URL={PG_ADMIN_URL} answers but cannot be used: {problem}")
+    server = OwnPostgres()
+    try:
+        server.start()
+        server.wait_accepting()
+        reason = (problem.splitlines() or ["no answer"])[0]
+        warnings.warn(f"no PostgreSQL at {PG_ADMIN_URL} ({reason}): a private cluster at {server.url}", stacklevel=1)
+        yield server.url
+    finally:
+        server.remove()
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(pg_admin_url: str) -> Iterator[str]:
     """A throw-away PostgreSQL database, dropped after the test."""
     name = f"hr_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield _pg_url(name)
+        yield _pg_url(name, pg_admin_url)
     finally:
         from service.db.session import get_engine
 

@@ -206,7 +206,7 @@ def admin_routes(openapi: Callable[[], dict[str, Any]]) -> Callable[[Scope], boo
         nonlocal found
         if found is None:
             found = [
-                (method.upper(), _template(path))
+                (method.upper(), path_pattern(path))
                 for path, operations in openapi().get("paths", {}).items()
                 for method, operation in operations.items()
                 if operation.get("security")
@@ -217,7 +217,7 @@ def admin_routes(openapi: Callable[[], dict[str, Any]]) -> Callable[[Scope], boo
     return is_admin
 
 
-def _template(path: str) -> re.Pattern[str]:
+def path_pattern(path: str) -> re.Pattern[str]:
     """``/upgrade/{upgrade_id}/pause`` as a pattern: each ``{...}`` any non-empty text."""
     parts = re.split(r"\{[^}]*\}", path)
     return re.compile(".+".join(re.escape(p) for p in parts), re.S)

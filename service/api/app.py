@@ -18,6 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
 from service.api.admission import DEFAULT_BODY_LIMIT, Admission, admin_routes
+from service.api.docs import serve_docs
+from service.api.http_metrics import HttpMetrics, openapi_templates
+from service.api.openapi import documented, package_version
 from service.api.routes import gallery, health, metrics, models, search
 from service.api.serving import Serving
 from service.errors import DEPENDENCY_ERRORS, DependencyDown, ServiceError, dependency_down
@@ -62,10 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="hotrefresh",
-        version="1",
+        version=package_version(),
         summary="Image retrieval with hot-refresh model upgrades.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package's own files by serve_docs below: no CDN
+        redoc_url=None,
     )
+    app.openapi = documented(app.openapi)  # type: ignore[method-assign]
+    serve_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,4 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit_of=limit_of,
         token=settings.admin_token,
     )
+    # The outermost: it counts Admission's refusals too.
+    app.add_middleware(HttpMetrics, template_of=openapi_templates(app.openapi))
     return app

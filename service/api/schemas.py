@@ -46,16 +46,22 @@ Label = Annotated[str, StringConstraints(max_length=MAX_TEXT_LEN), AfterValidato
 
 
 class ErrorOut(BaseModel):
+    """Every refusal and error, whatever its status."""
+
     detail: str = Field(description="What was wrong, in words.")
 
 
 class HealthOut(BaseModel):
-    status: str = "ok"
+    """The process serves HTTP (liveness)."""
+
+    status: str = Field(default="ok", description="Always ok.")
 
 
 class ReadyOut(BaseModel):
-    status: str = "ready"
-    query_model: str | None
+    """This replica has loaded its index and reaches the database and Redis (readiness)."""
+
+    status: str = Field(default="ready", description="Always ready (otherwise the answer is a 503).")
+    query_model: str | None = Field(description="The model queries are encoded with; null before any is registered.")
     counts: dict[str, int] = Field(description="Live vectors per model segment in this replica.")
     log_position: str = Field(description="Last index-log entry this replica has applied.")
     loaded_from: str | None = Field(description="How this replica last loaded: 'sql' or 'snapshot'.")
@@ -63,47 +69,59 @@ class ReadyOut(BaseModel):
 
 
 class GalleryItemCreated(BaseModel):
-    external_id: str
-    model: str
-    id: int
+    """One item added to the gallery."""
+
+    external_id: str = Field(description="The caller's id of the item (in Unicode NFC).")
+    model: str = Field(description="The model its vector was encoded with.")
+    id: int = Field(description="The item's internal id.")
 
 
 class GalleryCreateOut(BaseModel):
-    items: list[GalleryItemCreated]
+    """The items added by one POST /gallery, in the order sent."""
+
+    items: list[GalleryItemCreated] = Field(description="One per uploaded image, in the order sent.")
 
 
 class GalleryItemOut(BaseModel):
-    external_id: str
-    label: str | None
+    """One gallery item, and where this replica serves it from."""
+
+    external_id: str = Field(description="The caller's id of the item (in Unicode NFC).")
+    label: str | None = Field(description="Its class label; null if given none.")
     model: str = Field(description="The item's active model in the database (the source of truth).")
-    created_at: UtcDatetime
+    created_at: UtcDatetime = Field(description="When it was added (UTC).")
     index_model: str | None = Field(
         description="The segment this replica serves the item from (null while not yet applied)."
     )
 
 
 class SearchResult(BaseModel):
-    external_id: str
-    score: float
-    model: str
+    """One gallery item found, with its score under the serving query plan."""
+
+    external_id: str = Field(description="The item's id as the client gave it.")
+    score: float = Field(description="Its similarity to the query as merged across segments (higher is closer).")
+    model: str = Field(description="The model segment the item was found in (old or new during an upgrade).")
 
 
 class SearchOut(BaseModel):
-    query_model: str
-    results: list[SearchResult]
+    """The top k gallery items for the query image, best first."""
+
+    query_model: str = Field(description="The model the query image was encoded with.")
+    results: list[SearchResult] = Field(description="At most k items, best first, each item at most once.")
 
 
 class ModelOut(BaseModel):
-    name: str
-    arch: str
-    embedding_dim: int
-    num_classes: int
-    trained_with: str
-    compatible_with: str | None
-    content_hash: str
-    created_at: UtcDatetime
-    is_gallery_model: bool
-    is_query_model: bool
+    """One registered encoder."""
+
+    name: str = Field(description="The model's name, unique in the registry.")
+    arch: str = Field(description="Its architecture (as its checkpoint or metadata names it).")
+    embedding_dim: int = Field(description="The dimension of its embeddings.")
+    num_classes: int = Field(description="Classes of its classifier head; 0: none.")
+    trained_with: str = Field(description="How it was trained (classification, ract, bct, independent, external, ...).")
+    compatible_with: str | None = Field(description="The model whose space it declares compatible; null: none.")
+    content_hash: str = Field(description="SHA-256 of its weights (identical weights, identical hash).")
+    created_at: UtcDatetime = Field(description="When it was registered (UTC).")
+    is_gallery_model: bool = Field(description="Whether the gallery is on this model (outside an upgrade).")
+    is_query_model: bool = Field(description="Whether queries are encoded with this model now.")
     lineage: list[str] = Field(
         description="This model, the model it declares compatibility with, and so on "
         "back to the first: the generations of a sequence of upgrades."
@@ -121,9 +139,11 @@ class ModelOut(BaseModel):
 
 
 class ModelsOut(BaseModel):
-    gallery_model: str | None
-    query_model: str | None
-    models: list[ModelOut]
+    """The registry: every model, and which ones serve."""
+
+    gallery_model: str | None = Field(description="The gallery's model; null before any is registered.")
+    query_model: str | None = Field(description="The model queries are encoded with; null before any is registered.")
+    models: list[ModelOut] = Field(description="Every registered model, oldest first.")
 
 
 _ERROR_TEXT = {
@@ -140,3 +160,8 @@ _ERROR_TEXT = {
 def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI entries for the error statuses a route can answer, all with the ``{"detail"}`` shape."""
     return {code: {"model": ErrorOut, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+def form_example(**fields: object) -> dict[str, object]:
+    """``openapi_extra`` of a multipart route: one example of its form (a file by its name)."""
+    return {"requestBody": {"content": {"multipart/form-data": {"example": fields}}}}

@@ -15,12 +15,14 @@ from service.records import Record, parse
 
 
 class Checkpoint(Record):
+    """One live measurement of the probe set against the mixed index, at a cut of the backfill."""
+
     step: int | None = Field(default=None, description="Checkpoint number (0 at start, -1 at completion).")
     fraction: float = Field(description="Share of the gallery on the new model when measured.")
-    progress: float | None = None
+    progress: float | None = Field(default=None, description="The upgrade's done / total when measured.")
     nfr: float | None = Field(default=None, description="NFR@1 (Eq. 12) of the probes; null when unavailable.")
-    map: float | None = None
-    top1: float | None = None
+    map: float | None = Field(default=None, description="mAP of the probes; null when unavailable.")
+    top1: float | None = Field(default=None, description="Top-1 accuracy of the probes; null when unavailable.")
     at: float = Field(description="Unix time of the measurement.")
     quiesced: bool = Field(default=True, description="Whether every batch in flight had landed when measured.")
     plan: str | None = Field(default=None, description="The serving plan measured (and, under auto, chosen) here.")

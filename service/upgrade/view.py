@@ -20,16 +20,19 @@ from service.settings import Settings
 from service.states import ACTIVE, COMMITTED, COMPLETED, FINISHED, RUNNING
 from service.timestamps import UtcDatetime, as_utc
 from service.upgrade import probes
+from service.upgrade.choices import Plan, Strategy, UpgradeState
 from service.upgrade.plans import PlanRecord
 from service.upgrade.progress import moved_fraction
 from service.upgrade.records import Checkpoint, checkpoints_of
 
 
 class Failure(BaseModel):
-    item_id: int
-    external_id: str
-    attempts: int
-    error: str
+    """A gallery item the backfill gave up on: it stays on the old model, and commit waits for it."""
+
+    item_id: int = Field(description="The item's internal id.")
+    external_id: str = Field(description="The item's id as the client gave it.")
+    attempts: int = Field(description="How many times its re-encoding was tried (HOTREFRESH_MAX_ATTEMPTS).")
+    error: str = Field(description="The last attempt's error.")
 
     @classmethod
     def of(cls, row: BackfillFailure) -> Failure:
@@ -37,31 +40,33 @@ class Failure(BaseModel):
 
 
 class UpgradeView(BaseModel):
-    id: int
-    from_model: str
-    to_model: str
-    strategy: str
-    state: str
-    total: int
-    done: int
-    failed: int
-    pending: int
+    """One upgrade: its state, progress, live measurements and failures."""
+
+    id: int = Field(description="The upgrade's id.")
+    from_model: str = Field(description="The model the gallery is upgraded from.")
+    to_model: str = Field(description="The model it is upgraded to.")
+    strategy: Strategy = Field(description="The backfill order (the poor first: margin, least, ...).")
+    state: UpgradeState = Field(description="Where the upgrade is in its state machine (docs/design.md).")
+    total: int = Field(description="Gallery items to re-encode, counted at the start.")
+    done: int = Field(description="Items on the new model.")
+    failed: int = Field(description="Items whose re-encoding failed max_attempts times.")
+    pending: int = Field(description="Items still to re-encode.")
     fraction: float | None = Field(
         description="done / (done + pending + failed); null while scoring, before any task exists."
     )
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
-    eta_s: float | None
-    items_per_s: float | None
-    queue_depth: int | None
-    leased: int | None
+    eta_s: float | None = Field(description="Seconds until done at the rate so far; 0 once completed; null: unknown.")
+    items_per_s: float | None = Field(description="Items re-encoded per second since running; null before any.")
+    queue_depth: int | None = Field(description="Items waiting in the Redis queue; null: Redis unreachable.")
+    leased: int | None = Field(description="Items leased by workers now; null: Redis unreachable.")
     baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
-    checkpoints: list[Checkpoint]
+    checkpoints: list[Checkpoint] = Field(description="Every live measurement so far, in order.")
     failures: list[Failure] = Field(description="The first 100 items that failed; all via /failures.")
-    error: str | None
-    batch_size: int
-    nfr_guardrail: float | None
-    plan: str = Field(description="The plan asked for: paper, dual, transform or auto.")
+    error: str | None = Field(description="Why the upgrade failed; null unless it did.")
+    batch_size: int = Field(description="Items per leased batch.")
+    nfr_guardrail: float | None = Field(description="Live NFR@1 above which it pauses itself; null: none.")
+    plan: Plan = Field(description="The query plan asked for (a registered plan or auto).")
     nfr_target: float | None = Field(
         description="auto: the probe NFR@1 the serving plan stays within; null: "
         "relative, the finished upgrade's estimated NFR@1 plus one point."
@@ -69,8 +74,8 @@ class UpgradeView(BaseModel):
     serving_plan: dict | None = Field(
         description="The plan replicas serve now (name, version); null outside an active upgrade."
     )
-    created_at: UtcDatetime
-    completed_at: UtcDatetime | None
+    created_at: UtcDatetime = Field(description="When it was started (UTC).")
+    completed_at: UtcDatetime | None = Field(description="When every item was on the new model (UTC); null: not yet.")
 
 
 def _serving_plan(session: Session, up: Upgrade) -> dict | None:

@@ -1,4 +1,5 @@
-"""Database servers a fault test owns, so it can stop them: never the machine's own PostgreSQL."""
+"""Servers a test session or a fault test owns, so it can stop them: never the machine's own
+PostgreSQL (a session without one uses an ``OwnPostgres``: tests/conftest.py, ``pg_admin_url``)."""
 
 from __future__ import annotations
 
@@ -30,16 +31,18 @@ def _pg_bin(name: str) -> str:
 
 
 class OwnPostgres:
-    """A throw-away PostgreSQL cluster: ``initdb`` as the ``postgres`` user into a temporary
-    folder, listening on a free port of 127.0.0.1 with trust auth; :meth:`stop` and
-    :meth:`start` take it away and bring it back with its data (an outage, not a wipe)."""
+    """A throw-away PostgreSQL cluster: ``initdb`` (as the ``postgres`` user when run as root,
+    which initdb refuses; else as the current user) into a temporary folder, listening on a free
+    port of 127.0.0.1 with trust auth, superuser ``postgres``; :meth:`stop` and :meth:`start` take
+    it away and bring it back with its data (an outage, not a wipe)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         # Under /tmp, not pytest's tmp_path: the postgres user must be able to reach it.
         self.dir = Path(tempfile.mkdtemp(prefix="hotrefresh-pg-", dir="/tmp"))
         self.data = self.dir / "data"
-        shutil.chown(self.dir, "postgres", "postgres")
+        if os.geteuid() == 0:  # initdb refuses root: the cluster is the postgres user's
+            shutil.chown(self.dir, "postgres", "postgres")
         self._as_postgres([_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
 
     @property

@@ -9,8 +9,9 @@ commit: ``service.indexport``), and only then apply the change to this process's
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
 from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import AdminDep, ImageStoreDep, RedisDep, ServingDep, SessionDep, SettingsDep
@@ -21,6 +22,7 @@ from service.api.schemas import (
     ItemId,
     Label,
     error_responses,
+    form_example,
 )
 from service.errors import BadRequest, NotFound, TooLarge
 from service.gallery import Upload, add_batch, check_ids
@@ -47,6 +49,7 @@ class AnyText(Convertor[str]):
 
 
 register_url_convertor("anytext", AnyText())
+ItemPath = Annotated[ItemId, Path(description="The caller's id of the item, percent-encoded.")]
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
 
@@ -56,6 +59,7 @@ router = APIRouter(prefix="/gallery", tags=["gallery"])
     response_model=GalleryCreateOut,
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 409, 413, 422, 503),
+    openapi_extra=form_example(image=["shoe.png", "shirt.jpg"], external_id=["shoe-1", "shirt-7"], label=["9", "6"]),
 )
 def add_items(
     settings: SettingsDep,
@@ -92,7 +96,7 @@ def add_items(
 
 
 @router.get("/{external_id:anytext}", response_model=GalleryItemOut, responses=error_responses(404))
-def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
+def get_item(external_id: ItemPath, session: SessionDep, serving: ServingDep) -> GalleryItemOut:
     item = item_repo.get_item(session, external_id)
     if item is None:
         raise NotFound(f"no gallery item with external_id {external_id!r}")
@@ -112,7 +116,7 @@ def get_item(external_id: ItemId, session: SessionDep, serving: ServingDep) -> G
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 404),
 )
-def delete_item(external_id: ItemId, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
+def delete_item(external_id: ItemPath, settings: SettingsDep, serving: ServingDep, redis: RedisDep) -> Response:
     with unit_of_work(settings, redis) as uow:
         s = uow.session
         item = item_repo.get_item(s, external_id)

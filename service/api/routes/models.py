@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy.exc import IntegrityError
 
 from service.api.deps import AdminDep, RedisDep, ServingDep, SessionDep, SettingsDep
-from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses
+from service.api.schemas import ModelOut, ModelsOut, StoredText, error_responses, form_example
 from service.db.schema import ModelRow, ServingState
 from service.db.session import read_scope
 from service.errors import BadRequest, Conflict
@@ -69,6 +69,7 @@ def list_models(session: SessionDep) -> ModelsOut:
     response_model=ModelOut,
     dependencies=[AdminDep],
     responses=error_responses(401, 403, 409, 413, 422),
+    openapi_extra=form_example(path="new.pt"),
 )
 def register_model(
     settings: SettingsDep,

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api.deps import ServingDep, SettingsDep
-from service.api.schemas import SearchOut, SearchResult, error_responses
+from service.api.schemas import SearchOut, SearchResult, error_responses, form_example
 from service.errors import ServiceError
 from service.images import read_limited
 from service.metrics import SEARCH_REQUESTS, SEARCH_SECONDS
@@ -18,7 +18,12 @@ router = APIRouter(tags=["search"])
 MAX_K = 1000
 
 
-@router.post("/search", response_model=SearchOut, responses=error_responses(404, 409, 413, 422, 503))
+@router.post(
+    "/search",
+    response_model=SearchOut,
+    responses=error_responses(404, 409, 413, 422, 503),
+    openapi_extra=form_example(image="query.png"),
+)
 def search(
     settings: SettingsDep,
     serving: ServingDep,

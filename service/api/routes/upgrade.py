@@ -8,11 +8,10 @@ transition is 409) and dispatches Celery work after the SQL change has committed
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models import plans as plan_registry
 from models import uncertainty
@@ -22,8 +21,8 @@ from service.api.schemas import StoredText, error_responses
 from service.errors import NotFound
 from service.repositories import upgrades
 from service.settings import Settings
-from service.states import STATES
 from service.upgrade import control
+from service.upgrade.choices import PlanName, StateName, StrategyName, UpgradeState
 from service.upgrade.view import Failure, UpgradeView, view
 
 log = logging.getLogger(__name__)
@@ -32,43 +31,25 @@ router = APIRouter(prefix="/upgrade", tags=["upgrade"])
 history_router = APIRouter(prefix="/upgrades", tags=["upgrade"])
 
 # Bounded to the database's BIGINT range: a larger number is a 422, not a driver overflow (500).
-UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-
-def _one_of(choices: Callable[[], tuple[str, ...]], what: str) -> Callable[[str], str]:
-    """A validator against a registry read when the request arrives, so a plan or an ordering
-    registered after this module was imported is accepted (and listed in the schema)."""
-
-    def check(value: str) -> str:
-        if value not in choices():
-            raise ValueError(f"unknown {what} {value!r}; expected one of {list(choices())}")
-        return value
-
-    return check
-
-
-def _enum(choices: Callable[[], tuple[str, ...]]) -> Callable[[dict[str, Any]], None]:
-    def extra(schema: dict[str, Any]) -> None:
-        schema["enum"] = list(choices())
-
-    return extra
-
-
-PlanName = Annotated[str, AfterValidator(_one_of(plan_registry.requestable, "plan"))]
-OrderingName = Annotated[str, AfterValidator(_one_of(uncertainty.ordering_names, "strategy"))]
-StateName = Annotated[str, AfterValidator(_one_of(lambda: STATES, "state"))]
+FailureLimit = Annotated[int, Query(ge=1, le=100_000, description="At most this many failures.")]
+UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The upgrade's id (POST /upgrade answers it).")]
 
 
 class UpgradeIn(BaseModel):
+    """Start a hot refresh of the gallery onto ``model``; every other field has a default."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "new", "plan": "auto", "batch_size": 256, "nfr_guardrail": 0.1}]}
+    )
+
     model: StoredText = Field(
         min_length=1, max_length=128, description="A registered model, compatible with the gallery's."
     )
-    strategy: OrderingName | None = Field(
+    strategy: StrategyName | None = Field(
         None,
         description="Backfill order: " + uncertainty.describe() + ". Default: margin under a plan that needs only "
         "the hardest items first (the paper's), mixed under the others, random for a new model of another "
         "dimension or without a classifier.",
-        json_schema_extra=_enum(uncertainty.ordering_names),
     )
     # strict: JSON true is not the number 1, nor "8" the number 8 (a 422, not a silent coercion)
     batch_size: int | None = Field(None, ge=1, le=4096, strict=True, description="Items per leased batch.")
@@ -78,7 +59,6 @@ class UpgradeIn(BaseModel):
     plan: PlanName = Field(
         plan_registry.AUTO,
         description="Query plan during the upgrade: " + plan_registry.describe() + ".",
-        json_schema_extra=_enum(plan_registry.requestable),
     )
     nfr_target: float | None = Field(
         None,
@@ -90,17 +70,23 @@ class UpgradeIn(BaseModel):
 
 
 class UpgradeCreated(BaseModel):
-    id: int
-    state: str
-    total: int
+    """The upgrade just started: scoring runs in a worker, then the backfill."""
+
+    id: int = Field(description="The upgrade's id, for /upgrade/{upgrade_id}.")
+    state: UpgradeState = Field(description="Its state now (scoring).")
+    total: int = Field(description="Gallery items to re-encode.")
 
 
 class StateOut(BaseModel):
-    id: int
-    state: str
+    """An upgrade's state after an operator's action."""
+
+    id: int = Field(description="The upgrade's id.")
+    state: UpgradeState = Field(description="Its state after the action.")
 
 
 class UpgradePage(BaseModel):
+    """One page of the upgrade history, newest first."""
+
     items: list[UpgradeView] = Field(description="Upgrades, newest first, each as GET /upgrade/{id} shows it.")
     next: int | None = Field(
         description="Pass as `before` for the next (older) page; null on the last page.",
@@ -153,7 +139,7 @@ def history(
     settings: SettingsDep,
     state: Annotated[
         StateName | None,
-        Query(description="Only upgrades in this state.", json_schema_extra={"enum": list(STATES)}),
+        Query(description="Only upgrades in this state."),
     ] = None,
     before: Annotated[
         int | None, Query(ge=1, le=2**63 - 1, description="Only upgrades older than this id (the `next` of a page).")
@@ -176,7 +162,7 @@ def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, set
 
 
 @router.get("/{upgrade_id}/failures", response_model=list[Failure], responses=error_responses(404))
-def failures(upgrade_id: UpgradeId, session: SessionDep, limit: int = Query(1000, ge=1, le=100_000)) -> list[Failure]:
+def failures(upgrade_id: UpgradeId, session: SessionDep, limit: FailureLimit = 1000) -> list[Failure]:
     """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
     if upgrades.get_upgrade(session, upgrade_id) is None:
         raise NotFound(f"upgrade {upgrade_id} not found")
