@@ -78,11 +78,22 @@ def transition(session: Session, upgrade_id: int, action: str, **fields: object)
     return target
 
 
-def lock_state(session: Session, upgrade_id: int) -> str | None:
-    """The upgrade's state, share-locked until the transaction ends (PostgreSQL ``FOR SHARE``;
-    SQLite's ``BEGIN IMMEDIATE`` already serialises writers). A rollback's UPDATE waits for
-    batches holding it, and a batch that starts after a rollback sees the new state."""
-    return session.scalar(select(Upgrade.state).where(Upgrade.id == int(upgrade_id)).with_for_update(read=True))
+def lock_state(session: Session, upgrade_id: int, counting: bool = False) -> str | None:
+    """The upgrade's state, locked until the transaction ends (SQLite's ``BEGIN IMMEDIATE``
+    already serialises writers). A rollback's UPDATE waits for batches holding it, and a batch
+    that starts after a rollback sees the new state.
+
+    ``counting``: the transaction will update the row's counters, so it takes PostgreSQL's
+    ``FOR NO KEY UPDATE`` at once. Two batches that each took ``FOR SHARE`` and then both went
+    on to ``UPDATE ... done = done + n`` deadlocked (each waiting for the other's share lock;
+    PostgreSQL aborted one a second later, a retry per collision, found by the two-worker
+    throttle test). Batches now take turns from the lock on, as their counter updates made
+    them take turns from the update on anyway; only one lock is taken, so no cycle can form.
+    Otherwise ``FOR SHARE``: readers of the state (a checkpoint) do not hold back batches."""
+    query = select(Upgrade.state).where(Upgrade.id == int(upgrade_id))
+    if counting:
+        return session.scalar(query.with_for_update(key_share=True))
+    return session.scalar(query.with_for_update(read=True))
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -255,7 +266,7 @@ def record_encoded(
     tasks still ``pending`` are counted. Nothing lands unless the upgrade is running or paused.
     """
     upgrade_id = int(upgrade_id)
-    state = lock_state(session, upgrade_id)
+    state = lock_state(session, upgrade_id, counting=True)
     if state not in BATCH_MAY_COMMIT:
         return BatchOutcome([], 0, state)
     by_id = {int(i): k for k, i in enumerate(item_ids)}
@@ -283,7 +294,7 @@ class FailureOutcome:
 def record_errors(session: Session, upgrade_id: int, errors: dict[int, str], max_attempts: int) -> FailureOutcome:
     """Count one more attempt for each item that could not be loaded or encoded."""
     upgrade_id = int(upgrade_id)
-    if not errors or lock_state(session, upgrade_id) not in BATCH_MAY_COMMIT:
+    if not errors or lock_state(session, upgrade_id, counting=True) not in BATCH_MAY_COMMIT:
         return FailureOutcome([], [])
     retry: list[int] = []
     failed: list[int] = []
