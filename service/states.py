@@ -26,6 +26,8 @@ ACTIVE = (SCORING, RUNNING, PAUSED, COMPLETED)
 # States in which a worker batch may still land its results (a batch in flight when the
 # operator pauses finishes; one in flight at rollback/cancel is discarded by the row lock).
 BATCH_MAY_COMMIT = (RUNNING, PAUSED)
+# States in which the backfill's throttle may be changed: the backfill is still to come or going on.
+THROTTLEABLE = (SCORING, RUNNING, PAUSED)
 
 # action -> (states it is allowed from, state it leads to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -52,7 +52,10 @@ class UpgradeView(BaseModel):
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None
-    items_per_s: float | None
+    items_per_s: float | None = Field(description="Measured: items done per second since scoring finished.")
+    items_per_second: float | None = Field(
+        description="The backfill's throttle, items per second over all workers together; null: unlimited."
+    )
     queue_depth: int | None
     leased: int | None
     baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
@@ -128,6 +131,7 @@ def view(
         map=up.map,
         eta_s=eta,
         items_per_s=items_per_s,
+        items_per_second=up.items_per_second,
         queue_depth=depth,
         leased=leased,
         baseline=summary,
