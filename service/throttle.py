@@ -18,9 +18,12 @@ Redis write failed at most that many seconds later. The API's ``SET`` overwrites
 back.
 
 Semantics: over any span of T seconds the workers together lease at most ``burst + rate * T``
-items. The bucket starts full (one batch at once), a rate change applies from the next take
-(the refill since the last take counts at the new rate: at most one burst off), and going
-unlimited drops the bucket, so a rate set later starts full again.
+items. The workers' burst is two batches (``BURST_BATCHES``): tokens a late worker did not take
+in time (a slow write, a drain task ending and the next starting) wait for it, so the rate holds
+under that jitter, never more than two batches ahead of it. A new bucket holds exactly its first
+take (the first batch starts at once, then batches come at the rate), a rate change applies from
+the next take (the refill since the last take counts at the new rate: at most one burst off),
+and going unlimited drops the bucket, so a rate set later starts anew.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ if ARGV[3] == '' then
 else
   now = tonumber(ARGV[3])
 end
-local tokens, ts = burst, now
+local tokens, ts = math.max(0, n), now  -- a new bucket holds the first take, no more
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 if b[1] and b[2] then tokens = tonumber(b[1]); ts = tonumber(b[2]) end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
@@ -71,6 +74,9 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', stri
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {string.format('%.17g', wait), string.format('%.17g', rate)}
 """
+
+# The workers' burst, in batches: the most tokens the bucket saves while no worker asks.
+BURST_BATCHES = 2
 
 # How often a worker waiting for tokens asks the bucket again, at most: a rate raised (or lifted)
 # while it waits is honoured within this.

@@ -73,6 +73,21 @@ def test_idle_time_saves_no_more_than_the_burst(throttle: Throttle, clock: Clock
     assert throttle.take(BATCH, BATCH).wait_s == pytest.approx(0.8)
 
 
+def test_a_burst_of_two_batches_saves_a_batch_for_a_late_worker_but_a_new_bucket_holds_one(
+    throttle: Throttle, clock: Clock
+) -> None:
+    throttle.publish(10.0)
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == 0
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == pytest.approx(0.8)  # no second batch at the start
+    clock.t += 1.2  # a worker 0.4 s late: 12 tokens
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == 0
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == pytest.approx(0.4)  # the next is due on time
+    clock.t += 600
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == 0
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == 0
+    assert throttle.take(BATCH, 2 * BATCH).wait_s == pytest.approx(0.8)
+
+
 def test_tokens_given_back_are_taken_again_up_to_the_burst(throttle: Throttle, clock: Clock) -> None:
     throttle.publish(10.0)
     assert throttle.take(BATCH, BATCH).wait_s == 0
