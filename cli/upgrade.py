@@ -36,8 +36,10 @@ def _fmt_plan(u: dict) -> str:
 
 
 def _fmt_throttle(u: dict) -> str:
-    limit = u.get("items_per_second")
-    return "unlimited" if limit is None else f"{limit:g} items/s"
+    limit, recent = u.get("items_per_second"), u.get("recent_items_per_s")
+    if limit is None:
+        return "unlimited"
+    return f"{limit:g} items/s" + ("" if recent is None else f", {recent:.1f} in the last 5 s")
 
 
 def _positive_rate(rate: float) -> float:

@@ -39,8 +39,9 @@ from service import keys
 from service.metrics import BACKFILL_THROTTLE
 from service.settings import Settings
 
-# KEYS: bucket (hash: tokens, ts), rate (string, items/s; 0: unlimited)
-# ARGV: n (negative: give back), burst, now ('' = the server's clock), bucket ttl (ms)
+# KEYS: bucket (hash: tokens, ts; win, cur, prev: tokens taken in the measuring window number
+# win and in the one before it), rate (string, items/s; 0: unlimited)
+# ARGV: n (negative: give back), burst, now ('' = the server's clock), bucket ttl (ms), window (s)
 # Returns {'unknown'} when the rate key is absent, else {wait_s, rate} as strings (a Lua number
 # in a reply would be truncated to an integer).
 _TAKE = """
@@ -61,12 +62,18 @@ else
   now = tonumber(ARGV[3])
 end
 local tokens, ts = math.max(0, n), now  -- a new bucket holds the first take, no more
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'win', 'cur', 'prev')
 if b[1] and b[2] then tokens = tonumber(b[1]); ts = tonumber(b[2]) end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local wait = 0
 if n <= tokens + 1e-6 then
   tokens = math.max(0, math.min(burst, tokens - n))
+  local w, win = math.floor(now / tonumber(ARGV[5])), tonumber(b[3] or '-1')
+  local cur, prev = tonumber(b[4] or '0'), tonumber(b[5] or '0')
+  if w == win then cur = cur + n
+  elseif w == win + 1 then prev = cur; cur = n
+  elseif w > win then prev = 0; cur = n end
+  redis.call('HSET', KEYS[1], 'win', w, 'cur', cur, 'prev', prev)
 else
   wait = (n - tokens) / rate
 end
@@ -74,6 +81,9 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', stri
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {string.format('%.17g', wait), string.format('%.17g', rate)}
 """
+
+# The bucket measures what it hands out over windows of this many seconds (``measured``).
+MEASURE_WINDOW_S = 5
 
 # The workers' burst, in batches: the most tokens the bucket saves while no worker asks.
 BURST_BATCHES = 2
@@ -137,8 +147,9 @@ class Throttle:
         """Take ``n`` tokens, or learn how long until there are ``n``; None when Redis holds no
         rate (it must be published from SQL first)."""
         now = "" if self.clock is None else repr(float(self.clock()))
+        ttl_ms = keys.THROTTLE_BUCKET_TTL_S * 1000
         out = self._take(
-            keys=[self.bucket_key, self.rate_key], args=[int(n), int(burst), now, keys.THROTTLE_BUCKET_TTL_S * 1000]
+            keys=[self.bucket_key, self.rate_key], args=[int(n), int(burst), now, ttl_ms, MEASURE_WINDOW_S]
         )
         if len(out) < 2:
             return None
@@ -169,6 +180,21 @@ class Throttle:
             if left <= 0:
                 return None
             self.sleep(min(grant.wait_s, POLL_S, left))
+
+    def measured(self) -> float | None:
+        """Items per second the bucket handed out (less what came back) over the last full
+        ``MEASURE_WINDOW_S`` window; None when there is no bucket (unlimited, or never used).
+        One Redis round trip: cheap enough for every ``GET /upgrade``."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(self.bucket_key, ["win", "cur", "prev"])
+        (secs, micros), (win, cur, prev) = pipe.execute()
+        if win is None:
+            return None
+        now = self.clock() if self.clock is not None else secs + micros / 1e6
+        w = math.floor(now / MEASURE_WINDOW_S)
+        done = float(prev or 0) if w == int(win) else float(cur or 0) if w == int(win) + 1 else 0.0
+        return done / MEASURE_WINDOW_S
 
     def clear(self) -> None:
         self.redis.delete(self.bucket_key, self.rate_key)

@@ -17,7 +17,8 @@ from service.queue import BackfillQueue
 from service.records import parse
 from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING
+from service.states import ACTIVE, COMMITTED, COMPLETED, RUNNING, THROTTLEABLE
+from service.throttle import Throttle
 from service.timestamps import UtcDatetime
 from service.upgrade import probes
 from service.upgrade.plans import PlanRecord
@@ -55,6 +56,10 @@ class UpgradeView(BaseModel):
     items_per_s: float | None = Field(description="Measured: items done per second since scoring finished.")
     items_per_second: float | None = Field(
         description="The backfill's throttle, items per second over all workers together; null: unlimited."
+    )
+    recent_items_per_s: float | None = Field(
+        description="Measured by the throttle: items leased per second over the last full 5 s, all workers "
+        "together; null when unlimited.",
     )
     queue_depth: int | None
     leased: int | None
@@ -105,11 +110,13 @@ def view(
             eta = counts["pending"] / items_per_s
         elif up.state in (COMPLETED, COMMITTED):
             eta = 0.0
-    depth = leased = None
+    depth = leased = recent = None
     if redis is not None:
         try:
             q = BackfillQueue(redis, settings, up.id)
             depth, leased = q.depth(), q.leased()
+            if up.items_per_second is not None and up.state in THROTTLEABLE:
+                recent = Throttle(redis, settings, up.id).measured()
         except redis_lib.RedisError:
             pass
     summary = None
@@ -132,6 +139,7 @@ def view(
         eta_s=eta,
         items_per_s=items_per_s,
         items_per_second=up.items_per_second,
+        recent_items_per_s=recent,
         queue_depth=depth,
         leased=leased,
         baseline=summary,

@@ -1,5 +1,5 @@
 """The backfill's token bucket (``service.throttle``) on the real Redis, with an injected clock:
-the rate arithmetic, the burst cap, tokens given back, the bucket shared by several clients (the
+the rate arithmetic, the burst cap, tokens given back, what it measures, the bucket shared by several clients (the
 workers' processes), a rate changed while a worker waits, and the rate coming back from SQL
 when Redis lost it."""
 
@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from service.settings import Settings
-from service.throttle import POLL_S, Throttle, check_rate
+from service.throttle import MEASURE_WINDOW_S, POLL_S, Throttle, check_rate
 from tests.utils.env import REDIS_TEST_URL
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,27 @@ def test_unlimited_never_waits_and_a_rate_set_later_starts_with_one_burst(
     throttle.publish(10.0)
     assert throttle.take(BATCH, BATCH).wait_s == 0
     assert throttle.take(BATCH, BATCH).wait_s == pytest.approx(0.8)
+
+
+def test_the_bucket_measures_what_it_handed_out_over_the_last_full_window(throttle: Throttle, clock: Clock) -> None:
+    assert clock.t % MEASURE_WINDOW_S == 0  # windows start on multiples of their length
+    throttle.publish(10.0)
+    assert throttle.measured() is None  # no bucket yet
+    for k in range(7):  # batches at 0, 0.8, ..., 4.8 s: 56 items in the first window
+        clock.t = 1_765_000_000.0 + 0.8 * k
+        assert throttle.take(BATCH, BATCH).wait_s == 0
+    assert throttle.measured() == 0.0  # the window before the first is empty
+    clock.t = 1_765_000_005.6
+    assert throttle.measured() == pytest.approx(56 / MEASURE_WINDOW_S)
+    assert throttle.take(BATCH, BATCH).wait_s == 0
+    throttle.give_back(3, BATCH)  # the lease found 5 ids
+    clock.t = 1_765_000_010.1
+    assert throttle.measured() == pytest.approx(5 / MEASURE_WINDOW_S)
+    clock.t = 1_765_000_020.0
+    assert throttle.measured() == 0.0  # nothing handed out lately (paused, say)
+    throttle.publish(None)
+    throttle.take(BATCH, BATCH)
+    assert throttle.measured() is None  # unlimited: no bucket
 
 
 def test_a_new_rate_applies_from_the_next_take(throttle: Throttle, clock: Clock) -> None:

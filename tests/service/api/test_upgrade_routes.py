@@ -121,7 +121,8 @@ def test_throttle_set_at_start_changed_live_and_refused_with_nothing_changed(mak
         resp = client.post("/upgrade", json={"model": "new", "items_per_second": 40}, headers=ADMIN)
         assert resp.status_code == 202, resp.text
         uid = resp.json()["id"]
-        assert client.get(f"/upgrade/{uid}").json()["items_per_second"] == 40.0
+        view = client.get(f"/upgrade/{uid}").json()
+        assert view["items_per_second"] == 40.0 and view["recent_items_per_s"] is None  # no worker took any
         assert stored(uid) == (40.0, None)  # workers read SQL when Redis has no copy
 
         path = f"/upgrade/{uid}/throttle"
