@@ -62,11 +62,13 @@ def lease_and_load(
     until: float = math.inf,
 ) -> Leased | str | None:
     """Take the batch's tokens from the upgrade's ``throttle`` (waiting for them until ``until``,
-    on the throttle's clock: ``time.monotonic``), then lease a batch and load its pixels (with ``decoders``, the pool
-    of ``decode_threads - 1`` threads, when the settings ask for more than one).
+    on the throttle's clock: ``time.monotonic``), then lease a batch and load its pixels (with
+    ``decoders``, the pool of ``decode_threads - 1`` threads, when the settings ask for more
+    than one).
 
     The tokens come first so that no lease is held while waiting for them (a lease held idle
-    would only delay its items and could expire); tokens of ids the queue did not have go back."""
+    would only delay its items and could expire); tokens of ids the queue did not have go back.
+    Unthrottled, the bucket costs one Redis round trip per batch."""
     taken, burst = 0, BURST_BATCHES * batch_size  # tokens this batch took from a limited throttle
     if throttle is not None:
         grant = throttle.acquire(batch_size, burst, lambda: _rate_of(ctx, queue.upgrade_id), until)

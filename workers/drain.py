@@ -11,7 +11,8 @@ model are always a prefix of the backfill order plus what is in flight.
 Throttle (``service.throttle``): the loader takes a batch's tokens from the upgrade's bucket,
 shared by every worker, before it leases the batch, waiting in the loader thread at most until the
 drain's deadline (the encoder and the writer go on meanwhile); a drain whose budget ran out
-waiting ends, and its successor waits on.
+waiting ends, and its successor waits on. A checkpoint this drain claims meanwhile waits for that
+prefetch too (at most the budget) before it lands it and measures.
 
 Checkpoints (``service.upgrade.checkpoints``): when progress reaches a new checkpoint step and
 this drain claims it, the drain first lands everything it holds (the batch just encoded and the
