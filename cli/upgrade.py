@@ -41,6 +41,19 @@ def _fmt_plan(u: dict) -> str:
     return text
 
 
+def _fmt_throttle(u: dict) -> str:
+    limit, recent = u.get("items_per_second"), u.get("recent_items_per_s")
+    if limit is None:
+        return "unlimited"
+    return f"{limit:g} items/s" + ("" if recent is None else f", {recent:.1f} in the last 5 s")
+
+
+def _positive_rate(rate: float) -> float:
+    if not rate > 0 or rate == float("inf"):
+        raise typer.BadParameter(f"the rate must be a finite number of items per second above 0, got {rate}")
+    return rate
+
+
 def _render(u: dict) -> Any:
     from rich.table import Table
 
@@ -54,7 +67,7 @@ def _render(u: dict) -> Any:
     rows = [
         ("state", u["state"]),
         ("progress", f"{u['done']}/{u['total']}  ({_percent(u['fraction'])})  failed {u['failed']}"),
-        ("items/s", "-" if rate is None else f"{rate:.1f}"),
+        ("items/s", ("-" if rate is None else f"{rate:.1f}") + f"  (throttle {_fmt_throttle(u)})"),
         ("ETA", "-" if eta is None else f"{eta:.0f} s"),
         ("plan", _fmt_plan(u)),
         ("live NFR@1", _fmt_ratio(u.get("nfr"))),
@@ -138,6 +151,14 @@ def start(
             show_default=False,
         ),
     ] = None,
+    items_per_second: Annotated[
+        float | None,
+        typer.Option(
+            help="Throttle the backfill to this many items/s over all workers (change it live: upgrade throttle); "
+            "default: unlimited",
+            show_default=False,
+        ),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
     as_json: JsonOpt = False,
     api: ApiOpt = None,
@@ -155,6 +176,8 @@ def start(
         body["plan"] = plan
     if nfr_target is not None:
         body["nfr_target"] = nfr_target
+    if items_per_second is not None:
+        body["items_per_second"] = _positive_rate(items_per_second)
     u = call(api, token, "POST", "/upgrade", json=body)
     if as_json:
         typer.echo(json.dumps(u))
@@ -240,6 +263,25 @@ def status_cmd(
     """Print one upgrade's state, progress and live metrics."""
     u = call(api, token, "GET", f"/upgrade/{upgrade_id}" if upgrade_id is not None else "/upgrade")
     emit(u, as_json, _render)
+
+
+@upgrade_app.command("throttle")
+def throttle_cmd(
+    upgrade_id: Annotated[int, typer.Argument()],
+    rate: Annotated[
+        float | None, typer.Argument(help="Items per second over all workers together.", show_default=False)
+    ] = None,
+    unlimited: Annotated[bool, typer.Option("--unlimited", help="Lift the throttle.")] = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change a running backfill's rate live (RATE items/s, or --unlimited); every worker holds it
+    from its next batch."""
+    if (rate is None) == (not unlimited):
+        raise typer.BadParameter("give either RATE or --unlimited")
+    body = {"items_per_second": None if unlimited else _positive_rate(float(rate or 0))}
+    u = call(api, token, "POST", f"/upgrade/{upgrade_id}/throttle", json=body)
+    typer.echo(f"upgrade {upgrade_id} ({u['state']}): throttle {_fmt_throttle(u)}")
 
 
 def _action(name: str, doc: str) -> None:

@@ -14,6 +14,8 @@ key lost to a restart is rebuilt from SQL or re-created by whoever needs it. All
 | ``{p}:upgrade:{id}:cursor`` | string | scoring, workers | the window's last id from SQL, and whether SQL had more |
 | ``{p}:upgrade:{id}:rebuild-lock`` | string | workers | one process refills the window or rebuilds it from SQL |
 | ``{p}:upgrade:{id}:barrier`` | string | checkpoint measurer | while set, nobody leases |
+| ``{p}:upgrade:{id}:throttle`` | hash | workers | the token bucket: tokens, when refilled (``service.throttle``) |
+| ``{p}:upgrade:{id}:throttle-rate`` | string | API, workers | the rate from SQL, items/s (0: unlimited), for 5 s |
 | ``{p}:upgrade:{id}:checkpoint:{step}`` | string | workers | a checkpoint step claimed (measured once) |
 | ``{p}:upgrade:{id}:scoring-lock`` | string | scoring task | one scoring run at a time |
 | ``{p}:upgrade:{id}:drain-alive`` | string | drain tasks | heartbeat: some drain chain is running |
@@ -24,6 +26,13 @@ key lost to a restart is rebuilt from SQL or re-created by whoever needs it. All
 from __future__ import annotations
 
 from service.settings import Settings
+
+# The throttle's rate is copied from SQL into Redis for this long: a worker that finds it gone
+# reads SQL again, so a rate whose Redis write failed (or a Redis restarted from an old dump)
+# is corrected within this time; the API's own write reaches the workers at their next take.
+THROTTLE_RATE_TTL_S = 5
+# An idle token bucket is forgotten after this (a new one starts full: one batch).
+THROTTLE_BUCKET_TTL_S = 3600
 
 # A claimed checkpoint step is remembered this long: far longer than any upgrade's backfill.
 CHECKPOINT_CLAIM_TTL_S = 86_400
@@ -72,6 +81,14 @@ def rebuild_lock(settings: Settings, upgrade_id: int) -> str:
 
 def barrier(settings: Settings, upgrade_id: int) -> str:
     return upgrade_key(settings, upgrade_id, "barrier")
+
+
+def throttle_bucket(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "throttle")
+
+
+def throttle_rate(settings: Settings, upgrade_id: int) -> str:
+    return upgrade_key(settings, upgrade_id, "throttle-rate")
 
 
 def checkpoint_claim(settings: Settings, upgrade_id: int, step: int) -> str:

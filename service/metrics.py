@@ -43,6 +43,13 @@ BACKFILL_QUEUE_DEPTH = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode=_GAUGE_MODE,
 )
+BACKFILL_THROTTLE = Gauge(
+    "backfill_throttle_items_per_second",
+    "The backfill's throttle the workers hold together (items/s, set per upgrade); 0: unlimited.",
+    ["upgrade"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
+)
 BACKFILL_BATCH_SECONDS = Histogram(
     "backfill_batch_seconds",
     "Wall time to lease, encode, store and log one backfill batch.",

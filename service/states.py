@@ -30,6 +30,8 @@ BATCH_MAY_COMMIT = (RUNNING, PAUSED)
 # its counts are taken once, on the way in (``repositories.upgrades.transition``), and its view
 # and the history (GET /upgrades) read them from the row instead of counting every task.
 FINISHED = (COMPLETED, *TERMINAL)
+# States in which the backfill's throttle may be changed: the backfill is still to come or going on.
+THROTTLEABLE = (SCORING, RUNNING, PAUSED)
 
 # action -> (states it is allowed from, state it leads to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -11,6 +11,7 @@ was not acked is replayed, and replaying it is a no-op in SQL (see
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from service.metrics import BACKFILL_BATCH_SECONDS, BACKFILL_ITEMS
 from service.queue import BackfillQueue
 from service.repositories import items as item_repo
 from service.repositories import upgrades
+from service.throttle import BURST_BATCHES, Throttle
 from service.upgrade.images import load_pixels
 from service.upgrade.progress import window_loader
 from workers.context import WorkerContext
@@ -48,16 +50,37 @@ class Leased:
 
 
 BLOCKED = "blocked"  # lease_and_load's answer while a checkpoint barrier is up
+THROTTLED = "throttled"  # lease_and_load's answer when the throttle's tokens did not come in time
 
 
 def lease_and_load(
-    ctx: WorkerContext, queue: BackfillQueue, batch_size: int, to_model: str, decoders: Executor | None = None
+    ctx: WorkerContext,
+    queue: BackfillQueue,
+    batch_size: int,
+    to_model: str,
+    decoders: Executor | None = None,
+    throttle: Throttle | None = None,
+    until: float = math.inf,
 ) -> Leased | str | None:
-    """Lease a batch and load its pixels (with ``decoders``, the pool of ``decode_threads - 1``
-    threads, when the settings ask for more than one). The queue's Redis window is topped up
-    from SQL first when it ran low (one ZCARD otherwise)."""
+    """Take the batch's tokens from the upgrade's ``throttle`` (waiting for them until ``until``,
+    on the throttle's clock: ``time.monotonic``), then lease a batch and load its pixels (with
+    ``decoders``, the pool of ``decode_threads - 1`` threads, when the settings ask for more
+    than one).
+
+    The tokens come first so that no lease is held while waiting for them (a lease held idle
+    would only delay its items and could expire); tokens of ids the queue did not have go back.
+    Unthrottled, the bucket costs one Redis round trip per batch. The queue's Redis window is
+    topped up from SQL before the lease when it ran low (one ZCARD otherwise)."""
+    taken, burst = 0, BURST_BATCHES * batch_size  # tokens this batch took from a limited throttle
+    if throttle is not None:
+        grant = throttle.acquire(batch_size, burst, lambda: _rate_of(ctx, queue.upgrade_id), until)
+        if grant is None:
+            return THROTTLED
+        taken = batch_size if grant.rate is not None else 0
     queue.top_up(window_loader(ctx.settings, queue.upgrade_id), need=batch_size)
     ids = queue.lease(batch_size, ctx.settings.lease_seconds)
+    if throttle is not None and taken > len(ids):
+        throttle.give_back(taken - len(ids), burst)
     if not ids:
         return BLOCKED if queue.blocked else None
     with read_scope(ctx.url) as s:
@@ -88,6 +111,12 @@ def lease_and_load(
         except Exception:
             log.warning("upgrade batch: could not start encoding in the background", exc_info=True)
     return Leased(ids=ok_ids, pixels=pixels, errors=errors, all_ids=present, job=job)
+
+
+def _rate_of(ctx: WorkerContext, upgrade_id: int) -> float | None:
+    """The throttle's rate as SQL holds it (when Redis has lost or let go of its copy)."""
+    with read_scope(ctx.url) as s:
+        return upgrades.throttle_of(s, upgrade_id)
 
 
 @dataclass

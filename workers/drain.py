@@ -8,6 +8,12 @@ overlaps encoding the current one because image reads and decoding are pure over
 the encoder (benchmark B1). Writes stay in lease order, one at a time, so the items on the new
 model are always a prefix of the backfill order plus what is in flight.
 
+Throttle (``service.throttle``): the loader takes a batch's tokens from the upgrade's bucket,
+shared by every worker, before it leases the batch, waiting in the loader thread at most until the
+drain's deadline (the encoder and the writer go on meanwhile); a drain whose budget ran out
+waiting ends, and its successor waits on. A checkpoint this drain claims meanwhile waits for that
+prefetch too (at most the budget) before it lands it and measures.
+
 Checkpoints (``service.upgrade.checkpoints``): when progress reaches a new checkpoint step and
 this drain claims it, the drain first lands everything it holds (the batch just encoded and the
 one prefetched: landed, not handed back, so the cut stays a prefix of the order), then measures
@@ -30,8 +36,19 @@ from service.metrics import BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH
 from service.queue import BackfillQueue
 from service.repositories import upgrades
 from service.states import RUNNING
+from service.throttle import Throttle
 from service.upgrade import checkpoints, progress
-from workers.batch import BLOCKED, BatchResult, Encoded, Leased, encode_batch, land_batch, lease_and_load, write_batch
+from workers.batch import (
+    BLOCKED,
+    THROTTLED,
+    BatchResult,
+    Encoded,
+    Leased,
+    encode_batch,
+    land_batch,
+    lease_and_load,
+    write_batch,
+)
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -74,6 +91,7 @@ class Drain:
         self.upgrade_id = int(upgrade_id)
         self.budget_s = ctx.settings.drain_budget_seconds if budget_s is None else budget_s
         self.queue = BackfillQueue(ctx.redis, ctx.settings, self.upgrade_id)
+        self.throttle = Throttle(ctx.redis, ctx.settings, self.upgrade_id)
         self.label = str(self.upgrade_id)
         self.to_model = ""
         self.batch_size = 0
@@ -147,6 +165,8 @@ class Drain:
             return Outcome.WAIT
         if state != RUNNING:
             return Outcome.STOP
+        if answer == THROTTLED:  # the budget ran out waiting for tokens: the successor waits on
+            return Outcome.CONTINUE
         if self.queue.leased() == 0:
             done = progress.try_complete(self.ctx.settings, self.ctx.redis, self.upgrade_id)
             if done == "completed":
@@ -170,7 +190,14 @@ class Drain:
     def _lease_next(self) -> None:
         assert self._loader is not None
         self.pending = self._loader.submit(
-            lease_and_load, self.ctx, self.queue, self.batch_size, self.to_model, self._decoders
+            lease_and_load,
+            self.ctx,
+            self.queue,
+            self.batch_size,
+            self.to_model,
+            self._decoders,
+            self.throttle,
+            self.deadline,
         )
 
     def _submit_write(self, enc: Encoded) -> Future[BatchResult]:

@@ -107,6 +107,9 @@ class Upgrade(Base):
     nfr_guardrail: Mapped[float | None] = mapped_column(Float, nullable=True)
     plan: Mapped[str] = mapped_column(String(16), default="paper", server_default="paper")  # as asked: or auto
     nfr_target: Mapped[float | None] = mapped_column(Float, nullable=True)  # the chooser's probe-NFR bound
+    # The backfill's throttle, items per second over all workers together; null: unlimited. The
+    # truth of the rate (migration 0007): Redis holds only the bucket derived from it (service.throttle).
+    items_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)

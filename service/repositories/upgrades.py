@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, defer
 from service.db.schema import BackfillFailure, BackfillTask, GalleryItem, Upgrade
 from service.repositories.common import id_chunks, in_ids, table
 from service.repositories.items import external_ids_of, lock_items, set_active_model, upsert_embeddings
-from service.states import ACTIVE, BATCH_MAY_COMMIT, FINISHED, TRANSITIONS, TransitionError
+from service.states import ACTIVE, BATCH_MAY_COMMIT, FINISHED, THROTTLEABLE, TRANSITIONS, TransitionError
 from service.timestamps import utcnow
 
 
@@ -76,6 +76,26 @@ def transition(session: Session, upgrade_id: int, action: str, **fields: object)
         )
     session.expire_all()
     return target
+
+
+def set_throttle(session: Session, upgrade_id: int, items_per_second: float | None) -> str | None:
+    """Set the backfill's rate (None: unlimited) if the upgrade's backfill is not over (one
+    conditional UPDATE, so it cannot land on an upgrade a worker just completed). Returns the
+    state it was set in, or None when it was not set: then :func:`get_upgrade` says why."""
+    row = session.execute(
+        update(Upgrade)
+        .where(Upgrade.id == int(upgrade_id), Upgrade.state.in_(THROTTLEABLE))
+        .values(items_per_second=items_per_second, updated_at=utcnow())
+        .returning(Upgrade.state)
+    ).first()
+    session.expire_all()
+    return None if row is None else str(row[0])
+
+
+def throttle_of(session: Session, upgrade_id: int) -> float | None:
+    """The backfill's rate in items per second; None: unlimited (or no such upgrade)."""
+    rate = session.scalar(select(Upgrade.items_per_second).where(Upgrade.id == int(upgrade_id)))
+    return None if rate is None else float(rate)
 
 
 def lock_state(session: Session, upgrade_id: int, counting: bool = False) -> str | None:

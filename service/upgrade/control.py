@@ -8,6 +8,8 @@ touches Celery: the caller dispatches the scoring/drain tasks after these return
 
 from __future__ import annotations
 
+import logging
+
 import redis as redis_lib
 
 from models.plans import AUTO, get_plan, requestable
@@ -16,12 +18,16 @@ from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
 from service.indexport import Change, unit_of_work
+from service.keys import THROTTLE_RATE_TTL_S
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
 from service.settings import Settings
-from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, TransitionError
+from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, THROTTLEABLE, TransitionError
+from service.throttle import Throttle, check_rate
 from service.upgrade import chooser, plans
+
+log = logging.getLogger(__name__)
 
 
 class UpgradeRequestError(BadRequest):
@@ -46,6 +52,7 @@ def start(
     nfr_guardrail: float | None = None,
     plan: str = AUTO,
     nfr_target: float | None = None,
+    items_per_second: float | None = None,
 ) -> Upgrade:
     """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once
     (the hot refresh): from this commit on, queries follow the upgrade's query plan against the
@@ -66,6 +73,7 @@ def start(
         raise UpgradeRequestError("nfr_target is a ratio between 0 and 1")
     if plan not in requestable():
         raise UpgradeRequestError(f"unknown plan {plan!r}; expected one of {list(requestable())}")
+    items_per_second = _rate(items_per_second)
     with unit_of_work(settings, redis) as uow:
         s = uow.session
         serving = catalog.lock_serving_state(s)  # concurrent starts queue here
@@ -122,6 +130,7 @@ def start(
                 checkpoints=[],
                 plan=plan,
                 nfr_target=nfr_target,
+                items_per_second=items_per_second,
             ),
         )
         catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)
@@ -213,6 +222,43 @@ def _relog_landed_leases(settings: Settings, redis: redis_lib.Redis, upgrade_id:
             uow.record(Change.move(to_model, landed))
 
 
+def _rate(items_per_second: float | None) -> float | None:
+    try:
+        return check_rate(items_per_second)
+    except ValueError as exc:
+        raise UpgradeRequestError(str(exc)) from None
+
+
+def throttle(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, items_per_second: float | None) -> str:
+    """Set the backfill's rate live (None: unlimited): SQL first (the truth), then the copy the
+    workers' bucket reads, so every worker holds it from its next take. Refused (409) once the
+    backfill is over, and changes nothing then. Returns the upgrade's state.
+
+    Should Redis refuse the copy, the rate is still set: workers read it from SQL when the copy
+    they hold expires (``keys.THROTTLE_RATE_TTL_S``)."""
+    rate = _rate(items_per_second)
+    with session_scope(settings.sqlalchemy_url) as s:
+        state = upgrades.set_throttle(s, upgrade_id, rate)
+        if state is None:
+            up = upgrades.get_upgrade(s, upgrade_id)
+            if up is None:
+                raise UpgradeNotFound(f"upgrade {upgrade_id} does not exist")
+            raise UpgradeConflict(
+                f"cannot throttle upgrade {upgrade_id} in state {up.state!r}: its backfill is over "
+                f"(allowed in: {', '.join(THROTTLEABLE)})"
+            )
+    try:
+        Throttle(redis, settings, upgrade_id).publish(rate)
+    except redis_lib.RedisError:
+        log.warning(
+            "upgrade %s: the new rate is in SQL but not in Redis; workers take it within %s s",
+            upgrade_id,
+            THROTTLE_RATE_TTL_S,
+            exc_info=True,
+        )
+    return state
+
+
 def fail(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, error: str) -> None:
     """An upgrade that cannot go on (e.g. the new checkpoint is unreadable): back to the old
     model like a rollback, so the service keeps answering with what worked, state ``failed``."""
@@ -229,6 +275,7 @@ __all__ = [
     "act",
     "commit",
     "fail",
+    "throttle",
     "UpgradeRequestError",
     "UpgradeConflict",
     "UpgradeNotFound",

@@ -17,7 +17,8 @@ from service.queue import BackfillQueue
 from service.records import parse
 from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import ACTIVE, COMMITTED, COMPLETED, FINISHED, RUNNING
+from service.states import ACTIVE, COMMITTED, COMPLETED, FINISHED, RUNNING, THROTTLEABLE
+from service.throttle import Throttle
 from service.timestamps import UtcDatetime, as_utc
 from service.upgrade import probes
 from service.upgrade.choices import Plan, Strategy, UpgradeState
@@ -58,7 +59,17 @@ class UpgradeView(BaseModel):
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None = Field(description="Seconds until done at the rate so far; 0 once completed; null: unknown.")
     items_per_s: float | None = Field(description="Items re-encoded per second since running; null before any.")
-    queue_depth: int | None = Field(description="Items waiting in the Redis queue; null: Redis unreachable.")
+    items_per_second: float | None = Field(
+        description="The backfill's throttle, items per second over all workers together; null: unlimited."
+    )
+    recent_items_per_s: float | None = Field(
+        description="Measured by the throttle: items leased per second over the last full 5 s, all workers "
+        "together; null when unlimited.",
+    )
+    queue_depth: int | None = Field(
+        description="Items waiting in the upgrade's Redis window (at most HOTREFRESH_QUEUE_WINDOW; the rest "
+        "wait in SQL: see pending); null: Redis unreachable."
+    )
     leased: int | None = Field(description="Items leased by workers now; null: Redis unreachable.")
     baseline: dict | None = Field(description="The old system on the probes: old_map, old_top1_rate, probes.")
     checkpoints: list[Checkpoint] = Field(description="Every live measurement so far, in order.")
@@ -112,11 +123,13 @@ def view(
             eta = counts["pending"] / items_per_s
         elif up.state in (COMPLETED, COMMITTED):
             eta = 0.0
-    depth = leased = None
+    depth = leased = recent = None
     if redis is not None:
         try:
             q = BackfillQueue(redis, settings, up.id)
             depth, leased = q.depth(), q.leased()
+            if up.items_per_second is not None and up.state in THROTTLEABLE:
+                recent = Throttle(redis, settings, up.id).measured()
         except redis_lib.RedisError:
             pass
     summary = None
@@ -138,6 +151,8 @@ def view(
         map=up.map,
         eta_s=eta,
         items_per_s=items_per_s,
+        items_per_second=up.items_per_second,
+        recent_items_per_s=recent,
         queue_depth=depth,
         leased=leased,
         baseline=summary,

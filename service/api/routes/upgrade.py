@@ -35,6 +35,10 @@ FailureLimit = Annotated[int, Query(ge=1, le=100_000, description="At most this 
 UpgradeId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The upgrade's id (POST /upgrade answers it).")]
 
 
+# A throttle: finite and above 0 (JSON's NaN and Infinity, which Python's parser takes, are 422s).
+ItemsPerSecond = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+
+
 class UpgradeIn(BaseModel):
     """Start a hot refresh of the gallery onto ``model``; every other field has a default."""
 
@@ -67,6 +71,30 @@ class UpgradeIn(BaseModel):
         strict=True,
         description="auto: the probe NFR@1 a plan must stay within (default HOTREFRESH_NFR_TARGET).",
     )
+    items_per_second: ItemsPerSecond | None = Field(
+        None,
+        description="Throttle the backfill to this many items per second over all workers together "
+        "(change it live: POST /upgrade/{id}/throttle); default: unlimited.",
+    )
+
+
+class ThrottleIn(BaseModel):
+    """The backfill's new rate, for every worker's next batch."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items_per_second": 200.0}]})
+
+    # Required, null allowed: lifting the throttle is said, never implied by a missing field.
+    items_per_second: ItemsPerSecond | None = Field(
+        description="Items per second over all workers together, above 0; null: unlimited."
+    )
+
+
+class ThrottleOut(BaseModel):
+    """The upgrade's throttle after the change."""
+
+    id: int = Field(description="The upgrade's id.")
+    state: UpgradeState = Field(description="Its state (the throttle does not change it).")
+    items_per_second: float | None = Field(description="The rate now in force; null: unlimited.")
 
 
 class UpgradeCreated(BaseModel):
@@ -121,6 +149,7 @@ def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> Up
         nfr_guardrail=body.nfr_guardrail,
         plan=body.plan,
         nfr_target=body.nfr_target,
+        items_per_second=body.items_per_second,
     )
     dispatch.try_send("scoring", dispatch.send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
@@ -167,6 +196,20 @@ def failures(upgrade_id: UpgradeId, session: SessionDep, limit: FailureLimit = 1
     if upgrades.get_upgrade(session, upgrade_id) is None:
         raise NotFound(f"upgrade {upgrade_id} not found")
     return [Failure.of(f) for f in upgrades.list_failures(session, upgrade_id, limit)]
+
+
+@router.post(
+    "/{upgrade_id}/throttle",
+    response_model=ThrottleOut,
+    dependencies=[AdminDep],
+    responses=error_responses(401, 403, 404, 409, 422),
+    summary="Throttle an upgrade's backfill",
+)
+def throttle_upgrade(upgrade_id: UpgradeId, body: ThrottleIn, settings: SettingsDep, redis: RedisDep) -> ThrottleOut:
+    """Change the backfill's rate while it runs (scoring, running or paused; 409 after): every
+    worker holds the new rate from its next batch, within a second or so. null lifts the throttle."""
+    state = control.throttle(settings, redis, upgrade_id, body.items_per_second)
+    return ThrottleOut(id=upgrade_id, state=state, items_per_second=body.items_per_second)
 
 
 def _act(settings: Settings, redis: RedisDep, upgrade_id: int, action: str) -> StateOut:
