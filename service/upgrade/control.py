@@ -16,6 +16,7 @@ from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
 from service.indexport import Change, unit_of_work
+from service.metrics import remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
@@ -152,6 +153,7 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         catalog.set_plan(s, None)  # the old system exactly: its query against its vectors
         uow.record(Change.rollback(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
+    remove_upgrade(upgrade_id)  # this process's series; workers drop theirs when they see the state
     return new_state
 
 
@@ -175,6 +177,7 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
         catalog.set_plan(s, None)  # one segment left: the new model's query against it
         uow.record(Change.commit(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
+    remove_upgrade(upgrade_id)
     return new_state
 
 
