@@ -67,7 +67,7 @@ def test_promtool_check_rules() -> None:
     r = _promtool("check", "rules", str(ALERTS_YML))
     assert r.returncode == 0, r.stdout + r.stderr
     assert {rule["alert"] for rule in alert_rules()} >= {
-        "HotrefreshLiveNfrOverGuardrail",
+        "HotrefreshLiveNfrOverBound",
         "HotrefreshBackfillStalled",
         "HotrefreshQueueNotShrinking",
         "HotrefreshWorkerDown",
@@ -80,6 +80,28 @@ def test_alert_rules_fire_and_stay_quiet() -> None:
     """promtool's rule unit tests: each alert fires on trouble and not on a healthy upgrade."""
     r = _promtool("test", "rules", str(Path(__file__).with_name("alerts_test.yml")))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub (and most Markdown renderers) give a document's headings."""
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """Each rule's runbook_url points at a section of docs/runbook.md that exists."""
+    for rule in alert_rules():
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path and anchor, f"{rule['alert']}: runbook_url {url!r} is not path#anchor"
+        doc = REPO / path
+        assert doc.is_file(), f"{rule['alert']}: {path} does not exist"
+        assert anchor in _anchors(doc.read_text()), f"{rule['alert']}: no section #{anchor} in {path}"
+        assert anchor == rule["alert"].lower()
 
 
 @needs_promtool
