@@ -4,14 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Real data, a real Prometheus for the monitoring test, redis-server for the demo's embedded
-# Redis, and docker-compose (v1) to validate the compose file without a Docker engine.
-APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose
+# Redis, docker-compose (v1) to validate the compose file without a Docker engine, and node + npm
+# for the dashboard's check against Grafana's schema (tests/deploy/grafana-schema).
+APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose nodejs npm
+GRAFANA_SCHEMA := tests/deploy/grafana-schema
 
 .PHONY: setup demo test lint bench experiment clean
 
 $(STAMP): pyproject.toml
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null \
-	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null; then \
+	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null \
+	    || ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
@@ -21,7 +24,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# @grafana/schema (pinned to the compose file's Grafana) and typescript, exactly as locked.
+$(GRAFANA_SCHEMA)/node_modules/.package-lock.json: $(GRAFANA_SCHEMA)/package-lock.json $(STAMP)
+	cd $(GRAFANA_SCHEMA) && npm ci --ignore-scripts --no-audit --no-fund
+
+setup: $(STAMP) $(GRAFANA_SCHEMA)/node_modules/.package-lock.json
 
 demo: setup
 	$(BIN)/hotrefresh demo --exit
@@ -49,4 +56,4 @@ experiment: setup
 	  --out benchmarks/results/experiment-tuned
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache $(GRAFANA_SCHEMA)/node_modules

