@@ -225,9 +225,17 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
+GRAFANA_SECRET = "grafana-s3cret-0123456789"
+
+
+def _required_env() -> dict[str, str]:
+    """A clean environment with the variables the default compose file requires."""
+    return {**_clean_env(), "HOTREFRESH_ADMIN_TOKEN": "s3cret-token", "GRAFANA_ADMIN_PASSWORD": GRAFANA_SECRET}
+
+
 @needs_compose
 def test_compose_config_is_valid_and_ordered() -> None:
-    r = _compose_config({**_clean_env(), "HOTREFRESH_ADMIN_TOKEN": "s3cret-token"})
+    r = _compose_config(_required_env())
     assert r.returncode == 0, r.stderr
     services = yaml.safe_load(r.stdout)["services"]
     assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "prometheus", "grafana"}
@@ -281,10 +289,48 @@ def _binds(service: dict) -> list[tuple[str, str]]:
 
 
 @needs_compose
-def test_compose_refuses_to_start_without_an_admin_token() -> None:
-    r = _compose_config(_clean_env())
+@pytest.mark.parametrize("missing", ["HOTREFRESH_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD"])
+def test_compose_refuses_to_start_without_an_admin_secret(missing: str) -> None:
+    env = _required_env()
+    del env[missing]
+    r = _compose_config(env)
     assert r.returncode != 0
-    assert "HOTREFRESH_ADMIN_TOKEN" in r.stderr
+    assert missing in r.stderr
+
+
+def _grafana_entrypoint(password: str) -> subprocess.CompletedProcess[str]:
+    """Grafana's entrypoint as compose resolves it, run by /bin/sh with ``password``; the image's
+    own /run.sh does not exist here, so getting as far as exec-ing it means the check passed."""
+    r = _compose_config({**_required_env(), "GRAFANA_ADMIN_PASSWORD": password})
+    assert r.returncode == 0, r.stderr
+    grafana = yaml.safe_load(r.stdout)["services"]["grafana"]
+    shell, flag, script, *args = grafana["entrypoint"]
+    assert (shell, flag, args) == ("/bin/sh", "-c", ["/run.sh"])
+    env = {"PATH": os.environ["PATH"], **grafana["environment"]}
+    # `docker compose config` writes the file's `$$` escapes back out; the container's shell sees `$`
+    return subprocess.run([shell, flag, script.replace("$$", "$"), *args], capture_output=True, text=True, env=env)
+
+
+@needs_compose
+@pytest.mark.parametrize("placeholder", ["admin", "changeme", "password", "short-pw"])
+def test_grafana_refuses_a_placeholder_admin_password(placeholder: str) -> None:
+    refused = _grafana_entrypoint(placeholder)
+    assert refused.returncode == 78 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr, refused
+    started = _grafana_entrypoint(GRAFANA_SECRET)
+    assert started.returncode != 78 and "/run.sh" in started.stderr, started  # went on to the image's entrypoint
+
+
+@needs_compose
+def test_prometheus_keeps_its_lifecycle_api_off_and_its_port_unpublished() -> None:
+    services = _services((COMPOSE,), _required_env())
+    prometheus = services["prometheus"]
+    assert not [a for a in prometheus["command"] if a.startswith("--web.enable-lifecycle")]
+    assert "--web.enable-admin-api" not in prometheus["command"]
+    assert not prometheus.get("ports"), prometheus.get("ports")
+    # Grafana reaches it by its service name on the compose network
+    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_SECRET
 
 
 # --- The Milvus profile (docker-compose.milvus.yml, docker-compose.milvus-gpu.yml) ----------------
@@ -298,8 +344,7 @@ MINIO_USER, MINIO_SECRET = "hotrefresh-milvus", "minio-s3cret-0123456789"
 
 def _milvus_env(**extra: str) -> dict[str, str]:
     return {
-        **_clean_env(),
-        "HOTREFRESH_ADMIN_TOKEN": "s3cret-token",
+        **_required_env(),
         "MILVUS_MINIO_ACCESS_KEY": MINIO_USER,
         "MILVUS_MINIO_SECRET_KEY": MINIO_SECRET,
         **extra,
@@ -416,7 +461,7 @@ def test_milvus_profile_refuses_to_start_without_minio_credentials(missing: str)
 
 @needs_compose
 def test_default_compose_is_untouched_by_the_milvus_profile() -> None:
-    services = _services((COMPOSE,), {**_clean_env(), "HOTREFRESH_ADMIN_TOKEN": "s3cret-token"})
+    services = _services((COMPOSE,), _required_env())
     assert not {"etcd", "minio", "milvus"} & set(services)
     assert not _profiled(services)
     for svc in ("migrate", "api", "worker"):
