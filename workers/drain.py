@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from enum import StrEnum
 
 from service.db.session import read_scope
-from service.metrics import BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH, remove_upgrade
+from service.metrics import BACKFILL_ITEMS, BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH, remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import upgrades
 from service.states import BACKFILL_OVER, RUNNING
@@ -96,6 +96,10 @@ class Drain:
             self._drop_gauges_if_over(st.state)
             return Outcome.STOP
         self.to_model, self.batch_size = st.to_model, st.batch_size
+        for status in ("done", "failed"):
+            # Both series exist at 0 from this process's first drain: a counter series born at 1
+            # has no increase, so the dashboard's first failure would never show.
+            BACKFILL_ITEMS.labels(self.label, status)
         self.ctx.heartbeat(self.upgrade_id)
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)

@@ -156,6 +156,13 @@ class Prometheus:
             raise PromError(f"{expr!r}: unexpected result type {data['resultType']}")
         return data["result"] if data["resultType"] == "vector" else [{"metric": {}, "value": data["result"]}]
 
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
+        """Range query (what a Grafana panel draws); the result matrix."""
+        data = self._api("query_range", {"query": expr, "start": start, "end": end, "step": step})
+        if data["resultType"] != "matrix":
+            raise PromError(f"{expr!r}: unexpected result type {data['resultType']}")
+        return data["result"]
+
     def values(self, expr: str) -> dict[str, float]:
         """Instant query as {label set: value}."""
         return {json.dumps(s["metric"], sort_keys=True): float(s["value"][1]) for s in self.query(expr)}
