@@ -6,7 +6,7 @@ worker SIGKILLed, Redis flushed), and it auto-commits a completed upgrade after
 ``commit_grace_seconds``. Each kick is claimed with ``SET NX`` so that many workers watching the
 same upgrade start one set of chains, not one per worker.
 
-It also drops the gauge series of upgrades that have ended (:func:`drop_ended_gauges`): every
+It also drops the gauge series of upgrades that have ended (``service.upgrade.gauges``): every
 process of the container writes to one metrics directory, and a series set by a pool process
 that never saw the end (it was idle when an operator rolled back) would otherwise be scraped,
 and alerted on, for as long as the worker runs.
@@ -20,16 +20,16 @@ import time
 
 import redis as redis_lib
 
-from service import keys, metrics
+from service import keys
 from service.db.session import read_scope
 from service.dispatch import send_drains, send_score
 from service.metrics import BACKFILL_QUEUE_DEPTH
 from service.queue import BackfillQueue
 from service.repositories import upgrades
 from service.settings import Settings
-from service.states import BACKFILL_OVER, COMPLETED, RUNNING, SCORING, TransitionError
+from service.states import COMPLETED, RUNNING, SCORING, TransitionError
 from service.timestamps import seconds_since
-from service.upgrade import control
+from service.upgrade import control, gauges
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,9 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
                 actions.append(f"commit:{upgrade_id}")
             except (TransitionError, control.UpgradeConflict) as exc:
                 log.info("auto-commit of upgrade %s skipped: %s", upgrade_id, exc)
-    for label in drop_ended_gauges(settings):
+    for label in gauges.drop_ended(settings.sqlalchemy_url):
         log.info("watchdog: dropped the gauges of upgrade %s, which has ended", label)
     return actions
-
-
-def drop_ended_gauges(settings: Settings) -> list[str]:
-    """Remove the gauge series of every upgrade that has ended (or does not exist) from this
-    container's scrape; returns their labels. The series are read before SQL, so an upgrade whose
-    first gauge appears meanwhile is judged on the next tick, never dropped for not being read."""
-    labelled = metrics.upgrades_with_series()
-    if not labelled:
-        return []
-    with read_scope(settings.sqlalchemy_url) as s:
-        ended = []
-        for label in sorted(labelled):
-            up = upgrades.get_upgrade(s, int(label)) if label.isdigit() else None
-            if up is None or up.state in BACKFILL_OVER:
-                ended.append(label)
-    for label in ended:
-        metrics.remove_upgrade(label)
-    return ended
 
 
 class Watchdog(threading.Thread):
