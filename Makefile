@@ -4,17 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Real data, a real Prometheus for the monitoring test, redis-server for the demo's embedded
-# Redis, docker-compose (v1) to validate the compose file without a Docker engine, and node + npm
-# for the dashboard's check against Grafana's schema (tests/deploy/grafana-schema).
-APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose nodejs npm
+# Redis, and docker-compose (v1) to validate the compose file without a Docker engine.
+APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose
+# node and npm for the dashboard's check against Grafana's schema (tests/deploy/grafana-schema),
+# installed only when missing: a node from elsewhere (NodeSource's bundles npm) is left alone.
 GRAFANA_SCHEMA := tests/deploy/grafana-schema
 
 .PHONY: setup demo test lint bench experiment clean
 
 $(STAMP): pyproject.toml
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v prometheus >/dev/null \
-	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null \
-	    || ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	    || ! command -v redis-server >/dev/null || ! command -v docker-compose >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # @grafana/schema (pinned to the compose file's Grafana) and typescript, exactly as locked.
-$(GRAFANA_SCHEMA)/node_modules/.package-lock.json: $(GRAFANA_SCHEMA)/package-lock.json $(STAMP)
+$(GRAFANA_SCHEMA)/node_modules/.package-lock.json: $(GRAFANA_SCHEMA)/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; fi
 	cd $(GRAFANA_SCHEMA) && npm ci --ignore-scripts --no-audit --no-fund
 
 setup: $(STAMP) $(GRAFANA_SCHEMA)/node_modules/.package-lock.json
