@@ -334,3 +334,17 @@ def test_a_completed_upgrade_leaves_no_gauge(make_gallery) -> None:
     with session_scope(ctx.url) as s:
         assert upgrades.get_upgrade(s, uid).state == "completed"
     assert _gauges_of(uid) == {}
+
+
+@pytest.mark.parametrize(("nfr_target", "bound"), [(0.03, 0.03), (None, 0.05)])
+def test_under_a_fixed_plan_the_bound_is_the_target_else_five_percent(make_gallery, nfr_target, bound) -> None:
+    """No chooser, no estimate: the NFR alert's line is the upgrade's nfr_target, else 5%
+    (models.plans.nfr_bound without an estimate)."""
+    g = make_gallery(n=24)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8, plan="dual", nfr_target=nfr_target)
+    with session_scope(ctx.url) as s:
+        first = upgrades.get_upgrade(s, uid).checkpoints[0]
+    assert first["plan"] == "dual" and first["nfr_bound"] is None
+    assert _gauges_of(uid)["hotrefresh_live_nfr_bound_ratio"] == {"dual": bound}
+    control.act(g.settings, ctx.redis, uid, "cancel")
+    assert _gauges_of(uid) == {}
