@@ -11,7 +11,7 @@ An upgrade's gauges (every gauge with an ``upgrade`` label) live only while it d
 :func:`remove_upgrade` drops them when it ends, so a finished upgrade neither pages nor shows a
 frozen last value. prometheus-client cannot remove a series in multiprocess mode (the value stays
 in each process's file), so there a removal writes NaN with the current time (with
-``livemostrecent`` the newest write wins across processes) and :func:`collector` leaves NaN
+``livemostrecent`` the newest write wins across processes) and :func:`collector_registry` leaves NaN
 samples of those gauges out of every scrape.
 """
 

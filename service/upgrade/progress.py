@@ -57,7 +57,7 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
     except TransitionError:
         return "wait"
     # The backfill is over: its gauges go (GET /upgrade keeps the final point and fraction);
-    # other processes drop theirs when they see the state (workers.drain, workers.watchdog).
+    # other processes drop theirs when they see the state (workers.drain, service.upgrade.gauges).
     remove_upgrade(upgrade_id)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point.nfr, point and point.map)
     return "completed"
