@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist prometheus redis-server docker-compose postgresql
 # Debian puts initdb in /usr/lib/postgresql/<version>/bin, off the PATH.
 HAVE_INITDB := command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+# node and npm for the dashboard's check against Grafana's schema (tests/deploy/grafana-schema),
+# installed only when missing: a node from elsewhere (NodeSource's bundles npm) is left alone.
+GRAFANA_SCHEMA := tests/deploy/grafana-schema
 
 .PHONY: setup demo test lint bench experiment clean
 
@@ -25,7 +28,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# @grafana/schema (pinned to the compose file's Grafana) and typescript, exactly as locked.
+$(GRAFANA_SCHEMA)/node_modules/.package-lock.json: $(GRAFANA_SCHEMA)/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; fi
+	cd $(GRAFANA_SCHEMA) && npm ci --ignore-scripts --no-audit --no-fund
+
+setup: $(STAMP) $(GRAFANA_SCHEMA)/node_modules/.package-lock.json
 
 demo: setup
 	$(BIN)/hotrefresh demo --exit
@@ -53,4 +63,4 @@ experiment: setup
 	  --out benchmarks/results/experiment-tuned
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache $(GRAFANA_SCHEMA)/node_modules

@@ -6,11 +6,20 @@ that directory and :func:`render_latest` aggregates them, so counters from many 
 add up right when Prometheus scrapes any one of them. Gauges use ``livemostrecent`` (the
 latest value written by a live process) because progress, queue depth and live NFR are
 facts about the upgrade, not sums over processes.
+
+An upgrade's gauges (every gauge with an ``upgrade`` label) live only while it does:
+:func:`remove_upgrade` drops them when it ends, so a finished upgrade neither pages nor shows a
+frozen last value. prometheus-client cannot remove a series in multiprocess mode (the value stays
+in each process's file), so there a removal writes NaN with the current time (with
+``livemostrecent`` the newest write wins across processes) and :func:`collector_registry` leaves NaN
+samples of those gauges out of every scrape.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
 from prometheus_client import (
@@ -22,6 +31,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 NAMESPACE = "hotrefresh"
 _GAUGE_MODE: Final[Literal["livemostrecent"]] = "livemostrecent"
@@ -68,6 +79,16 @@ LIVE_NFR = Gauge(
 LIVE_MAP = Gauge(
     "live_map_ratio",
     "mAP of the probe set against the live mixed index, per query plan.",
+    ["upgrade", "plan"],
+    namespace=NAMESPACE,
+    multiprocess_mode=_GAUGE_MODE,
+)
+# The probe NFR@1 the upgrade may reach (service.upgrade.checkpoints.alert_bound: under auto the
+# chooser's bound at that cut), one series per plan like LIVE_NFR, so the alert compares each
+# plan's NFR with the bound it was measured against.
+LIVE_NFR_BOUND = Gauge(
+    "live_nfr_bound_ratio",
+    "The probe NFR@1 the upgrade may reach at its latest checkpoint (auto: the chooser's bound), per query plan.",
     ["upgrade", "plan"],
     namespace=NAMESPACE,
     multiprocess_mode=_GAUGE_MODE,
@@ -141,15 +162,77 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def render_latest() -> tuple[bytes, str]:
-    """The exposition text for /metrics, aggregated over processes when in multiprocess mode."""
+UPGRADE_LABEL = "upgrade"
+
+
+def upgrade_gauges() -> list[Gauge]:
+    """Every gauge of this module labelled by upgrade: the series that end with their upgrade
+    (a gauge added here later is covered without a list to keep up to date)."""
+    return [g for g in globals().values() if isinstance(g, Gauge) and UPGRADE_LABEL in g._labelnames]
+
+
+class _LiveCollector(Collector):
+    """The samples of every process in ``PROMETHEUS_MULTIPROC_DIR``, less removed series."""
+
+    def __init__(self) -> None:
+        self._inner = _mp.MultiProcessCollector(None)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._inner.collect():
+            if metric.type == "gauge":  # a removed upgrade series reads NaN: leave it out
+                metric.samples = [s for s in metric.samples if not (UPGRADE_LABEL in s.labels and math.isnan(s.value))]
+            yield metric
+
+
+def collector_registry() -> CollectorRegistry:
+    """What a scrape of this process serves: every process of the container in multiprocess
+    mode (removed series left out), else this process's default registry."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        registry.register(_LiveCollector())
+        return registry
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return REGISTRY
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for /metrics, aggregated over processes when in multiprocess mode."""
+    return generate_latest(collector_registry()), CONTENT_TYPE_LATEST
+
+
+def _upgrade_series() -> Iterator[tuple[Gauge, dict[str, str], float]]:
+    """(gauge, labels, value) of every upgrade gauge's series as a scrape would see them: over
+    every process in multiprocess mode (tombstones included, as NaN), else this process's."""
+    gauges = {g._name: g for g in upgrade_gauges()}
+    metrics: Iterable[Metric] = (
+        _mp.MultiProcessCollector(None).collect()
+        if multiprocess_enabled()
+        else (m for g in gauges.values() for m in g.collect())
+    )
+    for metric in metrics:
+        gauge = gauges.get(metric.name)
+        if gauge is not None:
+            yield from ((gauge, s.labels, s.value) for s in metric.samples if UPGRADE_LABEL in s.labels)
+
+
+def upgrades_with_series() -> set[str]:
+    """The upgrades (their label values) with a gauge series that a scrape would show."""
+    return {labels[UPGRADE_LABEL] for _, labels, value in _upgrade_series() if not math.isnan(value)}
+
+
+def remove_upgrade(upgrade_id: int | str) -> None:
+    """Drop every gauge series of one upgrade (progress, queue depth, live NFR, its bound, mAP,
+    serving plan, ...): called wherever a process sees the upgrade end, so that it stops
+    reporting the upgrade's last values. Counters stay: they are its history."""
+    label = str(upgrade_id)
+    if not multiprocess_enabled():
+        for gauge in upgrade_gauges():
+            gauge.remove_by_labels({UPGRADE_LABEL: label})
+        return
+    for gauge, labels, value in list(_upgrade_series()):
+        if labels[UPGRADE_LABEL] == label and not math.isnan(value):
+            gauge.labels(*(labels[n] for n in gauge._labelnames)).set(math.nan)
 
 
 def mark_process_dead(pid: int) -> None:

@@ -23,6 +23,9 @@ STATES = (SCORING, RUNNING, PAUSED, COMPLETED, COMMITTED, CANCELLED, ROLLED_BACK
 TERMINAL = (COMMITTED, CANCELLED, ROLLED_BACK, FAILED)
 # An upgrade in one of these owns the gallery: a second one may not start, old vectors stay.
 ACTIVE = (SCORING, RUNNING, PAUSED, COMPLETED)
+# The backfill is over (a completed upgrade waits only for a commit or a rollback): the upgrade's
+# live gauges (service.metrics.remove_upgrade) go with it.
+BACKFILL_OVER = (COMPLETED, *TERMINAL)
 # States in which a worker batch may still land its results (a batch in flight when the
 # operator pauses finishes; one in flight at rollback/cancel is discarded by the row lock).
 BATCH_MAY_COMMIT = (RUNNING, PAUSED)

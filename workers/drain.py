@@ -32,10 +32,10 @@ from contextlib import nullcontext
 from enum import StrEnum
 
 from service.db.session import read_scope
-from service.metrics import BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH
+from service.metrics import BACKFILL_ITEMS, BACKFILL_PROGRESS, BACKFILL_QUEUE_DEPTH, remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import upgrades
-from service.states import RUNNING
+from service.states import BACKFILL_OVER, RUNNING
 from service.throttle import Throttle
 from service.upgrade import checkpoints, progress
 from workers.batch import (
@@ -111,8 +111,13 @@ class Drain:
         self.deadline = time.monotonic() + self.budget_s
         st = self._run_state()
         if st.state != RUNNING:
+            self._drop_gauges_if_over(st.state)
             return Outcome.STOP
         self.to_model, self.batch_size = st.to_model, st.batch_size
+        for status in ("done", "failed"):
+            # Both series exist at 0 from this process's first drain: a counter series born at 1
+            # has no increase, so the dashboard's first failure would never show.
+            BACKFILL_ITEMS.labels(self.label, status)
         self.ctx.heartbeat(self.upgrade_id)
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
@@ -227,6 +232,8 @@ class Drain:
             st = self._run_state()
             state, done, total = st.state, st.done, st.total
         frac = 1.0 if total <= 0 else min(1.0, done / total)
+        if self._drop_gauges_if_over(state):
+            return state, False
         BACKFILL_PROGRESS.labels(self.label).set(frac)
         if periodic:
             BACKFILL_QUEUE_DEPTH.labels(self.label).set(self.queue.depth())
@@ -237,6 +244,14 @@ class Drain:
         if step is None:
             return state, False
         return self._checkpoint(step, current, state)
+
+    def _drop_gauges_if_over(self, state: str | None) -> bool:
+        """This process saw the upgrade end (or vanish): its gauge series go, wherever they were
+        set (progress, queue depth, the live NFR of a checkpoint it measured). True if so."""
+        if state is not None and state not in BACKFILL_OVER:
+            return False
+        remove_upgrade(self.upgrade_id)
+        return True
 
     def _checkpoint(self, step: int, current: Encoded | None, state: str | None) -> tuple[str | None, bool]:
         settings, redis = self.ctx.settings, self.ctx.redis

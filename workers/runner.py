@@ -34,12 +34,10 @@ def run_worker(*, concurrency: int, metrics_port: int, hostname: str | None, log
     from workers.watchdog import Watchdog
 
     if metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client import multiprocess as mp
+        from prometheus_client import start_http_server
 
-        registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
-        start_http_server(metrics_port, addr="0.0.0.0", registry=registry)
+        # every pool process of this worker, less the series of upgrades that ended
+        start_http_server(metrics_port, addr="0.0.0.0", registry=m.collector_registry())
         log.info(
             "worker metrics on :%d/metrics (PROMETHEUS_MULTIPROC_DIR=%s)",
             metrics_port,

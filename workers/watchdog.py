@@ -5,6 +5,11 @@ flushed, or no worker was up and the broker restarted), drain chains that all di
 worker SIGKILLed, Redis flushed), and it auto-commits a completed upgrade after
 ``commit_grace_seconds``. Each kick is claimed with ``SET NX`` so that many workers watching the
 same upgrade start one set of chains, not one per worker.
+
+It also drops the gauge series of upgrades that have ended (``service.upgrade.gauges``): every
+process of the container writes to one metrics directory, and a series set by a pool process
+that never saw the end (it was idle when an operator rolled back) would otherwise be scraped,
+and alerted on, for as long as the worker runs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from service.repositories import upgrades
 from service.settings import Settings
 from service.states import COMPLETED, RUNNING, SCORING, TransitionError
 from service.timestamps import seconds_since
-from service.upgrade import control
+from service.upgrade import control, gauges
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,8 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
                 actions.append(f"commit:{upgrade_id}")
             except (TransitionError, control.UpgradeConflict) as exc:
                 log.info("auto-commit of upgrade %s skipped: %s", upgrade_id, exc)
+    for label in gauges.drop_ended(settings.sqlalchemy_url):
+        log.info("watchdog: dropped the gauges of upgrade %s, which has ended", label)
     return actions
 
 

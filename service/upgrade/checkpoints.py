@@ -25,16 +25,16 @@ from typing import Any
 import redis as redis_lib
 from sqlalchemy.orm import Session
 
-from models.plans import PAPER
+from models.plans import PAPER, nfr_bound
 from service import keys
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.indexport import Change, unit_of_work
-from service.metrics import LIVE_MAP, LIVE_NFR, SERVING_PLAN
+from service.metrics import LIVE_MAP, LIVE_NFR, LIVE_NFR_BOUND, SERVING_PLAN, remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.settings import Settings
-from service.states import ACTIVE, TransitionError
+from service.states import ACTIVE, BACKFILL_OVER, TransitionError
 from service.upgrade import chooser, plans, probes
 from service.upgrade.plans import ServingPlan
 from service.upgrade.records import Checkpoint
@@ -46,9 +46,20 @@ def progress_of(up: Upgrade) -> float:
     return 1.0 if up.total <= 0 else min(1.0, up.done / up.total)
 
 
-def set_live_gauges(upgrade_id: int, point: Checkpoint) -> None:
-    """Every plan measured at this point, and which one is served. No labels, no probes: the
-    gauges are left unset ("unavailable"), never written as 0."""
+def alert_bound(settings: Settings, up: Upgrade, point: Checkpoint) -> float:
+    """The probe NFR@1 this upgrade may reach at this point, the line its NFR alert is drawn at:
+    under ``auto`` the chooser's bound at this cut (``nfr_target``, or the finished upgrade's NFR
+    estimated here plus one point); under a fixed plan the same rule without an estimate
+    (``models.plans.nfr_bound``: the upgrade's ``nfr_target``, else ``HOTREFRESH_NFR_TARGET``,
+    else 5%)."""
+    if point.nfr_bound is not None:
+        return point.nfr_bound
+    return nfr_bound(up.nfr_target if up.nfr_target is not None else settings.nfr_target, None)
+
+
+def set_live_gauges(upgrade_id: int, point: Checkpoint, bound: float) -> None:
+    """Every plan measured at this point, the NFR bound it is held to, and which one is served.
+    No labels, no probes: the gauges are left unset ("unavailable"), never written as 0."""
     serving = point.plan or PAPER
     measured = point.candidates or {serving: {"nfr": point.nfr, "map": point.map}}
     label = str(upgrade_id)
@@ -56,6 +67,7 @@ def set_live_gauges(upgrade_id: int, point: Checkpoint) -> None:
         nfr, map_ = m.get("nfr"), m.get("map")
         if nfr is not None:
             LIVE_NFR.labels(label, plan).set(nfr)
+            LIVE_NFR_BOUND.labels(label, plan).set(bound)
         if map_ is not None:
             LIVE_MAP.labels(label, plan).set(map_)
         if point.nfr is not None or point.map is not None:
@@ -145,9 +157,12 @@ def record(
         serve(settings, redis, upgrade_id, point.serving_plan)
     with session_scope(settings.sqlalchemy_url) as s:
         up = upgrades.append_checkpoint(s, upgrade_id, point.stored())
-        guardrail = up.nfr_guardrail
+        guardrail, over, bound = up.nfr_guardrail, up.state in BACKFILL_OVER, alert_bound(settings, up, point)
     nfr = point.nfr
-    set_live_gauges(upgrade_id, point)
+    if over:  # it ended while this point was measured: no gauge outlives its upgrade
+        remove_upgrade(upgrade_id)
+        return point
+    set_live_gauges(upgrade_id, point, bound)
     if guardrail is not None and nfr is not None and nfr > guardrail:
         try:
             with session_scope(settings.sqlalchemy_url) as s:

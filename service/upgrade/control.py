@@ -19,6 +19,7 @@ from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
 from service.indexport import Change, unit_of_work
 from service.keys import THROTTLE_RATE_TTL_S
+from service.metrics import remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import catalog, upgrades
 from service.repositories import items as item_repo
@@ -161,6 +162,7 @@ def _return_to_old_model(settings: Settings, redis: redis_lib.Redis, upgrade_id:
         catalog.set_plan(s, None)  # the old system exactly: its query against its vectors
         uow.record(Change.rollback(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
+    remove_upgrade(upgrade_id)  # this process's series; workers drop theirs when they see the state
     return new_state
 
 
@@ -184,6 +186,7 @@ def commit(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) -> str:
         catalog.set_plan(s, None)  # one segment left: the new model's query against it
         uow.record(Change.commit(up.from_model))
     BackfillQueue(redis, settings, upgrade_id).clear()
+    remove_upgrade(upgrade_id)
     return new_state
 
 

@@ -11,7 +11,7 @@ import logging
 import redis as redis_lib
 
 from service.db.session import read_scope, session_scope
-from service.metrics import BACKFILL_PROGRESS
+from service.metrics import remove_upgrade
 from service.queue import BackfillQueue, Cursor, Loader
 from service.repositories import upgrades
 from service.settings import Settings
@@ -55,10 +55,9 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
                 upgrades.append_checkpoint(s, upgrade_id, point.stored())
     except TransitionError:
         return "wait"
-    # The same fraction GET /upgrade reports: items that failed are not on the new model.
-    BACKFILL_PROGRESS.labels(str(upgrade_id)).set(moved_fraction(counts) or 0.0)
-    if point is not None:
-        checkpoints.set_live_gauges(upgrade_id, point)
+    # The backfill is over: its gauges go (GET /upgrade keeps the final point and fraction);
+    # other processes drop theirs when they see the state (workers.drain, service.upgrade.gauges).
+    remove_upgrade(upgrade_id)
     log.info("upgrade %s completed; final live NFR %s mAP %s", upgrade_id, point and point.nfr, point and point.map)
     return "completed"
 

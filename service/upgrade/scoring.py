@@ -21,7 +21,7 @@ from models.uncertainty import get_ordering, score_uncertainty
 from service.db.schema import Upgrade
 from service.db.session import read_scope, session_scope
 from service.imagestore import ImageStore
-from service.metrics import BACKFILL_PROGRESS
+from service.metrics import BACKFILL_PROGRESS, remove_upgrade
 from service.queue import BackfillQueue
 from service.repositories import items as item_repo
 from service.repositories import upgrades
@@ -124,7 +124,9 @@ def run_scoring(
             )
     except TransitionError:
         queue.clear()  # rolled back or cancelled while scoring
+        remove_upgrade(upgrade_id)
         return False
+    checkpoints.set_live_gauges(upgrade_id, checkpoint, checkpoints.alert_bound(settings, up, checkpoint))
     log.info(
         "upgrade %s scored: %d items, %d probes, %.1fs",
         upgrade_id,

@@ -45,8 +45,29 @@ def promtool_binary() -> str | None:
     return shutil.which("promtool")
 
 
-def dashboard_queries(path: Path = DASHBOARD_JSON) -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every target of every panel, rows included."""
+# What Grafana puts in place of the dashboard's variables, for Prometheus's own scrape interval of
+# 15s (docker/prometheus.yml): every upgrade, $__rate_interval at its floor of four scrapes.
+DASHBOARD_VARIABLES = {"upgrade": ".*", "__rate_interval": "1m", "__range": "1h", "__interval": "15s"}
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def render(expr: str, variables: Mapping[str, str] = DASHBOARD_VARIABLES) -> str:
+    """A dashboard expression with its variables replaced, as Grafana sends it to Prometheus."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in variables:
+            raise KeyError(f"{expr!r} uses ${name}, which is not one of {sorted(variables)}")
+        return variables[name]
+
+    return _VARIABLE.sub(value, expr)
+
+
+def dashboard_queries(
+    path: Path = DASHBOARD_JSON, variables: Mapping[str, str] | None = DASHBOARD_VARIABLES
+) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, rows included; with the dashboard's
+    variables replaced by ``variables`` (None: as written)."""
     board = json.loads(path.read_text())
     out: list[tuple[str, str]] = []
 
@@ -55,7 +76,8 @@ def dashboard_queries(path: Path = DASHBOARD_JSON) -> list[tuple[str, str]]:
             walk(panel.get("panels", []))
             for target in panel.get("targets", []):
                 if target.get("expr"):
-                    out.append((f"{panel.get('title', '?')} [{target.get('refId', '?')}]", target["expr"]))
+                    expr = target["expr"] if variables is None else render(target["expr"], variables)
+                    out.append((f"{panel.get('title', '?')} [{target.get('refId', '?')}]", expr))
 
     walk(board.get("panels", []))
     return out
@@ -133,6 +155,13 @@ class Prometheus:
         if data["resultType"] not in ("vector", "scalar"):
             raise PromError(f"{expr!r}: unexpected result type {data['resultType']}")
         return data["result"] if data["resultType"] == "vector" else [{"metric": {}, "value": data["result"]}]
+
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
+        """Range query (what a Grafana panel draws); the result matrix."""
+        data = self._api("query_range", {"query": expr, "start": start, "end": end, "step": step})
+        if data["resultType"] != "matrix":
+            raise PromError(f"{expr!r}: unexpected result type {data['resultType']}")
+        return data["result"]
 
     def values(self, expr: str) -> dict[str, float]:
         """Instant query as {label set: value}."""
@@ -227,8 +256,12 @@ def run_prometheus(workdir: Path, config: Mapping[str, Any], *, timeout: float =
                 popen.wait(timeout=10)
 
 
-def dashboard_annotation_queries(path: Path = DASHBOARD_JSON) -> list[tuple[str, str]]:
-    """(annotation name, PromQL) of the dashboard's Prometheus annotations (alert markers)."""
+def dashboard_annotation_queries(
+    path: Path = DASHBOARD_JSON, variables: Mapping[str, str] | None = DASHBOARD_VARIABLES
+) -> list[tuple[str, str]]:
+    """(annotation name, PromQL) of the dashboard's Prometheus annotations (alert markers), whose
+    query is the annotation's ``target`` in Grafana's current format."""
     board = json.loads(path.read_text())
     annotations = board.get("annotations", {}).get("list", [])
-    return [(a.get("name", "?"), a["expr"]) for a in annotations if a.get("expr")]
+    exprs = [(a.get("name", "?"), a.get("target", {}).get("expr")) for a in annotations]
+    return [(name, e if variables is None else render(e, variables)) for name, e in exprs if e]

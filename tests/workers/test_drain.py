@@ -8,10 +8,10 @@ import contextlib
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from service import indexlog
-from service.db.schema import BackfillTask, Embedding
+from service.db.schema import BackfillTask, Embedding, Upgrade
 from service.db.session import session_scope
 from service.queue import BackfillQueue
 from service.repositories import catalog, common, upgrades
@@ -277,3 +277,74 @@ def test_backfilled_vectors_are_what_the_new_model_gives_each_image(make_gallery
     expected = model.embed_images([Image.fromarray(a) for a in fmnist_test[0][:40]])
     got = np.stack([vector_from_bytes(stored[i]) for i in g.ids])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _gauges_of(upgrade_id: int) -> dict[str, dict[str, float]]:
+    """This process's gauge series of one upgrade: {metric: {plan or "": value}}."""
+    from service.metrics import upgrade_gauges
+
+    out: dict[str, dict[str, float]] = {}
+    for gauge in upgrade_gauges():
+        for m in gauge.collect():
+            for smp in m.samples:
+                if smp.labels.get("upgrade") == str(upgrade_id):
+                    out.setdefault(smp.name, {})[smp.labels.get("plan", "")] = smp.value
+    return out
+
+
+def test_live_gauges_carry_the_bound_and_end_with_the_upgrade(make_gallery) -> None:
+    """Scoring sets the first point's NFR and the bound it is held to; a drain that finds the
+    upgrade ended by another process (an operator's rollback through the API) drops this
+    process's series; the watchdog drops any left by a process that never looked again; a
+    completed upgrade leaves none."""
+    from service.metrics import BACKFILL_PROGRESS
+    from workers.watchdog import tick
+
+    g = make_gallery(n=48)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    with session_scope(ctx.url) as s:
+        first = upgrades.get_upgrade(s, uid).checkpoints[0]
+    live = _gauges_of(uid)
+    assert live["hotrefresh_backfill_progress_ratio"] == {"": 0.0}
+    assert live["hotrefresh_live_nfr_ratio"][first["plan"]] == pytest.approx(first["nfr"])
+    # auto: the bound the chooser held the first point to, on every plan it measured
+    assert first["nfr_bound"] is not None
+    bounds = live["hotrefresh_live_nfr_bound_ratio"]
+    assert set(bounds) == set(first["candidates"]) and set(bounds.values()) == {first["nfr_bound"]}
+
+    assert drain(ctx, uid, budget_s=0.01) in ("continue", "wait", "stop")
+    assert "hotrefresh_backfill_queue_depth" in _gauges_of(uid)
+    # another process rolls it back (the state only: this process does not hear of it)
+    with session_scope(ctx.url) as s:
+        s.execute(update(Upgrade).where(Upgrade.id == uid).values(state="rolled_back"))
+    assert _gauges_of(uid)  # still reported ...
+    assert drain(ctx, uid, budget_s=5.0) == "stop"
+    assert _gauges_of(uid) == {}  # ... until this worker saw the end
+
+    BACKFILL_PROGRESS.labels(str(uid)).set(0.5)  # a process that never looked again
+    tick(g.settings, ctx.redis)
+    assert _gauges_of(uid) == {}
+
+
+def test_a_completed_upgrade_leaves_no_gauge(make_gallery) -> None:
+    g = make_gallery(n=32)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
+    assert _gauges_of(uid)
+    run_to_end(ctx, uid)
+    with session_scope(ctx.url) as s:
+        assert upgrades.get_upgrade(s, uid).state == "completed"
+    assert _gauges_of(uid) == {}
+
+
+@pytest.mark.parametrize(("nfr_target", "bound"), [(0.03, 0.03), (None, 0.05)])
+def test_under_a_fixed_plan_the_bound_is_the_target_else_five_percent(make_gallery, nfr_target, bound) -> None:
+    """No chooser, no estimate: the NFR alert's line is the upgrade's nfr_target, else 5%
+    (models.plans.nfr_bound without an estimate)."""
+    g = make_gallery(n=24)
+    ctx, uid = start_and_score(g, strategy="margin", batch_size=8, plan="dual", nfr_target=nfr_target)
+    with session_scope(ctx.url) as s:
+        first = upgrades.get_upgrade(s, uid).checkpoints[0]
+    assert first["plan"] == "dual" and first["nfr_bound"] is None
+    assert _gauges_of(uid)["hotrefresh_live_nfr_bound_ratio"] == {"dual": bound}
+    control.act(g.settings, ctx.redis, uid, "cancel")
+    assert _gauges_of(uid) == {}

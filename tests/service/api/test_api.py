@@ -117,6 +117,18 @@ def test_first_model_serves_and_gallery_search_round_trip(
     assert 'hotrefresh_gallery_vectors{model="old"} 11.0' in metrics
 
 
+def test_metrics_leave_out_the_gauges_of_an_upgrade_that_is_not_live(client: TestClient) -> None:
+    """A series this API process set for an upgrade SQL does not hold as running (here: none of
+    that id at all) is dropped before the scrape (service.upgrade.gauges)."""
+    from service.metrics import BACKFILL_PROGRESS, LIVE_NFR, LIVE_NFR_BOUND
+
+    BACKFILL_PROGRESS.labels("987654").set(0.5)
+    LIVE_NFR.labels("987654", "dual").set(0.2)
+    LIVE_NFR_BOUND.labels("987654", "dual").set(0.05)
+    text = client.get("/metrics").text
+    assert 'upgrade="987654"' not in text
+
+
 def test_register_by_upload_and_list(
     client: TestClient, checkpoints: dict, admin_headers: dict, service_settings: Settings
 ) -> None:
