@@ -292,18 +292,30 @@ class BackfillQueue:
         return _parse_cursor(self.redis.get(self.cursor_key))
 
     def _bring(self, expected: bytes | str | None, pairs: Pairs, exhausted: bool) -> int:
-        """Push ``pairs`` (in queue order) and move the cursor to the last, atomically; -1 when
-        the cursor is no longer ``expected``."""
+        """Push ``pairs`` (in queue order) and move the cursor to the last; -1 when the cursor is
+        no longer ``expected``. In chunks of ``_CHUNK``, each one script that checks and moves
+        the cursor, so no single call holds Redis for long (one call for a million ids timed out
+        its client), and a chunk only lands behind the one before it."""
+        expected_s = "" if expected is None else (expected.decode() if isinstance(expected, bytes) else expected)
         if not pairs:
             if expected is None:  # nothing pending at all: the cursor stays absent
                 return 0
             after, _ = _parse_cursor(expected)
             assert after is not None
-            last = (after[1], after[0])
-        else:
-            last = pairs[-1]
-        expected_s = "" if expected is None else (expected.decode() if isinstance(expected, bytes) else expected)
-        args: list[str | float] = [expected_s, _cursor_value(last, exhausted)]
+            return self._fill_chunk(expected_s, [], (after[1], after[0]), exhausted)
+        brought = 0
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = pairs[start : start + _CHUNK]
+            last = start + _CHUNK >= len(pairs)
+            n = self._fill_chunk(expected_s, chunk, chunk[-1], exhausted and last)
+            if n < 0:
+                return -1 if brought == 0 else brought
+            brought += n
+            expected_s = _cursor_value(chunk[-1], exhausted and last)
+        return brought
+
+    def _fill_chunk(self, expected: str, pairs: Pairs, last: tuple[int, float], exhausted: bool) -> int:
+        args: list[str | float] = [expected, _cursor_value(last, exhausted)]
         for item_id, priority in pairs:
             args += [_member(item_id), repr(float(priority))]
         return int(self._fill(keys=[self.queue_key, self.prio_key, self.cursor_key], args=args))

@@ -285,3 +285,14 @@ def test_a_batch_larger_than_the_window_is_leased_whole(redis_prefix: str, redis
     assert q.start(sql.load(None, 10**9)) == 16
     assert q.top_up(sql.load, need=40) == 24
     assert q.lease(40, 60) == list(range(1, 41))
+
+
+def test_a_window_larger_than_a_chunk_comes_over_in_order(redis_prefix: str, redis_client: redis_lib.Redis) -> None:
+    from service import queue as queue_module
+
+    n = 3 * queue_module._CHUNK + 17  # several chunks, each one script call behind the one before
+    sql = Tasks([(i, float(i % 7)) for i in range(1, n + 1)])
+    q = _windowed(redis_prefix, redis_client, window=n)
+    assert q.start(sql.load(None, 10**9)) == n
+    assert q.cursor()[1] is True and q.depth() == n
+    assert _lease_all(q, sql, 1000) == Tasks([(i, float(i % 7)) for i in range(1, n + 1)]).offline_order()
