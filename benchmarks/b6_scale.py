@@ -214,6 +214,8 @@ def one_size(
         queue_keys = _queue_keys(prefix)
         first = _upgrade(api.url, auth, "new", n, r, worker, query, queue_keys)
         out.update(first)
+        # mid-way between two models, the most SQL ever holds: both vectors and the upgrade's tasks
+        out["database_bytes_per_item_after_upgrade"] = _database_bytes(env.get("HOTREFRESH_DATABASE_URL"), data) / n
         res = httpx.post(f"{api.url}/upgrade/{first['upgrade_id']}/commit", headers=auth, timeout=600)
         assert res.status_code == 200, res.text
         if quiet_upgrade:
