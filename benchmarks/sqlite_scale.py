@@ -1,6 +1,6 @@
-"""SQLite at 1M items: why a backfill batch's SQL costs more per item than at 100k, and which
-connection setting takes the difference away (issue 25, item 4; B6 measured the whole backfill
-at 0.51-0.57x its 100k rate from the first tenth on).
+"""SQLite at 1M items: why a backfill batch's SQL costs more per item than at 100k, and whether
+a connection setting takes the difference away (issue 25, item 4; B6 measured the whole
+backfill at 0.51-0.57x its 100k rate from the first tenth on).
 
 A synthetic gallery at schema head is built with the repository's own bulk paths, no images and
 no model: ``items.add_items`` (external ids, labels, 64-hex image keys, one random 128-d float32
@@ -10,9 +10,11 @@ has every task but the last ``--batches`` x 256 of the queue already landed (by
 ``record_encoded`` in large batches), so the end of an upgrade can be measured without landing
 the whole middle for every configuration.
 
-For every configuration (extra pragmas on top of what ``service.db.session`` sets) and every
+For every configuration (extra pragmas on top of what ``service.db.session`` sets), every
 part (``first``: the first ``--batches`` batches of the queue on a fresh copy of the built
-database; ``last``: the last ones on a fresh copy of "late"), the benchmark lands batches of 256
+database; ``last``: the last ones on a fresh copy of "late") and every state of the writing
+connection's cache (``cold``: empty, a freshly started worker; ``warm``: filled first by scanning
+the B-trees a batch writes, a long-running worker), the benchmark lands batches of 256
 ids in the queue's order the way a worker does (``benchmarks/backfill_write.py``'s ``land_all``):
 the loader's read of the batch's image keys (``items.image_keys`` in a ``read_scope``), then one
 ``session_scope`` around ``upgrades.record_encoded``. Per item: CPU and wall time of the read
@@ -25,7 +27,9 @@ ratios are side by side in one run, on one machine, with the OS page cache holdi
 (the machine has far more memory than the databases).
 
 Also recorded per N: database bytes per item, and the pages and depth of each B-tree
-(``dbstat``).
+(``dbstat``). A checkpoint interval needs a window of many checkpoints to be compared (over 100
+batches a 65,536-page interval holds almost none): ``--batches 600 --parts first --states warm``.
+Results and what they mean: docs/service.md, "SQLite at scale".
 
     nice .venv/bin/python benchmarks/sqlite_scale.py   # -> benchmarks/results/sqlite_scale.json
 """
@@ -66,6 +70,7 @@ CONFIGS: dict[str, list[str]] = {
     "cache 64 MiB + mmap 2 GiB": ["PRAGMA mmap_size=2147418112"],
     "cache 64 MiB + checkpoint 64k pages": ["PRAGMA wal_autocheckpoint=65536"],
     "cache 1 GiB + checkpoint 64k pages": ["PRAGMA cache_size=-1048576", "PRAGMA wal_autocheckpoint=65536"],
+    "cache 64 MiB + checkpoint 256k pages": ["PRAGMA wal_autocheckpoint=262144"],
 }
 
 
@@ -262,30 +267,34 @@ def land(
 
 def run_n(work: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     base = work / f"base-{n}.db"
-    late = work / f"late-{n}.db"
     part = args.batches * args.batch
     if 2 * part > n:
         raise SystemExit(f"--batches {args.batches} x {args.batch} is more than half of {n} items")
-    done = work / f"built-{n}-{part}.json"  # a kept --workdir's databases are reused
+    wheres = args.parts.split(",")
+    done = work / f"built-{n}.json"  # a kept --workdir's databases are reused
     if done.exists():
         built = json.loads(done.read_text())
         _, _, order = queue_order(url_of(base))
     else:
         t0 = time.perf_counter()
         built = build(base, n, seed=n)
-        _, _, order = queue_order(url_of(base))
-        copy_db(base, late)
-        built["late_s"] = land_bulk(late, order[: n - part], seed=n + 1)
         built["build_s"] = time.perf_counter() - t0
+        _, _, order = queue_order(url_of(base))
         done.write_text(json.dumps(built))
+    late = work / f"late-{n}-{part}.db"
+    if "last" in wheres and not late.exists():
+        copy_db(base, work / "late.tmp")
+        built["late_s"] = land_bulk(work / "late.tmp", order[: n - part], seed=n + 1)
+        (work / "late.tmp").rename(late)
     size = base.stat().st_size
     trees = btrees(base)
-    late_trees = btrees(late)
+    late_trees = btrees(late) if "last" in wheres else None
     print(f"N={n}: built in {built['build_s']:.0f} s, {size / n:.0f} bytes/item")
     parts = {
         f"{where} {state}": (src, ids, state == "warm")
         for state in args.states.split(",")
         for where, src, ids in (("first", base, order[:part]), ("last", late, order[-part:]))
+        if where in wheres
     }
     runs: dict[str, dict[str, list[dict[str, dict[str, float]]]]] = {c: {p: [] for p in parts} for c in CONFIGS}
     for r in range(args.repeat):
@@ -315,7 +324,7 @@ def run_n(work: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
         "items": n,
         "database_bytes": size,
         "database_bytes_per_item": size / n,
-        "late_database_bytes": late.stat().st_size,
+        "late_database_bytes": late.stat().st_size if "last" in wheres else None,
         "btrees": trees,
         "btrees_late": late_trees,
         "build": built,
@@ -330,6 +339,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--batches", type=int, default=100, help="batches landed in each part (first, last)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--parts", default="first,last", help="which batches of the queue: first, last")
     ap.add_argument("--states", default="cold,warm", help="the writing connection's cache at the start: cold, warm")
     ap.add_argument("--only", default="", help="configurations to run (comma-separated prefixes of their names)")
     ap.add_argument("--out", type=Path, default=RESULTS / "sqlite_scale.json")
@@ -411,6 +421,7 @@ def main() -> None:
                 "batches_per_part": args.batches,
                 "repeat": args.repeat,
                 "states": args.states.split(","),
+                "parts": args.parts.split(","),
                 "dim": DIM,
                 "configurations": CONFIGS,
                 "sqlite": sqlite3.sqlite_version,
