@@ -17,8 +17,10 @@ connection's cache (``cold``: empty, a freshly started worker; ``warm``: filled 
 the B-trees a batch writes, a long-running worker), the benchmark lands batches of 256
 ids in the queue's order the way a worker does (``benchmarks/backfill_write.py``'s ``land_all``):
 the loader's read of the batch's image keys (``items.image_keys`` in a ``read_scope``), then one
-``session_scope`` around ``upgrades.record_encoded``. Per item: CPU and wall time of the read
-and of the write transaction (statements and commit); from ``/proc/self/io`` the bytes and the
+``session_scope`` around ``upgrades.record_encoded``. After the write, what an API replica's
+follower reads for the batch (``items.get_item_states`` in a ``read_scope``). Per item: CPU and
+wall time of the read, of the write transaction (statements and commit) and of the follower's
+read; from ``/proc/self/io`` the bytes and the
 number of read syscalls (``rchar``, ``syscr``: SQLite reads every page it misses in its own cache
 with one ``pread``), bytes read from storage (``read_bytes``) and bytes written (``wchar``: the
 WAL and its checkpoints); minor and major page faults (a memory-mapped database reads its pages
@@ -240,6 +242,7 @@ def land(
     rng = np.random.default_rng(seed)
     read: dict[str, float] = {}
     write: dict[str, float] = {}
+    followed: dict[str, float] = {}
     for start in range(0, len(ids), batch):
         part = ids[start : start + batch]
         vectors = rng.standard_normal((len(part), DIM), dtype=np.float32)
@@ -258,11 +261,22 @@ def land(
         outcome = measured(write_batch, write)
         if outcome.newly_done != len(part):
             raise SystemExit(f"a batch landed {outcome.newly_done} of {len(part)} items")
+        states = measured(lambda part=part: follow(url, part), followed)
+        if len(states) != len(part) or any(st.active_model != to_model for st in states.values()):
+            raise SystemExit("the follower's read does not see the batch on the new model")
     dispose(url)
     return {
         "read": {k: v / len(ids) for k, v in read.items()},
         "write": {k: v / len(ids) for k, v in write.items()},
+        "follow": {k: v / len(ids) for k, v in followed.items()},
     }
+
+
+def follow(url: str, ids: list[int]) -> dict[int, items.ItemState]:
+    """What an API replica's follower reads for a batch it saw in the index log
+    (``service.api.serving.replica``: ``get_item_states`` in a ``read_scope``)."""
+    with read_scope(url) as s:
+        return items.get_item_states(s, ids)
 
 
 def run_n(work: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +328,7 @@ def run_n(work: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
         c: {
             p: {
                 stage: {k: statistics.median(run[stage][k] for run in runs[c][p]) for k in COUNTERS}
-                for stage in ("read", "write")
+                for stage in ("read", "write", "follow")
             }
             for p in parts
         }
@@ -369,16 +383,15 @@ def main() -> None:
         "write us CPU",
         "write us wall",
         "read us CPU",
-        "preads",
-        "KiB read",
+        "follow us CPU",
+        "preads w/r/f",
         "KiB written",
-        "minflt",
     ]
     rows = []
     for res in results:
         for c, parts in res["median_per_item"].items():
             for p, st in parts.items():
-                w, rd = st["write"], st["read"]
+                w, rd, f = st["write"], st["read"], st["follow"]
                 rows.append(
                     [
                         res["items"],
@@ -387,10 +400,9 @@ def main() -> None:
                         1e6 * w["cpu_s"],
                         1e6 * w["wall_s"],
                         1e6 * rd["cpu_s"],
-                        w["syscr"] + rd["syscr"],
-                        (w["rchar"] + rd["rchar"]) / 1024,
+                        1e6 * f["cpu_s"],
+                        f"{w['syscr']:.2f}/{rd['syscr']:.2f}/{f['syscr']:.2f}",
                         w["wchar"] / 1024,
-                        w["minflt"] + rd["minflt"],
                     ]
                 )
     print(table(headers, rows))
