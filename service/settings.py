@@ -31,6 +31,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     database_url: str = ""  # default: SQLite under data_dir
+    # SQLite only (service.db.session): each connection's page cache in MiB, and a WAL checkpoint
+    # every this many pages (4 KiB each). A cache holds pages the OS page cache holds anyway, so
+    # it is bounded per connection, not sized to the database; why these defaults and what a
+    # bigger cache does at 1M items: docs/service.md ("SQLite at scale").
+    sqlite_cache_mib: int = Field(default=64, ge=2, le=65536)
+    sqlite_checkpoint_pages: int = Field(default=16384, ge=100, le=1_048_576)
     redis_url: str = ""  # default: embedded redis-server started by the CLI, else 127.0.0.1:6379
     redis_prefix: str = "hotrefresh"  # every Redis key starts with this (lets tests and tenants share a server)
 

@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-# Per connection: a page cache of up to 64 MiB (SQLite's default is 2 MiB) and a WAL checkpoint
-# every 16,384 pages (64 MiB at 4 KiB pages; default 1,000). Why (benchmark B1, 60,000 items):
-# a backfill batch updates 256 items at random places in half a dozen B-trees (items, their
-# active-model index, tasks, their status index, the vectors' key), about a thousand pages; with
-# the defaults most of them were re-read from the OS on every batch and every commit also ran a
-# checkpoint that copied them all back, and the write transaction's CPU time per item grew with the
-# gallery (88 us at 5,000 items, 256 us at 60,000). With these: 150-175 us at 60,000.
-_SQLITE_CACHE_KIB = 65536
-_SQLITE_WAL_AUTOCHECKPOINT_PAGES = 16384
+from service.settings import Settings, get_settings
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
-    # WAL lets readers run beside one writer; busy_timeout makes a second writer wait
-    # instead of failing with "database is locked".
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")  # negative: KiB, not pages
-    cur.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
-    cur.close()
+def _sqlite_pragmas(settings: Settings) -> Callable[[Any, Any], None]:
+    """The ``connect`` listener of a SQLite engine, with the tuning of ``settings``.
+
+    Per connection: a page cache of ``HOTREFRESH_SQLITE_CACHE_MIB`` (64 MiB; SQLite's default is
+    2 MiB) and a WAL checkpoint every ``HOTREFRESH_SQLITE_CHECKPOINT_PAGES`` (16,384 pages, 64 MiB
+    at 4 KiB pages; default 1,000). Why (benchmark B1, 60,000 items): a backfill batch updates 256
+    items at random places in half a dozen B-trees, about a thousand pages; with the defaults most
+    of them were re-read from the OS on every batch and every commit also ran a checkpoint that
+    copied them all back, and the write's CPU time per item grew with the gallery (88 us at 5,000
+    items, 256 us at 60,000); with these, 150-175 us at 60,000. Why not more at 1M items
+    (benchmark sqlite_scale, docs/service.md "SQLite at scale"): the write then costs 1.3-1.4x
+    its CPU per item at 100k whatever the cache (256 MiB, 1 GiB, a memory map) or the checkpoint
+    interval, because a page SQLite misses is one ``pread`` from the OS page cache (~1 us) and
+    what grows is the pages a batch dirties and the checkpoints copy back."""
+    cache_kib = settings.sqlite_cache_mib * 1024
+    checkpoint_pages = settings.sqlite_checkpoint_pages
+
+    def pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers run beside one writer; busy_timeout makes a second writer wait
+        # instead of failing with "database is locked".
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA cache_size=-{cache_kib}")  # negative: KiB, not pages
+        cur.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
+        cur.close()
+
+    return pragmas
 
 
 def _sqlite_query_only(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
@@ -51,10 +63,14 @@ def get_engine(url: str, readonly: bool = False) -> Engine:
     behind its writes and stall the encoder (benchmark B1); their connections are
     ``query_only``. On PostgreSQL reads never wait for writers; the ``readonly`` engine is the
     same pool with every transaction begun ``READ ONLY`` (``postgresql_readonly``, reset when
-    the connection goes back to the pool), so the server refuses a write made in one."""
+    the connection goes back to the pool), so the server refuses a write made in one.
+
+    A SQLite engine's connections get the page cache and checkpoint interval of the settings
+    (``HOTREFRESH_SQLITE_*``) as they are when the engine for ``url`` is first built: the same
+    for every connection of a process, whichever code path opened it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(get_settings()))
         if readonly:
             event.listen(engine, "connect", _sqlite_query_only)
         begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
