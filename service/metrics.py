@@ -49,7 +49,7 @@ BACKFILL_PROGRESS = Gauge(
 )
 BACKFILL_QUEUE_DEPTH = Gauge(
     "backfill_queue_depth",
-    "Items waiting in the backfill queue (not leased).",
+    "Items of the upgrade still to backfill (the whole queue, in SQL; Redis holds a window of it).",
     ["upgrade"],
     namespace=NAMESPACE,
     multiprocess_mode=_GAUGE_MODE,

@@ -236,7 +236,8 @@ class Drain:
             return state, False
         BACKFILL_PROGRESS.labels(self.label).set(frac)
         if periodic:
-            BACKFILL_QUEUE_DEPTH.labels(self.label).set(self.queue.depth())
+            run = self._run_state()
+            BACKFILL_QUEUE_DEPTH.labels(self.label).set(progress.still_to_do(run.total, run.done, run.failed))
         step = None
         if (due := checkpoints.step_due(self.ctx.settings, frac)) != self.seen_step:  # a new step: claim it
             self.seen_step = due

@@ -24,12 +24,11 @@ from service import keys
 from service.db.session import read_scope
 from service.dispatch import send_drains, send_score
 from service.metrics import BACKFILL_QUEUE_DEPTH
-from service.queue import BackfillQueue
 from service.repositories import upgrades
 from service.settings import Settings
 from service.states import COMPLETED, RUNNING, SCORING, TransitionError
 from service.timestamps import seconds_since
-from service.upgrade import control, gauges
+from service.upgrade import control, gauges, progress
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +38,18 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
     actions: list[str] = []
     with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
         ups = [
-            (u.id, u.state, seconds_since(u.completed_at), seconds_since(u.updated_at))
+            (
+                u.id,
+                u.state,
+                seconds_since(u.completed_at),
+                seconds_since(u.updated_at),
+                progress.still_to_do(u.total, u.done, u.failed),
+            )
             for u in (upgrades.get_upgrade(s, i) for i in upgrades.active_upgrade_ids(s))
             if u is not None
         ]
     kick_ttl = keys.liveness_ttl(settings)
-    for upgrade_id, state, since_completed, since_update in ups:
+    for upgrade_id, state, since_completed, since_update, to_do in ups:
         if state == SCORING:
             lock = keys.scoring_lock(settings, upgrade_id)
             # Leave a fresh upgrade to the task POST /upgrade sent; re-send only when none runs.
@@ -56,8 +61,7 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
                 send_score(settings, upgrade_id)
                 actions.append(f"score:{upgrade_id}")
         elif state == RUNNING:
-            depth = BackfillQueue(redis, settings, upgrade_id).depth()
-            BACKFILL_QUEUE_DEPTH.labels(str(upgrade_id)).set(depth)
+            BACKFILL_QUEUE_DEPTH.labels(str(upgrade_id)).set(to_do)
             alive = keys.drain_alive(settings, upgrade_id)
             if not redis.exists(alive) and redis.set(
                 keys.kick(settings, upgrade_id, "drain"), "1", nx=True, ex=kick_ttl

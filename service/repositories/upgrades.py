@@ -412,11 +412,12 @@ class RunState:
     batch_size: int = 0
     done: int = 0
     total: int = 0
+    failed: int = 0
 
 
 def run_state(session: Session, upgrade_id: int) -> RunState:
     row = session.execute(
-        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total).where(
+        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total, Upgrade.failed).where(
             Upgrade.id == int(upgrade_id)
         )
     ).first()

@@ -73,6 +73,13 @@ def window_loader(settings: Settings, upgrade_id: int) -> Loader:
     return load
 
 
+def still_to_do(total: int, done: int, failed: int) -> int:
+    """Items of the upgrade not yet re-encoded nor failed: what ``hotrefresh_backfill_queue_depth``
+    reports. Not the Redis queue's depth, which is only its window (at most
+    ``HOTREFRESH_QUEUE_WINDOW``): the dashboard's ETA and the queue alerts need the whole queue."""
+    return max(0, int(total) - int(done) - int(failed))
+
+
 def moved_fraction(counts: dict[str, int], state: str | None = None) -> float | None:
     """Share of the upgrade's items on the new model. Items deleted from the gallery mid-upgrade
     drop out of the denominator with their task; failed items count as not moved. None while

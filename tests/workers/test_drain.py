@@ -300,7 +300,7 @@ def test_live_gauges_carry_the_bound_and_end_with_the_upgrade(make_gallery) -> N
     from service.metrics import BACKFILL_PROGRESS
     from workers.watchdog import tick
 
-    g = make_gallery(n=48)
+    g = make_gallery(n=80)  # more than the window (32) after a batch or two
     ctx, uid = start_and_score(g, strategy="margin", batch_size=8)
     with session_scope(ctx.url) as s:
         first = upgrades.get_upgrade(s, uid).checkpoints[0]
@@ -313,7 +313,11 @@ def test_live_gauges_carry_the_bound_and_end_with_the_upgrade(make_gallery) -> N
     assert set(bounds) == set(first["candidates"]) and set(bounds.values()) == {first["nfr_bound"]}
 
     assert drain(ctx, uid, budget_s=0.01) in ("continue", "wait", "stop")
-    assert "hotrefresh_backfill_queue_depth" in _gauges_of(uid)
+    # the whole queue still to do (SQL's pending tasks), not the Redis window's depth
+    with session_scope(ctx.url) as s:
+        pending = upgrades.task_counts(s, uid)["pending"]
+    assert pending > g.settings.queue_window > BackfillQueue(ctx.redis, g.settings, uid).depth()
+    assert _gauges_of(uid)["hotrefresh_backfill_queue_depth"] == {"": pending}
     # another process rolls it back (the state only: this process does not hear of it)
     with session_scope(ctx.url) as s:
         s.execute(update(Upgrade).where(Upgrade.id == uid).values(state="rolled_back"))
