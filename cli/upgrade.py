@@ -48,6 +48,7 @@ def _render(u: dict) -> Any:
     rows = [
         ("state", u["state"]),
         ("progress", f"{u['done']}/{u['total']}  ({_percent(u['fraction'])})  failed {u['failed']}"),
+        ("mapped", str(u.get("mapped", 0))),
         ("items/s", "-" if rate is None else f"{rate:.1f}"),
         ("ETA", "-" if eta is None else f"{eta:.0f} s"),
         ("plan", _fmt_plan(u)),
@@ -105,6 +106,13 @@ def start(
     nfr_target: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="auto: the probe NFR to stay within.")
     ] = None,
+    vector_only: Annotated[
+        bool,
+        typer.Option(
+            "--vector-only",
+            help="Read no image: map every item's old vector with the map MODEL carries from its training.",
+        ),
+    ] = False,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -121,6 +129,8 @@ def start(
         body["plan"] = plan
     if nfr_target is not None:
         body["nfr_target"] = nfr_target
+    if vector_only:
+        body["vector_only"] = True
     u = call(api, token, "POST", "/upgrade", json=body)
     typer.echo(f"upgrade {u['id']} started ({u['state']}, {u['total']} items)")
     if watch:

@@ -96,6 +96,9 @@ class Drain:
             return Outcome.STOP
         self.to_model, self.batch_size = st.to_model, st.batch_size
         self.ctx.heartbeat(self.upgrade_id)
+        if st.vector_only:  # nothing to lease or encode: the items are mapped at completion
+            done = progress.try_complete(self.ctx.settings, self.ctx.redis, self.upgrade_id)
+            return Outcome.STOP if done == "completed" else Outcome.WAIT
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
         extra = self.ctx.settings.decode_threads - 1

@@ -1,7 +1,9 @@
 """Completion of a running upgrade, and how far along it is.
 
 Called by a drain that finds the queue and the lease set empty: SQL decides whether work is
-left (orphans, a queue Redis lost), and the final point is measured before the state changes.
+left (orphans, a queue Redis lost), the items the backfill could not encode are mapped
+(``service.upgrade.mapping``; a vector-only upgrade maps them all here), and the final point is
+measured before the state changes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from service.repositories import upgrades
 from service.settings import Settings
 from service.states import RUNNING, SCORING, TransitionError
 from service.timestamps import utcnow
-from service.upgrade import checkpoints
+from service.upgrade import checkpoints, control, mapping
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,32 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
         up = upgrades.get_upgrade(s, upgrade_id)
         if up is None or up.state != RUNNING:
             return "wait"
+        vector_only = bool(up.vector_only)
         orphans = upgrades.add_orphans(s, up)
-    if orphans:
+    if vector_only:
+        # No image is read: every task (orphans included) is mapped here, none is queued.
+        try:
+            mapping.map_tasks(settings, redis, upgrade_id, "pending")
+        except mapping.NoMap as e:
+            control.fail(settings, redis, upgrade_id, f"vector-only upgrade: {e}")
+            return "wait"
+    elif orphans:
         queue.push(orphans, [-1.0] * len(orphans))
         return "requeued"
-    with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
-        pending = upgrades.pending_pairs(s, upgrade_id)
-    if pending:
-        n = queue.rebuild_if_lost(lambda: pending)
-        if n:
-            log.warning("upgrade %s: Redis had lost the queue; rebuilt %d items from SQL", upgrade_id, n)
-        return "requeued"
+    else:
+        with read_scope(settings.sqlalchemy_url) as s:  # a look: never hold back the writers
+            pending = upgrades.pending_pairs(s, upgrade_id)
+        if pending:
+            n = queue.rebuild_if_lost(lambda: pending)
+            if n:
+                log.warning("upgrade %s: Redis had lost the queue; rebuilt %d items from SQL", upgrade_id, n)
+            return "requeued"
+        # The backfill is over: the items it could not encode get mapped vectors (one step, the
+        # map fitted on every backfilled pair), so they are on the new model when it completes.
+        try:
+            mapping.map_tasks(settings, redis, upgrade_id, "failed")
+        except mapping.NoMap as e:
+            log.warning("upgrade %s: failed items stay on the old model: %s", upgrade_id, e)
     # The final point is measured before the state changes and recorded in the same transaction
     # as the transition, so whoever reads "completed" also reads the 100% point.
     # Every item is on the new model: every plan scores alike, so the point's plan is not served.
@@ -65,10 +82,12 @@ def try_complete(settings: Settings, redis: redis_lib.Redis, upgrade_id: int) ->
 
 
 def moved_fraction(counts: dict[str, int], state: str | None = None) -> float | None:
-    """Share of the upgrade's items on the new model. Items deleted from the gallery mid-upgrade
-    drop out of the denominator with their task; failed items count as not moved. None while
-    scoring: the tasks do not exist yet, and "no tasks" must not read as "everything moved"."""
+    """Share of the upgrade's items on the new model, encoded or mapped. Items deleted from the
+    gallery mid-upgrade drop out of the denominator with their task; failed items count as not
+    moved. None while scoring: the tasks do not exist yet, and "no tasks" must not read as
+    "everything moved"."""
     if state == SCORING:
         return None
-    denominator = counts["pending"] + counts["done"] + counts["failed"]
-    return 1.0 if denominator == 0 else counts["done"] / denominator
+    moved = counts["done"] + counts.get("mapped", 0)
+    denominator = counts["pending"] + moved + counts["failed"]
+    return 1.0 if denominator == 0 else moved / denominator

@@ -30,10 +30,15 @@ class Failure(BaseModel):
     external_id: str
     attempts: int
     error: str
+    mapped: bool = Field(
+        False, description="The item was given a mapped vector at the end of the backfill (it is on the new model)."
+    )
 
     @classmethod
-    def of(cls, row: BackfillFailure) -> Failure:
-        return cls(item_id=row.item_id, external_id=row.external_id, attempts=row.attempts, error=row.error)
+    def of(cls, row: BackfillFailure, mapped: bool = False) -> Failure:
+        return cls(
+            item_id=row.item_id, external_id=row.external_id, attempts=row.attempts, error=row.error, mapped=mapped
+        )
 
 
 class UpgradeView(BaseModel):
@@ -43,12 +48,17 @@ class UpgradeView(BaseModel):
     strategy: str
     state: str
     total: int
-    done: int
-    failed: int
+    done: int = Field(description="Items encoded from their image with the new model.")
+    mapped: int = Field(
+        description="Items given their old vector through the old->new map instead: their image was missing or "
+        "undecodable (they are in failures too, marked mapped), or the upgrade is vector-only."
+    )
+    failed: int = Field(description="Items left on the old model (failed, and no map could be had).")
     pending: int
     fraction: float | None = Field(
-        description="done / (done + pending + failed); null while scoring, before any task exists."
+        description="(done + mapped) / (done + mapped + pending + failed); null while scoring, before any task exists."
     )
+    vector_only: bool = Field(description="Started with vector_only: no image read, every item mapped.")
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None
@@ -87,6 +97,12 @@ def _serving_plan(session: Session, up: Upgrade) -> dict | None:
     }
 
 
+def failures_of(session: Session, upgrade_id: int, limit: int) -> list[Failure]:
+    rows = upgrades.list_failures(session, upgrade_id, limit)
+    mapped = upgrades.mapped_among(session, upgrade_id, [f.item_id for f in rows])
+    return [Failure.of(f, f.item_id in mapped) for f in rows]
+
+
 def view(
     session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings, failures_limit: int = 100
 ) -> UpgradeView:
@@ -121,6 +137,7 @@ def view(
         state=up.state,
         total=up.total,
         done=counts["done"],
+        mapped=counts["mapped"],
         failed=counts["failed"],
         pending=counts["pending"],
         fraction=moved_fraction(counts, up.state),
@@ -132,7 +149,8 @@ def view(
         leased=leased,
         baseline=summary,
         checkpoints=checkpoints_of(up.id, up.checkpoints),
-        failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
+        failures=failures_of(session, up.id, failures_limit),
+        vector_only=bool(up.vector_only),
         error=up.error,
         batch_size=up.batch_size,
         nfr_guardrail=up.nfr_guardrail,
