@@ -75,3 +75,25 @@ def test_training_a_new_model_beside_an_old_one_stores_the_map(trained_pair: tup
     assert (carried.from_model, carried.from_hash) == (old_meta.name, old_meta.content_hash)
     assert carried.map.weight.shape == (old_meta.embedding_dim, new_meta.embedding_dim)
     assert carried_map(old_meta.extra) is None  # an old (CE) model is trained beside nothing
+
+
+def test_an_exported_torchscript_encoder_carries_the_map(trained_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``hotrefresh export``: the map goes into the TorchScript metadata and comes back on load."""
+    from models.torchscript import export_torchscript, load_torchscript
+
+    doc = export_torchscript(trained_pair[1], tmp_path / "enc.pt", name="enc")
+    assert KEY in doc["extra"]
+    loaded = carried_map(load_torchscript(tmp_path / "enc.pt", device="cpu").meta.extra)
+    original = carried_map(read_meta(trained_pair[1]).extra)
+    assert loaded is not None and original is not None and loaded.from_hash == original.from_hash
+    np.testing.assert_array_equal(loaded.map.weight, original.map.weight)
+
+
+def test_a_bad_map_in_torchscript_metadata_is_refused_naming_it(trained_pair: tuple[Path, Path]) -> None:
+    from models.checkpoint import CheckpointError
+    from models.torchscript import export_metadata, metadata_meta
+
+    doc = export_metadata(read_meta(trained_pair[1]))
+    doc["extra"] = {KEY: {"shape": [1, 1]}}
+    with pytest.raises(CheckpointError, match=f"enc.json: {KEY} is not a usable map"):
+        metadata_meta(doc, "enc.json")
