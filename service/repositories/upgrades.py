@@ -56,6 +56,13 @@ def transition(session: Session, upgrade_id: int, action: str, **fields: object)
     return target
 
 
+def lock_state_for_update(session: Session, upgrade_id: int) -> str | None:
+    """The upgrade's state, its row locked exclusively until the transaction ends: for a writer
+    that will update the row itself (two writers that both share-locked it and then updated it
+    would deadlock on PostgreSQL)."""
+    return session.scalar(select(Upgrade.state).where(Upgrade.id == int(upgrade_id)).with_for_update())
+
+
 def lock_state(session: Session, upgrade_id: int) -> str | None:
     """The upgrade's state, share-locked until the transaction ends (PostgreSQL ``FOR SHARE``;
     SQLite's ``BEGIN IMMEDIATE`` already serialises writers). A rollback's UPDATE waits for

@@ -15,7 +15,9 @@ from its training (``models.carried_map``), if it carries one from exactly the g
 else none, and the failed items stay on the old model as before (commit then refuses). A
 vector-only upgrade has no backfilled pair and uses the carried map (checked at its start).
 
-Each chunk is one unit of work: its tasks claimed (``pending``/``failed`` -> ``mapped``, one
+Each chunk is one unit of work under the upgrade row's exclusive lock (it raises the row's
+counter; two callers that share-locked the row and then updated it would deadlock on
+PostgreSQL): its tasks claimed (``pending``/``failed`` -> ``mapped``, one
 conditional UPDATE, so two workers completing at once map each item once), the vectors and
 the items' active model written, the upgrade's ``mapped`` counter raised and the move staged
 for the index log. A worker killed between chunks leaves the rest claimed by nobody; the next
@@ -131,7 +133,7 @@ def map_tasks(settings: Settings, redis: redis_lib.Redis, upgrade_id: int, statu
     while True:
         with unit_of_work(settings, redis) as uow:
             s = uow.session
-            if upgrades.lock_state(s, upgrade_id) != RUNNING:
+            if upgrades.lock_state_for_update(s, upgrade_id) != RUNNING:  # chunks of racing callers queue here
                 break
             claimed = upgrades.claim_for_mapping(s, upgrade_id, status, MAP_CHUNK)
             if not claimed:

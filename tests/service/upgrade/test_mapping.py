@@ -165,3 +165,44 @@ def test_mapped_vectors_are_unit_length_and_a_zero_stays_zero() -> None:
     t = LinearMap(np.array([[2.0, 0.0], [0.0, 1.0]], np.float32), "lstsq", 32)
     out = mapping.mapped_vectors(t, np.array([[1.0, 1.0], [0.0, 0.0]], np.float32))
     np.testing.assert_allclose(out, [[2 / np.sqrt(5), 1 / np.sqrt(5)], [0.0, 0.0]], atol=1e-6)
+
+
+def test_two_workers_mapping_at_once_map_each_item_once(make_gallery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two completions racing (threads, small chunks): every failed item mapped once, counted once."""
+    import threading
+
+    from sqlalchemy import update
+
+    from service.db.schema import BackfillTask
+
+    g = make_gallery(n=60)
+    ctx, uid = start_and_score(g, strategy="random", batch_size=8)
+    rng = np.random.default_rng(0)
+    encoded, failed = g.ids[:40], g.ids[40:]
+    with session_scope(g.settings.sqlalchemy_url) as s:  # a backfill that encoded 40 and failed 20
+        _, old = item_repo.get_vectors(s, g.old, encoded)
+        upgrades.record_encoded(s, uid, g.new, encoded, old @ rng.normal(size=(old.shape[1], 32)).astype(np.float32))
+        s.execute(
+            update(BackfillTask)
+            .where(BackfillTask.upgrade_id == uid, BackfillTask.item_id.in_(failed))
+            .values(status="failed")
+        )
+    monkeypatch.setattr(mapping, "MAP_CHUNK", 3)
+    counts: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def complete() -> None:
+        barrier.wait()
+        counts.append(mapping.map_tasks(g.settings, ctx.redis, uid, "failed"))
+
+    threads = [threading.Thread(target=complete) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(counts) == 20 and len(counts) == 2, counts
+    with session_scope(g.settings.sqlalchemy_url) as s:
+        assert upgrades.get_upgrade(s, uid).mapped == 20
+        assert upgrades.task_counts(s, uid) == {"pending": 0, "done": 40, "failed": 0, "mapped": 20}
+    assert _mapped_ids(g.settings.sqlalchemy_url, g.new) == sorted(failed)
+    assert models_of(g.settings.sqlalchemy_url) == {g.new: 60}
