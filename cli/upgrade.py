@@ -67,6 +67,7 @@ def _render(u: dict) -> Any:
     rows = [
         ("state", u["state"]),
         ("progress", f"{u['done']}/{u['total']}  ({_percent(u['fraction'])})  failed {u['failed']}"),
+        ("mapped", str(u.get("mapped", 0))),
         ("items/s", ("-" if rate is None else f"{rate:.1f}") + f"  (throttle {_fmt_throttle(u)})"),
         ("ETA", "-" if eta is None else f"{eta:.0f} s"),
         ("plan", _fmt_plan(u)),
@@ -159,6 +160,13 @@ def start(
             show_default=False,
         ),
     ] = None,
+    vector_only: Annotated[
+        bool,
+        typer.Option(
+            "--vector-only",
+            help="Read no image: map every item's old vector with the map MODEL carries from its training.",
+        ),
+    ] = False,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until it stops.")] = True,
     as_json: JsonOpt = False,
     api: ApiOpt = None,
@@ -178,6 +186,8 @@ def start(
         body["nfr_target"] = nfr_target
     if items_per_second is not None:
         body["items_per_second"] = _positive_rate(items_per_second)
+    if vector_only:
+        body["vector_only"] = True
     u = call(api, token, "POST", "/upgrade", json=body)
     if as_json:
         typer.echo(json.dumps(u))

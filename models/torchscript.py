@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.carried_map import KEY as CARRIED_KEY
+from models.carried_map import CarriedMapError, carried_map
 from models.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -178,7 +180,7 @@ def metadata_meta(doc: dict[str, Any], where: str, num_classes: int = 0, content
             resize=doc.get("resize", "center_crop"),
             crop_ratio=doc.get("crop_ratio", 1.0),
             content_hash=content_hash,
-            extra={"format": "torchscript", "metadata": doc},
+            extra={"format": "torchscript", "metadata": doc, **_carried(doc, where)},
         )
         meta.validate()
     except (TypeError, ValueError) as e:
@@ -275,9 +277,24 @@ class _Exported(nn.Module):
         return F.normalize(self.embed(self.backbone(x)), dim=1)
 
 
+def _carried(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """The old->new map the metadata's ``extra`` carries (models/carried_map.py), checked, as the
+    ModelMeta ``extra`` entry a vector-only upgrade reads; {} when it carries none."""
+    extra = doc.get("extra")
+    if not isinstance(extra, dict) or CARRIED_KEY not in extra:
+        return {}
+    try:
+        carried_map(extra)
+    except CarriedMapError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    return {CARRIED_KEY: extra[CARRIED_KEY]}
+
+
 def export_metadata(meta: ModelMeta) -> dict[str, Any]:
-    """A checkpoint's metadata in this format's terms."""
+    """A checkpoint's metadata in this format's terms (with the old->new map it carries, if any)."""
+    carried = {"extra": {CARRIED_KEY: meta.extra[CARRIED_KEY]}} if CARRIED_KEY in meta.extra else {}
     return {
+        **carried,
         "name": meta.name,
         "arch": meta.arch,
         "embedding_dim": meta.embedding_dim,

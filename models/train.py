@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models.carried_map import KEY as CARRIED_KEY
+from models.carried_map import fit_carried_map
 from models.checkpoint import LoadedModel, ModelMeta, load_checkpoint, save_checkpoint
 from models.encoders import Encoder, create_model, default_device
 from models.losses import DEFAULT_LAMBDA, DEFAULT_TAU, CompatibilityLoss, bct_loss, extend_old_classifier
@@ -321,4 +323,16 @@ def train_and_save(
         arch_options=dict(cfg.arch_options),
         extra={"recipe": recipe, "n_train": len(images), "history": history, **cfg.extra},
     )
+    if old is not None:
+        # The old->new map a vector-only upgrade maps the gallery with (models/carried_map.py).
+        carried = fit_carried_map(
+            old,
+            LoadedModel(model, meta, torch.device("cpu")),
+            images,
+            from_model=old.meta.name,
+            from_hash=old.meta.content_hash,
+            seed=cfg.seed,
+        )
+        if carried is not None:
+            meta.extra[CARRIED_KEY] = carried.to_dict()
     return save_checkpoint(model, meta, out), history

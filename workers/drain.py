@@ -119,6 +119,9 @@ class Drain:
             # has no increase, so the dashboard's first failure would never show.
             BACKFILL_ITEMS.labels(self.label, status)
         self.ctx.heartbeat(self.upgrade_id)
+        if st.vector_only:  # nothing to lease or encode: the items are mapped at completion
+            done = progress.try_complete(self.ctx.settings, self.ctx.redis, self.upgrade_id)
+            return Outcome.STOP if done == "completed" else Outcome.WAIT
         self.measured = checkpoints.has_probes(self.ctx.settings, self.upgrade_id)
         nice = (self.ctx.settings.helper_nice,)
         extra = self.ctx.settings.decode_threads - 1
@@ -237,7 +240,8 @@ class Drain:
         BACKFILL_PROGRESS.labels(self.label).set(frac)
         if periodic:
             run = self._run_state()
-            BACKFILL_QUEUE_DEPTH.labels(self.label).set(progress.still_to_do(run.total, run.done, run.failed))
+            to_do = progress.still_to_do(run.total, run.done, run.failed, run.mapped, run.vector_only)
+            BACKFILL_QUEUE_DEPTH.labels(self.label).set(to_do)
         step = None
         if (due := checkpoints.step_due(self.ctx.settings, frac)) != self.seen_step:  # a new step: claim it
             self.seen_step = due

@@ -43,7 +43,7 @@ def tick(settings: Settings, redis: redis_lib.Redis) -> list[str]:
                 u.state,
                 seconds_since(u.completed_at),
                 seconds_since(u.updated_at),
-                progress.still_to_do(u.total, u.done, u.failed),
+                progress.still_to_do(u.total, u.done, u.failed, u.mapped, u.vector_only),
             )
             for u in (upgrades.get_upgrade(s, i) for i in upgrades.active_upgrade_ids(s))
             if u is not None

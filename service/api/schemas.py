@@ -3,7 +3,7 @@ changes only when we mean it to."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -91,6 +91,11 @@ class GalleryItemOut(BaseModel):
     created_at: UtcDatetime = Field(description="When it was added (UTC).")
     index_model: str | None = Field(
         description="The segment this replica serves the item from (null while not yet applied)."
+    )
+    vector_source: Literal["encoded", "mapped"] | None = Field(
+        None,
+        description="How the active model's vector was made: encoded from the image, or mapped from the old "
+        "model's vector by the old->new map (image missing or undecodable, or a vector-only upgrade).",
     )
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -90,6 +92,9 @@ class Embedding(Base):
     item_id: Mapped[int] = mapped_column(BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalised
+    # True: mapped from the item's old vector by the old->new map, not encoded from its image
+    # (its image was missing or undecodable, or the upgrade was vector-only; migration 0008).
+    mapped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_embeddings_model", "model"),)
@@ -116,6 +121,10 @@ class Upgrade(Base):
     # Tasks left pending when the upgrade finished (service.states.FINISHED), set with done and
     # failed from its tasks by the transition; NULL while it runs (then they are counted).
     pending_at_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Items given a mapped vector instead of an encoded one (service.upgrade.mapping), and whether
+    # the upgrade reads no image at all (every item mapped; migration 0008).
+    mapped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    vector_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     nfr: Mapped[float | None] = mapped_column(Float, nullable=True)
     map: Mapped[float | None] = mapped_column(Float, nullable=True)
     baseline: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # probe ids, old top-1 hits, old mAP
@@ -138,7 +147,7 @@ class BackfillTask(Base):
     upgrade_id: Mapped[int] = mapped_column(BigId, ForeignKey("upgrades.id", ondelete="CASCADE"), primary_key=True)
     item_id: Mapped[int] = mapped_column(BigId, ForeignKey("gallery_items.id", ondelete="CASCADE"), primary_key=True)
     priority: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed | mapped
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
     DateTime,
@@ -200,10 +201,10 @@ _UPSERTS: dict[str, TextClause] = {}
 # array in order (json_each's ``key``, unnest's ordinality), so the Python side builds five
 # values instead of four per row.
 _UPSERT_FROM = {
-    "postgresql": "SELECT t.id, :model, substring(:blob from ((t.k - 1) * :nbytes + 1)::int for :nbytes), :now "
-    "FROM unnest(:ids) WITH ORDINALITY AS t(id, k)",
-    "sqlite": "SELECT j.value, :model, substr(:blob, j.key * :nbytes + 1, :nbytes), :now FROM json_each(:ids) AS j "
-    "WHERE true",  # WHERE: SQLite's parser needs it to tell ON CONFLICT from a join's ON
+    "postgresql": "SELECT t.id, :model, substring(:blob from ((t.k - 1) * :nbytes + 1)::int for :nbytes), :now, "
+    ":mapped FROM unnest(:ids) WITH ORDINALITY AS t(id, k)",
+    "sqlite": "SELECT j.value, :model, substr(:blob, j.key * :nbytes + 1, :nbytes), :now, :mapped "
+    "FROM json_each(:ids) AS j WHERE true",  # WHERE: SQLite's parser needs it to tell ON CONFLICT from a join's ON
 }
 
 
@@ -218,23 +219,33 @@ def _vector_upsert(dialect: str) -> TextClause:
         if dialect not in _UPSERT_FROM:
             raise NotImplementedError(f"no vector upsert for the {dialect!r} dialect (PostgreSQL or SQLite)")
         _UPSERTS[dialect] = text(
-            "INSERT INTO embeddings (item_id, model, vector, created_at) "
+            "INSERT INTO embeddings (item_id, model, vector, created_at, mapped) "
             + _UPSERT_FROM[dialect]
-            + " ON CONFLICT (item_id, model) DO UPDATE SET vector = excluded.vector, created_at = excluded.created_at"
+            + " ON CONFLICT (item_id, model) DO UPDATE SET vector = excluded.vector, created_at = excluded.created_at, "
+            "mapped = excluded.mapped"
         ).bindparams(
             id_param(),
             bindparam("model", type_=String()),
             bindparam("blob", type_=LargeBinary()),
             bindparam("nbytes", type_=Integer()),
             bindparam("now", type_=DateTime(timezone=True)),
+            bindparam("mapped", type_=Boolean()),
         )
     return _UPSERTS[dialect]
 
 
 def upsert_embeddings(
-    session: Session, model: str, ids: Sequence[int], vectors: np.ndarray, created_at: datetime | None = None
+    session: Session,
+    model: str,
+    ids: Sequence[int],
+    vectors: np.ndarray,
+    created_at: datetime | None = None,
+    *,
+    mapped: bool = False,
 ) -> None:
     """Store ``model``'s vector of each item, replacing one already there, in one statement.
+    ``mapped``: the vectors were mapped from the items' old vectors, not encoded (migration 0008);
+    an encoded vector written over a mapped one clears the mark.
 
     Why not DELETE then INSERT: on PostgreSQL, ``DELETE ... WHERE model = :new AND item_id IN
     (...)`` was planned on the model index (its statistics, taken before the upgrade, saw no
@@ -249,7 +260,14 @@ def upsert_embeddings(
     blob = vector_to_bytes(vectors)
     session.connection().execute(
         _vector_upsert(session.get_bind().dialect.name),
-        {"ids": ids, "model": model, "blob": blob, "nbytes": len(blob) // len(ids), "now": created_at or utcnow()},
+        {
+            "ids": ids,
+            "model": model,
+            "blob": blob,
+            "nbytes": len(blob) // len(ids),
+            "now": created_at or utcnow(),
+            "mapped": mapped,
+        },
     )
 
 
@@ -369,6 +387,12 @@ def get_item_states(session: Session, ids: Iterable[int]) -> dict[int, ItemState
         int(item_id): ItemState(int(item_id), ext, model, vector_from_bytes(blob) if blob is not None else None)
         for item_id, ext, model, blob in rows
     }
+
+
+def vector_source(session: Session, item_id: int, model: str) -> Literal["encoded", "mapped"] | None:
+    """``"mapped"`` or ``"encoded"``: how the item's ``model`` vector was made (None: it has none)."""
+    mapped = session.scalar(select(Embedding.mapped).where(Embedding.item_id == int(item_id), Embedding.model == model))
+    return None if mapped is None else ("mapped" if mapped else "encoded")
 
 
 _IMAGE_KEYS = select(_items.c.id, _items.c.image_key).where(in_ids(_items.c.id))

@@ -192,7 +192,7 @@ def task_counts(session: Session, upgrade_id: int) -> dict[str, int]:
     is answered from one of the tasks' partial indexes alone (a single GROUP BY over all the
     upgrade's tasks would read every task row: GET /upgrade asks this on every call)."""
     up = BackfillTask.upgrade_id == int(upgrade_id)
-    counts = {"pending": 0, "done": 0, "failed": 0}
+    counts = {"pending": 0, "done": 0, "failed": 0, "mapped": 0}
     counts["pending"] = int(
         session.scalar(select(func.count()).select_from(BackfillTask).where(up, BackfillTask.status == "pending")) or 0
     )
@@ -209,8 +209,74 @@ def counts_of(session: Session, up: Upgrade) -> dict[str, int]:
     """:func:`task_counts` of the upgrade, read from its row once it has finished (the
     transition into a finished state wrote them there), so a finished upgrade costs no count."""
     if up.state in FINISHED and up.pending_at_end is not None:
-        return {"pending": up.pending_at_end, "done": up.done, "failed": up.failed}
+        return {"pending": up.pending_at_end, "done": up.done, "failed": up.failed, "mapped": up.mapped or 0}
     return task_counts(session, up.id)
+
+
+def count_status(session: Session, upgrade_id: int, status: str) -> int:
+    """How many of the upgrade's tasks are in ``status`` (answered from a partial index)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(BackfillTask)
+            .where(BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == status)
+        )
+        or 0
+    )
+
+
+def item_ids_with_status(session: Session, upgrade_id: int, status: str) -> list[int]:
+    """Item ids of the upgrade's tasks in ``status``, ascending."""
+    rows = session.scalars(
+        select(BackfillTask.item_id)
+        .where(BackfillTask.upgrade_id == int(upgrade_id), BackfillTask.status == status)
+        .order_by(BackfillTask.item_id)
+    )
+    return [int(i) for i in rows]
+
+
+def claim_for_mapping(session: Session, upgrade_id: int, status: str, limit: int) -> list[int]:
+    """Up to ``limit`` tasks in ``status`` set to ``mapped`` in one conditional UPDATE; returns
+    their item ids, ascending. Two callers never claim one task: on PostgreSQL the second waits
+    on the first's row locks and re-checks the status; SQLite serialises the writers."""
+    up = BackfillTask.upgrade_id == int(upgrade_id)
+    first = (
+        select(BackfillTask.item_id)
+        .where(up, BackfillTask.status == status)
+        .order_by(BackfillTask.item_id)
+        .limit(int(limit))
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(BackfillTask)
+        .where(up, BackfillTask.status == status, BackfillTask.item_id.in_(first))
+        .values(status="mapped", updated_at=utcnow())
+        .returning(BackfillTask.item_id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(int(i) for i in rows.scalars())
+
+
+def count_mapped(session: Session, upgrade_id: int, n: int) -> None:
+    if n:
+        session.execute(update(Upgrade).where(Upgrade.id == int(upgrade_id)).values(mapped=Upgrade.mapped + int(n)))
+
+
+def mapped_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` this upgrade gave a mapped vector (their task is ``mapped``)."""
+    out: set[int] = set()
+    for chunk in id_chunks(list(ids)):
+        out.update(
+            int(i)
+            for i in session.scalars(
+                select(BackfillTask.item_id).where(
+                    BackfillTask.upgrade_id == int(upgrade_id),
+                    BackfillTask.status == "mapped",
+                    BackfillTask.item_id.in_(chunk),
+                )
+            )
+        )
+    return out
 
 
 def done_among(session: Session, upgrade_id: int, ids: Sequence[int]) -> list[int]:
@@ -413,15 +479,24 @@ class RunState:
     done: int = 0
     total: int = 0
     failed: int = 0
+    vector_only: bool = False
+    mapped: int = 0
 
 
 def run_state(session: Session, upgrade_id: int) -> RunState:
     row = session.execute(
-        select(Upgrade.state, Upgrade.to_model, Upgrade.batch_size, Upgrade.done, Upgrade.total, Upgrade.failed).where(
-            Upgrade.id == int(upgrade_id)
-        )
+        select(
+            Upgrade.state,
+            Upgrade.to_model,
+            Upgrade.batch_size,
+            Upgrade.done,
+            Upgrade.total,
+            Upgrade.failed,
+            Upgrade.vector_only,
+            Upgrade.mapped,
+        ).where(Upgrade.id == int(upgrade_id))
     ).first()
-    return RunState(None) if row is None else RunState(*row)
+    return RunState(None) if row is None else RunState(*row[:5], vector_only=bool(row[5]))
 
 
 def append_checkpoint(session: Session, upgrade_id: int, point: dict) -> Upgrade:

@@ -13,7 +13,7 @@ import logging
 import redis as redis_lib
 
 from models.plans import AUTO, get_plan, requestable
-from models.uncertainty import default_ordering, get_ordering, ordering_names, without_classifier
+from models.uncertainty import RANDOM, default_ordering, get_ordering, ordering_names, without_classifier
 from service.db.schema import Upgrade
 from service.db.session import session_scope
 from service.errors import BadRequest, Conflict, NotFound, UnknownModel
@@ -26,7 +26,7 @@ from service.repositories import items as item_repo
 from service.settings import Settings
 from service.states import CANCELLED, COMPLETED, ROLLED_BACK, SCORING, THROTTLEABLE, TransitionError
 from service.throttle import Throttle, check_rate
-from service.upgrade import chooser, plans
+from service.upgrade import chooser, mapping, plans
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def start(
     plan: str = AUTO,
     nfr_target: float | None = None,
     items_per_second: float | None = None,
+    vector_only: bool = False,
 ) -> Upgrade:
     """Validate, create the upgrade row and switch query *and* gallery model to ``model`` at once
     (the hot refresh): from this commit on, queries follow the upgrade's query plan against the
@@ -63,7 +64,12 @@ def start(
     backward-compatible model of the same dimension); ``auto`` takes any new model and chooses
     among the plans that do not refuse it. The uncertainty orders put old vectors through the new
     classifier, so they need the same dimension and a head; ``random`` does not. Without a
-    ``strategy``: :func:`default_strategy`."""
+    ``strategy``: :func:`default_strategy` (``random`` for a vector-only upgrade, whose order
+    nothing follows).
+
+    ``vector_only``: no image is read; every item gets its old vector through the map the new
+    model carries from its training (``service.upgrade.mapping``), refused when it carries none
+    from exactly the gallery's model."""
     if strategy is not None and strategy not in ordering_names():
         raise UpgradeRequestError(f"unknown strategy {strategy!r}; expected one of {list(ordering_names())}")
     if batch_size is not None and not 1 <= batch_size <= 4096:
@@ -90,6 +96,14 @@ def start(
             raise UpgradeRequestError("the service has no gallery model yet; register one and ingest first")
         if target.name == current.name:
             raise UpgradeRequestError(f"model {model!r} already is the gallery model")
+        if vector_only:
+            try:
+                mapping.carried_for(current, target)
+            except mapping.NoMap as e:
+                raise UpgradeRequestError(
+                    f"a vector-only upgrade needs the map the new model carries from the gallery model: {e}"
+                ) from None
+            strategy = strategy or RANDOM.name
         if strategy is None:
             strategy = default_strategy(
                 plan, target.embedding_dim == current.embedding_dim, has_classifier=target.num_classes > 0
@@ -132,6 +146,8 @@ def start(
                 plan=plan,
                 nfr_target=nfr_target,
                 items_per_second=items_per_second,
+                vector_only=vector_only,
+                mapped=0,
             ),
         )
         catalog.set_serving_state(s, gallery_model=target.name, query_model=target.name)

@@ -10,12 +10,12 @@ the query model against every segment, as before.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from models.carried_map import weight_from_b64, weight_to_b64
 from models.plans import AUTO, Calibration, LinearMap, PlanSpec, requestable, start_plan
 from service.errors import BadRequest
 from service.index import QueryPlan, SegmentQuery
@@ -44,14 +44,12 @@ class TransformRecord(Record):
     weight_b64: str
 
     def value(self) -> LinearMap:
-        weight = np.frombuffer(base64.b64decode(self.weight_b64), "<f4").astype(np.float32).reshape(self.shape)
-        return LinearMap(weight, self.kind, self.pairs)
+        return LinearMap(weight_from_b64(self.weight_b64, self.shape), self.kind, self.pairs)
 
     @classmethod
     def of(cls, t: LinearMap) -> TransformRecord:
-        raw = base64.b64encode(np.ascontiguousarray(t.weight, "<f4").tobytes()).decode()
         rows, cols = t.weight.shape
-        return cls(kind=t.kind, pairs=t.pairs, shape=(int(rows), int(cols)), weight_b64=raw)
+        return cls(kind=t.kind, pairs=t.pairs, shape=(int(rows), int(cols)), weight_b64=weight_to_b64(t.weight))
 
 
 class PlanRecord(Record):

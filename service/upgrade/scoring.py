@@ -79,14 +79,21 @@ def run_scoring(
             return False
         t0 = time.perf_counter()
         ids, prio = compute_priorities(s, up, new_model)
-        probe_set = build_probes(s, up, new_model, images, settings.probe_size, settings.max_image_pixels)
+        if up.vector_only:  # no image is read, so no probe has a new-model query: nothing is measured
+            dim = new_model.meta.embedding_dim
+            probe_set = probes.ProbeSet(np.zeros(0, np.int64), [], np.zeros((0, dim), np.float32))
+        else:
+            probe_set = build_probes(s, up, new_model, images, settings.probe_size, settings.max_image_pixels)
         baseline = probes.take_baseline(s, probe_set, up.from_model)
     to_model = up.to_model
     with session_scope(url) as s:
         ids, prio = upgrades.replace_tasks(s, upgrade_id, ids, prio)
         upgrades.set_total(s, upgrade_id, len(ids))
     queue = BackfillQueue(redis, settings, upgrade_id)
-    queue.start(list(zip(ids.tolist(), prio.tolist(), strict=True)))
+    if up.vector_only:  # a vector-only upgrade's drains lease nothing: they map (mapping.py)
+        queue.clear()
+    else:
+        queue.start(list(zip(ids.tolist(), prio.tolist(), strict=True)))
     extra: dict = {}
     with read_scope(url) as s:
         current = checkpoints.serving_plan_of(s, up)

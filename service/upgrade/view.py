@@ -28,16 +28,22 @@ from service.upgrade.records import Checkpoint, checkpoints_of
 
 
 class Failure(BaseModel):
-    """A gallery item the backfill gave up on: it stays on the old model, and commit waits for it."""
+    """A gallery item the backfill gave up on: it is given a mapped vector at the end of
+    the backfill when a map can be had (``mapped``), else it stays on the old model and commit waits for it."""
 
     item_id: int = Field(description="The item's internal id.")
     external_id: str = Field(description="The item's id as the client gave it.")
     attempts: int = Field(description="How many times its re-encoding was tried (HOTREFRESH_MAX_ATTEMPTS).")
     error: str = Field(description="The last attempt's error.")
+    mapped: bool = Field(
+        False, description="The item was given a mapped vector at the end of the backfill (it is on the new model)."
+    )
 
     @classmethod
-    def of(cls, row: BackfillFailure) -> Failure:
-        return cls(item_id=row.item_id, external_id=row.external_id, attempts=row.attempts, error=row.error)
+    def of(cls, row: BackfillFailure, mapped: bool = False) -> Failure:
+        return cls(
+            item_id=row.item_id, external_id=row.external_id, attempts=row.attempts, error=row.error, mapped=mapped
+        )
 
 
 class UpgradeView(BaseModel):
@@ -49,12 +55,17 @@ class UpgradeView(BaseModel):
     strategy: Strategy = Field(description="The backfill order (the poor first: margin, least, ...).")
     state: UpgradeState = Field(description="Where the upgrade is in its state machine (docs/design.md).")
     total: int = Field(description="Gallery items to re-encode, counted at the start.")
-    done: int = Field(description="Items on the new model.")
-    failed: int = Field(description="Items whose re-encoding failed max_attempts times.")
+    done: int = Field(description="Items encoded from their image with the new model.")
+    mapped: int = Field(
+        description="Items given their old vector through the old->new map instead: their image was missing or "
+        "undecodable (they are in failures too, marked mapped), or the upgrade is vector-only."
+    )
+    failed: int = Field(description="Items left on the old model (failed, and no map could be had).")
     pending: int = Field(description="Items still to re-encode.")
     fraction: float | None = Field(
-        description="done / (done + pending + failed); null while scoring, before any task exists."
+        description="(done + mapped) / (done + mapped + pending + failed); null while scoring, before any task exists."
     )
+    vector_only: bool = Field(description="Started with vector_only: no image read, every item mapped.")
     nfr: float | None = Field(description="Latest live NFR@1 of the probe set; null = no labels / not yet.")
     map: float | None = Field(description="Latest live mAP of the probe set.")
     eta_s: float | None = Field(description="Seconds until done at the rate so far; 0 once completed; null: unknown.")
@@ -105,6 +116,12 @@ def _serving_plan(session: Session, up: Upgrade) -> dict | None:
     }
 
 
+def failures_of(session: Session, upgrade_id: int, limit: int) -> list[Failure]:
+    rows = upgrades.list_failures(session, upgrade_id, limit)
+    mapped = upgrades.mapped_among(session, upgrade_id, [f.item_id for f in rows])
+    return [Failure.of(f, f.item_id in mapped) for f in rows]
+
+
 def view(
     session: Session, up: Upgrade, redis: redis_lib.Redis | None, settings: Settings, failures_limit: int = 100
 ) -> UpgradeView:
@@ -144,6 +161,7 @@ def view(
         state=up.state,
         total=up.total,
         done=counts["done"],
+        mapped=counts["mapped"],
         failed=counts["failed"],
         pending=counts["pending"],
         fraction=moved_fraction(counts, up.state),
@@ -157,7 +175,8 @@ def view(
         leased=leased,
         baseline=summary,
         checkpoints=checkpoints_of(up.id, up.checkpoints),
-        failures=[Failure.of(f) for f in upgrades.list_failures(session, up.id, failures_limit)],
+        failures=failures_of(session, up.id, failures_limit),
+        vector_only=bool(up.vector_only),
         error=up.error,
         batch_size=up.batch_size,
         nfr_guardrail=up.nfr_guardrail,

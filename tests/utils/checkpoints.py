@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.checkpoint import ModelMeta, save_checkpoint
@@ -78,3 +79,17 @@ def train_tiny_pair(
         progress=progress,
     )
     return old_path, new_path
+
+
+def add_carried_map(new_path: str | Path, old_path: str | Path, images: np.ndarray) -> ModelMeta:
+    """Rewrite the checkpoint at ``new_path`` carrying the old->new map from ``old_path``'s model,
+    fitted on ``images`` as ``hotrefresh train --old`` fits it (models/carried_map.py)."""
+    from models.carried_map import KEY, fit_carried_map
+    from models.checkpoint import load_checkpoint
+
+    old, new = load_checkpoint(old_path, device="cpu"), load_checkpoint(new_path, device="cpu")
+    carried = fit_carried_map(old, new, images, from_model=old.meta.name, from_hash=old.meta.content_hash)
+    assert carried is not None
+    meta = new.meta
+    meta.extra = {**meta.extra, KEY: carried.to_dict()}
+    return save_checkpoint(new.model, meta, new_path)

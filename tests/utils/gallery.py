@@ -9,16 +9,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 
 from models.data import encode_png as png
 from service.db.migrate import upgrade_head
+from service.db.schema import GalleryItem
 from service.db.session import session_scope
 from service.imagestore import image_store_for
 from service.registry import EncoderCache, register
 from service.repositories import items as item_repo
 from service.settings import Settings
 
-__all__ = ["Gallery", "build_gallery", "cached_tiny_pair", "png"]
+__all__ = ["Gallery", "build_gallery", "cached_tiny_pair", "delete_images", "png"]
 
 
 def cached_tiny_pair(n_train: int = 2000, epochs: int = 1) -> tuple[Path, Path]:
@@ -88,3 +90,18 @@ def build_gallery(
         rows = item_repo.add_items(s, new_items, old_row.name)
         ids, ext = [r.id for r in rows], [r.external_id for r in rows]
         return Gallery(settings, ids, ext, old_row.name, new_row.name)
+
+
+def delete_images(settings: Settings, external_ids: list[str]) -> list[str]:
+    """Remove the stored images of these gallery items from the local image store (an operator's
+    lost files); returns their keys. Refuses keys shared with an item that keeps its image."""
+    from service.imagestore import LocalImageStore
+
+    with session_scope(settings.sqlalchemy_url) as s:
+        keys = {item_repo.get_item(s, e).image_key for e in external_ids}
+        kept = s.scalars(select(GalleryItem.image_key).where(GalleryItem.external_id.not_in(external_ids))).all()
+    assert not keys & set(kept), "an image shared with an item that keeps it"
+    store = LocalImageStore(settings.images_path)
+    for key in keys:
+        store.path_for(key).unlink()
+    return sorted(keys)

@@ -48,7 +48,7 @@ def test_full_upgrade_moves_every_item_once_and_measures(make_gallery) -> None:
         up = upgrades.get_upgrade(s, uid)
         assert up.state == "completed" and up.done == 80 and up.failed == 0
         counts = upgrades.task_counts(s, uid)
-        assert counts == {"pending": 0, "done": 80, "failed": 0}
+        assert counts == {"pending": 0, "done": 80, "failed": 0, "mapped": 0}
         # both vectors kept until commit (rollback stays instant)
         per_model = dict(s.execute(select(Embedding.model, func.count()).group_by(Embedding.model)).all())
         assert per_model == {g.old: 80, g.new: 80}
@@ -100,14 +100,17 @@ def test_corrupt_images_fail_after_max_attempts_and_the_rest_completes(make_gall
     run_to_end(ctx, uid)
     with session_scope(ctx.url) as s:
         up = upgrades.get_upgrade(s, uid)
-        assert up.state == "completed" and up.done == 37 and up.failed == 3
+        # the three failed, and were then mapped: none is left on the old model (the row's final
+        # counts, written at completion, say so), while the failure table keeps all three
+        assert up.state == "completed" and up.done == 37 and up.failed == 0
         failures = upgrades.list_failures(s, uid)
         assert sorted(f.external_id for f in failures) == ["img-0", "img-1", "img-2"]
         assert all(f.attempts == g.settings.max_attempts for f in failures)
         assert "UnidentifiedImageError" in failures[0].error
-    assert models_of(ctx.url) == {g.new: 37, g.old: 3}
-    with pytest.raises(control.UpgradeConflict):  # would strand the 3 items still on the old model
-        control.act(g.settings, ctx.redis, uid, "commit")
+        # the failed items were given mapped vectors at the end (37 backfilled pairs fit the map)
+        assert up.mapped == 3 and upgrades.mapped_among(s, uid, [f.item_id for f in failures]) == set(g.ids[:3])
+    assert models_of(ctx.url) == {g.new: 40}
+    assert control.act(g.settings, ctx.redis, uid, "commit") == "committed"
 
 
 def test_lost_redis_queue_is_rebuilt_from_sql(make_gallery) -> None:

@@ -106,6 +106,7 @@ def get_item(external_id: ItemPath, session: SessionDep, serving: ServingDep) ->
         model=item.active_model,
         created_at=item.created_at,
         index_model=serving.model_of(item.id),
+        vector_source=item_repo.vector_source(session, item.id, item.active_model),
     )
 
 

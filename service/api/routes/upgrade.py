@@ -23,7 +23,7 @@ from service.repositories import upgrades
 from service.settings import Settings
 from service.upgrade import control
 from service.upgrade.choices import PlanName, StateName, StrategyName, UpgradeState
-from service.upgrade.view import Failure, UpgradeView, view
+from service.upgrade.view import Failure, UpgradeView, failures_of, view
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,13 @@ class UpgradeIn(BaseModel):
         le=1.0,
         strict=True,
         description="auto: the probe NFR@1 a plan must stay within (default HOTREFRESH_NFR_TARGET).",
+    )
+    vector_only: bool = Field(
+        False,
+        strict=True,
+        description="Read no image: every item gets its old vector through the old->new map the new model "
+        "carries from its training (422 when it carries none from the gallery's model). No probes, so no live "
+        "NFR/mAP.",
     )
     items_per_second: ItemsPerSecond | None = Field(
         None,
@@ -150,6 +157,7 @@ def start_upgrade(body: UpgradeIn, settings: SettingsDep, redis: RedisDep) -> Up
         plan=body.plan,
         nfr_target=body.nfr_target,
         items_per_second=body.items_per_second,
+        vector_only=body.vector_only,
     )
     dispatch.try_send("scoring", dispatch.send_score, settings, up.id)
     return UpgradeCreated(id=up.id, state=up.state, total=up.total)
@@ -192,10 +200,11 @@ def get_upgrade(upgrade_id: UpgradeId, session: SessionDep, redis: RedisDep, set
 
 @router.get("/{upgrade_id}/failures", response_model=list[Failure], responses=error_responses(404))
 def failures(upgrade_id: UpgradeId, session: SessionDep, limit: FailureLimit = 1000) -> list[Failure]:
-    """Every item whose re-encoding failed ``max_attempts`` times, with the last error."""
+    """Every item whose re-encoding failed ``max_attempts`` times, with the last error, and whether
+    it was then given a mapped vector (service/upgrade/mapping.py)."""
     if upgrades.get_upgrade(session, upgrade_id) is None:
         raise NotFound(f"upgrade {upgrade_id} not found")
-    return [Failure.of(f) for f in upgrades.list_failures(session, upgrade_id, limit)]
+    return failures_of(session, upgrade_id, limit)
 
 
 @router.post(

@@ -99,6 +99,7 @@ def test_first_model_serves_and_gallery_search_round_trip(
 
     item = client.get(f"/gallery/{gallery[3]}").json()
     assert item["model"] == item["index_model"] == "old" and item["label"] == str(int(labels[3]))
+    assert item["vector_source"] == "encoded"  # from its image (mapped: docs/workers.md)
     assert item["created_at"].endswith(("Z", "+00:00"))
 
     assert client.delete(f"/gallery/{gallery[3]}", headers=admin_headers).status_code == 204

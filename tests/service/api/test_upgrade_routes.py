@@ -56,6 +56,8 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:
             ({"model": "new", "items_per_second": -5.0}, ADMIN, 422),
             ({"model": "new", "items_per_second": True}, ADMIN, 422),
             ({"model": "new", "items_per_second": "40"}, ADMIN, 422),
+            ({"model": "new", "vector_only": True}, ADMIN, 422),  # new carries no map from old
+            ({"model": "new", "vector_only": 1}, ADMIN, 422),  # strict: no 1 for true
             ({}, ADMIN, 422),
         ]
         for body, headers, status in cases:
@@ -78,7 +80,7 @@ def test_upgrade_requests_refused_and_state_rules(make_gallery) -> None:
 
         u = client.get(f"/upgrade/{uid}").json()
         assert u["state"] == "scoring" and u["nfr"] is None and u["failures"] == []
-        assert u["fraction"] is None and u["done"] == 0  # nothing moved; not "no tasks, so 100%"
+        assert u["fraction"] is None and u["done"] == u["mapped"] == 0  # nothing moved; not "no tasks, so 100%"
         assert client.get("/upgrade").json()["id"] == uid
         assert client.get("/upgrade/999").status_code == 404
         for action in ("pause", "resume", "commit"):

@@ -29,4 +29,4 @@ def test_scoring_gives_no_task_to_an_item_deleted_after_its_read(make_gallery) -
     assert kept.tolist() == [i for i in reversed(g.ids) if i != g.ids[3]]
     assert prio.tolist() == [float(k) for k in reversed(range(20)) if k != 3]
     with session_scope(ctx.url) as s:
-        assert upgrades.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0}
+        assert upgrades.task_counts(s, up.id) == {"pending": 19, "done": 0, "failed": 0, "mapped": 0}
