@@ -496,7 +496,10 @@ def run_state(session: Session, upgrade_id: int) -> RunState:
             Upgrade.mapped,
         ).where(Upgrade.id == int(upgrade_id))
     ).first()
-    return RunState(None) if row is None else RunState(*row[:5], vector_only=bool(row[5]))
+    if row is None:
+        return RunState(None)
+    state, to_model, batch_size, done, total, failed, vector_only, mapped = row
+    return RunState(state, to_model, batch_size, done, total, failed, bool(vector_only), int(mapped or 0))
 
 
 def append_checkpoint(session: Session, upgrade_id: int, point: dict) -> Upgrade:

@@ -9,7 +9,7 @@ from service import indexlog
 from service.db.schema import Embedding
 from service.db.session import session_scope
 from service.queue import BackfillQueue
-from service.repositories import catalog
+from service.repositories import catalog, upgrades
 from service.states import TransitionError
 from service.upgrade import control
 from tests.utils.upgrade import models_of, start_and_score
@@ -100,3 +100,19 @@ def test_sequential_upgrades_v1_v2_committed_then_v3_and_the_lineage(make_galler
     assert models[v1]["lineage"] == [v1] and models[v1]["replaced"] is None
     assert models[v2]["replaced"] == v1 and models["v3"]["replaced"] == v2
     assert models["v3"]["is_gallery_model"] and models["v3"]["is_query_model"]
+
+
+def test_run_state_reads_each_column_into_its_field(make_gallery) -> None:
+    """A batch's failure must not read as a vector-only upgrade (a positional mix-up once made
+    every drain of an upgrade with one failed item stop leasing)."""
+    from sqlalchemy import update
+
+    from service.db.schema import Upgrade
+
+    g = make_gallery(n=16)
+    ctx, uid = start_and_score(g, strategy="random", batch_size=8)
+    with session_scope(ctx.url) as s:
+        s.execute(update(Upgrade).where(Upgrade.id == uid).values(failed=1, mapped=2, done=3))
+    with session_scope(ctx.url) as s:
+        st = upgrades.run_state(s, uid)
+    assert (st.state, st.done, st.total, st.failed, st.mapped, st.vector_only) == ("running", 3, 16, 1, 2, False)
