@@ -11,8 +11,10 @@ from models.plan_curves import Spaces, plan_curves
 from models.plans import (
     MIN_PAIRS,
     RAW,
+    REASONS,
     Calibration,
     Candidate,
+    Chosen,
     PlanSpec,
     build_spec,
     choose,
@@ -196,7 +198,53 @@ def test_transform_without_enough_pairs_scores_old_vectors_like_dual() -> None:
     ],
 )
 def test_the_chooser_picks_by_its_rule(candidates: list[Candidate], target: float, chosen: str) -> None:
-    assert choose(candidates, target) == chosen
+    assert choose(candidates, target).plan == chosen
+
+
+@pytest.mark.parametrize(
+    ("candidates", "chosen", "reason"),
+    [
+        # within the bound and at the old system's mAP: the best such mAP, not the better one below
+        (
+            [Candidate("dual", 0.58, 0.01), Candidate("transform", 0.63, 0.02), Candidate("blend", 0.66, 0.09)],
+            "transform",
+            "within_bound",
+        ),
+        # the only candidate within the bound is below the old system: the lowest NFR that keeps it
+        (
+            [Candidate("dual", 0.58, 0.01), Candidate("transform", 0.63, 0.09), Candidate("blend", 0.66, 0.07)],
+            "blend",
+            "below_old_within_bound",
+        ),
+        # nothing within the bound: the lowest NFR among those that keep the old mAP, not the lowest overall
+        (
+            [Candidate("dual", 0.55, 0.06), Candidate("transform", 0.63, 0.09), Candidate("blend", 0.61, 0.08)],
+            "blend",
+            "none_within_bound",
+        ),
+        # nothing reaches the old system's mAP: the closest to it, whatever it flips
+        (
+            [Candidate("dual", 0.55, 0.01), Candidate("transform", 0.59, 0.09), Candidate("blend", 0.57, 0.02)],
+            "transform",
+            "none_at_old_map",
+        ),
+        # exactly the old system's mAP keeps it
+        ([Candidate("dual", 0.60, 0.0), Candidate("transform", 0.65, 0.09)], "dual", "within_bound"),
+        ([Candidate("dual", None, None)], "dual", "unmeasured"),
+    ],
+)
+def test_the_chooser_keeps_the_old_systems_map_first_and_says_why(
+    candidates: list[Candidate], chosen: str, reason: str
+) -> None:
+    got = choose(candidates, 0.05, old_map=0.60)
+    assert (got.plan, got.reason) == (chosen, reason)
+    assert got.reason in REASONS
+
+
+def test_without_the_old_map_the_chooser_is_the_nfr_rule_alone() -> None:
+    below = [Candidate("dual", 0.55, 0.01), Candidate("transform", 0.59, 0.09)]
+    assert choose(below, 0.05) == Chosen("dual", "within_bound")
+    assert choose(below, 0.05, old_map=0.60) == Chosen("transform", "none_at_old_map")
 
 
 def _spaces(seed: int = 0, d_old: int = 8, d_new: int = 8) -> Spaces:
@@ -234,6 +282,10 @@ def test_plan_curves_start_as_the_old_system_and_end_as_the_new_one() -> None:
     assert curves["auto"][0]["plan"] == "dual"
     assert set(curves["auto"][1]["candidates"]) == {"paper", "dual", "transform", "blend"}
     assert curves["auto"][1]["plan"] in {"paper", "dual", "transform", "blend"}
+    assert curves["auto"][0]["reason"] == "start" and curves["auto"][1]["reason"] in REASONS
+    # the estimate behind the bound is kept, and exact at 100% on the probes it searched
+    assert curves["auto"][1]["nfr_bound"] == pytest.approx(curves["auto"][1]["final_nfr_estimate"] + 0.01)
+    assert all(p["map_vs_old_se"] is not None and p["map_vs_old_se"] >= 0 for p in curves["auto"])
 
 
 def test_plan_curves_across_dimensions_offer_no_paper_plan() -> None:
