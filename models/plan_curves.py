@@ -72,7 +72,7 @@ def candidates_for(spaces: Spaces, compatible: bool) -> list[str]:
 
 
 def _held_out_point(
-    cache: dict[str, tuple[dict[str, Any], np.ndarray]],
+    cache: dict[str, tuple[dict[str, Any], RetrievalResult]],
     name: str,
     spec: PlanSpec,
     s: Spaces,
@@ -81,7 +81,7 @@ def _held_out_point(
     fraction: float,
     k: int | None,
 ) -> dict[str, Any]:
-    """One plan's point at one cut on the held-out queries, its per-query APs kept in ``cache``
+    """One plan's point at one cut on the held-out queries, its per-query results kept in ``cache``
     (scored once, and only when asked for: auto's candidates it does not serve are never scored)."""
     if name not in cache:
         r = evaluate_scores(mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels, s.g_labels, k=k)
@@ -91,7 +91,7 @@ def _held_out_point(
             "top1": r.top1,
             "nfr": negative_flip_rate(base.top1_correct, r.top1_correct),
         }
-        cache[name] = (point, r.ap)
+        cache[name] = (point, r)
     return cache[name][0]
 
 
@@ -101,6 +101,16 @@ def paired_se(ap: np.ndarray, ap_old: np.ndarray) -> float | None:
     queries' own difficulty cancels). The noise a curve's "never below the old system" is read
     within; None with fewer than two queries."""
     d = np.asarray(ap, np.float64) - np.asarray(ap_old, np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+
+
+def flip_difference_se(old_correct: np.ndarray, a_correct: np.ndarray, b_correct: np.ndarray) -> float | None:
+    """The standard error of NFR@1(a) - NFR@1(b) on the same queries: over the n queries the old
+    system answers right, each is a flip of a or not, of b or not; the NFRs' difference is the
+    mean of (flip_a - flip_b), its standard error their standard deviation / sqrt(n). The noise a
+    curve's "no more flips than the finished upgrade + 1 point" is read within."""
+    right = np.asarray(old_correct, bool)
+    d = (~np.asarray(a_correct, bool)[right]).astype(np.float64) - (~np.asarray(b_correct, bool)[right])
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
 
 
@@ -137,6 +147,7 @@ def plan_curves(
     g_old_np, g_new_np = s.g_old.cpu().numpy(), s.g_new.cpu().numpy()
     n_g = len(g_old_np)
     base = evaluate_scores(s.q_old @ s.g_old.T, s.q_labels, s.g_labels, k=k)
+    final = evaluate_scores(s.q_new @ s.g_new.T, s.q_labels, s.g_labels, k=k)  # every plan at 100%
     probes = choose_probes(n_g, probe_size, seed)
     exclude = probes.astype(np.int64)
     p_labels = s.g_labels[probes]
@@ -167,7 +178,7 @@ def plan_curves(
             )
             for p in wanted
         }
-        held_out: dict[str, tuple[dict[str, Any], np.ndarray]] = {}  # plan -> (point, per-query AP)
+        held_out: dict[str, tuple[dict[str, Any], RetrievalResult]] = {}  # plan -> (point, per query)
 
         for p in specs:
             if p in out:  # a candidate auto does not serve here is never scored on the held-out queries
@@ -195,7 +206,10 @@ def plan_curves(
                     **_held_out_point(held_out, chosen, specs[chosen], s, mask, base, float(f), k),
                     "plan": chosen,
                     "reason": rule.reason,
-                    "map_vs_old_se": paired_se(held_out[chosen][1], base.ap),
+                    "map_vs_old_se": paired_se(held_out[chosen][1].ap, base.ap),
+                    "nfr_vs_final_se": flip_difference_se(
+                        base.top1_correct, held_out[chosen][1].top1_correct, final.top1_correct
+                    ),
                     "final_nfr_estimate": estimate,
                     "nfr_bound": bound,
                     "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured},
