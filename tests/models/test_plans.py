@@ -369,3 +369,47 @@ def test_a_plan_is_one_registered_object_and_names_are_refused_twice() -> None:
     finally:
         unregister_plan("new-only-test")
     assert "new-only-test" not in plan_names()
+
+
+def test_the_noise_of_a_curve_is_the_paired_standard_error() -> None:
+    from models.plan_curves import flip_difference_se, paired_se
+
+    ap_old = np.array([0.5, 0.7, 0.2, 0.9])
+    ap = ap_old + np.array([0.1, -0.1, 0.1, -0.1])  # differences +-0.1: sd 0.1155 (ddof 1), / sqrt(4)
+    assert paired_se(ap, ap_old) == pytest.approx(np.std([0.1, -0.1, 0.1, -0.1], ddof=1) / 2)
+    assert paired_se(ap_old + 0.05, ap_old) == pytest.approx(0.0, abs=1e-12)  # a shift alone is no noise
+    assert paired_se(ap[:1], ap_old[:1]) is None
+    old = np.array([True, True, True, True, False])  # the last query does not count: old got it wrong
+    a = np.array([False, True, True, True, False])  # flips query 0
+    b = np.array([True, False, True, True, True])  # flips query 1
+    # over the 4 queries old answered: flip_a - flip_b = (1, -1, 0, 0)
+    assert flip_difference_se(old, a, b) == pytest.approx(np.std([1, -1, 0, 0], ddof=1) / 2)
+    assert flip_difference_se(old, a, a) == 0.0
+
+
+def test_plan_checks_report_the_final_nfr_estimates_error_and_read_the_promises_within_noise() -> None:
+    from models.experiment import check_plans, estimate_errors
+
+    def point(f: float, m: float, nfr: float, est: float | None, **extra: object) -> dict:
+        return {"fraction": f, "map": m, "nfr": nfr, "final_nfr_estimate": est, **extra}
+
+    pts = [
+        point(0.0, 0.50, 0.0, 0.05, reason="start", map_vs_old_se=0.0, nfr_vs_final_se=0.01),
+        point(0.5, 0.49, 0.095, 0.06, reason="none_at_old_map", map_vs_old_se=0.006, nfr_vs_final_se=0.01),
+        point(1.0, 0.60, 0.07, 0.07, reason="within_bound", map_vs_old_se=0.0, nfr_vs_final_se=0.0),
+    ]
+    curve = {"method": "bct", "ordering": "mixed", "plan": "auto", "points": pts}
+    doc = {"old_to_old": {"map": 0.50}, "curves": [curve]}
+    res = check_plans(doc)["bct, mixed"]
+    e, f = res["e_map_never_below_old"], res["f_nfr_within_final_plus_1pt"]
+    # 0.49 is below 0.50, but within two standard errors (0.012)
+    assert e["holds"] is False and e["holds_within_noise"] is True and e["se_at_lowest"] == 0.006
+    # 9.5% against 7% + 1 point: over, but within two standard errors (2 points)
+    assert f["holds"] is False and f["holds_within_noise"] is True and f["highest_nfr"] == 0.095
+    # the estimate's error at the steps between the ends only, against the held-out final NFR
+    est = res["final_nfr_estimate"]
+    assert est["errors"] == {"50%": pytest.approx(-0.01)} and est["mean_error"] == pytest.approx(-0.01)
+    assert res["reasons"] == ["start", "none_at_old_map", "within_bound"]
+    pts[1]["nfr"] = 0.11  # 11% is beyond 8% + 2 points
+    assert check_plans(doc)["bct, mixed"]["f_nfr_within_final_plus_1pt"]["holds_within_noise"] is False
+    assert estimate_errors([point(0.5, 0.5, 0.0, None)], 0.07) is None  # an absolute target: no estimate
