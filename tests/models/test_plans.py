@@ -413,3 +413,38 @@ def test_plan_checks_report_the_final_nfr_estimates_error_and_read_the_promises_
     pts[1]["nfr"] = 0.11  # 11% is beyond 8% + 2 points
     assert check_plans(doc)["bct, mixed"]["f_nfr_within_final_plus_1pt"]["holds_within_noise"] is False
     assert estimate_errors([point(0.5, 0.5, 0.0, None)], 0.07) is None  # an absolute target: no estimate
+
+
+def test_seeds_aggregate_with_their_estimates_noise_and_reasons() -> None:
+    from models.experiment import _holds, aggregate, check_plans
+
+    steps = ((0.0, 0.0, "dual", "start"), (0.5, 0.06, "blend", "within_bound"), (1.0, 0.05, "dual", "within_bound"))
+
+    def seed_doc(seed: int, est: float, se: float) -> dict:
+        pts = [
+            {"fraction": f, "map": 0.5 + f / 10, "top1": 0.8, "nfr": n, "plan": p, "reason": r}
+            | {"final_nfr_estimate": est, "map_vs_old_se": se, "nfr_vs_final_se": se}
+            for f, n, p, r in steps
+        ]
+        return {
+            "dataset": "digits",
+            "allocation": "expansion",
+            "metric": "map",
+            "n_queries": 10,
+            "n_gallery": 20,
+            "seed": seed,
+            "old_to_old": {"map": 0.5, "top1": 0.8},
+            "new_to_new": {"bct": {"map": 0.6, "top1": 0.9}},
+            "curves": [{"method": "bct", "ordering": "mixed", "plan": "auto", "points": pts}],
+        }
+
+    docs = [seed_doc(0, 0.04, 0.03), seed_doc(1, 0.06, 0.04)]
+    mean = aggregate(docs)
+    mid = mean["curves"][0]["points"][1]
+    assert mid["final_nfr_estimate"] == pytest.approx(0.05) and mid["reasons"] == ["within_bound", "within_bound"]
+    assert mid["map_vs_old_se"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2: the SE of a mean of two
+    res = check_plans(mean)["bct, mixed"]
+    assert res["final_nfr_estimate"]["errors"] == {"50%": pytest.approx(0.0)}
+    per_seed = _holds(check_plans(docs[0])["bct, mixed"])  # the verdicts only, not the reports beside them
+    assert set(per_seed) == {"e_map_never_below_old", "f_nfr_within_final_plus_1pt", "g_mean_map_4pt_above_paper"}
+    assert per_seed["e_map_never_below_old"] is True and per_seed["f_nfr_within_final_plus_1pt"] is True
