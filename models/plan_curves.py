@@ -6,8 +6,12 @@ new vectors of the items backfilled so far (and the probes' new embeddings, enco
 upgrade's start), and the (old, new) pairs of the backfilled items for ``transform``.
 
 ``auto`` follows the live chooser: a seeded probe subset of the gallery, used as leave-one-out
-queries, scores every candidate plan at the cut; the plan with the highest probe mAP whose probe
-NFR@1 is within the bound is the one evaluated on the held-out queries. The bound is the
+queries, scores every candidate plan at the cut; the plan ``models.plans.choose`` picks (the
+highest probe mAP within the NFR bound among those at least the old system's probe mAP, else the
+fallback its ``reason`` names) is the one evaluated on the held-out queries. Each auto point
+also keeps the final-NFR estimate the bound came from (``final_nfr_estimate``), so its error
+against the finished upgrade's NFR can be reported (``models.experiment.check_plans``), and the
+paired standard error of its mAP against the old system's (``map_vs_old_se``). The bound is the
 user's ``nfr_target`` when given, else relative (``models.plans.nfr_bound``): the finished
 upgrade's NFR@1 estimated at that cut from the probes and the items backfilled so far, plus one
 point. At 0% nothing has
@@ -23,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.metrics import evaluate_scores, negative_flip_rate
+from models.metrics import RetrievalResult, evaluate_scores, negative_flip_rate
 from models.plans import (
     AUTO,
     START_PLAN,
     Candidate,
+    Chosen,
+    PlanSpec,
     UpgradeShape,
     build_spec,
     choose,
@@ -65,6 +71,49 @@ def candidates_for(spaces: Spaces, compatible: bool) -> list[str]:
     return plan_candidates(UpgradeShape(same_dimension=spaces.same_space, compatible=compatible))
 
 
+def _held_out_point(
+    cache: dict[str, tuple[dict[str, Any], RetrievalResult]],
+    name: str,
+    spec: PlanSpec,
+    s: Spaces,
+    mask: torch.Tensor,
+    base: RetrievalResult,
+    fraction: float,
+    k: int | None,
+) -> dict[str, Any]:
+    """One plan's point at one cut on the held-out queries, its per-query results kept in ``cache``
+    (scored once, and only when asked for: auto's candidates it does not serve are never scored)."""
+    if name not in cache:
+        r = evaluate_scores(mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels, s.g_labels, k=k)
+        point = {
+            "fraction": fraction,
+            "map": r.map,
+            "top1": r.top1,
+            "nfr": negative_flip_rate(base.top1_correct, r.top1_correct),
+        }
+        cache[name] = (point, r)
+    return cache[name][0]
+
+
+def paired_se(ap: np.ndarray, ap_old: np.ndarray) -> float | None:
+    """The standard error of a mAP's difference from the old system's on the same queries: the
+    per-query APs' differences have standard deviation sd, their mean sd / sqrt(n) (paired, so the
+    queries' own difficulty cancels). The noise a curve's "never below the old system" is read
+    within; None with fewer than two queries."""
+    d = np.asarray(ap, np.float64) - np.asarray(ap_old, np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+
+
+def flip_difference_se(old_correct: np.ndarray, a_correct: np.ndarray, b_correct: np.ndarray) -> float | None:
+    """The standard error of NFR@1(a) - NFR@1(b) on the same queries: over the n queries the old
+    system answers right, each is a flip of a or not, of b or not; the NFRs' difference is the
+    mean of (flip_a - flip_b), its standard error their standard deviation / sqrt(n). The noise a
+    curve's "no more flips than the finished upgrade + 1 point" is read within."""
+    right = np.asarray(old_correct, bool)
+    d = (~np.asarray(a_correct, bool)[right]).astype(np.float64) - (~np.asarray(b_correct, bool)[right])
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+
+
 def choose_probes(n_gallery: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_gallery)[: min(size, n_gallery)])
 
@@ -98,6 +147,7 @@ def plan_curves(
     g_old_np, g_new_np = s.g_old.cpu().numpy(), s.g_new.cpu().numpy()
     n_g = len(g_old_np)
     base = evaluate_scores(s.q_old @ s.g_old.T, s.q_labels, s.g_labels, k=k)
+    final = evaluate_scores(s.q_new @ s.g_new.T, s.q_labels, s.g_labels, k=k)  # every plan at 100%
     probes = choose_probes(n_g, probe_size, seed)
     exclude = probes.astype(np.int64)
     p_labels = s.g_labels[probes]
@@ -128,19 +178,11 @@ def plan_curves(
             )
             for p in wanted
         }
-        held_out = {}
-        for p, spec in specs.items():
-            r = evaluate_scores(
-                mixed_scores(spec, s.q_old, s.q_new, s.g_old, s.g_new, mask), s.q_labels, s.g_labels, k=k
-            )
-            held_out[p] = {
-                "fraction": float(f),
-                "map": r.map,
-                "top1": r.top1,
-                "nfr": negative_flip_rate(base.top1_correct, r.top1_correct),
-            }
-            if p in out:
-                out[p].append(held_out[p])
+        held_out: dict[str, tuple[dict[str, Any], RetrievalResult]] = {}  # plan -> (point, per query)
+
+        for p in specs:
+            if p in out:  # a candidate auto does not serve here is never scored on the held-out queries
+                out[p].append(_held_out_point(held_out, p, specs[p], s, mask, base, float(f), k))
         if AUTO in plans:
             measured = []
             for p in candidates:
@@ -157,11 +199,18 @@ def plan_curves(
                 g_old_np[probes], g_new_np[probes], p_labels, g_old_np[rest], g_new_np[rest], s.g_labels[rest]
             )
             bound = nfr_bound(nfr_target, estimate)
-            chosen = START_PLAN if n == 0 else choose(measured, bound, safe=START_PLAN)
+            rule = Chosen(START_PLAN, "start") if n == 0 else choose(measured, bound, START_PLAN, p_base.map)
+            chosen = rule.plan
             out[AUTO].append(
                 {
-                    **held_out[chosen],
+                    **_held_out_point(held_out, chosen, specs[chosen], s, mask, base, float(f), k),
                     "plan": chosen,
+                    "reason": rule.reason,
+                    "map_vs_old_se": paired_se(held_out[chosen][1].ap, base.ap),
+                    "nfr_vs_final_se": flip_difference_se(
+                        base.top1_correct, held_out[chosen][1].top1_correct, final.top1_correct
+                    ),
+                    "final_nfr_estimate": estimate,
                     "nfr_bound": bound,
                     "candidates": {c.plan: {"map": c.map, "nfr": c.nfr} for c in measured},
                 }

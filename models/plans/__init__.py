@@ -17,8 +17,10 @@ from models.plans import paper, dual, transform, blend  # noqa: F401
 # isort: on
 from models.plans.auto import (
     NFR_SLACK,
+    REASONS,
     START_PLAN,
     Candidate,
+    Chosen,
     candidates,
     choose,
     describe,
@@ -56,7 +58,9 @@ __all__ = [
     "START_PLAN",
     "TRANSFORMS",
     "Calibration",
+    "REASONS",
     "Candidate",
+    "Chosen",
     "FitInput",
     "LinearMap",
     "Plan",

@@ -1,6 +1,7 @@
 """``auto``: the chooser, requestable as if it were a plan but not one. At every checkpoint it fits
 and measures every candidate plan on the probes and serves the one with the highest probe mAP
-whose probe NFR@1 stays within a bound (:func:`choose`); until the first checkpoint it serves
+whose probe NFR@1 stays within a bound and whose probe mAP is at least the old system's
+(:func:`choose`); until the first checkpoint it serves
 :data:`START_PLAN`, the old system exactly. The live service (``service.upgrade.chooser``) and
 the offline evaluator (``models.plan_curves``) apply this rule, on this module's candidates.
 """
@@ -88,18 +89,54 @@ def nfr_bound(nfr_target: float | None, estimated_final: float | None) -> float:
     return 0.05 if estimated_final is None else estimated_final + NFR_SLACK
 
 
-def choose(candidates: list[Candidate], nfr_target: float, safe: str = START_PLAN) -> str:
-    """The live chooser's rule: the candidate with the highest probe mAP whose probe NFR is within
-    ``nfr_target``; when none is, the one with the lowest NFR (ties: the safe plan, then mAP).
+@dataclass(frozen=True)
+class Chosen:
+    """What the chooser serves at a cut, and why (a key of :data:`REASONS`)."""
+
+    plan: str
+    reason: str
+
+
+# Why the chooser served what it served: stored with every auto checkpoint (``reason``).
+REASONS = {
+    "start": "nothing has moved yet: the start plan, the old system exactly",
+    "within_bound": "the highest probe mAP among the candidates within the NFR bound that keep the old "
+    "system's probe mAP",
+    "below_old_within_bound": "every candidate within the NFR bound is below the old system's probe mAP: the "
+    "lowest probe NFR among those that keep it",
+    "none_within_bound": "no candidate is within the NFR bound: the lowest probe NFR among those that keep the "
+    "old system's probe mAP",
+    "none_at_old_map": "no candidate reaches the old system's probe mAP: the highest probe mAP",
+    "unmeasured": "no candidate could be measured: the start plan",
+}
+
+
+def choose(
+    candidates: list[Candidate], nfr_target: float, safe: str = START_PLAN, old_map: float | None = None
+) -> Chosen:
+    """The chooser's rule, live and offline. Two promises, the old system's mAP first: a candidate
+    *keeps the old mAP* when its probe mAP is at least ``old_map`` (the old system's on the same
+    probes; None: every candidate keeps it). Among those, the highest probe mAP whose probe NFR is
+    within ``nfr_target``; when none is, the lowest probe NFR among those that keep the old mAP
+    (falling below the old system is the worse break: every query sees it, a flip only the queries
+    the old system answered); when none keeps it, the highest probe mAP. Ties go to the safe plan.
     Candidates without a measurement are never chosen unless nothing else is there."""
     measured = [c for c in candidates if c.map is not None and not math.isnan(c.map)]
     if not measured:
-        return safe
+        return Chosen(safe, "unmeasured")
 
     def nfr(c: Candidate) -> float:
         return 0.0 if c.nfr is None or math.isnan(c.nfr) else c.nfr
 
-    within = [c for c in measured if nfr(c) <= nfr_target + 1e-12]
+    def best_map(cs: list[Candidate]) -> str:
+        return max(cs, key=lambda c: (c.map or 0.0, c.plan == safe)).plan
+
+    keeps = [c for c in measured if old_map is None or (c.map or 0.0) >= old_map - 1e-12]
+    if not keeps:
+        return Chosen(best_map(measured), "none_at_old_map")
+    within = [c for c in keeps if nfr(c) <= nfr_target + 1e-12]
     if within:
-        return max(within, key=lambda c: (c.map or 0.0, c.plan == safe)).plan
-    return min(measured, key=lambda c: (nfr(c), c.plan != safe, -(c.map or 0.0))).plan
+        return Chosen(best_map(within), "within_bound")
+    lowest = min(keeps, key=lambda c: (nfr(c), c.plan != safe, -(c.map or 0.0))).plan
+    below = any(nfr(c) <= nfr_target + 1e-12 for c in measured)
+    return Chosen(lowest, "below_old_within_bound" if below else "none_within_bound")

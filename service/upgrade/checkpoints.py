@@ -102,6 +102,7 @@ def measure_point(
         plan=choice.plan.name,
         candidates=choice.candidates,
         nfr_bound=choice.nfr_bound,
+        reason=choice.reason,
         serving_plan=choice.plan.to_json(),
     )
 

@@ -5,7 +5,9 @@ SQL holds then (``models.plans.build_spec``: each space's calibration from the g
 vectors and the new-model vectors there are, ``transform``'s map from the old and new vectors of
 the items backfilled so far) and measured on the probes. A fixed plan is refitted and measured
 alone; ``auto`` serves the candidate with the highest probe mAP whose probe NFR@1 is within the
-upgrade's ``nfr_target`` (``models.plans.choose``, the rule the offline evaluator applies too).
+upgrade's bound and whose probe mAP is at least the old system's (the baseline's ``old_map``), or
+says in the checkpoint's ``reason`` which promise it gave way on (``models.plans.choose``, the
+rule the offline evaluator applies too).
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class Choice:
     measurement: probes.Measurement  # the chosen plan's, at this cut
     candidates: dict[str, dict[str, float | None]]  # every candidate's probe map and nfr
     nfr_bound: float | None = None  # auto: the probe NFR@1 the choice stayed within
+    reason: str | None = None  # auto: why this plan (a key of models.plans.REASONS)
 
 
 def choose_at_cut(
@@ -163,15 +166,21 @@ def choose_at_cut(
         plan = current.bumped(fit(settings, up, name, gallery, probe_set, pairs, codes))
         measured[name] = (plan, probes.measure(session, baseline, up.to_model, gallery, plan=plan))
     table = {name: {"map": m.map, "nfr": m.nfr} for name, (_, m) in measured.items()}
-    bound = None
+    bound, reason = None, None
     if up.plan != AUTO:
         chosen = up.plan
     else:
         target = up.nfr_target if up.nfr_target is not None else settings.nfr_target
         bound = nfr_bound(target, None if target is not None else estimated_final_nfr(gallery, probe_set, pairs, codes))
         if step == 0 and START_PLAN in measured:
-            chosen = START_PLAN
+            chosen, reason = START_PLAN, "start"
         else:
-            chosen = choose([Candidate(n, m.map, m.nfr) for n, (_, m) in measured.items()], bound, safe=START_PLAN)
+            rule = choose(
+                [Candidate(n, m.map, m.nfr) for n, (_, m) in measured.items()],
+                bound,
+                safe=START_PLAN,
+                old_map=baseline.old_map,
+            )
+            chosen, reason = rule.plan, rule.reason
     plan, measurement = measured[chosen]
-    return Choice(plan, measurement, table, bound)
+    return Choice(plan, measurement, table, bound, reason)

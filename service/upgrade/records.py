@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
+from models.plans import REASONS
 from service.records import Record, parse
 
 
@@ -30,6 +31,12 @@ class Checkpoint(Record):
         default=None,
         description="auto: the probe NFR@1 the chosen plan had to stay within at this cut (nfr_target, or "
         "the finished upgrade's NFR@1 estimated here plus one point).",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="auto: why the chosen plan was chosen at this cut, one of: "
+        + "; ".join(f"{code} ({why})" for code, why in REASONS.items())
+        + ". Null under a fixed plan.",
     )
     candidates: dict[str, dict[str, float | None]] | None = Field(
         default=None, description="auto: every candidate plan's probe map and nfr at this cut."

@@ -102,7 +102,12 @@ def run_scoring(
             up.baseline = baseline.stored()  # the detached row, read by the chooser only
             choice = chooser.choose_at_cut(s, settings, up, current, probes.load_gallery(s), step=0)
             first, plan_json = choice.measurement, choice.plan.to_json()
-            extra = {"plan": choice.plan.name, "candidates": choice.candidates, "nfr_bound": choice.nfr_bound}
+            extra = {
+                "plan": choice.plan.name,
+                "candidates": choice.candidates,
+                "nfr_bound": choice.nfr_bound,
+                "reason": choice.reason,
+            }
         else:
             first, plan_json = probes.measure(s, baseline, to_model), None
     if plan_json is not None:

@@ -28,6 +28,7 @@ from cli.launcher import System
 from models.checkpoint import load_checkpoint
 from models.evaluate import backfill_curve
 from models.metrics import evaluate_scores, negative_flip_rate
+from models.plans import REASONS
 from models.uncertainty import backfill_order, score_uncertainty
 from service.settings import Settings
 from tests.utils.system import ADMIN, FAST_ENV, get_upgrade, ingest, logs_of, register, wait_for
@@ -164,6 +165,10 @@ def test_http_only_hot_refresh_live_metrics_match_offline_curve(
         assert points[0]["plan"] == "dual" and all(
             set(p["candidates"]) == {"paper", "dual", "transform", "blend"} for p in points[:-1]
         )
+        # every choice says why; unless no candidate reached it, the served probe mAP is the old system's or more
+        assert points[0]["reason"] == "start" and all(p["reason"] in REASONS for p in points[:-1])
+        old_map = final["baseline"]["old_map"]
+        assert all(p["map"] >= old_map - 1e-9 for p in points[:-1] if p["reason"] != "none_at_old_map"), points
     assert final["baseline"]["old_top1_rate"] == pytest.approx(float(old_top1.mean()), abs=1e-9)
     report = []
     for live, ref in zip(points, offline, strict=True):

@@ -11,8 +11,10 @@ from models.plan_curves import Spaces, plan_curves
 from models.plans import (
     MIN_PAIRS,
     RAW,
+    REASONS,
     Calibration,
     Candidate,
+    Chosen,
     PlanSpec,
     build_spec,
     choose,
@@ -196,7 +198,53 @@ def test_transform_without_enough_pairs_scores_old_vectors_like_dual() -> None:
     ],
 )
 def test_the_chooser_picks_by_its_rule(candidates: list[Candidate], target: float, chosen: str) -> None:
-    assert choose(candidates, target) == chosen
+    assert choose(candidates, target).plan == chosen
+
+
+@pytest.mark.parametrize(
+    ("candidates", "chosen", "reason"),
+    [
+        # within the bound and at the old system's mAP: the best such mAP, not the better one below
+        (
+            [Candidate("dual", 0.58, 0.01), Candidate("transform", 0.63, 0.02), Candidate("blend", 0.66, 0.09)],
+            "transform",
+            "within_bound",
+        ),
+        # the only candidate within the bound is below the old system: the lowest NFR that keeps it
+        (
+            [Candidate("dual", 0.58, 0.01), Candidate("transform", 0.63, 0.09), Candidate("blend", 0.66, 0.07)],
+            "blend",
+            "below_old_within_bound",
+        ),
+        # nothing within the bound: the lowest NFR among those that keep the old mAP, not the lowest overall
+        (
+            [Candidate("dual", 0.55, 0.06), Candidate("transform", 0.63, 0.09), Candidate("blend", 0.61, 0.08)],
+            "blend",
+            "none_within_bound",
+        ),
+        # nothing reaches the old system's mAP: the closest to it, whatever it flips
+        (
+            [Candidate("dual", 0.55, 0.01), Candidate("transform", 0.59, 0.09), Candidate("blend", 0.57, 0.02)],
+            "transform",
+            "none_at_old_map",
+        ),
+        # exactly the old system's mAP keeps it
+        ([Candidate("dual", 0.60, 0.0), Candidate("transform", 0.65, 0.09)], "dual", "within_bound"),
+        ([Candidate("dual", None, None)], "dual", "unmeasured"),
+    ],
+)
+def test_the_chooser_keeps_the_old_systems_map_first_and_says_why(
+    candidates: list[Candidate], chosen: str, reason: str
+) -> None:
+    got = choose(candidates, 0.05, old_map=0.60)
+    assert (got.plan, got.reason) == (chosen, reason)
+    assert got.reason in REASONS
+
+
+def test_without_the_old_map_the_chooser_is_the_nfr_rule_alone() -> None:
+    below = [Candidate("dual", 0.55, 0.01), Candidate("transform", 0.59, 0.09)]
+    assert choose(below, 0.05) == Chosen("dual", "within_bound")
+    assert choose(below, 0.05, old_map=0.60) == Chosen("transform", "none_at_old_map")
 
 
 def _spaces(seed: int = 0, d_old: int = 8, d_new: int = 8) -> Spaces:
@@ -234,6 +282,10 @@ def test_plan_curves_start_as_the_old_system_and_end_as_the_new_one() -> None:
     assert curves["auto"][0]["plan"] == "dual"
     assert set(curves["auto"][1]["candidates"]) == {"paper", "dual", "transform", "blend"}
     assert curves["auto"][1]["plan"] in {"paper", "dual", "transform", "blend"}
+    assert curves["auto"][0]["reason"] == "start" and curves["auto"][1]["reason"] in REASONS
+    # the estimate behind the bound is kept, and exact at 100% on the probes it searched
+    assert curves["auto"][1]["nfr_bound"] == pytest.approx(curves["auto"][1]["final_nfr_estimate"] + 0.01)
+    assert all(p["map_vs_old_se"] is not None and p["map_vs_old_se"] >= 0 for p in curves["auto"])
 
 
 def test_plan_curves_across_dimensions_offer_no_paper_plan() -> None:
@@ -317,3 +369,82 @@ def test_a_plan_is_one_registered_object_and_names_are_refused_twice() -> None:
     finally:
         unregister_plan("new-only-test")
     assert "new-only-test" not in plan_names()
+
+
+def test_the_noise_of_a_curve_is_the_paired_standard_error() -> None:
+    from models.plan_curves import flip_difference_se, paired_se
+
+    ap_old = np.array([0.5, 0.7, 0.2, 0.9])
+    ap = ap_old + np.array([0.1, -0.1, 0.1, -0.1])  # differences +-0.1: sd 0.1155 (ddof 1), / sqrt(4)
+    assert paired_se(ap, ap_old) == pytest.approx(np.std([0.1, -0.1, 0.1, -0.1], ddof=1) / 2)
+    assert paired_se(ap_old + 0.05, ap_old) == pytest.approx(0.0, abs=1e-12)  # a shift alone is no noise
+    assert paired_se(ap[:1], ap_old[:1]) is None
+    old = np.array([True, True, True, True, False])  # the last query does not count: old got it wrong
+    a = np.array([False, True, True, True, False])  # flips query 0
+    b = np.array([True, False, True, True, True])  # flips query 1
+    # over the 4 queries old answered: flip_a - flip_b = (1, -1, 0, 0)
+    assert flip_difference_se(old, a, b) == pytest.approx(np.std([1, -1, 0, 0], ddof=1) / 2)
+    assert flip_difference_se(old, a, a) == 0.0
+
+
+def test_plan_checks_report_the_final_nfr_estimates_error_and_read_the_promises_within_noise() -> None:
+    from models.experiment import check_plans, estimate_errors
+
+    def point(f: float, m: float, nfr: float, est: float | None, **extra: object) -> dict:
+        return {"fraction": f, "map": m, "nfr": nfr, "final_nfr_estimate": est, **extra}
+
+    pts = [
+        point(0.0, 0.50, 0.0, 0.05, reason="start", map_vs_old_se=0.0, nfr_vs_final_se=0.01),
+        point(0.5, 0.49, 0.095, 0.06, reason="none_at_old_map", map_vs_old_se=0.006, nfr_vs_final_se=0.01),
+        point(1.0, 0.60, 0.07, 0.07, reason="within_bound", map_vs_old_se=0.0, nfr_vs_final_se=0.0),
+    ]
+    curve = {"method": "bct", "ordering": "mixed", "plan": "auto", "points": pts}
+    doc = {"old_to_old": {"map": 0.50}, "curves": [curve]}
+    res = check_plans(doc)["bct, mixed"]
+    e, f = res["e_map_never_below_old"], res["f_nfr_within_final_plus_1pt"]
+    # 0.49 is below 0.50, but within two standard errors (0.012)
+    assert e["holds"] is False and e["holds_within_noise"] is True and e["se_at_lowest"] == 0.006
+    # 9.5% against 7% + 1 point: over, but within two standard errors (2 points)
+    assert f["holds"] is False and f["holds_within_noise"] is True and f["highest_nfr"] == 0.095
+    # the estimate's error at the steps between the ends only, against the held-out final NFR
+    est = res["final_nfr_estimate"]
+    assert est["errors"] == {"50%": pytest.approx(-0.01)} and est["mean_error"] == pytest.approx(-0.01)
+    assert res["reasons"] == ["start", "none_at_old_map", "within_bound"]
+    pts[1]["nfr"] = 0.11  # 11% is beyond 8% + 2 points
+    assert check_plans(doc)["bct, mixed"]["f_nfr_within_final_plus_1pt"]["holds_within_noise"] is False
+    assert estimate_errors([point(0.5, 0.5, 0.0, None)], 0.07) is None  # an absolute target: no estimate
+
+
+def test_seeds_aggregate_with_their_estimates_noise_and_reasons() -> None:
+    from models.experiment import _holds, aggregate, check_plans
+
+    steps = ((0.0, 0.0, "dual", "start"), (0.5, 0.06, "blend", "within_bound"), (1.0, 0.05, "dual", "within_bound"))
+
+    def seed_doc(seed: int, est: float, se: float) -> dict:
+        pts = [
+            {"fraction": f, "map": 0.5 + f / 10, "top1": 0.8, "nfr": n, "plan": p, "reason": r}
+            | {"final_nfr_estimate": est, "map_vs_old_se": se, "nfr_vs_final_se": se}
+            for f, n, p, r in steps
+        ]
+        return {
+            "dataset": "digits",
+            "allocation": "expansion",
+            "metric": "map",
+            "n_queries": 10,
+            "n_gallery": 20,
+            "seed": seed,
+            "old_to_old": {"map": 0.5, "top1": 0.8},
+            "new_to_new": {"bct": {"map": 0.6, "top1": 0.9}},
+            "curves": [{"method": "bct", "ordering": "mixed", "plan": "auto", "points": pts}],
+        }
+
+    docs = [seed_doc(0, 0.04, 0.03), seed_doc(1, 0.06, 0.04)]
+    mean = aggregate(docs)
+    mid = mean["curves"][0]["points"][1]
+    assert mid["final_nfr_estimate"] == pytest.approx(0.05) and mid["reasons"] == ["within_bound", "within_bound"]
+    assert mid["map_vs_old_se"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2: the SE of a mean of two
+    res = check_plans(mean)["bct, mixed"]
+    assert res["final_nfr_estimate"]["errors"] == {"50%": pytest.approx(0.0)}
+    per_seed = _holds(check_plans(docs[0])["bct, mixed"])  # the verdicts only, not the reports beside them
+    assert set(per_seed) == {"e_map_never_below_old", "f_nfr_within_final_plus_1pt", "g_mean_map_4pt_above_paper"}
+    assert per_seed["e_map_never_below_old"] is True and per_seed["f_nfr_within_final_plus_1pt"] is True

@@ -311,7 +311,7 @@ def test_live_gauges_carry_the_bound_and_end_with_the_upgrade(make_gallery) -> N
     assert live["hotrefresh_backfill_progress_ratio"] == {"": 0.0}
     assert live["hotrefresh_live_nfr_ratio"][first["plan"]] == pytest.approx(first["nfr"])
     # auto: the bound the chooser held the first point to, on every plan it measured
-    assert first["nfr_bound"] is not None
+    assert first["nfr_bound"] is not None and first["reason"] == "start"  # nothing moved: the old system
     bounds = live["hotrefresh_live_nfr_bound_ratio"]
     assert set(bounds) == set(first["candidates"]) and set(bounds.values()) == {first["nfr_bound"]}
 
@@ -351,7 +351,7 @@ def test_under_a_fixed_plan_the_bound_is_the_target_else_five_percent(make_galle
     ctx, uid = start_and_score(g, strategy="margin", batch_size=8, plan="dual", nfr_target=nfr_target)
     with session_scope(ctx.url) as s:
         first = upgrades.get_upgrade(s, uid).checkpoints[0]
-    assert first["plan"] == "dual" and first["nfr_bound"] is None
+    assert first["plan"] == "dual" and first["nfr_bound"] is None and first["reason"] is None
     assert _gauges_of(uid)["hotrefresh_live_nfr_bound_ratio"] == {"dual": bound}
     control.act(g.settings, ctx.redis, uid, "cancel")
     assert _gauges_of(uid) == {}
