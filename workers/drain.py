@@ -114,7 +114,7 @@ class Drain:
             self._drop_gauges_if_over(st.state)
             return Outcome.STOP
         self.to_model, self.batch_size = st.to_model, st.batch_size
-        for status in ("done", "failed"):
+        for status in ("done", "failed", "mapped"):
             # Both series exist at 0 from this process's first drain: a counter series born at 1
             # has no increase, so the dashboard's first failure would never show.
             BACKFILL_ITEMS.labels(self.label, status)
